@@ -1,0 +1,78 @@
+"""Target-BS association: constraints (5c)-(5e), the auto-regressive mask, objective, solvers.
+
+Plain numpy/scipy/cvxpy (cvxpy is imported only when a :class:`ConvexSolver`
+is built); never torch or Ray.
+
+Example:
+    >>> import numpy as np
+    >>> from rl_isac.association import SOLVERS, association_cost, check_association
+    >>> info = np.tile(np.eye(2), (6, 4, 1, 1))          # (num_bs, num_targets, 2, 2), 1/m^2
+    >>> prior_info = np.tile(0.1 * np.eye(2), (4, 1, 1))  # (num_targets, 2, 2), 1/m^2
+    >>> A = SOLVERS["milp"]().solve(info, prior_info, num_rf=2)
+    >>> check_association(A, num_rf=2).sum(axis=1).tolist()
+    [2, 2, 2, 2, 2, 2]
+"""
+
+from rl_isac.association.constraints import (
+    MaskState,
+    apply_pair,
+    association_to_pairs,
+    chains_per_bs,
+    check_association,
+    check_problem_size,
+    initial_mask_state,
+    mask_from_state,
+    pairs_to_association,
+    uses_all_chains,
+    valid_pair_mask,
+)
+from rl_isac.association.objective import (
+    association_cost,
+    max_bs_per_target,
+    subset_costs,
+    subset_sizes,
+    target_costs,
+    trace_inv_2x2,
+    validate_information,
+)
+from rl_isac.association.solvers import (
+    SOLVERS,
+    AssociationSolver,
+    ConvexSolver,
+    ExhaustiveSearchTooLarge,
+    ExhaustiveSolver,
+    GreedySolver,
+    MilpSolver,
+    exhaustive_candidate_count,
+    make_solver,
+)
+
+__all__ = [
+    "SOLVERS",
+    "AssociationSolver",
+    "ConvexSolver",
+    "ExhaustiveSearchTooLarge",
+    "ExhaustiveSolver",
+    "GreedySolver",
+    "MaskState",
+    "MilpSolver",
+    "apply_pair",
+    "association_cost",
+    "association_to_pairs",
+    "chains_per_bs",
+    "check_association",
+    "check_problem_size",
+    "exhaustive_candidate_count",
+    "initial_mask_state",
+    "make_solver",
+    "mask_from_state",
+    "max_bs_per_target",
+    "pairs_to_association",
+    "subset_costs",
+    "subset_sizes",
+    "target_costs",
+    "trace_inv_2x2",
+    "uses_all_chains",
+    "valid_pair_mask",
+    "validate_information",
+]

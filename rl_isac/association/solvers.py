@@ -1,0 +1,443 @@
+"""Association solvers for the myopic Fisher-information objective.
+
+Every solver has one verb, ``solve(info, prior_info, num_rf) -> A``, and
+returns an association of the same form as the auto-regressive policy
+(Sec. 3.2, ``J = M * N_RF`` distinct pairs): every BS tracks exactly
+``min(num_rf, num_targets)`` distinct targets (all its RF chains whenever
+``num_targets >= num_rf``) and every target has at least one BS, so the
+result satisfies (5c)-(5e). They minimise (exactly or approximately)
+
+    sum_i trace(inv(prior_info[i] + sum_m A[m, i] info[m, i]))   [m^2]
+
+(see :mod:`rl_isac.association.objective`).
+
+=============  ============================================================
+name           method
+=============  ============================================================
+``greedy``     cover every target, then fill chains by largest cost decrease
+``convex``     Benchmark I: convex relaxation (cvxpy, ``tr_inv``) + rounding
+``exhaustive`` Benchmark III: enumerate every association of the form above
+``milp``       exact MILP over per-target BS subsets (HiGHS via scipy)
+=============  ============================================================
+
+``milp`` and ``exhaustive`` return the same optimal cost; ``milp`` also runs
+where exhaustive search cannot (the paper's "OOM" entry of Table 1).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.optimize import Bounds, LinearConstraint, linear_sum_assignment, milp
+
+from rl_isac.association.constraints import chains_per_bs, check_association, check_problem_size, uses_all_chains
+from rl_isac.association.objective import (
+    _entries,
+    max_bs_per_target,
+    subset_costs,
+    subset_sizes,
+    trace_inv_2x2,
+    validate_information,
+)
+from rl_isac.errors import ConfigError, RlIsacError
+
+__all__ = [
+    "SOLVERS",
+    "AssociationSolver",
+    "ConvexSolver",
+    "ExhaustiveSearchTooLarge",
+    "ExhaustiveSolver",
+    "GreedySolver",
+    "MilpSolver",
+    "exhaustive_candidate_count",
+    "make_solver",
+]
+
+
+class ExhaustiveSearchTooLarge(RlIsacError):
+    """Exhaustive search would enumerate more candidate associations than its budget.
+
+    Attributes
+    ----------
+    count : int
+        Candidate associations ``C(num_targets, min(num_rf, num_targets)) ** num_bs``.
+    budget : int
+        The solver's ``max_candidates``.
+    enumeration_bytes : int
+        Bytes to hold the whole enumeration as per-target BS bitmasks
+        (``count * num_targets * 8``).
+    """
+
+    def __init__(self, count: int, budget: int, num_bs: int, num_targets: int, per_bs: int) -> None:
+        self.count = count
+        self.budget = budget
+        self.enumeration_bytes = count * num_targets * 8
+        super().__init__(
+            f"exhaustive search over {count} candidate associations (C({num_targets}, {per_bs}) ** {num_bs} = "
+            f"{math.comb(num_targets, per_bs)} ** {num_bs}) exceeds max_candidates = {budget}; the enumeration "
+            f"as per-target BS bitmasks would need {self.enumeration_bytes} bytes "
+            f"({self.enumeration_bytes / 2**30:.3g} GiB = count x num_targets x 8 B). "
+            f"The 'milp' solver returns the same optimum."
+        )
+
+
+def exhaustive_candidate_count(num_bs: int, num_targets: int, num_rf: int) -> int:
+    """Candidates of exhaustive search: each BS picks ``min(num_rf, I)`` of ``I`` targets, ``C(I, n) ** M``."""
+    return math.comb(num_targets, chains_per_bs(num_targets, num_rf)) ** num_bs
+
+
+def _prepare(info: object, prior_info: object, num_rf: int) -> tuple[np.ndarray, np.ndarray, int, int, int]:
+    """Validated ``(info, prior_info, num_bs, num_targets, targets_per_bs)``."""
+    info, prior_info = validate_information(info, prior_info)
+    num_bs, num_targets = info.shape[:2]
+    check_problem_size(num_bs, num_targets, num_rf)
+    return info, prior_info, num_bs, num_targets, chains_per_bs(num_targets, num_rf)
+
+
+def _finish(association: np.ndarray, num_rf: int) -> np.ndarray:
+    """Guard every solver's output: (5c)-(5e) and all chains used."""
+    out = check_association(association, num_rf)
+    if not uses_all_chains(out, num_rf):  # pragma: no cover - would be a solver bug
+        raise RlIsacError(f"solver left RF chains unused: per-BS load {out.sum(axis=1).tolist()}")
+    return out
+
+
+class AssociationSolver(ABC):
+    """One verb: ``solve(info, prior_info, num_rf) -> A``.
+
+    Shapes:
+        info: ``(num_bs, num_targets, 2, 2)`` float, pair position Fisher
+        information (1/m^2); prior_info: ``(num_targets, 2, 2)`` float,
+        predicted position information (1/m^2); returns ``A``:
+        ``(num_bs, num_targets)`` bool, ``[bs, target]``, with exactly
+        ``min(num_rf, num_targets)`` targets per BS and every target covered.
+    """
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def solve(self, info: np.ndarray, prior_info: np.ndarray, num_rf: int) -> np.ndarray:
+        """Association ``A`` (bool, ``(num_bs, num_targets)``) for the next block.
+
+        Raises
+        ------
+        ConfigError
+            ``num_targets > num_bs * num_rf`` (no feasible association) or a bad ``num_rf``.
+        RlIsacError
+            Malformed ``info`` / ``prior_info``.
+        """
+
+
+class GreedySolver(AssociationSolver):
+    """Greedy marginal-gain association; always feasible, ``O(J * M * I)``.
+
+    Phase 1 (5d): while a target is uncovered, assign the (BS with a free
+    chain, uncovered target) pair with the largest cost decrease. Phase 2:
+    fill every remaining chain with the (BS, target not yet on that BS) pair
+    of largest cost decrease, one at a time. Phase 1 always finishes since
+    ``num_targets <= num_bs * min(num_rf, num_targets)`` chains exist, and
+    phase 2 always finds a target since a BS with a free chain tracks fewer
+    than ``min(num_rf, num_targets)`` targets.
+    """
+
+    name = "greedy"
+
+    def solve(self, info: np.ndarray, prior_info: np.ndarray, num_rf: int) -> np.ndarray:
+        info, prior_info, num_bs, num_targets, per_bs = _prepare(info, prior_info, num_rf)
+        ia, ib, id_ = _entries(info)  # (M, I)
+        fa, fb, fd = (x.copy() for x in _entries(prior_info))  # (I,) current information per target
+        current = trace_inv_2x2(fa, fb, fd)
+        association = np.zeros((num_bs, num_targets), dtype=bool)
+        remaining = np.full(num_bs, per_bs)
+        covered = np.zeros(num_targets, dtype=bool)
+        for _ in range(num_bs * per_bs):
+            gain = current - trace_inv_2x2(fa + ia, fb + ib, fd + id_)  # (M, I) cost decrease
+            valid = (remaining > 0)[:, None] & ~association
+            if not covered.all():
+                valid &= ~covered[None, :]  # phase 1: cover first (5d)
+            flat = int(np.argmax(np.where(valid, gain, -np.inf)))
+            m, i = divmod(flat, num_targets)
+            association[m, i] = True
+            remaining[m] -= 1
+            covered[i] = True
+            fa[i] += ia[m, i]
+            fb[i] += ib[m, i]
+            fd[i] += id_[m, i]
+            current[i] = trace_inv_2x2(fa[i], fb[i], fd[i])
+        return _finish(association, num_rf)
+
+
+class ConvexSolver(AssociationSolver):
+    """Benchmark I: convex relaxation of the association, then feasible rounding.
+
+    Relaxation (convex in ``a``: ``tr_inv`` is convex on PD matrices and its
+    argument is affine in ``a``)::
+
+        min_a  sum_i tr_inv(prior_i + sum_m a[m, i] info[m, i])
+        s.t.   0 <= a <= 1,  sum_i a[m, i] = min(num_rf, I)  (5c, all chains),
+               sum_m a[m, i] >= 1                            (5d)
+
+    solved with cvxpy (CLARABEL if installed, else SCS) as a DPP problem
+    whose compiled form is cached per ``(num_bs, num_targets, per_bs)``, so
+    a repeat solve costs a few milliseconds. Information is rescaled by a
+    common factor first (the argmin is unchanged).
+
+    Rounding never breaks a constraint: (i) cover every target by a
+    maximum-weight assignment of targets to distinct RF-chain slots (each BS
+    has ``per_bs`` slots; ``scipy.optimize.linear_sum_assignment``) on the
+    fractional values; (ii) each BS fills its free chains with its largest
+    fractional values among targets it does not track yet. Ties (values
+    equal to 1e-4) are broken by the single-pair cost decrease.
+
+    Parameters
+    ----------
+    solver : str, optional
+        cvxpy solver name; default CLARABEL, else SCS.
+    """
+
+    name = "convex"
+
+    def __init__(self, solver: str | None = None) -> None:
+        import cvxpy as cp
+
+        installed = cp.installed_solvers()
+        if solver is None:
+            solver = "CLARABEL" if "CLARABEL" in installed else "SCS"
+        if solver not in installed:
+            raise ConfigError("solver", solver, f"must be an installed cvxpy solver: {installed}")
+        self.solver = solver
+        self._cache: dict[tuple[int, int, int], tuple[Any, Any, dict[str, Any]]] = {}
+
+    def _problem(self, num_bs: int, num_targets: int, per_bs: int) -> tuple[Any, Any, dict[str, Any]]:
+        key = (num_bs, num_targets, per_bs)
+        if key not in self._cache:
+            import cvxpy as cp
+
+            a = cp.Variable((num_bs, num_targets), name="a")
+            par = {
+                "ia": cp.Parameter((num_bs, num_targets), nonneg=True),
+                "ib": cp.Parameter((num_bs, num_targets)),
+                "id": cp.Parameter((num_bs, num_targets), nonneg=True),
+                "pa": cp.Parameter(num_targets, nonneg=True),
+                "pb": cp.Parameter(num_targets),
+                "pd": cp.Parameter(num_targets, nonneg=True),
+            }
+            # F_i = prior_i + sum_m a_{m,i} J_{m,i}, entrywise (DPP: parameter x variable)
+            f00 = par["pa"] + cp.sum(cp.multiply(a, par["ia"]), axis=0)
+            f01 = par["pb"] + cp.sum(cp.multiply(a, par["ib"]), axis=0)
+            f11 = par["pd"] + cp.sum(cp.multiply(a, par["id"]), axis=0)
+            objective = sum(cp.tr_inv(cp.bmat([[f00[i], f01[i]], [f01[i], f11[i]]])) for i in range(num_targets))
+            constraints = [a >= 0, a <= 1,
+                           cp.sum(a, axis=1) == per_bs,  # (5c), every chain used
+                           cp.sum(a, axis=0) >= 1]  # (5d)
+            self._cache[key] = (cp.Problem(cp.Minimize(objective), constraints), a, par)
+        return self._cache[key]
+
+    def relaxed(self, info: np.ndarray, prior_info: np.ndarray, num_rf: int) -> np.ndarray:
+        """Fractional solution ``a`` of the relaxation, shape (num_bs, num_targets), in [0, 1]."""
+        return self._relaxed(*_prepare(info, prior_info, num_rf))
+
+    def _relaxed(self, info: np.ndarray, prior_info: np.ndarray, num_bs: int, num_targets: int,
+                 per_bs: int) -> np.ndarray:
+        problem, a, par = self._problem(num_bs, num_targets, per_bs)
+        ia, ib, id_ = _entries(info)
+        pa, pb, pd = _entries(prior_info)
+        # common scale: typical full information ~ 1 (argmin unchanged)
+        scale = 1.0 / max(float(np.median(0.5 * (pa + pd + (ia + id_).sum(axis=0)))), 1e-300)
+        par["ia"].value = np.maximum(ia * scale, 0.0)
+        par["ib"].value = ib * scale
+        par["id"].value = np.maximum(id_ * scale, 0.0)
+        par["pa"].value = pa * scale
+        par["pb"].value = pb * scale
+        par["pd"].value = pd * scale
+        try:
+            problem.solve(solver=self.solver)
+        except Exception as exc:  # cvxpy.SolverError and numerical failures
+            raise RlIsacError(f"convex relaxation failed with {self.solver}: {exc}") from exc
+        if a.value is None or problem.status not in ("optimal", "optimal_inaccurate"):
+            raise RlIsacError(f"convex relaxation ended with status {problem.status!r} ({self.solver})")
+        return np.clip(np.asarray(a.value, dtype=np.float64), 0.0, 1.0)
+
+    def solve(self, info: np.ndarray, prior_info: np.ndarray, num_rf: int) -> np.ndarray:
+        info, prior_info, num_bs, num_targets, per_bs = _prepare(info, prior_info, num_rf)
+        frac = self._relaxed(info, prior_info, num_bs, num_targets, per_bs)
+        ia, ib, id_ = _entries(info)
+        pa, pb, pd = _entries(prior_info)
+        gain = trace_inv_2x2(pa, pb, pd) - trace_inv_2x2(pa + ia, pb + ib, pd + id_)  # (M, I)
+        gain = gain / max(float(gain.max()), 1e-300)
+        score = np.round(frac, 4) + 1e-6 * gain  # fractional value, ties by single-pair gain
+        # (i) cover (5d): targets -> distinct chain slots (slot s belongs to BS s // per_bs)
+        slots = np.repeat(score, per_bs, axis=0).T  # (I, M * per_bs)
+        rows, cols = linear_sum_assignment(slots, maximize=True)
+        association = np.zeros((num_bs, num_targets), dtype=bool)
+        association[cols // per_bs, rows] = True
+        # (ii) fill each BS's free chains (5c) with its best new targets (5e)
+        for m in range(num_bs):
+            free = per_bs - int(association[m].sum())
+            if free > 0:
+                order = np.argsort(-np.where(association[m], -np.inf, score[m]), kind="stable")
+                association[m, order[:free]] = True
+        return _finish(association, num_rf)
+
+
+class ExhaustiveSolver(AssociationSolver):
+    """Benchmark III: exhaustive search over every association of the solvers' form.
+
+    Each BS picks ``n = min(num_rf, I)`` distinct targets (``C(I, n)``
+    ways), giving ``C(I, n) ** M`` candidates; those leaving a target
+    uncovered (5d) are discarded. Costs come from the subset cost table and
+    are evaluated vectorised: the last BSs' partial bitmasks are enumerated
+    once into a block of about ``block_entries / I`` rows, and the remaining
+    BSs' prefixes are swept over it in chunks. Ties go to the first
+    candidate in enumeration order.
+
+    Parameters
+    ----------
+    max_candidates : int
+        Refuse (:class:`ExhaustiveSearchTooLarge`) above this many
+        candidates. The default 5e7 runs ``M = 6, I = 6, N_RF = 2``
+        (``15 ** 6 = 1.1e7``) in about a second and refuses ``I = 8``
+        (``28 ** 6 = 4.8e8``).
+    block_entries : int
+        Working-set size (array entries) of one vectorised chunk.
+    """
+
+    name = "exhaustive"
+
+    def __init__(self, max_candidates: int = 50_000_000, block_entries: int = 1 << 21) -> None:
+        if max_candidates < 1:
+            raise ConfigError("max_candidates", max_candidates, "must be >= 1")
+        if block_entries < 1:
+            raise ConfigError("block_entries", block_entries, "must be >= 1")
+        self.max_candidates = int(max_candidates)
+        self.block_entries = int(block_entries)
+
+    def solve(self, info: np.ndarray, prior_info: np.ndarray, num_rf: int) -> np.ndarray:
+        info, prior_info, num_bs, num_targets, per_bs = _prepare(info, prior_info, num_rf)
+        count = exhaustive_candidate_count(num_bs, num_targets, num_rf)
+        if count > self.max_candidates:
+            raise ExhaustiveSearchTooLarge(count, self.max_candidates, num_bs, num_targets, per_bs)
+        table = subset_costs(info, prior_info, max_bs_per_target(num_bs, num_targets, num_rf))
+        table[:, 0] = np.inf  # uncovered target: (5d) violated
+        flat_table = table.ravel()
+        offsets = np.arange(num_targets, dtype=np.int64) << num_bs  # row i of the table
+
+        combos = np.array(list(itertools.combinations(range(num_targets), per_bs)))
+        bits = np.zeros((len(combos), num_targets), dtype=np.int64)  # (C, I): target in combo
+        np.put_along_axis(bits, combos, 1, axis=1)
+        num_combos = len(combos)
+
+        # inner block: the last k BSs, all C**k partial masks at once (BS order = C-order digits)
+        k = 1
+        while k < num_bs and num_combos ** (k + 1) * num_targets <= self.block_entries:
+            k += 1
+        inner_bs = range(num_bs - k, num_bs)
+        outer_bs = range(num_bs - k)
+        inner = np.zeros((1, num_targets), dtype=np.int64)
+        for m in inner_bs:
+            inner = (inner[:, None, :] + (bits << m)[None, :, :]).reshape(-1, num_targets)
+        inner = inner + offsets  # flat table index; bits of distinct BSs never collide, so + is |
+        outer = np.zeros((1, num_targets), dtype=np.int64)
+        for m in outer_bs:
+            outer = (outer[:, None, :] + (bits << m)[None, :, :]).reshape(-1, num_targets)
+
+        chunk = max(1, self.block_entries // inner.size)
+        best_cost, best_index = np.inf, -1
+        for start in range(0, len(outer), chunk):
+            idx = outer[start: start + chunk, None, :] + inner[None, :, :]  # (P, B, I)
+            cost = np.take(flat_table, idx).sum(axis=-1)  # (P, B)
+            j = int(np.argmin(cost))
+            if cost.flat[j] < best_cost:
+                best_cost, best_index = float(cost.flat[j]), start * len(inner) + j
+        if best_index < 0:  # pragma: no cover - a feasible candidate always exists
+            raise RlIsacError("exhaustive search found no feasible association")
+        digits = np.unravel_index(best_index, (num_combos,) * num_bs)
+        association = bits[np.asarray(digits)].astype(bool)  # (M, I)
+        return _finish(association, num_rf)
+
+
+class MilpSolver(AssociationSolver):
+    """Exact association by a MILP over per-target BS subsets (HiGHS through scipy).
+
+    The objective is separable per target given its BS set ``S``, so with
+    binaries ``x[i, S]`` for every ``S`` with ``1 <= |S| <= s_max``
+    (``s_max = min(M, M n - (I - 1))``, :func:`max_bs_per_target`)::
+
+        min  sum_{i,S} cost_i(S) x[i, S]
+        s.t. sum_S x[i, S] = 1                   for every target i   (5d)
+             sum_{i, S containing m} x[i, S] = n  for every BS m       (5c), n = min(num_rf, I)
+             x binary                                                  (5e)
+
+    which is exactly the exhaustive search's problem. The constraint matrix
+    is built sparsely with Kronecker products. ``mip_rel_gap = 0`` by default
+    so the optimum is proven, not approximate.
+
+    Parameters
+    ----------
+    mip_rel_gap : float
+        HiGHS relative optimality gap (default 0: exact).
+    time_limit_s : float, optional
+        HiGHS time limit, seconds; on expiry the best feasible association found is returned.
+    """
+
+    name = "milp"
+
+    def __init__(self, mip_rel_gap: float = 0.0, time_limit_s: float | None = None) -> None:
+        if not mip_rel_gap >= 0:
+            raise ConfigError("mip_rel_gap", mip_rel_gap, "must be >= 0")
+        if time_limit_s is not None and not time_limit_s > 0:
+            raise ConfigError("time_limit_s", time_limit_s, "must be > 0 seconds")
+        self.mip_rel_gap = float(mip_rel_gap)
+        self.time_limit_s = time_limit_s
+
+    def solve(self, info: np.ndarray, prior_info: np.ndarray, num_rf: int) -> np.ndarray:
+        info, prior_info, num_bs, num_targets, per_bs = _prepare(info, prior_info, num_rf)
+        s_max = max_bs_per_target(num_bs, num_targets, num_rf)
+        table = subset_costs(info, prior_info, s_max)
+        sizes = subset_sizes(num_bs)
+        masks = np.flatnonzero((sizes >= 1) & (sizes <= s_max))  # (K,) candidate BS sets
+        num_sets = masks.size
+        cost = table[:, masks].ravel()  # variable i * K + k
+        member = ((masks[None, :] >> np.arange(num_bs)[:, None]) & 1).astype(np.float64)  # (M, K)
+        a_eq = sp.vstack([
+            sp.kron(sp.identity(num_targets, format="csr"), np.ones((1, num_sets))),  # one set per target
+            sp.kron(np.ones((1, num_targets)), sp.csr_matrix(member)),  # chains per BS
+        ], format="csr")
+        rhs = np.concatenate([np.ones(num_targets), np.full(num_bs, float(per_bs))])
+        options: dict[str, Any] = {"mip_rel_gap": self.mip_rel_gap}
+        if self.time_limit_s is not None:
+            options["time_limit"] = float(self.time_limit_s)
+        res = milp(cost, integrality=np.ones_like(cost), bounds=Bounds(0.0, 1.0),
+                   constraints=LinearConstraint(a_eq, rhs, rhs), options=options)
+        if res.x is None:
+            raise RlIsacError(f"MILP association failed: {res.message} (status {res.status})")
+        chosen = masks[np.argmax(res.x.reshape(num_targets, num_sets), axis=1)]  # (I,) bitmask per target
+        association = ((chosen[None, :] >> np.arange(num_bs)[:, None]) & 1).astype(bool)
+        return _finish(association, num_rf)
+
+
+SOLVERS: dict[str, type[AssociationSolver]] = {
+    "greedy": GreedySolver,
+    "convex": ConvexSolver,
+    "exhaustive": ExhaustiveSolver,
+    "milp": MilpSolver,
+}
+"""Solver classes by name; ``SOLVERS[name](**kwargs).solve(info, prior_info, num_rf)``."""
+
+
+def make_solver(name: str, **kwargs: Any) -> AssociationSolver:
+    """Instantiate a solver from :data:`SOLVERS` by name.
+
+    Raises
+    ------
+    ConfigError
+        Unknown name.
+    """
+    if name not in SOLVERS:
+        raise ConfigError("solver", name, f"must be one of {sorted(SOLVERS)}")
+    return SOLVERS[name](**kwargs)

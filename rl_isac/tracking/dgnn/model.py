@@ -1,0 +1,398 @@
+"""The DGNN estimator (paper Sec. 3.1) and the beam prediction head (Sec. 3.2, eq. (12)).
+
+Input: a batch of window observations (:mod:`rl_isac.tracking.window`), as tensors
+with a leading batch axis ``B``. Pipeline:
+
+1. **SAM** (eqs. (6)-(8)): for every block of the window, ``L`` layers of
+   :class:`~rl_isac.tracking.dgnn.layers.SpatialAttentionLayer` over the bipartite BS ->
+   target graph whose edges are the *detected* pairs of that block (an
+   assigned-but-missed pair has no measurement, so no edge; the window still
+   carries its flag). All ``B * W`` graphs are one disjoint graph.
+2. **TAM** (eq. (9)): sinusoidal positional encoding (index = age of the block,
+   0 for the current one, so any ``W`` works) + two Transformer encoder layers
+   over the window; padding blocks are masked out of the attention (the current
+   block never is). The first layer's output at the current block gives
+   ``u_hat_q``, the second's gives ``u_tilde_{q+1}`` and the target embedding.
+3. **Beam head** (eq. (12)): ``MLP([p_m; u_tilde_i, ...])`` -> logits over the codebook,
+   separately for tx and rx, for every (BS, target) pair;
+   :func:`beams_from_logits` turns them into ``K`` (tx, rx) pairs per symbol.
+
+Our improvements over the paper, each a :class:`DGNNConfig` flag (``DGNNConfig.paper()``
+restores the paper's choices):
+
+* ``edge_features="cartesian"`` (paper: ``"paper"`` = ``[d_hat, theta_hat]``): every
+  window feature, in particular the Cartesian position implied by the measurement,
+  relative to the BS and to the target's anchor, and the measurement's quality
+  (log stds from the covariance, SNR). Fusing polar measurements from BSs at
+  different places is a nonlinear job the network would otherwise have to learn
+  from scratch; in Cartesian form it is close to a weighted average.
+* ``residual=True`` (paper: absolute coordinates): outputs are
+  ``anchor + residual_scale_m * net(...)``; the last layer of each position head is
+  zero-initialised, so an untrained model already returns the anchor. Absolute
+  coordinates in a 300 m area would need 1e-4 relative precision for a 3 cm error.
+* ``anchor_init=True`` (paper: target nodes start at zero): ``h^(0)_i`` is an MLP of the
+  target's anchor and its age; this is how the acquisition at ``q = 0`` enters.
+* ``target_mode="shared"`` (paper: ``"concat"``): the TAM runs on each target's sequence
+  separately with shared weights, so one model serves any number of targets and a
+  permutation of the targets permutes the outputs. ``"concat"`` is the paper's
+  ``h~_q = [h_1; ...; h_I]`` of size ``I * D`` (a model for one ``I`` only). In both
+  modes the position heads read each target's ``D``-chunk of the last state.
+  Shared mode has no target-target interaction; two close targets are resolved by
+  the BS front ends (range gating), not by the CU.
+* ``beam_input="geometry"`` (paper: ``"paper"`` = ``[p_m; u_tilde_i]``): adds the
+  direction ``(cos, sin)`` and distance from BS ``m`` to ``u_tilde_i`` and the target
+  embedding. The DFT codebook is uniform in ``cos(theta)``, so the best beam is almost
+  a step function of ``cos``. In both modes the predicted position enters the beam
+  head detached: the beam cross-entropy does not move the position estimate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from rl_isac.errors import ConfigError
+from rl_isac.tracking.dgnn.layers import SpatialAttentionLayer, dense_to_edges, mlp
+from rl_isac.tracking.window import FEATURE_INDEX, NUM_FEATURES, OBS_KEYS, PAPER_FEATURES
+
+EDGE_FEATURES = ("cartesian", "paper")
+TARGET_MODES = ("shared", "concat")
+BEAM_INPUTS = ("geometry", "paper")
+PAIRINGS = ("distinct", "grid")
+
+
+@dataclass(frozen=True)
+class DGNNConfig:
+    """Hyper-parameters of :class:`DGNN`."""
+
+    hidden_dim: int = 64
+    """``D``, hidden size of the target nodes and of the Transformer (shared mode)."""
+    num_layers: int = 2
+    """``L``, SAM message-passing layers per block."""
+    sam_heads: int = 1
+    """Attention heads of the SAM (1 = the paper's eq. (8))."""
+    tam_heads: int = 4
+    """Heads of the TAM's multi-head self-attention."""
+    ff_dim: int = 128
+    """Feed-forward size of each Transformer encoder layer (``I * ff_dim`` in concat mode)."""
+    dropout: float = 0.0
+    """Dropout in the Transformer layers (0 keeps training bit-for-bit reproducible)."""
+    codebook_size: int = 32
+    """``C`` = ``M_T = M_R``, beams per codebook; the beam head's output size."""
+    edge_features: str = "cartesian"
+    """``"cartesian"``: all window features; ``"paper"``: ``[d_hat, theta_hat]`` only."""
+    residual: bool = True
+    """Predict positions as ``anchor + residual`` (True) or absolute (False, the paper)."""
+    anchor_init: bool = True
+    """Initial target state from the anchor (True) or zero (False, the paper)."""
+    target_mode: str = "shared"
+    """``"shared"``: per-target TAM with shared weights; ``"concat"``: the paper's ``I * D`` vector."""
+    num_targets: int | None = None
+    """``I``; required by ``target_mode="concat"`` only (the model then serves this ``I`` only)."""
+    beam_input: str = "geometry"
+    """``"geometry"``: ``[p_m, u_tilde, direction, distance, embedding]``; ``"paper"``: ``[p_m, u_tilde]``."""
+
+    def __post_init__(self) -> None:
+        def integer(name: str, lo: int) -> None:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ConfigError(name, v, f"must be an integer >= {lo}")
+
+        for name, lo in (("hidden_dim", 2), ("num_layers", 1), ("sam_heads", 1), ("tam_heads", 1),
+                         ("ff_dim", 1), ("codebook_size", 2)):
+            integer(name, lo)
+        if self.hidden_dim % 2:
+            raise ConfigError("hidden_dim", self.hidden_dim, "must be even (eq. (6) concatenates two halves)")
+        if self.hidden_dim % self.sam_heads:
+            raise ConfigError("sam_heads", self.sam_heads, f"must divide hidden_dim={self.hidden_dim}")
+        if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
+            raise ConfigError("dropout", self.dropout, "must be in [0, 1)")
+        for name, allowed in (("edge_features", EDGE_FEATURES), ("target_mode", TARGET_MODES),
+                              ("beam_input", BEAM_INPUTS)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(name, getattr(self, name), f"must be one of {allowed}")
+        for name in ("residual", "anchor_init"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(name, getattr(self, name), "must be a bool")
+        if self.target_mode == "concat":
+            if self.num_targets is None:
+                raise ConfigError("num_targets", None, 'target_mode="concat" needs the number of targets')
+            integer("num_targets", 1)
+        elif self.num_targets is not None:
+            integer("num_targets", 1)
+        if self.model_dim % self.tam_heads:
+            raise ConfigError("tam_heads", self.tam_heads, f"must divide the Transformer width {self.model_dim}")
+
+    @property
+    def model_dim(self) -> int:
+        """Transformer width: ``D`` (shared) or ``I * D`` (concat)."""
+        return self.hidden_dim * (self.num_targets if self.target_mode == "concat" else 1)
+
+    @property
+    def edge_dim(self) -> int:
+        """Size of the SAM's edge feature."""
+        return NUM_FEATURES if self.edge_features == "cartesian" else len(PAPER_FEATURES)
+
+    @classmethod
+    def paper(cls, num_targets: int, **overrides: Any) -> DGNNConfig:
+        """The paper's choices: polar edge features, zero init, absolute outputs, concatenated targets."""
+        kw: dict[str, Any] = dict(edge_features="paper", residual=False, anchor_init=False, target_mode="concat",
+                                  num_targets=num_targets, beam_input="paper")
+        kw.update(overrides)
+        return cls(**kw)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of builtins (YAML/JSON/Ray)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DGNNConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise :class:`ConfigError`."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key in data:
+            if key not in known:
+                raise ConfigError(key, data[key], f"unknown field; known fields: {sorted(known)}")
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> DGNNConfig:
+        """A validated copy with ``changes`` applied."""
+        return dataclasses.replace(self, **changes)
+
+
+def sinusoidal_encoding(length: int, dim: int, device: torch.device | None = None) -> Tensor:
+    """Positional encoding ``P`` of eq. (9) (Vaswani et al.), row ``a`` for age ``a``.
+
+    Shapes:
+        returns ``(length, dim)`` float32.
+    """
+    pos = torch.arange(length, dtype=torch.float32, device=device)[:, None]
+    k = torch.arange(0, dim, 2, dtype=torch.float32, device=device)
+    freq = torch.exp(-math.log(10000.0) * k / dim)
+    pe = torch.zeros(length, dim, device=device)
+    pe[:, 0::2] = torch.sin(pos * freq)
+    pe[:, 1::2] = torch.cos(pos * freq)[:, : dim // 2]
+    return pe
+
+
+def to_tensors(obs: dict[str, np.ndarray], device: torch.device | str | None = None) -> dict[str, Tensor]:
+    """Window arrays (batched or not) -> float32 tensors; a missing batch axis is added.
+
+    Shapes:
+        ``features (W, M, I, F)`` or ``(B, W, M, I, F)``; the other keys alike.
+    """
+    batched = np.ndim(obs["features"]) == 5
+    out = {}
+    for key in OBS_KEYS:
+        t = torch.as_tensor(np.asarray(obs[key]), dtype=torch.float32, device=device)
+        out[key] = t if batched else t.unsqueeze(0)
+    return out
+
+
+class DGNN(nn.Module):
+    """DGNN estimator + beam head.
+
+    ``forward(obs)`` with ``obs`` a dict of float tensors (batch ``B`` leading):
+
+    Shapes (input):
+        features ``(B, W, M, I, F)``, block_valid ``(B, W)``, bs_positions ``(B, M, 2)``,
+        anchor ``(B, I, 2)``, anchor_age ``(B, I)``, scales_m ``(B, 3)`` (normalisation of
+        :class:`~rl_isac.tracking.window.MeasurementWindow`).
+    Shapes (output dict):
+        ``u_hat (B, I, 2)`` metres (current block ``q``), ``u_tilde (B, I, 2)`` metres
+        (next block ``q + 1``), ``beam_logits_tx (B, M, I, C)``, ``beam_logits_rx (B, M, I, C)``,
+        ``target_embedding (B, I, D)``.
+    """
+
+    def __init__(self, cfg: DGNNConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        D = cfg.hidden_dim
+        self.register_buffer("edge_channels", torch.tensor(
+            list(range(NUM_FEATURES)) if cfg.edge_features == "cartesian" else list(PAPER_FEATURES)),
+            persistent=False)
+        self.init_mlp = nn.Sequential(mlp(3, D, D), nn.LayerNorm(D)) if cfg.anchor_init else None
+        self.sam = nn.ModuleList([SpatialAttentionLayer(2, cfg.edge_dim, D, cfg.sam_heads)
+                                  for _ in range(cfg.num_layers)])
+        d_model = cfg.model_dim
+        ff = cfg.ff_dim * (d_model // D)
+
+        def encoder_layer() -> nn.TransformerEncoderLayer:
+            return nn.TransformerEncoderLayer(d_model, cfg.tam_heads, ff, cfg.dropout, activation="gelu",
+                                              batch_first=True)
+
+        self.tam1 = encoder_layer()  # first MHSA layer -> u_hat_q
+        self.tam2 = encoder_layer()  # second MHSA layer -> u_tilde_{q+1}
+        self.head_now = mlp(D, D, 2)
+        self.head_next = mlp(D, D, 2)
+        if cfg.residual:  # untrained model returns the anchor
+            for head in (self.head_now, self.head_next):
+                nn.init.zeros_(head[-1].weight)
+                nn.init.zeros_(head[-1].bias)
+        beam_in = 4 if cfg.beam_input == "paper" else 4 + 3 + D
+        self.beam_head = nn.Sequential(nn.Linear(beam_in, 2 * D), nn.GELU(), nn.Linear(2 * D, 2 * D), nn.GELU(),
+                                       nn.Linear(2 * D, 2 * cfg.codebook_size))
+
+    # ------------------------------------------------------------------ pieces
+    def spatial(self, obs: dict[str, Tensor]) -> Tensor:
+        """SAM over every block: target states after ``L`` layers, eqs. (6)-(8).
+
+        Shapes:
+            returns ``(B, W, I, D)``.
+        """
+        feats = obs["features"]
+        B, W, M, I, F = feats.shape
+        D = self.cfg.hidden_dim
+        if self.init_mlp is not None:
+            tgt = torch.cat([obs["anchor"], obs["anchor_age"][..., None]], dim=-1)    # (B, I, 3)
+            h0 = self.init_mlp(tgt)                                                     # (B, I, D)
+        else:
+            h0 = feats.new_zeros(B, I, D)
+        h = h0[:, None].expand(B, W, I, D).reshape(B * W * I, D)
+        det = feats[..., FEATURE_INDEX["detected"]] > 0.5
+        edge_mask = det & (obs["block_valid"] > 0.5)[:, :, None, None]
+        edge_index, flat = dense_to_edges(edge_mask.reshape(B * W, M, I), M, I)
+        edge_attr = feats.reshape(-1, F)[flat][:, self.edge_channels]
+        x_bs = obs["bs_positions"][:, None].expand(B, W, M, 2).reshape(B * W * M, 2)
+        for layer in self.sam:
+            h = layer(x_bs, h, edge_index, edge_attr)
+        return h.view(B, W, I, D)
+
+    def temporal(self, h: Tensor, block_valid: Tensor) -> tuple[Tensor, Tensor]:
+        """TAM, eq. (9): the two encoder layers' outputs at the current block.
+
+        Shapes:
+            h: ``(B, W, I, D)``; block_valid: ``(B, W)``.
+            returns ``(z1, z2)``, each ``(B, I, D)``.
+        """
+        B, W, I, D = h.shape
+        pad = block_valid <= 0.5
+        pad = torch.cat([pad[:, :-1], torch.zeros_like(pad[:, -1:])], dim=1)  # the current block always attends
+        if self.cfg.target_mode == "shared":
+            seq = h.permute(0, 2, 1, 3).reshape(B * I, W, D)
+            pad = pad[:, None].expand(B, I, W).reshape(B * I, W)
+        else:
+            if I != self.cfg.num_targets:
+                raise ValueError(f"concat-mode DGNN built for {self.cfg.num_targets} targets got {I}")
+            seq = h.reshape(B, W, I * D)
+        pe = sinusoidal_encoding(W, seq.shape[-1], seq.device).flip(0)  # row W-1 (current) = age 0
+        z = seq + pe  # eq. (9)
+        z1 = self.tam1(z, src_key_padding_mask=pad)
+        z2 = self.tam2(z1, src_key_padding_mask=pad)
+        return z1[:, -1].reshape(B, I, D), z2[:, -1].reshape(B, I, D)
+
+    def _positions(self, head_out: Tensor, obs: dict[str, Tensor]) -> Tensor:
+        scales = obs["scales_m"]
+        pos_scale = scales[:, 0, None, None]
+        if self.cfg.residual:
+            return obs["anchor"] * pos_scale + head_out * scales[:, 1, None, None]
+        return head_out * pos_scale
+
+    def beam_logits(self, u_tilde_m: Tensor, embedding: Tensor, obs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Beam head, eq. (12), for every (BS, target) pair.
+
+        Shapes:
+            u_tilde_m: ``(B, I, 2)`` metres; embedding: ``(B, I, D)``.
+            returns tx and rx logits, each ``(B, M, I, C)``.
+        """
+        scales = obs["scales_m"]
+        p = obs["bs_positions"]                                      # (B, M, 2) normalised
+        B, M, _ = p.shape
+        I = u_tilde_m.shape[1]
+        u = u_tilde_m.detach() / scales[:, 0, None, None]            # (B, I, 2) normalised
+        parts = [p[:, :, None].expand(B, M, I, 2), u[:, None].expand(B, M, I, 2)]
+        if self.cfg.beam_input == "geometry":
+            rel = u_tilde_m.detach()[:, None] - p[:, :, None] * scales[:, 0, None, None, None]  # (B, M, I, 2) m
+            dist = rel.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+            parts += [rel / dist, dist / scales[:, 2, None, None, None],
+                      embedding[:, None].expand(B, M, I, embedding.shape[-1])]
+        logits = self.beam_head(torch.cat(parts, dim=-1))
+        C = self.cfg.codebook_size
+        return logits[..., :C], logits[..., C:]
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, obs: dict[str, Tensor]) -> dict[str, Tensor]:
+        h = self.spatial(obs)
+        z1, z2 = self.temporal(h, obs["block_valid"])
+        u_hat = self._positions(self.head_now(z1), obs)
+        u_tilde = self._positions(self.head_next(z2), obs)
+        tx, rx = self.beam_logits(u_tilde, z2, obs)
+        return {"u_hat": u_hat, "u_tilde": u_tilde, "beam_logits_tx": tx, "beam_logits_rx": rx,
+                "target_embedding": z2}
+
+    @torch.no_grad()
+    def predict(self, obs: dict[str, np.ndarray], num_symbols: int | None = None) -> dict[str, np.ndarray]:
+        """Inference on numpy window arrays (one observation or a batch), eval mode.
+
+        Returns the :meth:`forward` outputs as numpy arrays (batch axis dropped when the
+        input had none) and, when ``num_symbols = K`` is given, ``beams (..., M, I, K, 2)``
+        int64 from :func:`beams_from_logits`.
+        """
+        batched = np.ndim(obs["features"]) == 5
+        was_training = self.training
+        self.eval()
+        try:
+            out = self.forward(to_tensors(obs, next(self.parameters()).device))
+        finally:
+            self.train(was_training)
+        if num_symbols is not None:
+            out["beams"] = beams_from_logits(out["beam_logits_tx"], out["beam_logits_rx"], num_symbols)
+        return {k: (v if batched else v[0]).cpu().numpy() for k, v in out.items()}
+
+
+def _pair_order(num_symbols: int, pairing: str) -> list[tuple[int, int]]:
+    """Rank pairs ``(tx_rank, rx_rank)`` per symbol for :func:`beams_from_logits`."""
+    if pairing == "distinct":
+        return [(k, k ^ 1) for k in range(num_symbols)]
+    ranks = int(math.ceil(math.sqrt(num_symbols))) + 1
+    order = [(0, 0), (0, 1), (1, 0), (1, 1)]
+    for s in range(2, ranks + 1):
+        order += [(s, s)] + [(s, t) for t in range(s)] + [(t, s) for t in range(s)]
+    return order[:num_symbols]
+
+
+def beams_from_logits(tx_logits: Tensor, rx_logits: Tensor, num_symbols: int, pairing: str = "distinct") -> Tensor:
+    """Top-K tx and rx beams of eq. (12), grouped into ``K`` (tx, rx) pairs, one per symbol.
+
+    ``pairing="distinct"`` (default): symbol ``k`` transmits on the rank-``k`` tx beam and
+    receives on the rank-``k XOR 1`` rx beam (ranks 0<->1, 2<->3, ...), so with tx and rx
+    rankings alike the two best beams are crossed, ``(t0, r1), (t1, r0), (t2, r3), ...``:
+    tx != rx in every symbol, which avoids the zero angle information of a target on
+    the centre of a beam used for both. Should the chosen rx beam still equal the tx
+    beam (the rankings differ), the best-ranked rx beam that differs is used instead.
+    ``pairing="grid"``: ``(t0, r0), (t0, r1), (t1, r0), (t1, r1), (t2, r2), ...`` (the
+    world's ``beams_toward`` convention, sum/difference patterns of two beams).
+    Ranks beyond the codebook wrap around.
+
+    Shapes:
+        tx_logits, rx_logits: ``(..., C)``.
+        returns ``(..., K, 2)`` int64 ``(tx, rx)`` codebook indices.
+    """
+    if pairing not in PAIRINGS:
+        raise ValueError(f"pairing={pairing!r} must be one of {PAIRINGS}")
+    C = tx_logits.shape[-1]
+    order = _pair_order(num_symbols, pairing)
+    depth = min(C, max(max(a, b) for a, b in order) + 2)
+    tx_ranked = tx_logits.topk(depth, dim=-1).indices
+    rx_ranked = rx_logits.topk(depth, dim=-1).indices
+    tx_r = torch.tensor([a % depth for a, _ in order], device=tx_logits.device)
+    rx_r = torch.tensor([b % depth for _, b in order], device=tx_logits.device)
+    tx = tx_ranked[..., tx_r]                                                  # (..., K)
+    if pairing == "grid":
+        return torch.stack([tx, rx_ranked[..., rx_r]], dim=-1)
+    # candidates per symbol: the preferred rank first, then all ranks best first
+    cand = torch.cat([rx_r[:, None], torch.arange(depth, device=tx.device).expand(len(order), depth)], dim=1)
+    rx_cand = rx_ranked[..., cand]                                             # (..., K, depth + 1)
+    ok = rx_cand != tx[..., None]
+    first = torch.where(ok.any(-1), ok.float().argmax(-1), torch.zeros_like(tx))
+    rx = rx_cand.gather(-1, first[..., None]).squeeze(-1)
+    return torch.stack([tx, rx], dim=-1)
+
+
+__all__ = ["DGNN", "DGNNConfig", "beams_from_logits", "sinusoidal_encoding", "to_tensors",
+           "EDGE_FEATURES", "TARGET_MODES", "BEAM_INPUTS", "PAIRINGS"]

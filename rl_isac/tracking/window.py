@@ -1,0 +1,302 @@
+"""The CU's window of the last ``W`` blocks of measurements, as fixed-shape arrays.
+
+This is the one featurisation of the measurements (numpy only): the learned
+estimator (:mod:`rl_isac.tracking.dgnn`) reads it, and it is the RLlib
+observation later, so every entry is a float32 array whose shape depends only on
+the scenario (``W`` blocks, ``M`` BSs, ``I`` targets), never on what was measured.
+
+Observation (what :meth:`MeasurementWindow.as_arrays` returns; all float32):
+
+==================  ==============  ===========================================================
+key                 shape           meaning
+==================  ==============  ===========================================================
+``features``        ``(W, M, I, F)``  per block, BS and target, see :data:`FEATURE_NAMES`
+``block_valid``     ``(W,)``        1 for a block that holds measurements, 0 for padding
+``bs_positions``    ``(M, 2)``      BS positions / ``position_scale_m``
+``anchor``          ``(I, 2)``      per-target anchor / ``position_scale_m`` (see below)
+``anchor_age``      ``(I,)``        blocks since the anchor was last refreshed / ``W``
+``scales_m``        ``(3,)``        ``[position_scale_m, residual_scale_m, range_scale_m]``
+==================  ==============  ===========================================================
+
+Blocks are ordered oldest first; index ``W - 1`` is the current block ``q``.
+Before ``W`` blocks were pushed, the leading blocks are padding (all-zero
+features, ``block_valid = 0``).
+
+Feature layout (``F = 12``, index: name, value where the pair was detected; every
+measurement feature is 0 where it was not):
+
+ 0. ``detected``: 1 if the pair's detector fired (the DGNN's edges), else 0.
+ 1. ``assigned``: 1 if the pair was in the association ``A_q`` (a miss is assigned, not detected).
+ 2. ``range``: ``d_hat / range_scale_m`` (area diagonal).
+ 3. ``angle``: ``theta_hat / pi`` in ``(-1, 1]``.
+ 4. ``rel_x``, 5. ``rel_y``: the Cartesian offset implied by the measurement from its BS,
+    ``d_hat [cos theta_hat, sin theta_hat] / position_scale_m``.
+ 6. ``res_x``, 7. ``res_y``: the implied position relative to the target's *current*
+    anchor, ``(p_m + d_hat [cos, sin] - anchor_i) / residual_scale_m``, clipped to
+    ``+-RESIDUAL_CLIP`` (a far outlier saturates instead of blowing up the input).
+ 8. ``log_std_range``: ``log10`` of the range std from ``cov``, metres.
+ 9. ``log_std_angle``: ``log10`` of the angle std from ``cov``, radians.
+10. ``log_std_cross``: ``log10(d_hat * std_angle)``, the cross-range std, metres.
+11. ``snr``: ``snr_db / 30`` for *assigned* pairs (also for misses: a low SNR says the
+    beam missed the target), 0 elsewhere.
+
+The paper's edge feature ``e_{m,i,q} = z_hat_{m,i,q}`` (Sec. 3.1) is the sub-vector
+:data:`PAPER_FEATURES` (range, angle); the rest are our physically informed additions.
+
+Scales (O(1) inputs): ``position_scale_m`` is the area's longer side (one scale for
+both axes keeps the geometry isotropic, so a squared error means the same along x
+and y); ``range_scale_m`` is the area diagonal; ``residual_scale_m`` (default 5 m,
+about five blocks of motion at 10 m/s) makes measurement-minus-anchor offsets O(1)
+while keeping a 5 cm measurement visible as 0.01.
+
+Anchor (the per-target reference the DGNN predicts residuals from): at
+:meth:`MeasurementWindow.reset` it is the acquisition position the CU receives at
+``q = 0``. At every :meth:`MeasurementWindow.push` each target's detected
+measurements are converted to Cartesian positions with covariances
+``J cov J^T`` (``J`` the polar-to-Cartesian Jacobian), gated (within
+``range_gate_m + step_m * (age + 1) + 3 sigma`` of the previous anchor, so a stray
+echo of another target cannot capture it), and fused by information weighting
+together with the previous anchor as a weak prior (std ``step_m * (age + 1) + 0.5 m``,
+so a range-only measurement cannot drag the anchor sideways);
+when at least one passes, the fused position becomes the new anchor (age 0),
+otherwise the anchor is kept and its age grows by one. We chose this
+measurement-derived anchor over "the model's last estimate" because it makes the
+observation a function of the measurements alone (no feedback loop between the
+estimator and its own input, identical in pre-training and in PPO, and computable
+by the env without the model), while still being within about a metre of the
+truth, so the residual the network must output is small and O(1) in
+``residual_scale_m`` units. It does not extrapolate motion: the network does.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+from rl_isac.errors import MeasurementError
+from rl_isac.physics.measurements import Measurements
+from rl_isac.scenario import ScenarioConfig
+
+FEATURE_NAMES: tuple[str, ...] = (
+    "detected", "assigned", "range", "angle", "rel_x", "rel_y", "res_x", "res_y",
+    "log_std_range", "log_std_angle", "log_std_cross", "snr",
+)
+"""Names of the ``F`` feature channels, in order."""
+NUM_FEATURES = len(FEATURE_NAMES)
+FEATURE_INDEX = {name: k for k, name in enumerate(FEATURE_NAMES)}
+PAPER_FEATURES: tuple[int, ...] = (FEATURE_INDEX["range"], FEATURE_INDEX["angle"])
+"""Channels of the paper's edge feature ``e_{m,i,q} = [d_hat, theta_hat]`` (Sec. 3.1)."""
+
+RESIDUAL_SCALE_M = 5.0
+"""Default scale of measurement-minus-anchor offsets (and of the DGNN's residual outputs), metres."""
+RESIDUAL_CLIP = 10.0
+"""Clip of the residual features, in ``residual_scale_m`` units (10 x 5 m = 50 m)."""
+SNR_SCALE_DB = 30.0
+"""Divisor of ``snr_db``."""
+_MIN_STD = 1e-9
+_PRIOR_FLOOR_M = 0.5  # added to the prior std of the anchor fusion, metres
+_AGE_CAP_BLOCKS = 1000
+
+OBS_KEYS = ("features", "block_valid", "bs_positions", "anchor", "anchor_age", "scales_m")
+
+
+def observation_shapes(cfg: ScenarioConfig) -> dict[str, tuple[int, ...]]:
+    """Fixed shapes of the arrays of :meth:`MeasurementWindow.as_arrays` (all float32).
+
+    Returns:
+        ``{key: shape}`` for every key in :data:`OBS_KEYS`.
+    """
+    W, M, I = cfg.window, cfg.num_bs, cfg.num_targets
+    return {"features": (W, M, I, NUM_FEATURES), "block_valid": (W,), "bs_positions": (M, 2),
+            "anchor": (I, 2), "anchor_age": (I,), "scales_m": (3,)}
+
+
+def stack_observations(observations: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Stack per-step observations along a new leading batch axis ``B``.
+
+    Shapes:
+        each input ``{key: S_key}`` -> ``{key: (B, *S_key)}``.
+    """
+    return {key: np.stack([obs[key] for obs in observations]) for key in observations[0]}
+
+
+def measured_positions_m(meas: Measurements, bs_positions_m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cartesian position implied by each measurement and its covariance.
+
+    ``u = p_m + d [cos t, sin t]``; ``Sigma = J cov J^T`` with
+    ``J = [[cos t, -d sin t], [sin t, d cos t]]`` (first-order propagation).
+
+    Shapes:
+        bs_positions_m: ``(M, 2)`` metres.
+        returns ``positions (M, I, 2)`` metres and ``cov (M, I, 2, 2)`` square metres;
+        both 0 where not detected.
+    """
+    d, t = meas.range_m, meas.angle_rad
+    c, s = np.cos(t), np.sin(t)
+    pos = bs_positions_m[:, None, :] + d[..., None] * np.stack([c, s], axis=-1)
+    jac = np.stack([np.stack([c, -d * s], -1), np.stack([s, d * c], -1)], axis=-2)  # (M, I, 2, 2)
+    cov = jac @ meas.cov @ np.swapaxes(jac, -1, -2)
+    det = meas.detected
+    return np.where(det[..., None], pos, 0.0), np.where(det[..., None, None], cov, 0.0)
+
+
+class MeasurementWindow:
+    """The last ``W`` blocks of :class:`Measurements`, plus a per-target anchor.
+
+    Usage::
+
+        win = MeasurementWindow(cfg)
+        win.reset(acquisition_m)     # (I, 2) metres, block q = 0
+        obs = win.as_arrays()        # all-padding window, anchor = acquisition
+        win.push(meas)               # once per block
+        obs = win.as_arrays()
+
+    Args:
+        cfg: the scenario (``window``, ``bs_positions_m``, ``area_size_m``, ``range_gate_m``,
+            ``step_m`` are used).
+        residual_scale_m: scale of the residual features, metres (see the module docstring).
+    """
+
+    def __init__(self, cfg: ScenarioConfig, residual_scale_m: float = RESIDUAL_SCALE_M) -> None:
+        self.cfg = cfg
+        self.window = cfg.window
+        self.num_bs = cfg.num_bs
+        self.num_targets = cfg.num_targets
+        self.bs_positions_m = np.asarray(cfg.bs_positions_m, dtype=float)
+        self.position_scale_m = float(max(cfg.area_size_m))
+        self.range_scale_m = float(cfg.max_range_m)
+        self.residual_scale_m = float(residual_scale_m)
+        self._blocks: deque[Measurements] = deque(maxlen=self.window)
+        self._anchor_m: np.ndarray | None = None
+        self._anchor_age = np.zeros(self.num_targets, dtype=int)
+
+    # ------------------------------------------------------------------ state
+    @property
+    def anchor_m(self) -> np.ndarray:
+        """Current per-target anchor, ``(I, 2)`` metres (a copy)."""
+        self._require_reset()
+        return self._anchor_m.copy()
+
+    @property
+    def anchor_age(self) -> np.ndarray:
+        """Blocks since each anchor was last refreshed, ``(I,)`` int."""
+        return self._anchor_age.copy()
+
+    @property
+    def num_valid(self) -> int:
+        """Number of blocks held (``<= W``)."""
+        return len(self._blocks)
+
+    def _require_reset(self) -> None:
+        if self._anchor_m is None:
+            raise MeasurementError("MeasurementWindow used before reset(initial_positions_m)")
+
+    def reset(self, initial_positions_m: np.ndarray) -> None:
+        """Start an episode: empty window, anchors at the acquisition positions.
+
+        Shapes:
+            initial_positions_m: ``(I, 2)`` metres (the CU's acquisition at ``q = 0``).
+        """
+        pos = np.asarray(initial_positions_m, dtype=float)
+        if pos.shape != (self.num_targets, 2) or not np.all(np.isfinite(pos)):
+            raise MeasurementError(f"initial_positions_m must be a finite ({self.num_targets}, 2) array, "
+                                   f"got shape {pos.shape}")
+        self._blocks.clear()
+        self._anchor_m = pos.copy()
+        self._anchor_age = np.zeros(self.num_targets, dtype=int)
+
+    def push(self, meas: Measurements) -> None:
+        """Append the measurements of the newest block and refresh the anchors.
+
+        Shapes:
+            meas: arrays ``(M, I)`` for this scenario.
+        """
+        self._require_reset()
+        if meas.assigned.shape != (self.num_bs, self.num_targets):
+            raise MeasurementError(f"measurements have shape {meas.assigned.shape}, the window expects "
+                                   f"({self.num_bs}, {self.num_targets})")
+        self._blocks.append(meas)
+        self._update_anchor(meas)
+
+    def _update_anchor(self, meas: Measurements) -> None:
+        pos, cov = measured_positions_m(meas, self.bs_positions_m)        # (M, I, 2), (M, I, 2, 2)
+        sigma = np.sqrt(np.maximum(np.trace(cov, axis1=-2, axis2=-1), 0.0))  # (M, I)
+        gate_m = self.cfg.range_gate_m + self.cfg.step_m * (self._anchor_age + 1)  # (I,)
+        dist = np.linalg.norm(pos - self._anchor_m[None], axis=-1)          # (M, I)
+        ok = meas.detected & (dist <= gate_m[None] + 3.0 * sigma)
+        # Information fusion with the previous anchor as a weak prior (std = distance moved since):
+        # u = (P0^-1 + sum Sigma_m^-1)^-1 (P0^-1 u0 + sum Sigma_m^-1 u_m) over the gated measurements.
+        # The prior keeps a range-only measurement (huge angle variance) from moving the anchor sideways.
+        eye = np.eye(2)
+        info = np.linalg.inv(np.where(ok[..., None, None], cov + 1e-9 * eye, eye))
+        info = np.where(ok[..., None, None], info, 0.0)                      # (M, I, 2, 2)
+        prior_info = eye / (self.cfg.step_m * (self._anchor_age + 1) + _PRIOR_FLOOR_M)[:, None, None] ** 2
+        info_sum = prior_info + info.sum(axis=0)                             # (I, 2, 2)
+        vec_sum = (prior_info @ self._anchor_m[..., None])[..., 0] + (info @ pos[..., None]).sum(axis=0)[..., 0]
+        has = ok.any(axis=0)
+        fused = np.linalg.solve(info_sum, vec_sum[..., None])[..., 0]
+        self._anchor_m = np.where(has[:, None], fused, self._anchor_m)
+        self._anchor_age = np.where(has, 0, np.minimum(self._anchor_age + 1, _AGE_CAP_BLOCKS))
+
+    # ------------------------------------------------------------------ arrays
+    def block_features(self, meas: Measurements) -> np.ndarray:
+        """Features of one block relative to the current anchors.
+
+        Shapes:
+            returns ``(M, I, F)`` float32, layout :data:`FEATURE_NAMES`.
+        """
+        self._require_reset()
+        det = meas.detected
+        d, t = meas.range_m, meas.angle_rad
+        c, s = np.cos(t), np.sin(t)
+        out = np.zeros((self.num_bs, self.num_targets, NUM_FEATURES))
+        out[..., 0] = det
+        out[..., 1] = meas.assigned
+        out[..., 2] = d / self.range_scale_m
+        out[..., 3] = t / np.pi
+        out[..., 4] = d * c / self.position_scale_m
+        out[..., 5] = d * s / self.position_scale_m
+        implied = self.bs_positions_m[:, None, :] + d[..., None] * np.stack([c, s], axis=-1)
+        res = (implied - self._anchor_m[None]) / self.residual_scale_m
+        out[..., 6:8] = np.clip(res, -RESIDUAL_CLIP, RESIDUAL_CLIP)
+        std_r = np.sqrt(np.maximum(meas.cov[..., 0, 0], _MIN_STD**2))
+        std_t = np.sqrt(np.maximum(meas.cov[..., 1, 1], _MIN_STD**2))
+        out[..., 8] = np.log10(std_r)
+        out[..., 9] = np.log10(std_t)
+        out[..., 10] = np.log10(np.maximum(d * std_t, _MIN_STD))
+        out[..., 2:11] = np.where(det[..., None], out[..., 2:11], 0.0)
+        out[..., 11] = np.where(meas.assigned, meas.snr_db / SNR_SCALE_DB, 0.0)
+        return out.astype(np.float32)
+
+    def as_arrays(self) -> dict[str, np.ndarray]:
+        """The observation: fixed-shape float32 arrays, see the module docstring.
+
+        Shapes:
+            ``features (W, M, I, F)``, ``block_valid (W,)``, ``bs_positions (M, 2)``,
+            ``anchor (I, 2)``, ``anchor_age (I,)``, ``scales_m (3,)``.
+        """
+        self._require_reset()
+        W = self.window
+        feats = np.zeros((W, self.num_bs, self.num_targets, NUM_FEATURES), dtype=np.float32)
+        valid = np.zeros(W, dtype=np.float32)
+        n = len(self._blocks)
+        for k, meas in enumerate(self._blocks):
+            feats[W - n + k] = self.block_features(meas)
+            valid[W - n + k] = 1.0
+        return {
+            "features": feats,
+            "block_valid": valid,
+            "bs_positions": (self.bs_positions_m / self.position_scale_m).astype(np.float32),
+            "anchor": (self._anchor_m / self.position_scale_m).astype(np.float32),
+            "anchor_age": (self._anchor_age / W).astype(np.float32),
+            "scales_m": np.array([self.position_scale_m, self.residual_scale_m, self.range_scale_m],
+                                 dtype=np.float32),
+        }
+
+
+__all__ = [
+    "FEATURE_NAMES", "FEATURE_INDEX", "NUM_FEATURES", "PAPER_FEATURES", "RESIDUAL_SCALE_M", "RESIDUAL_CLIP",
+    "SNR_SCALE_DB", "OBS_KEYS", "MeasurementWindow", "measured_positions_m", "observation_shapes",
+    "stack_observations",
+]
