@@ -37,7 +37,7 @@ from rl_isac.physics.arrays import beams_toward, dft_codebook, nearest_beams
 from rl_isac.physics.channel import channel_gains, delay_s, doppler_hz, geometry, received_amplitude
 from rl_isac.physics.echo import qpsk_symbols, synthesize_echo
 from rl_isac.physics.estimation import PairEstimator
-from rl_isac.physics.fisher import angle_variance, position_information, range_angle_crb
+from rl_isac.physics.fisher import expected_position_information
 from rl_isac.physics.measurements import Measurements
 from rl_isac.physics.surrogate import surrogate_measure
 from rl_isac.scenario import ScenarioConfig
@@ -244,12 +244,7 @@ class CellFreeNetwork:
             ``(M, I, 2, 2)`` in 1/m^2, assuming detection (CRB of range and angle at the
             expected amplitude, mapped to the position).
         """
-        range_m, angle = geometry(self.bs_positions_m, np.asarray(positions_m, float))
-        amp = received_amplitude(self.cfg, range_m)
-        var_r, var_u = range_angle_crb(self.cfg, self.codebook, amp.ravel(), np.cos(angle).ravel(),
-                                       beams.reshape(-1, *beams.shape[2:]))
-        var_a = angle_variance(var_u, angle.ravel())
-        return position_information(range_m.ravel(), angle.ravel(), var_r, var_a).reshape(*range_m.shape, 2, 2)
+        return expected_position_information(self.cfg, self.codebook, self.bs_positions_m, positions_m, beams)
 
     def nearest_association(self, positions_m: np.ndarray) -> np.ndarray:
         """A simple feasible association: each target to its nearest BS with a free chain, then fill.

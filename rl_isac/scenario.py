@@ -164,7 +164,8 @@ class ScenarioConfig:
             raise ConfigError("area_size_m", self.area_size_m, "must be (width_m, height_m), both finite and > 0")
         width, height = self.area_size_m
         if 2 * self.edge_margin_m >= min(width, height):
-            raise ConfigError("edge_margin_m", self.edge_margin_m, "twice the margin must be below the area's smaller side")
+            raise ConfigError("edge_margin_m", self.edge_margin_m,
+                              "twice the margin must be below the area's smaller side")
         if self.spawn_margin_m < self.edge_margin_m or 2 * self.spawn_margin_m >= min(width, height):
             raise ConfigError("spawn_margin_m", self.spawn_margin_m,
                               "must be >= edge_margin_m and twice it below the area's smaller side")
@@ -248,7 +249,8 @@ class ScenarioConfig:
     @property
     def noise_power_w(self) -> float:
         """AWGN power ``sigma^2`` per subcarrier and receive antenna ``k T F delta_f``, watts."""
-        return BOLTZMANN_J_PER_K * self.noise_temperature_k * 10 ** (self.noise_figure_db / 10) * self.subcarrier_spacing_hz
+        noise_factor = 10 ** (self.noise_figure_db / 10)
+        return BOLTZMANN_J_PER_K * self.noise_temperature_k * noise_factor * self.subcarrier_spacing_hz
 
     @property
     def heading_step_rad(self) -> float:

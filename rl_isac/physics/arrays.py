@@ -148,7 +148,8 @@ def beam_pairs_from_ranked(tx_ranked: np.ndarray, rx_ranked: np.ndarray, num_sym
         ``(..., K, 2)`` int ``(tx, rx)`` per symbol.
     """
     ranks = tx_ranked.shape[-1]
-    order = [(a, b) for s in range(ranks) for (a, b) in ([(s, s)] + [(s, t) for t in range(s)] + [(t, s) for t in range(s)])]
+    order = [pair for s in range(ranks)
+             for pair in ([(s, s)] + [(s, t) for t in range(s)] + [(t, s) for t in range(s)])]
     # order: (0,0), (1,1), (1,0), (0,1), (2,2), ... ; reorder the first block to the documented one.
     first = [(0, 0), (0, 1), (1, 0), (1, 1)]
     order = first + [p for p in order if p not in first]

@@ -92,7 +92,8 @@ def crb_check(trials: int = 400, surrogate_trials: int = 4000, seed: int = 0,
         rmse_over_crb = max(sig["range_rmse_m"] / sig["range_crb_m"], sig["angle_rmse_rad"] / sig["angle_crb_rad"])
         bias_over_crb = max(abs(sig["range_bias_m"]) / sig["range_crb_m"],
                             abs(sig["angle_bias_rad"]) / sig["angle_crb_rad"])
-        rel = max(abs(sur["range_rmse_m"] / sig["range_rmse_m"] - 1), abs(sur["angle_rmse_rad"] / sig["angle_rmse_rad"] - 1))
+        rel = max(abs(sur["range_rmse_m"] / sig["range_rmse_m"] - 1),
+                  abs(sur["angle_rmse_rad"] / sig["angle_rmse_rad"] - 1))
         applies = sig["snr_db"] >= 15.0
         case = {"range_m": rng_m, "angle_deg": ang, **sig, "surrogate": sur,
                 "checks": {"rmse_over_crb": rmse_over_crb, "bias_over_crb": bias_over_crb,

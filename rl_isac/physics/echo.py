@@ -62,7 +62,8 @@ def synthesize_echo(cfg: ScenarioConfig, codebook: np.ndarray, chain_active: np.
     g_rx = np.moveaxis(resp[m_idx, :, rx_idx], -1, -1) * chain_active[..., None, None]
     g_tx = resp[m_idx, :, tx_idx].conj() * chain_active[..., None, None]
     k = np.arange(num_symbols)
-    doppler_phase = np.exp(1j * 2 * np.pi * doppler_hz[:, None, :] * k[None, :, None] * cfg.symbol_duration_s)  # (M,K,I)
+    # (M, K, I) Doppler rotation per symbol
+    doppler_phase = np.exp(1j * 2 * np.pi * doppler_hz[:, None, :] * k[None, :, None] * cfg.symbol_duration_s)
     amp = gains[:, None, :] * doppler_phase  # (M, K, I)
     # C[m, k, r, t, i] = sqrt(P) alpha e^{j2 pi nu k T0} (f_r^H a_R)(a_T^H w_t)
     coef = np.einsum("mki,mrki,mtki->mkrti", amp, g_rx, g_tx)

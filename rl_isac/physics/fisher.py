@@ -127,3 +127,28 @@ def pcrb_recursion(prior_info: np.ndarray, transition: np.ndarray, process_noise
         info[..., :2, :2] += measurement_info[q]
         out[q] = np.linalg.inv(info)
     return out
+
+
+def expected_position_information(cfg: ScenarioConfig, codebook: np.ndarray, bs_positions_m: np.ndarray,
+                                  positions_m: np.ndarray, beams: np.ndarray) -> np.ndarray:
+    """Position Fisher information every BS would give every target with the given beams.
+
+    Uses the radar-equation amplitude at the given positions (true ones for bounds,
+    predicted ones for association objectives) and assumes detection.
+
+    Args:
+        codebook: ``(N, B)``.
+        bs_positions_m: ``(M, 2)`` metres.
+        positions_m: ``(I, 2)`` metres.
+        beams: ``(M, I, K, 2)`` int.
+    Returns:
+        ``(M, I, 2, 2)`` in 1/m^2.
+    """
+    from rl_isac.physics.channel import geometry, received_amplitude
+
+    range_m, angle = geometry(bs_positions_m, np.asarray(positions_m, float))
+    amp = received_amplitude(cfg, range_m)
+    var_r, var_u = range_angle_crb(cfg, codebook, amp.ravel(), np.cos(angle).ravel(),
+                                   beams.reshape(-1, *beams.shape[2:]))
+    var_a = angle_variance(var_u, angle.ravel())
+    return position_information(range_m.ravel(), angle.ravel(), var_r, var_a).reshape(*range_m.shape, 2, 2)

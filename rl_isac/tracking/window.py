@@ -13,8 +13,10 @@ key                 shape           meaning
 ``features``        ``(W, M, I, F)``  per block, BS and target, see :data:`FEATURE_NAMES`
 ``block_valid``     ``(W,)``        1 for a block that holds measurements, 0 for padding
 ``bs_positions``    ``(M, 2)``      BS positions / ``position_scale_m``
-``anchor``          ``(I, 2)``      per-target anchor / ``position_scale_m`` (see below)
-``anchor_age``      ``(I,)``        blocks since the anchor was last refreshed / ``W``
+``anchor``          ``(I, 2)``      per-target anchor for block ``q`` / ``position_scale_m`` (see below)
+``anchor_next``     ``(I, 2)``      per-target anchor for block ``q + 1`` / ``position_scale_m``
+``anchor_age``      ``(I,)``        blocks since the target was last measured (or acquired) / ``W``
+``anchor_log_std``  ``(I,)``        ``log10`` of the anchor's position std ``sqrt(tr P)``, metres
 ``scales_m``        ``(3,)``        ``[position_scale_m, residual_scale_m, range_scale_m]``
 ==================  ==============  ===========================================================
 
@@ -49,23 +51,28 @@ and y); ``range_scale_m`` is the area diagonal; ``residual_scale_m`` (default 5 
 about five blocks of motion at 10 m/s) makes measurement-minus-anchor offsets O(1)
 while keeping a 5 cm measurement visible as 0.01.
 
-Anchor (the per-target reference the DGNN predicts residuals from): at
-:meth:`MeasurementWindow.reset` it is the acquisition position the CU receives at
-``q = 0``. At every :meth:`MeasurementWindow.push` each target's detected
-measurements are converted to Cartesian positions with covariances
-``J cov J^T`` (``J`` the polar-to-Cartesian Jacobian), gated (within
-``range_gate_m + step_m * (age + 1) + 3 sigma`` of the previous anchor, so a stray
-echo of another target cannot capture it), and fused by information weighting
-together with the previous anchor as a weak prior (std ``step_m * (age + 1) + 0.5 m``,
-so a range-only measurement cannot drag the anchor sideways);
-when at least one passes, the fused position becomes the new anchor (age 0),
-otherwise the anchor is kept and its age grows by one. We chose this
-measurement-derived anchor over "the model's last estimate" because it makes the
-observation a function of the measurements alone (no feedback loop between the
-estimator and its own input, identical in pre-training and in PPO, and computable
-by the env without the model), while still being within about a metre of the
-truth, so the residual the network must output is small and O(1) in
-``residual_scale_m`` units. It does not extrapolate motion: the network does.
+Anchors (the per-target references the DGNN predicts residuals from; the
+residual features above are taken against ``anchor``). Both modes start at the
+acquisition the CU receives at ``q = 0`` (:meth:`MeasurementWindow.reset`) and are
+functions of the measurements alone: no feedback loop between the estimator and
+its own input, identical in pre-training and in PPO, and computable by the env
+without the model.
+
+* ``anchor="ekf"`` (default): the classical CU estimator
+  (:class:`rl_isac.tracking.ekf.EKFEstimator`) runs alongside the window; ``anchor``
+  is its ``u_hat_q`` and ``anchor_next`` its prediction ``u_tilde_{q+1}``. The DGNN then
+  learns a correction of the EKF: its zero-initialised residual heads start exactly
+  at the EKF, and whatever it learns (non-Gaussian errors, bad-geometry pairs whose
+  reported covariance is too optimistic, the edges) is on top.
+* ``anchor="measurement"``: a model-free anchor, no motion model. Each target's
+  detected measurements are gated in measurement space around the previous anchor
+  (range and cross-range innovations within ``range_gate_m + step_m * (age + 1)``
+  plus three stds, so a stray echo of another target cannot capture it) and fused
+  with the previous anchor as a weak prior (isotropic std
+  ``step_m * (age + 1) + 0.5 m``) by an iterated EKF update on the position alone
+  (three Gauss-Newton steps, range and angle linearised at the iterate, so a
+  range-only measurement with a huge angle variance moves the anchor only along
+  the range direction). ``anchor_next = anchor``: the network extrapolates.
 """
 
 from __future__ import annotations
@@ -74,9 +81,10 @@ from collections import deque
 
 import numpy as np
 
-from rl_isac.errors import MeasurementError
+from rl_isac.errors import ConfigError, MeasurementError
 from rl_isac.physics.measurements import Measurements
 from rl_isac.scenario import ScenarioConfig
+from rl_isac.tracking.ekf import EKFEstimator
 
 FEATURE_NAMES: tuple[str, ...] = (
     "detected", "assigned", "range", "angle", "rel_x", "rel_y", "res_x", "res_y",
@@ -96,9 +104,18 @@ SNR_SCALE_DB = 30.0
 """Divisor of ``snr_db``."""
 _MIN_STD = 1e-9
 _PRIOR_FLOOR_M = 0.5  # added to the prior std of the anchor fusion, metres
+_ANCHOR_ITERATIONS = 3  # Gauss-Newton steps of the anchor's iterated EKF update
+
+
+def _wrap(angle_rad: np.ndarray) -> np.ndarray:
+    """Wrap to ``(-pi, pi]``."""
+    return np.pi - np.mod(np.pi - angle_rad, 2 * np.pi)
 _AGE_CAP_BLOCKS = 1000
 
-OBS_KEYS = ("features", "block_valid", "bs_positions", "anchor", "anchor_age", "scales_m")
+ANCHORS = ("ekf", "measurement")
+"""Anchor modes of :class:`MeasurementWindow`."""
+OBS_KEYS = ("features", "block_valid", "bs_positions", "anchor", "anchor_next", "anchor_age", "anchor_log_std",
+            "scales_m")
 
 
 def observation_shapes(cfg: ScenarioConfig) -> dict[str, tuple[int, ...]]:
@@ -109,7 +126,7 @@ def observation_shapes(cfg: ScenarioConfig) -> dict[str, tuple[int, ...]]:
     """
     W, M, I = cfg.window, cfg.num_bs, cfg.num_targets
     return {"features": (W, M, I, NUM_FEATURES), "block_valid": (W,), "bs_positions": (M, 2),
-            "anchor": (I, 2), "anchor_age": (I,), "scales_m": (3,)}
+            "anchor": (I, 2), "anchor_next": (I, 2), "anchor_age": (I,), "anchor_log_std": (I,), "scales_m": (3,)}
 
 
 def stack_observations(observations: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -142,7 +159,7 @@ def measured_positions_m(meas: Measurements, bs_positions_m: np.ndarray) -> tupl
 
 
 class MeasurementWindow:
-    """The last ``W`` blocks of :class:`Measurements`, plus a per-target anchor.
+    """The last ``W`` blocks of :class:`Measurements`, plus per-target anchors.
 
     Usage::
 
@@ -154,12 +171,18 @@ class MeasurementWindow:
 
     Args:
         cfg: the scenario (``window``, ``bs_positions_m``, ``area_size_m``, ``range_gate_m``,
-            ``step_m`` are used).
-        residual_scale_m: scale of the residual features, metres (see the module docstring).
+            ``step_m`` and, for the EKF anchor, the motion parameters are used).
+        anchor: ``"ekf"`` or ``"measurement"`` (see the module docstring).
+        residual_scale_m: scale of the residual features, metres.
     """
 
-    def __init__(self, cfg: ScenarioConfig, residual_scale_m: float = RESIDUAL_SCALE_M) -> None:
+    def __init__(self, cfg: ScenarioConfig, anchor: str = "ekf", residual_scale_m: float = RESIDUAL_SCALE_M) -> None:
+        if anchor not in ANCHORS:
+            raise ConfigError("anchor", anchor, f"must be one of {ANCHORS}")
+        if not (np.isfinite(residual_scale_m) and residual_scale_m > 0):
+            raise ConfigError("residual_scale_m", residual_scale_m, "must be a finite number > 0")
         self.cfg = cfg
+        self.anchor = anchor
         self.window = cfg.window
         self.num_bs = cfg.num_bs
         self.num_targets = cfg.num_targets
@@ -168,19 +191,28 @@ class MeasurementWindow:
         self.range_scale_m = float(cfg.max_range_m)
         self.residual_scale_m = float(residual_scale_m)
         self._blocks: deque[Measurements] = deque(maxlen=self.window)
+        self._ekf = EKFEstimator(cfg) if anchor == "ekf" else None
         self._anchor_m: np.ndarray | None = None
+        self._anchor_next_m: np.ndarray | None = None
+        self._anchor_var_m2 = np.zeros(self.num_targets)
         self._anchor_age = np.zeros(self.num_targets, dtype=int)
 
     # ------------------------------------------------------------------ state
     @property
     def anchor_m(self) -> np.ndarray:
-        """Current per-target anchor, ``(I, 2)`` metres (a copy)."""
+        """Current per-target anchor (block ``q``), ``(I, 2)`` metres (a copy)."""
         self._require_reset()
         return self._anchor_m.copy()
 
     @property
+    def anchor_next_m(self) -> np.ndarray:
+        """Per-target anchor for the next block ``q + 1``, ``(I, 2)`` metres (a copy)."""
+        self._require_reset()
+        return self._anchor_next_m.copy()
+
+    @property
     def anchor_age(self) -> np.ndarray:
-        """Blocks since each anchor was last refreshed, ``(I,)`` int."""
+        """Blocks since each target was last measured (or acquired), ``(I,)`` int."""
         return self._anchor_age.copy()
 
     @property
@@ -205,6 +237,12 @@ class MeasurementWindow:
         self._blocks.clear()
         self._anchor_m = pos.copy()
         self._anchor_age = np.zeros(self.num_targets, dtype=int)
+        self._anchor_var_m2 = np.full(self.num_targets, 2 * self.cfg.acquisition_std_m**2)
+        if self._ekf is not None:
+            self._ekf.reset(pos)
+            self._anchor_next_m = self._ekf.predicted_position()
+        else:
+            self._anchor_next_m = pos.copy()
 
     def push(self, meas: Measurements) -> None:
         """Append the measurements of the newest block and refresh the anchors.
@@ -216,28 +254,54 @@ class MeasurementWindow:
         if meas.assigned.shape != (self.num_bs, self.num_targets):
             raise MeasurementError(f"measurements have shape {meas.assigned.shape}, the window expects "
                                    f"({self.num_bs}, {self.num_targets})")
+        if self._ekf is not None:
+            u_hat, u_next = self._ekf.update(meas)
+            self._anchor_m, self._anchor_next_m = u_hat, u_next
+            self._anchor_var_m2 = np.trace(self._ekf.covariance[:, :2, :2], axis1=-2, axis2=-1)
+            measured = meas.detected.any(axis=0)
+        else:
+            measured = self._update_measurement_anchor(meas)
+            self._anchor_next_m = self._anchor_m.copy()
+        self._anchor_age = np.where(measured, 0, np.minimum(self._anchor_age + 1, _AGE_CAP_BLOCKS))
         self._blocks.append(meas)
-        self._update_anchor(meas)
 
-    def _update_anchor(self, meas: Measurements) -> None:
-        pos, cov = measured_positions_m(meas, self.bs_positions_m)        # (M, I, 2), (M, I, 2, 2)
-        sigma = np.sqrt(np.maximum(np.trace(cov, axis1=-2, axis2=-1), 0.0))  # (M, I)
-        gate_m = self.cfg.range_gate_m + self.cfg.step_m * (self._anchor_age + 1)  # (I,)
-        dist = np.linalg.norm(pos - self._anchor_m[None], axis=-1)          # (M, I)
-        ok = meas.detected & (dist <= gate_m[None] + 3.0 * sigma)
-        # Information fusion with the previous anchor as a weak prior (std = distance moved since):
-        # u = (P0^-1 + sum Sigma_m^-1)^-1 (P0^-1 u0 + sum Sigma_m^-1 u_m) over the gated measurements.
-        # The prior keeps a range-only measurement (huge angle variance) from moving the anchor sideways.
+    def _update_measurement_anchor(self, meas: Measurements) -> np.ndarray:
+        """Iterated EKF update of the position-only anchors; returns which targets were updated ``(I,)``."""
+        u0 = self._anchor_m                                                    # (I, 2)
+        bs = self.bs_positions_m[:, None, :]                                   # (M, 1, 2)
+        var_r = np.maximum(meas.cov[..., 0, 0], _MIN_STD**2)
+        var_t = np.maximum(meas.cov[..., 1, 1], _MIN_STD**2)
+        # gate in measurement space around the prior: range and cross-range innovations
+        rel0 = u0[None] - bs
+        r0 = np.maximum(np.linalg.norm(rel0, axis=-1), 1e-6)                   # (M, I)
+        t0 = np.arctan2(rel0[..., 1], rel0[..., 0])
+        gate_m = (self.cfg.range_gate_m + self.cfg.step_m * (self._anchor_age + 1))[None]  # (1, I)
+        ok = (meas.detected & (np.abs(meas.range_m - r0) <= gate_m + 3 * np.sqrt(var_r))
+              & (np.abs(_wrap(meas.angle_rad - t0)) * r0 <= gate_m + 3 * r0 * np.sqrt(var_t)))
         eye = np.eye(2)
-        info = np.linalg.inv(np.where(ok[..., None, None], cov + 1e-9 * eye, eye))
-        info = np.where(ok[..., None, None], info, 0.0)                      # (M, I, 2, 2)
-        prior_info = eye / (self.cfg.step_m * (self._anchor_age + 1) + _PRIOR_FLOOR_M)[:, None, None] ** 2
-        info_sum = prior_info + info.sum(axis=0)                             # (I, 2, 2)
-        vec_sum = (prior_info @ self._anchor_m[..., None])[..., 0] + (info @ pos[..., None]).sum(axis=0)[..., 0]
+        r_inv = np.linalg.inv(np.where(ok[..., None, None], meas.cov + 1e-12 * eye, eye))
+        r_inv = np.where(ok[..., None, None], r_inv, 0.0)                      # (M, I, 2, 2)
+        prior_std = self.cfg.step_m * (self._anchor_age + 1) + _PRIOR_FLOOR_M  # (I,)
+        prior_info = eye / prior_std[:, None, None] ** 2
+        u = u0.copy()
+        for _ in range(_ANCHOR_ITERATIONS):
+            # u <- u0 + (P0^-1 + sum H^T R^-1 H)^-1 sum H^T R^-1 (z - h(u) + H (u - u0)),  h = [range, angle]
+            rel = u[None] - bs
+            r = np.maximum(np.linalg.norm(rel, axis=-1), 1e-6)
+            th = np.arctan2(rel[..., 1], rel[..., 0])
+            H = np.stack([np.stack([rel[..., 0] / r, rel[..., 1] / r], -1),
+                          np.stack([-rel[..., 1] / r**2, rel[..., 0] / r**2], -1)], axis=-2)  # (M, I, 2, 2)
+            innov = np.stack([meas.range_m - r, _wrap(meas.angle_rad - th)], -1)
+            y = innov + (H @ (u - u0)[None, ..., None])[..., 0]
+            Ht_rinv = np.swapaxes(H, -1, -2) @ r_inv
+            info = prior_info + (Ht_rinv @ H).sum(axis=0)                      # (I, 2, 2)
+            vec = (Ht_rinv @ y[..., None]).sum(axis=0)                         # (I, 2, 1)
+            u = u0 + np.linalg.solve(info, vec)[..., 0]
         has = ok.any(axis=0)
-        fused = np.linalg.solve(info_sum, vec_sum[..., None])[..., 0]
-        self._anchor_m = np.where(has[:, None], fused, self._anchor_m)
-        self._anchor_age = np.where(has, 0, np.minimum(self._anchor_age + 1, _AGE_CAP_BLOCKS))
+        self._anchor_m = np.where(has[:, None], u, u0)
+        post_var = np.trace(np.linalg.inv(info), axis1=-2, axis2=-1)
+        self._anchor_var_m2 = np.where(has, post_var, 2 * prior_std**2)
+        return has
 
     # ------------------------------------------------------------------ arrays
     def block_features(self, meas: Measurements) -> np.ndarray:
@@ -274,7 +338,8 @@ class MeasurementWindow:
 
         Shapes:
             ``features (W, M, I, F)``, ``block_valid (W,)``, ``bs_positions (M, 2)``,
-            ``anchor (I, 2)``, ``anchor_age (I,)``, ``scales_m (3,)``.
+            ``anchor (I, 2)``, ``anchor_next (I, 2)``, ``anchor_age (I,)``, ``anchor_log_std (I,)``,
+            ``scales_m (3,)``.
         """
         self._require_reset()
         W = self.window
@@ -289,7 +354,9 @@ class MeasurementWindow:
             "block_valid": valid,
             "bs_positions": (self.bs_positions_m / self.position_scale_m).astype(np.float32),
             "anchor": (self._anchor_m / self.position_scale_m).astype(np.float32),
+            "anchor_next": (self._anchor_next_m / self.position_scale_m).astype(np.float32),
             "anchor_age": (self._anchor_age / W).astype(np.float32),
+            "anchor_log_std": np.log10(np.sqrt(np.maximum(self._anchor_var_m2, _MIN_STD**2))).astype(np.float32),
             "scales_m": np.array([self.position_scale_m, self.residual_scale_m, self.range_scale_m],
                                  dtype=np.float32),
         }
@@ -297,6 +364,6 @@ class MeasurementWindow:
 
 __all__ = [
     "FEATURE_NAMES", "FEATURE_INDEX", "NUM_FEATURES", "PAPER_FEATURES", "RESIDUAL_SCALE_M", "RESIDUAL_CLIP",
-    "SNR_SCALE_DB", "OBS_KEYS", "MeasurementWindow", "measured_positions_m", "observation_shapes",
+    "SNR_SCALE_DB", "OBS_KEYS", "ANCHORS", "MeasurementWindow", "measured_positions_m", "observation_shapes",
     "stack_observations",
 ]

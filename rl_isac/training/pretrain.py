@@ -266,7 +266,8 @@ def pretrain_loss(out: dict[str, Tensor], batch: dict[str, Tensor], train_cfg: P
     ce_tx = torch.nn.functional.cross_entropy(out["beam_logits_tx"].reshape(-1, C), labels)
     ce_rx = torch.nn.functional.cross_entropy(out["beam_logits_rx"].reshape(-1, C), labels)
     loss = mse_now + mse_next + train_cfg.beam_loss_weight * 0.5 * (ce_tx + ce_rx)
-    parts = {"mse_now": float(mse_now), "mse_next": float(mse_next), "ce_tx": float(ce_tx), "ce_rx": float(ce_rx)}
+    parts = {k: float(v.detach()) for k, v in
+             (("mse_now", mse_now), ("mse_next", mse_next), ("ce_tx", ce_tx), ("ce_rx", ce_rx))}
     return loss, parts
 
 
@@ -373,7 +374,8 @@ class PretrainResult:
 
 
 def pretrain(cfg: ScenarioConfig, dgnn_cfg: DGNNConfig, train_cfg: PretrainConfig, out_dir: str | Path,
-             seed: int = 0, resume: bool = False, progress: bool = True) -> PretrainResult:
+             seed: int = 0, resume: bool = False, progress: bool = True,
+             stop_after_epoch: int | None = None) -> PretrainResult:
     """Phase-1 supervised pre-training (Sec. 3.3); see the module docstring.
 
     Args:
@@ -384,6 +386,8 @@ def pretrain(cfg: ScenarioConfig, dgnn_cfg: DGNNConfig, train_cfg: PretrainConfi
         seed: root seed of data, initialisation and shuffling.
         resume: continue from ``out_dir/train_state.pt`` when it exists (configs must match).
         progress: print a line per epoch and a summary.
+        stop_after_epoch: stop (with a resumable checkpoint) once this many epochs are done, e.g. to
+            split a run over time-limited jobs; the learning-rate schedule still spans ``train_cfg.epochs``.
     """
     if dgnn_cfg.codebook_size != cfg.codebook_size:
         raise ConfigError("dgnn.codebook_size", dgnn_cfg.codebook_size,
@@ -445,7 +449,8 @@ def pretrain(cfg: ScenarioConfig, dgnn_cfg: DGNNConfig, train_cfg: PretrainConfi
         writer = SummaryWriter(str(out / "tb"), purge_step=start + 1)
         n = len(train["u_now"])
         try:
-            for epoch in range(start, epochs):
+            last_epoch = epochs if stop_after_epoch is None else min(epochs, int(stop_after_epoch))
+            for epoch in range(start, last_epoch):
                 te = time.perf_counter()
                 model.train()
                 gen = torch.Generator().manual_seed(int(seed) * 100_003 + epoch)
@@ -460,7 +465,7 @@ def pretrain(cfg: ScenarioConfig, dgnn_cfg: DGNNConfig, train_cfg: PretrainConfi
                     if train_cfg.grad_clip > 0:
                         torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
                     opt.step()
-                    total += float(loss) * len(idx)
+                    total += float(loss.detach()) * len(idx)
                     count += len(idx)
                 lr = opt.param_groups[0]["lr"]
                 sched.step()

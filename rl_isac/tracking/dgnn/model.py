@@ -41,9 +41,14 @@ restores the paper's choices):
   the BS front ends (range gating), not by the CU.
 * ``beam_input="geometry"`` (paper: ``"paper"`` = ``[p_m; u_tilde_i]``): adds the
   direction ``(cos, sin)`` and distance from BS ``m`` to ``u_tilde_i`` and the target
-  embedding. The DFT codebook is uniform in ``cos(theta)``, so the best beam is almost
-  a step function of ``cos``. In both modes the predicted position enters the beam
-  head detached: the beam cross-entropy does not move the position estimate.
+  embedding, and adds to the MLP's logits a codebook prior
+  ``-a ((cos theta - u_b) / (2 / C))^2`` (``u_b = -1 + (2 b + 1) / C`` the DFT beam
+  directions, ``a`` learnt, initialised to 1). The best beam is a 32-step staircase
+  of ``cos theta``, which an MLP learns slowly; with the prior the head starts at
+  "the beam nearest to the predicted position" and learns corrections (for the
+  prediction's uncertainty, for instance). In both modes the predicted position
+  enters the beam head detached: the beam cross-entropy does not move the position
+  estimate.
 """
 
 from __future__ import annotations
@@ -235,6 +240,9 @@ class DGNN(nn.Module):
                 nn.init.zeros_(head[-1].weight)
                 nn.init.zeros_(head[-1].bias)
         beam_in = 4 if cfg.beam_input == "paper" else 4 + 3 + D
+        C = cfg.codebook_size
+        self.register_buffer("beam_directions", -1.0 + (2.0 * torch.arange(C) + 1.0) / C, persistent=False)
+        self.beam_prior_scale = nn.Parameter(torch.ones(())) if cfg.beam_input == "geometry" else None
         self.beam_head = nn.Sequential(nn.Linear(beam_in, 2 * D), nn.GELU(), nn.Linear(2 * D, 2 * D), nn.GELU(),
                                        nn.Linear(2 * D, 2 * cfg.codebook_size))
 
@@ -313,6 +321,10 @@ class DGNN(nn.Module):
                       embedding[:, None].expand(B, M, I, embedding.shape[-1])]
         logits = self.beam_head(torch.cat(parts, dim=-1))
         C = self.cfg.codebook_size
+        if self.beam_prior_scale is not None:
+            cos = rel[..., :1] / dist                                             # (B, M, I, 1)
+            prior = -(((cos - self.beam_directions) * (C / 2.0)) ** 2)            # (B, M, I, C)
+            logits = logits + torch.cat([prior, prior], dim=-1) * self.beam_prior_scale
         return logits[..., :C], logits[..., C:]
 
     # ------------------------------------------------------------------ forward

@@ -1,0 +1,176 @@
+"""The ``rl-isac`` command line.
+
+Verbs:
+    simulate    run the world with a simple baseline CU and print per-target RMSE
+    evaluate    run any registered method on the fixed evaluation seeds (the one harness)
+    crb-check   Monte Carlo of the BS-local estimators against the CRB
+    bench       throughput of the world and solver / decision latencies
+    pretrain    phase-1 supervised pre-training of the DGNN estimator and beam head
+
+Every verb that writes ``--json PATH`` writes it atomically and only on success.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rl_isac.errors import RlIsacError
+from rl_isac.scenario import FIDELITIES, PRESETS
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from exc
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from exc
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 0")
+    return value
+
+
+def _run_args(p: argparse.ArgumentParser, episodes: bool = True, blocks: int = 100) -> None:
+    p.add_argument("--targets", type=_positive_int, default=4, help="number of targets I (default 4)")
+    if episodes:
+        p.add_argument("--episodes", type=_positive_int, default=10, help="evaluation episodes (default 10)")
+    p.add_argument("--blocks", type=_positive_int, default=blocks, help=f"blocks Q per episode (default {blocks})")
+    p.add_argument("--seed", type=_non_negative_int, default=0, help="seed (default 0)")
+    p.add_argument("--fidelity", choices=FIDELITIES, default="signal", help="world fidelity (default signal)")
+    p.add_argument("--preset", choices=PRESETS, default="paper", help="scenario preset (default paper)")
+    p.add_argument("--json", metavar="PATH", help="write the result as JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rl-isac", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="verb", required=True)
+
+    p = sub.add_parser("simulate", help="run the world with a simple baseline CU (least squares, nearest BS)")
+    _run_args(p, episodes=False)
+    p.add_argument("--method", default="ls-nearest", help="CU to drive the world (default ls-nearest)")
+
+    p = sub.add_parser("evaluate", help="evaluate a method on the fixed evaluation seeds")
+    p.add_argument("--method", required=True, help="method name, e.g. ekf-milp (see --list)")
+    p.add_argument("--checkpoint", help="checkpoint directory of a learned method")
+    _run_args(p)
+
+    p = sub.add_parser("methods", help="list the registered methods")
+
+    p = sub.add_parser("crb-check", help="estimator RMSE vs CRB at 30/60/100/150 m, broadside and 45 deg")
+    p.add_argument("--trials", type=_positive_int, default=400, help="signal-level trials per case (default 400)")
+    p.add_argument("--surrogate-trials", type=_positive_int, default=4000, help="surrogate trials per case")
+    p.add_argument("--seed", type=_non_negative_int, default=0)
+    p.add_argument("--json", metavar="PATH")
+
+    p = sub.add_parser("bench", help="world blocks/s, solver and decision latencies (one core)")
+    p.add_argument("--blocks", type=_positive_int, default=300, help="world blocks per measurement (default 300)")
+    p.add_argument("--solver-trials", type=_positive_int, default=30, help="solver calls per size (default 30)")
+    p.add_argument("--quick", action="store_true", help="fewer repetitions (for smoke tests)")
+    p.add_argument("--json", metavar="PATH")
+
+    p = sub.add_parser("pretrain", help="phase-1 supervised pre-training of the DGNN estimator + beam head")
+    p.add_argument("--targets", type=_positive_int, default=4)
+    p.add_argument("--config", help="YAML with optional sections scenario/dgnn/train overriding the defaults")
+    p.add_argument("--out", required=True, help="checkpoint directory")
+    p.add_argument("--seed", type=_non_negative_int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    return parser
+
+
+def _cmd_simulate(args) -> int:
+    from rl_isac.evaluation.harness import evaluate, summary_table, write_json_atomic
+
+    result = evaluate(args.method, targets=args.targets, episodes=1, blocks=args.blocks, seed=args.seed,
+                      fidelity=args.fidelity, preset=args.preset)
+    result["verb"] = "simulate"
+    print(summary_table([result]))
+    if args.json:
+        write_json_atomic(result, args.json)
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    from rl_isac.evaluation.harness import evaluate, summary_table, write_json_atomic
+
+    result = evaluate(args.method, targets=args.targets, episodes=args.episodes, blocks=args.blocks,
+                      seed=args.seed, fidelity=args.fidelity, checkpoint=args.checkpoint, preset=args.preset)
+    print(summary_table([result]))
+    if args.json:
+        write_json_atomic(result, args.json)
+    return 0
+
+
+def _cmd_methods(args) -> int:
+    from rl_isac.controllers.registry import METHODS, _load_learned
+
+    _load_learned()
+    for name in sorted(METHODS):
+        print(name)
+    return 0
+
+
+def _cmd_crb_check(args) -> int:
+    from rl_isac.evaluation.harness import write_json_atomic
+    from rl_isac.physics.calibration import crb_check
+
+    print(f"{'range':>6}{'angle':>6}{'snr_dB':>8}{'det':>6}{'r_rmse':>9}{'r_crb':>9}{'a_rmse':>9}{'a_crb':>9}"
+          f"{'sur_r':>9}{'sur_a':>9}{'rmse/crb':>9}")
+
+    def show(c):
+        s = c["surrogate"]
+        print(f"{c['range_m']:>6.0f}{c['angle_deg']:>6.0f}{c['snr_db']:>8.1f}{c['detected_fraction']:>6.2f}"
+              f"{c['range_rmse_m']:>9.4f}{c['range_crb_m']:>9.4f}{c['angle_rmse_rad']:>9.5f}{c['angle_crb_rad']:>9.5f}"
+              f"{s['range_rmse_m']:>9.4f}{s['angle_rmse_rad']:>9.5f}{c['checks']['rmse_over_crb']:>9.2f}",
+              flush=True)
+
+    result = crb_check(trials=args.trials, surrogate_trials=args.surrogate_trials, seed=args.seed, progress=show)
+    applies = [c for c in result["cases"] if c["checks"]["rule_applies"]]
+    ok = all(c["checks"]["efficient"] and c["checks"]["surrogate_within_20pct"] for c in applies)
+    print(f"{len(applies)} cases with integrated SNR >= 15 dB: "
+          f"{'all' if ok else 'NOT all'} within 1.5x CRB and surrogate within 20%")
+    result["all_checks_pass"] = ok
+    if args.json:
+        write_json_atomic(result, args.json)
+    return 0
+
+
+def _cmd_bench(args) -> int:
+    from rl_isac.evaluation.bench import run_bench
+    from rl_isac.evaluation.harness import write_json_atomic
+
+    result = run_bench(blocks=args.blocks, solver_trials=args.solver_trials, quick=args.quick)
+    if args.json:
+        write_json_atomic(result, args.json)
+    return 0
+
+
+def _cmd_pretrain(args) -> int:
+    from rl_isac.training.cli import pretrain_from_args
+
+    return pretrain_from_args(args)
+
+
+COMMANDS = {"simulate": _cmd_simulate, "evaluate": _cmd_evaluate, "methods": _cmd_methods,
+            "crb-check": _cmd_crb_check, "bench": _cmd_bench, "pretrain": _cmd_pretrain}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.verb](args)
+    except RlIsacError as exc:
+        print(f"rl-isac {args.verb}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""Method registry: a name -> a CU factory. Every method the harness can evaluate is here.
+
+Classical methods (this module):
+
+=================  ===================================================================
+``ls-nearest``     least-squares fusion, nearest-BS association, geometric beams (baseline)
+``ekf-nearest``    EKF, nearest-BS association
+``ekf-greedy``     EKF, greedy on the Fisher-information objective
+``ekf-convex``     EKF, convex relaxation + rounding (the paper's Benchmark I)
+``ekf-milp``       EKF, exact MILP over per-target BS subsets (our exact reference)
+``ekf-exhaustive`` EKF, exhaustive search (the search of Benchmark III)
+=================  ===================================================================
+
+Learned methods register themselves with :func:`register` (they need ``checkpoint``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from rl_isac.association import make_solver
+from rl_isac.controllers.base import Controller
+from rl_isac.errors import ConfigError
+from rl_isac.scenario import ScenarioConfig
+
+Factory = Callable[..., Controller]
+METHODS: dict[str, Factory] = {}
+
+
+def register(name: str, factory: Factory) -> None:
+    """Add a method; ``factory(cfg, checkpoint=None, **kwargs) -> Controller``."""
+    METHODS[name] = factory
+
+
+def _ekf(solver: str | None) -> Factory:
+    def factory(cfg: ScenarioConfig, checkpoint: str | None = None, **kwargs) -> Controller:
+        from rl_isac.controllers.composed import ComposedCU, NearestAssociation
+        from rl_isac.controllers.estimators import EKFCUEstimator
+
+        assoc = NearestAssociation(cfg) if solver is None else make_solver(solver, **kwargs)
+        return ComposedCU(cfg, EKFCUEstimator(cfg), assoc, name=f"ekf-{solver or 'nearest'}")
+
+    return factory
+
+
+def _ls_nearest(cfg: ScenarioConfig, checkpoint: str | None = None, **kwargs) -> Controller:
+    from rl_isac.controllers.composed import ComposedCU, NearestAssociation
+    from rl_isac.controllers.estimators import LeastSquaresEstimator
+
+    return ComposedCU(cfg, LeastSquaresEstimator(cfg), NearestAssociation(cfg), name="ls-nearest")
+
+
+register("ls-nearest", _ls_nearest)
+register("ekf-nearest", _ekf(None))
+for _solver in ("greedy", "convex", "milp", "exhaustive"):
+    register(f"ekf-{_solver}", _ekf(_solver))
+
+
+def _load_learned() -> None:
+    """Import the modules that register learned methods (torch); silently absent only if not installed."""
+    import importlib
+
+    for module in ("rl_isac.controllers.learned",):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+
+
+def make_controller(name: str, cfg: ScenarioConfig, checkpoint: str | None = None, **kwargs) -> Controller:
+    """Build the CU registered as ``name``; unknown names raise :class:`ConfigError` listing the known ones."""
+    if name not in METHODS:
+        _load_learned()
+    if name not in METHODS:
+        raise ConfigError("method", name, f"unknown method; known methods: {sorted(METHODS)}")
+    return METHODS[name](cfg, checkpoint=checkpoint, **kwargs)

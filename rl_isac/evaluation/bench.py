@@ -1,0 +1,124 @@
+"""``rl-isac bench``: throughput of the world and latency of the association solvers and CUs.
+
+Everything runs on one core: BLAS/OpenMP pools are limited to one thread with
+threadpoolctl for the whole benchmark, and torch (when a learned method is timed)
+is set to one thread. Machines here are shared and noisy: compare ratios measured
+in one run rather than absolute numbers across runs.
+
+Keys of the JSON:
+    world_blocks_per_s[fidelity][I]: ``CellFreeNetwork.step`` calls per second with a
+        fixed baseline association (nearest BS at the start) and beams toward the
+        true positions, so every pair is really estimated;
+    milp_ms[size] / exhaustive_ms[size]: median solve time on the Fisher-information
+        objective of random episodes' first blocks, sizes ``I4``, ``I6``, ``I8`` (paper,
+        M = 6) and ``large-I24`` (M = 12); a refused exhaustive search stores its error;
+    decision_ms[method][I]: p50/p99 of the per-block decision of each CU (surrogate world).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from rl_isac.association import ExhaustiveSearchTooLarge, make_solver
+from rl_isac.network import CellFreeNetwork
+from rl_isac.physics.fisher import expected_position_information
+from rl_isac.scenario import ScenarioConfig
+
+PAPER_SIZES = (4, 6, 8)
+
+
+def world_throughput(cfg: ScenarioConfig, blocks: int, seed: int = 0) -> float:
+    """``step`` calls per second with a fixed association and beams toward the truth."""
+    net = CellFreeNetwork(cfg)
+    net.reset(seed)
+    assoc = net.nearest_association(net.positions_m)
+    # Warm up caches and allocators.
+    for _ in range(3):
+        net.step(assoc, net.beams_toward(net.positions_m), predicted_positions_m=net.positions_m)
+    elapsed = 0.0
+    for _ in range(blocks):
+        beams = net.beams_toward(net.positions_m)
+        pred = net.positions_m + net.velocities_mps * cfg.block_duration_s
+        t0 = time.perf_counter()
+        net.step(assoc, beams, predicted_positions_m=pred)
+        elapsed += time.perf_counter() - t0
+    return blocks / elapsed
+
+
+def solver_instances(cfg: ScenarioConfig, count: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Objective instances ``(info, prior_info)`` from random initial scenes of ``cfg``."""
+    net = CellFreeNetwork(cfg)
+    out = []
+    for k in range(count):
+        net.reset(seed + k)
+        pos = net.positions_m
+        info = expected_position_information(cfg, net.codebook, net.bs_positions_m, pos, net.beams_toward(pos))
+        prior = np.tile(np.eye(2) / (0.5**2), (cfg.num_targets, 1, 1))
+        out.append((info, prior))
+    return out
+
+
+def solver_ms(name: str, instances, num_rf: int) -> dict:
+    solver = make_solver(name)
+    times = []
+    try:
+        for info, prior in instances:
+            t0 = time.perf_counter()
+            solver.solve(info, prior, num_rf)
+            times.append(1e3 * (time.perf_counter() - t0))
+    except ExhaustiveSearchTooLarge as exc:
+        return {"refused": str(exc)}
+    return {"median": float(np.median(times)), "p99": float(np.percentile(times, 99)), "calls": len(times)}
+
+
+def decision_latency(method: str, targets: int, blocks: int) -> dict:
+    from rl_isac.evaluation.harness import evaluate
+
+    try:
+        r = evaluate(method, targets=targets, episodes=1, blocks=blocks, seed=0, fidelity="surrogate", progress=False)
+    except ExhaustiveSearchTooLarge as exc:
+        return {"refused": str(exc)}
+    return {"p50": r["decision_ms_p50"], "p99": r["decision_ms_p99"], "rmse_m": r["rmse_m"]}
+
+
+def run_bench(blocks: int = 300, solver_trials: int = 30, quick: bool = False,
+              methods=("ls-nearest", "ekf-nearest", "ekf-greedy", "ekf-convex", "ekf-milp", "ekf-exhaustive"),
+              echo=print) -> dict:
+    """Run every benchmark on one core; print a line per figure and return the JSON dict."""
+    if quick:
+        blocks, solver_trials = min(blocks, 20), min(solver_trials, 3)
+    out: dict = {"world_blocks_per_s": {}, "milp_ms": {}, "exhaustive_ms": {}, "decision_ms": {},
+                 "settings": {"blocks": blocks, "solver_trials": solver_trials, "threads": 1}}
+    with threadpool_limits(limits=1):
+        try:
+            import torch
+
+            torch.set_num_threads(1)
+        except ImportError:
+            pass
+        for fidelity in ("signal", "surrogate"):
+            out["world_blocks_per_s"][fidelity] = {}
+            for num in PAPER_SIZES:
+                cfg = ScenarioConfig.paper(num, fidelity=fidelity)
+                n = blocks if fidelity == "signal" else blocks * 10
+                rate = world_throughput(cfg, n)
+                out["world_blocks_per_s"][fidelity][str(num)] = rate
+                echo(f"world {fidelity:<9} I={num}: {rate:9.0f} blocks/s")
+        sizes = {f"I{n}": ScenarioConfig.paper(n) for n in PAPER_SIZES}
+        sizes["large-I24"] = ScenarioConfig.large()
+        for key, cfg in sizes.items():
+            inst = solver_instances(cfg, solver_trials)
+            out["milp_ms"][key] = solver_ms("milp", inst, cfg.num_rf)
+            out["exhaustive_ms"][key] = solver_ms("exhaustive", inst[: max(1, min(3, solver_trials))], cfg.num_rf)
+            echo(f"milp {key}: {out['milp_ms'][key]}  exhaustive {key}: "
+                 f"{str(out['exhaustive_ms'][key])[:120]}")
+        dec_blocks = 10 if quick else 50
+        for method in methods:
+            out["decision_ms"][method] = {}
+            for num in PAPER_SIZES:
+                out["decision_ms"][method][str(num)] = decision_latency(method, num, dec_blocks)
+                echo(f"decision {method:<15} I={num}: {str(out['decision_ms'][method][str(num)])[:100]}")
+    return out

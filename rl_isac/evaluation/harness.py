@@ -1,0 +1,194 @@
+"""The evaluation harness: runs any CU on fixed evaluation seeds with the same world.
+
+Seeds: episode ``e`` of an evaluation with seed ``s`` resets the world with
+``EVAL_SEED_BASE + 1000 * s + e``. Training code draws its episode seeds below
+``EVAL_SEED_BASE`` (see :func:`rl_isac.evaluation.harness.is_evaluation_seed`), so
+evaluation episodes are never trained on.
+
+Metrics (all RMSEs are per target: the root of the mean over targets, blocks and
+episodes of the squared 2-D position error ``||u_{i,q} - u_hat_{i,q}||^2``, the
+scale of the paper's Table 1):
+
+* ``rmse_m`` and ``rmse_per_block_m`` (a list of Q values, mean over targets and episodes);
+* ``pcrb_rmse_m``: the posterior CRB for the associations and beams actually used
+  (:func:`rl_isac.physics.fisher.pcrb_recursion` along the true trajectory, with
+  the constant-velocity model of the EKF and detection assumed), same averaging;
+* ``violations``: actions that break (5c)-(5f) — a violation stops the run with an
+  error, so a written result always has 0;
+* ``missed_fraction``: assigned pairs without a detection;
+* ``decision_ms_p50`` / ``decision_ms_p99``: wall time of the CU's decision per block.
+
+The JSON is written atomically, only when the whole evaluation succeeded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from rl_isac.controllers import make_controller
+from rl_isac.controllers.base import Controller
+from rl_isac.errors import ConfigError
+from rl_isac.network import CellFreeNetwork, check_action
+from rl_isac.physics.fisher import pcrb_recursion
+from rl_isac.scenario import ScenarioConfig
+from rl_isac.tracking.motion import cv_transition, process_noise
+
+EVAL_SEED_BASE = 1_000_000_000
+
+
+def evaluation_seeds(seed: int, episodes: int) -> list[int]:
+    """World seeds of the evaluation episodes (disjoint from every training seed)."""
+    if seed < 0 or episodes < 1:
+        raise ConfigError("seed/episodes", (seed, episodes), "seed must be >= 0 and episodes >= 1")
+    return [EVAL_SEED_BASE + 1000 * seed + e for e in range(episodes)]
+
+
+def is_evaluation_seed(world_seed: int) -> bool:
+    """True for seeds reserved to evaluation; training must not use them."""
+    return world_seed >= EVAL_SEED_BASE
+
+
+def git_revision() -> str:
+    """Current git revision of the package checkout, or ``"unknown"`` outside a checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=5, check=False)
+    except OSError:
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+def _pcrb_prior(cfg: ScenarioConfig) -> np.ndarray:
+    """Information at q = 0: acquisition variance on position, v^2/2 per velocity axis."""
+    diag = np.array([cfg.acquisition_std_m**2] * 2 + [cfg.speed_mps**2 / 2] * 2)
+    return np.tile(np.diag(1.0 / diag), (cfg.num_targets, 1, 1))
+
+
+def run_episode(cu: Controller, cfg: ScenarioConfig, world_seed: int, blocks: int, on_block=None) -> dict:
+    """One episode: returns squared errors ``(Q, I)``, PCRB traces ``(Q, I)``, miss counts, decision times."""
+    net = CellFreeNetwork(cfg)
+    acq = net.reset(world_seed)
+    action = cu.reset(acq)
+    sq_err = np.zeros((blocks, cfg.num_targets))
+    meas_info = np.zeros((blocks, cfg.num_targets, 2, 2))
+    decision_s = np.zeros(blocks)
+    assigned = detected = 0
+    for q in range(blocks):
+        check_action(action.association, action.beams, cfg.num_rf, cfg.codebook_size, cfg.num_tracking_symbols,
+                     (cfg.num_bs, cfg.num_targets))
+        meas = net.step(action.association, action.beams, predicted_positions_m=action.prediction_m)
+        info = net.expected_information(net.positions_m, action.beams)
+        meas_info[q] = np.einsum("mi,mixy->ixy", action.association, info)
+        assigned += int(meas.assigned.sum())
+        detected += int(meas.detected.sum())
+        t0 = time.perf_counter()
+        action = cu.act(meas)
+        decision_s[q] = time.perf_counter() - t0
+        est = np.asarray(action.estimate_m)
+        if est.shape != (cfg.num_targets, 2) or not np.all(np.isfinite(est)):
+            raise ValueError(f"{cu.name}: estimate must be finite with shape {(cfg.num_targets, 2)}, "
+                             f"got shape {est.shape}")
+        sq_err[q] = np.sum((net.positions_m - est) ** 2, axis=1)
+        if on_block is not None:
+            on_block()
+    bound = pcrb_recursion(_pcrb_prior(cfg), cv_transition(cfg.block_duration_s),
+                           process_noise(cfg, model="isotropic"), meas_info)
+    pcrb = np.trace(bound[..., :2, :2], axis1=-2, axis2=-1)
+    return {"sq_err": sq_err, "pcrb": pcrb, "assigned": assigned, "detected": detected, "decision_s": decision_s}
+
+
+def evaluate(method: str, targets: int = 4, episodes: int = 10, blocks: int = 100, seed: int = 0,
+             fidelity: str = "signal", checkpoint: str | None = None, preset: str = "paper",
+             cfg: ScenarioConfig | None = None, progress: bool = True, controller: Controller | None = None
+             ) -> dict:
+    """Evaluate one method on the fixed evaluation seeds.
+
+    Args:
+        method: a name from :data:`rl_isac.controllers.METHODS`.
+        targets, episodes, blocks, seed, fidelity, preset: the run (``cfg`` overrides preset/targets/fidelity).
+        checkpoint: directory of a learned method's checkpoint.
+        controller: an already built CU (its ``name`` is reported instead of ``method``).
+    Returns:
+        the result dict (see the module docstring).
+    """
+    if episodes < 1 or blocks < 1:
+        raise ConfigError("episodes/blocks", (episodes, blocks), "both must be >= 1")
+    if cfg is None:
+        cfg = ScenarioConfig.preset(preset, num_targets=targets, fidelity=fidelity)
+    cfg = cfg.replace(num_blocks=blocks)
+    cu = controller if controller is not None else make_controller(method, cfg, checkpoint=checkpoint)
+    seeds = evaluation_seeds(seed, episodes)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=episodes * blocks, desc=f"{method} I={cfg.num_targets}", unit="block", file=sys.stderr,
+                   leave=False)
+    results = []
+    try:
+        for world_seed in seeds:
+            results.append(run_episode(cu, cfg, world_seed, blocks, on_block=bar.update if bar else None))
+    finally:
+        if bar is not None:
+            bar.close()
+    sq = np.stack([r["sq_err"] for r in results])  # (E, Q, I)
+    pc = np.stack([r["pcrb"] for r in results])
+    dec_ms = 1e3 * np.concatenate([r["decision_s"] for r in results])
+    assigned = sum(r["assigned"] for r in results)
+    detected = sum(r["detected"] for r in results)
+    return {
+        "method": cu.name if controller is not None else method,
+        "targets": cfg.num_targets,
+        "episodes": episodes,
+        "blocks": blocks,
+        "seed": seed,
+        "fidelity": cfg.fidelity,
+        "preset": preset,
+        "rmse_m": float(np.sqrt(sq.mean())),
+        "rmse_per_block_m": np.sqrt(sq.mean(axis=(0, 2))).tolist(),
+        "pcrb_rmse_m": float(np.sqrt(pc.mean())),
+        "pcrb_per_block_m": np.sqrt(pc.mean(axis=(0, 2))).tolist(),
+        "violations": 0,
+        "missed_fraction": float(1 - detected / max(assigned, 1)),
+        "decision_ms_p50": float(np.percentile(dec_ms, 50)),
+        "decision_ms_p99": float(np.percentile(dec_ms, 99)),
+        "world_seeds": seeds,
+        "checkpoint": checkpoint,
+        "scenario": cfg.to_dict(),
+        "git_revision": git_revision(),
+    }
+
+
+def write_json_atomic(data: dict, path: str | os.PathLike) -> None:
+    """Write ``data`` as JSON to ``path`` via a temporary file and a rename (never a partial file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=2)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def summary_table(rows: list[dict]) -> str:
+    """A short fixed-width table of results (per-target RMSE, metres)."""
+    head = f"{'method':<18}{'I':>3}{'rmse_m':>10}{'pcrb_m':>10}{'missed':>8}{'p50_ms':>9}{'p99_ms':>9}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['method']:<18}{r['targets']:>3}{r['rmse_m']:>10.4f}{r['pcrb_rmse_m']:>10.4f}"
+                     f"{r['missed_fraction']:>8.3f}{r['decision_ms_p50']:>9.2f}{r['decision_ms_p99']:>9.2f}")
+    lines.append("RMSE per target over targets, blocks and episodes; pcrb_m: posterior CRB of the associations used.")
+    return "\n".join(lines)
