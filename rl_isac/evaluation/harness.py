@@ -11,8 +11,8 @@ scale of the paper's Table 1):
 
 * ``rmse_m`` and ``rmse_per_block_m`` (a list of Q values, mean over targets and episodes);
 * ``pcrb_rmse_m``: the posterior CRB for the associations and beams actually used
-  (:func:`rl_isac.physics.fisher.pcrb_recursion` along the true trajectory, with
-  the constant-velocity model of the EKF and detection assumed), same averaging;
+  (:func:`rl_isac.evaluation.bounds.position_pcrb`: known speed, heading random
+  walk, linearised along the true trajectory, detection assumed), same averaging;
 * ``violations``: actions that break (5c)-(5f) — a violation stops the run with an
   error, so a written result always has 0;
 * ``missed_fraction``: assigned pairs without a detection;
@@ -37,9 +37,8 @@ from rl_isac.controllers import make_controller
 from rl_isac.controllers.base import Controller
 from rl_isac.errors import ConfigError
 from rl_isac.network import CellFreeNetwork, check_action
-from rl_isac.physics.fisher import pcrb_recursion
+from rl_isac.evaluation.bounds import position_pcrb
 from rl_isac.scenario import ScenarioConfig
-from rl_isac.tracking.motion import cv_transition, process_noise
 
 EVAL_SEED_BASE = 1_000_000_000
 
@@ -66,12 +65,6 @@ def git_revision() -> str:
     return out.stdout.strip() or "unknown"
 
 
-def _pcrb_prior(cfg: ScenarioConfig) -> np.ndarray:
-    """Information at q = 0: acquisition variance on position, v^2/2 per velocity axis."""
-    diag = np.array([cfg.acquisition_std_m**2] * 2 + [cfg.speed_mps**2 / 2] * 2)
-    return np.tile(np.diag(1.0 / diag), (cfg.num_targets, 1, 1))
-
-
 def run_episode(cu: Controller, cfg: ScenarioConfig, world_seed: int, blocks: int, on_block=None) -> dict:
     """One episode: returns squared errors ``(Q, I)``, PCRB traces ``(Q, I)``, miss counts, decision times."""
     net = CellFreeNetwork(cfg)
@@ -79,11 +72,13 @@ def run_episode(cu: Controller, cfg: ScenarioConfig, world_seed: int, blocks: in
     action = cu.reset(acq)
     sq_err = np.zeros((blocks, cfg.num_targets))
     meas_info = np.zeros((blocks, cfg.num_targets, 2, 2))
+    headings = np.zeros((blocks, cfg.num_targets))
     decision_s = np.zeros(blocks)
     assigned = detected = 0
     for q in range(blocks):
         check_action(action.association, action.beams, cfg.num_rf, cfg.codebook_size, cfg.num_tracking_symbols,
                      (cfg.num_bs, cfg.num_targets))
+        headings[q] = net.headings_rad
         meas = net.step(action.association, action.beams, predicted_positions_m=action.prediction_m)
         info = net.expected_information(net.positions_m, action.beams)
         meas_info[q] = np.einsum("mi,mixy->ixy", action.association, info)
@@ -99,9 +94,7 @@ def run_episode(cu: Controller, cfg: ScenarioConfig, world_seed: int, blocks: in
         sq_err[q] = np.sum((net.positions_m - est) ** 2, axis=1)
         if on_block is not None:
             on_block()
-    bound = pcrb_recursion(_pcrb_prior(cfg), cv_transition(cfg.block_duration_s),
-                           process_noise(cfg, model="isotropic"), meas_info)
-    pcrb = np.trace(bound[..., :2, :2], axis1=-2, axis2=-1)
+    pcrb = position_pcrb(cfg, headings, meas_info)
     return {"sq_err": sq_err, "pcrb": pcrb, "assigned": assigned, "detected": detected, "decision_s": decision_s}
 
 

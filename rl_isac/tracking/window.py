@@ -7,18 +7,18 @@ the scenario (``W`` blocks, ``M`` BSs, ``I`` targets), never on what was measure
 
 Observation (what :meth:`MeasurementWindow.as_arrays` returns; all float32):
 
-==================  ==============  ===========================================================
-key                 shape           meaning
-==================  ==============  ===========================================================
-``features``        ``(W, M, I, F)``  per block, BS and target, see :data:`FEATURE_NAMES`
-``block_valid``     ``(W,)``        1 for a block that holds measurements, 0 for padding
-``bs_positions``    ``(M, 2)``      BS positions / ``position_scale_m``
-``anchor``          ``(I, 2)``      per-target anchor for block ``q`` / ``position_scale_m`` (see below)
-``anchor_next``     ``(I, 2)``      per-target anchor for block ``q + 1`` / ``position_scale_m``
-``anchor_age``      ``(I,)``        blocks since the target was last measured (or acquired) / ``W``
-``anchor_log_std``  ``(I,)``        ``log10`` of the anchor's position std ``sqrt(tr P)``, metres
-``scales_m``        ``(3,)``        ``[position_scale_m, residual_scale_m, range_scale_m]``
-==================  ==============  ===========================================================
+==================  ==================  =======================================================
+key                 shape               meaning
+==================  ==================  =======================================================
+``features``        ``(W, M, I, F)``    per block, BS and target, see :data:`FEATURE_NAMES`
+``block_valid``     ``(W,)``            1 for a block that holds measurements, 0 for padding
+``bs_positions``    ``(M, 2)``          BS positions / ``position_scale_m``
+``anchor``          ``(I, 2)``          per-target anchor for block ``q`` / ``position_scale_m`` (see below)
+``anchor_next``     ``(I, 2)``          per-target anchor for block ``q + 1`` / ``position_scale_m``
+``anchor_age``      ``(I,)``            blocks since the target was last measured (or acquired) / ``W``
+``anchor_log_std``  ``(I,)``            ``log10`` of the anchor's position std ``sqrt(tr P)``, metres
+``scales_m``        ``(3,)``            ``[position_scale_m, residual_scale_m, range_scale_m]``
+==================  ==================  =======================================================
 
 Blocks are ordered oldest first; index ``W - 1`` is the current block ``q``.
 Before ``W`` blocks were pushed, the leading blocks are padding (all-zero

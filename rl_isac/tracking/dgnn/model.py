@@ -27,11 +27,14 @@ restores the paper's choices):
   different places is a nonlinear job the network would otherwise have to learn
   from scratch; in Cartesian form it is close to a weighted average.
 * ``residual=True`` (paper: absolute coordinates): outputs are
-  ``anchor + residual_scale_m * net(...)``; the last layer of each position head is
+  ``anchor + residual_scale_m * net(...)`` (``anchor_next`` for ``u_tilde``; with the
+  window's default EKF anchor the DGNN learns a correction of the EKF, see
+  :mod:`rl_isac.tracking.window`); the last layer of each position head is
   zero-initialised, so an untrained model already returns the anchor. Absolute
   coordinates in a 300 m area would need 1e-4 relative precision for a 3 cm error.
 * ``anchor_init=True`` (paper: target nodes start at zero): ``h^(0)_i`` is an MLP of the
-  target's anchor and its age; this is how the acquisition at ``q = 0`` enters.
+  target's anchor, its predicted step ``anchor_next - anchor``, its age and its std; this
+  is also how the acquisition at ``q = 0`` enters.
 * ``target_mode="shared"`` (paper: ``"concat"``): the TAM runs on each target's sequence
   separately with shared weights, so one model serves any number of targets and a
   permutation of the targets permutes the outputs. ``"concat"`` is the paper's
@@ -64,7 +67,7 @@ from torch import Tensor, nn
 
 from rl_isac.errors import ConfigError
 from rl_isac.tracking.dgnn.layers import SpatialAttentionLayer, dense_to_edges, mlp
-from rl_isac.tracking.window import FEATURE_INDEX, NUM_FEATURES, OBS_KEYS, PAPER_FEATURES
+from rl_isac.tracking.window import ANCHORS, FEATURE_INDEX, NUM_FEATURES, OBS_KEYS, PAPER_FEATURES
 
 EDGE_FEATURES = ("cartesian", "paper")
 TARGET_MODES = ("shared", "concat")
@@ -101,7 +104,11 @@ class DGNNConfig:
     num_targets: int | None = None
     """``I``; required by ``target_mode="concat"`` only (the model then serves this ``I`` only)."""
     beam_input: str = "geometry"
-    """``"geometry"``: ``[p_m, u_tilde, direction, distance, embedding]``; ``"paper"``: ``[p_m, u_tilde]``."""
+    """``"geometry"``: ``[p_m, u_tilde, direction, distance, embedding]`` + codebook prior; ``"paper"``:
+    ``[p_m, u_tilde]``."""
+    window_anchor: str = "ekf"
+    """Anchor mode of the :class:`~rl_isac.tracking.window.MeasurementWindow` that feeds the model (its
+    inputs mean what they mean only for that mode): build it as ``MeasurementWindow(cfg, anchor=...)``."""
 
     def __post_init__(self) -> None:
         def integer(name: str, lo: int) -> None:
@@ -122,6 +129,8 @@ class DGNNConfig:
                               ("beam_input", BEAM_INPUTS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(name, getattr(self, name), f"must be one of {allowed}")
+        if self.window_anchor not in ANCHORS:
+            raise ConfigError("window_anchor", self.window_anchor, f"must be one of {ANCHORS}")
         for name in ("residual", "anchor_init"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(name, getattr(self, name), "must be a bool")
@@ -206,8 +215,8 @@ class DGNN(nn.Module):
 
     Shapes (input):
         features ``(B, W, M, I, F)``, block_valid ``(B, W)``, bs_positions ``(B, M, 2)``,
-        anchor ``(B, I, 2)``, anchor_age ``(B, I)``, scales_m ``(B, 3)`` (normalisation of
-        :class:`~rl_isac.tracking.window.MeasurementWindow`).
+        anchor ``(B, I, 2)``, anchor_next ``(B, I, 2)``, anchor_age ``(B, I)``, anchor_log_std ``(B, I)``,
+        scales_m ``(B, 3)`` (the arrays of :class:`~rl_isac.tracking.window.MeasurementWindow`, batched).
     Shapes (output dict):
         ``u_hat (B, I, 2)`` metres (current block ``q``), ``u_tilde (B, I, 2)`` metres
         (next block ``q + 1``), ``beam_logits_tx (B, M, I, C)``, ``beam_logits_rx (B, M, I, C)``,
@@ -221,7 +230,7 @@ class DGNN(nn.Module):
         self.register_buffer("edge_channels", torch.tensor(
             list(range(NUM_FEATURES)) if cfg.edge_features == "cartesian" else list(PAPER_FEATURES)),
             persistent=False)
-        self.init_mlp = nn.Sequential(mlp(3, D, D), nn.LayerNorm(D)) if cfg.anchor_init else None
+        self.init_mlp = nn.Sequential(mlp(6, D, D), nn.LayerNorm(D)) if cfg.anchor_init else None
         self.sam = nn.ModuleList([SpatialAttentionLayer(2, cfg.edge_dim, D, cfg.sam_heads)
                                   for _ in range(cfg.num_layers)])
         d_model = cfg.model_dim
@@ -257,7 +266,10 @@ class DGNN(nn.Module):
         B, W, M, I, F = feats.shape
         D = self.cfg.hidden_dim
         if self.init_mlp is not None:
-            tgt = torch.cat([obs["anchor"], obs["anchor_age"][..., None]], dim=-1)    # (B, I, 3)
+            scales = obs["scales_m"]
+            step = (obs["anchor_next"] - obs["anchor"]) * (scales[:, 0] / scales[:, 1])[:, None, None]
+            tgt = torch.cat([obs["anchor"], step, obs["anchor_age"][..., None], obs["anchor_log_std"][..., None]],
+                            dim=-1)                                                     # (B, I, 6)
             h0 = self.init_mlp(tgt)                                                     # (B, I, D)
         else:
             h0 = feats.new_zeros(B, I, D)
@@ -294,11 +306,11 @@ class DGNN(nn.Module):
         z2 = self.tam2(z1, src_key_padding_mask=pad)
         return z1[:, -1].reshape(B, I, D), z2[:, -1].reshape(B, I, D)
 
-    def _positions(self, head_out: Tensor, obs: dict[str, Tensor]) -> Tensor:
+    def _positions(self, head_out: Tensor, obs: dict[str, Tensor], anchor_key: str) -> Tensor:
         scales = obs["scales_m"]
         pos_scale = scales[:, 0, None, None]
         if self.cfg.residual:
-            return obs["anchor"] * pos_scale + head_out * scales[:, 1, None, None]
+            return obs[anchor_key] * pos_scale + head_out * scales[:, 1, None, None]
         return head_out * pos_scale
 
     def beam_logits(self, u_tilde_m: Tensor, embedding: Tensor, obs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
@@ -331,8 +343,8 @@ class DGNN(nn.Module):
     def forward(self, obs: dict[str, Tensor]) -> dict[str, Tensor]:
         h = self.spatial(obs)
         z1, z2 = self.temporal(h, obs["block_valid"])
-        u_hat = self._positions(self.head_now(z1), obs)
-        u_tilde = self._positions(self.head_next(z2), obs)
+        u_hat = self._positions(self.head_now(z1), obs, "anchor")
+        u_tilde = self._positions(self.head_next(z2), obs, "anchor_next")
         tx, rx = self.beam_logits(u_tilde, z2, obs)
         return {"u_hat": u_hat, "u_tilde": u_tilde, "beam_logits_tx": tx, "beam_logits_rx": rx,
                 "target_embedding": z2}
