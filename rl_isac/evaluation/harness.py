@@ -36,8 +36,8 @@ import numpy as np
 from rl_isac.controllers import make_controller
 from rl_isac.controllers.base import Controller
 from rl_isac.errors import ConfigError
-from rl_isac.network import CellFreeNetwork, check_action
 from rl_isac.evaluation.bounds import position_pcrb
+from rl_isac.network import CellFreeNetwork, check_action
 from rl_isac.scenario import ScenarioConfig
 
 EVAL_SEED_BASE = 1_000_000_000

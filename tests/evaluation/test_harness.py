@@ -1,0 +1,122 @@
+"""The evaluation harness: required fields, determinism, honest failures, no partial JSON."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from rl_isac.cli import main
+from rl_isac.controllers import CUAction, make_controller
+from rl_isac.errors import ConfigError, ConstraintViolation
+from rl_isac.evaluation.harness import EVAL_SEED_BASE, evaluate, evaluation_seeds, write_json_atomic
+from rl_isac.scenario import ScenarioConfig
+
+REQUIRED = {"method", "targets", "episodes", "blocks", "seed", "fidelity", "rmse_m", "rmse_per_block_m",
+            "pcrb_rmse_m", "violations", "missed_fraction", "decision_ms_p50", "decision_ms_p99"}
+
+
+def test_evaluate_reports_every_required_field_with_one_rmse_per_block():
+    r = evaluate("ekf-greedy", targets=4, episodes=2, blocks=12, seed=3, fidelity="surrogate", progress=False)
+    assert REQUIRED <= set(r)
+    assert len(r["rmse_per_block_m"]) == 12
+    assert r["violations"] == 0
+    assert 0 <= r["missed_fraction"] <= 1
+    assert r["rmse_m"] > 0 and np.isfinite(r["rmse_m"])
+    # The per-block RMSEs average (in the mean-square sense) to the overall RMSE.
+    assert np.sqrt(np.mean(np.square(r["rmse_per_block_m"]))) == pytest.approx(r["rmse_m"], rel=1e-9)
+
+
+def test_evaluate_same_seed_same_numbers_and_json_serialisable(tmp_path):
+    a = evaluate("ekf-nearest", targets=4, episodes=1, blocks=10, seed=1, fidelity="surrogate", progress=False)
+    b = evaluate("ekf-nearest", targets=4, episodes=1, blocks=10, seed=1, fidelity="surrogate", progress=False)
+    for key in ("rmse_m", "rmse_per_block_m", "pcrb_rmse_m", "missed_fraction", "world_seeds"):
+        assert a[key] == b[key]
+    write_json_atomic(a, tmp_path / "r.json")
+    assert json.loads((tmp_path / "r.json").read_text())["rmse_m"] == a["rmse_m"]
+
+
+def test_rmse_stays_above_the_pcrb_for_a_good_tracker():
+    r = evaluate("ekf-milp", targets=4, episodes=2, blocks=30, seed=0, fidelity="surrogate", progress=False)
+    assert r["pcrb_rmse_m"] < r["rmse_m"] < 10 * r["pcrb_rmse_m"]
+
+
+def test_milp_and_exhaustive_give_identical_rmse_on_the_same_seeds():
+    kw = dict(targets=4, episodes=1, blocks=10, seed=0, fidelity="surrogate", progress=False)
+    assert evaluate("ekf-milp", **kw)["rmse_m"] == evaluate("ekf-exhaustive", **kw)["rmse_m"]
+
+
+def test_evaluation_seeds_are_disjoint_from_training_seeds():
+    seeds = evaluation_seeds(5, 4)
+    assert len(set(seeds)) == 4 and min(seeds) >= EVAL_SEED_BASE
+
+
+def test_unknown_method_names_the_known_ones():
+    with pytest.raises(ConfigError, match="ekf-milp"):
+        make_controller("no-such-method", ScenarioConfig.paper(4))
+
+
+class _BreaksAtBlock3:
+    """A CU that drops target 0 from every BS at block 3 (breaks (5d))."""
+
+    name = "broken"
+
+    def __init__(self, cfg):
+        self.inner = make_controller("ekf-nearest", cfg)
+        self.calls = 0
+
+    def reset(self, acq):
+        return self.inner.reset(acq)
+
+    def act(self, meas):
+        self.calls += 1
+        action = self.inner.act(meas)
+        if self.calls == 3:
+            assoc = action.association.copy()
+            assoc[:, 0] = False
+            action = CUAction(assoc, action.beams, action.estimate_m, action.prediction_m)
+        return action
+
+
+def test_a_constraint_violation_stops_the_run_and_writes_nothing(tmp_path):
+    cfg = ScenarioConfig.paper(4, fidelity="surrogate")
+    with pytest.raises(ConstraintViolation, match=r"\(5d\)"):
+        evaluate("broken", cfg=cfg, episodes=1, blocks=10, progress=False, controller=_BreaksAtBlock3(cfg))
+
+
+def test_nan_estimate_is_rejected():
+    cfg = ScenarioConfig.paper(4, fidelity="surrogate")
+
+    class NanCU(_BreaksAtBlock3):
+        def act(self, meas):
+            a = self.inner.act(meas)
+            return CUAction(a.association, a.beams, np.full_like(a.estimate_m, np.nan), a.prediction_m)
+
+    with pytest.raises(ValueError, match="finite"):
+        evaluate("nan", cfg=cfg, episodes=1, blocks=3, progress=False, controller=NanCU(cfg))
+
+
+def test_cli_evaluate_writes_json_and_an_error_leaves_no_file(tmp_path, capsys):
+    out = tmp_path / "ok.json"
+    rc = main(["evaluate", "--method", "ekf-greedy", "--targets", "4", "--episodes", "1", "--blocks", "5",
+               "--fidelity", "surrogate", "--json", str(out)])
+    assert rc == 0 and json.loads(out.read_text())["blocks"] == 5
+    assert "rmse_m" in capsys.readouterr().out
+    bad = tmp_path / "bad.json"
+    rc = main(["evaluate", "--method", "nope", "--episodes", "1", "--blocks", "5", "--json", str(bad)])
+    assert rc == 2 and not bad.exists()
+    assert "unknown method" in capsys.readouterr().err
+
+
+def test_cli_rejects_an_infeasible_scenario_with_the_rule(capsys):
+    rc = main(["simulate", "--targets", "13", "--blocks", "2", "--fidelity", "surrogate"])
+    assert rc == 2
+    assert "(5d)" in capsys.readouterr().err
+
+
+def test_cli_simulate_prints_per_target_rmse(tmp_path, capsys):
+    out = tmp_path / "sim.json"
+    assert main(["simulate", "--targets", "4", "--blocks", "5", "--fidelity", "signal", "--json", str(out)]) == 0
+    assert "per target" in capsys.readouterr().out
+    assert json.loads(out.read_text())["verb"] == "simulate"
