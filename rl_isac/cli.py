@@ -65,6 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("methods", help="list the registered methods")
 
+    p = sub.add_parser("compare", help="several methods x target counts through the harness (JSON + Markdown)")
+    p.add_argument("--methods", nargs="+", required=True, help="method names")
+    p.add_argument("--targets", nargs="+", type=_positive_int, default=[4, 6, 8])
+    p.add_argument("--episodes", type=_positive_int, default=10)
+    p.add_argument("--blocks", type=_positive_int, default=100)
+    p.add_argument("--seed", type=_non_negative_int, default=0)
+    p.add_argument("--fidelity", choices=FIDELITIES, default="signal")
+    p.add_argument("--checkpoint", action="append", default=[], metavar="METHOD=DIR",
+                   help="checkpoint of a learned method; '{I}' in DIR is replaced by the target count")
+    p.add_argument("--json", metavar="PATH", required=True, help="results JSON (a .md table is written beside it)")
+
     p = sub.add_parser("crb-check", help="estimator RMSE vs CRB at 30/60/100/150 m, broadside and 45 deg")
     p.add_argument("--trials", type=_positive_int, default=400, help="signal-level trials per case (default 400)")
     p.add_argument("--surrogate-trials", type=_positive_int, default=4000, help="surrogate trials per case")
@@ -106,6 +117,22 @@ def _cmd_evaluate(args) -> int:
     print(summary_table([result]))
     if args.json:
         write_json_atomic(result, args.json)
+    return 0
+
+
+def _cmd_compare(args) -> int:
+    from rl_isac.errors import ConfigError
+    from rl_isac.evaluation.compare import compare, write_compare
+
+    ckpts = {}
+    for item in args.checkpoint:
+        if "=" not in item:
+            raise ConfigError("--checkpoint", item, "must be METHOD=DIR")
+        key, value = item.split("=", 1)
+        ckpts[key] = value
+    data = compare(args.methods, args.targets, args.episodes, args.blocks, args.seed, args.fidelity, ckpts)
+    print(data["table_md"])
+    write_compare(data, args.json)
     return 0
 
 
@@ -159,7 +186,7 @@ def _cmd_pretrain(args) -> int:
     return pretrain_from_args(args)
 
 
-COMMANDS = {"simulate": _cmd_simulate, "evaluate": _cmd_evaluate, "methods": _cmd_methods,
+COMMANDS = {"simulate": _cmd_simulate, "evaluate": _cmd_evaluate, "methods": _cmd_methods, "compare": _cmd_compare,
             "crb-check": _cmd_crb_check, "bench": _cmd_bench, "pretrain": _cmd_pretrain}
 
 
