@@ -34,13 +34,19 @@ import numpy as np
 from rl_isac.errors import ConstraintViolation
 from rl_isac.physics import mobility
 from rl_isac.physics.arrays import beams_toward, dft_codebook, nearest_beams
-from rl_isac.physics.channel import channel_gains, delay_s, doppler_hz, geometry, received_amplitude
+from rl_isac.physics.channel import geometry, path_amplitude
 from rl_isac.physics.echo import qpsk_symbols, synthesize_echo
 from rl_isac.physics.estimation import PairEstimator
 from rl_isac.physics.fisher import expected_position_information
 from rl_isac.physics.measurements import Measurements
-from rl_isac.physics.surrogate import surrogate_measure
-from rl_isac.scenario import ScenarioConfig
+from rl_isac.physics.surrogate import SurrogateFrontEnd
+from rl_isac.scenario import SPEED_OF_LIGHT_MPS, ScenarioConfig
+
+# Complex dtype of the synthesised samples at the signal level: complex64 keeps the rounding
+# (~1e-7 of the strongest echo) far below the thermal noise and halves the memory traffic.
+SIGNAL_DTYPE = np.complex64
+# Validated associations remembered per network (an RL episode reuses few patterns).
+_PAIR_CACHE_SIZE = 4096
 
 
 def check_action(association: np.ndarray, beams: np.ndarray, num_rf: int, codebook_size: int,
@@ -70,6 +76,34 @@ def check_action(association: np.ndarray, beams: np.ndarray, num_rf: int, codebo
     return assoc, beams
 
 
+class _Pairs:
+    """Everything a validated association ``A (M, I)`` fixes, computed once and cached.
+
+    Pairs ``p`` are the True entries of ``A`` in row-major order (``np.nonzero``). RF chain
+    ``n`` of BS ``m`` serves its ``n``-th assigned target (ascending index); idle chains are off.
+    """
+
+    def __init__(self, assoc: np.ndarray, bs_positions_m: np.ndarray, side: np.ndarray, num_rf: int) -> None:
+        num_bs, num_targets = assoc.shape
+        self.assoc = assoc
+        self.assoc.flags.writeable = False
+        self.bs_idx, self.tgt_idx = np.nonzero(assoc)
+        self.num = len(self.bs_idx)
+        self.flat = self.bs_idx * num_targets + self.tgt_idx  # index into (M * I,)
+        self.cov_rr = 4 * self.flat  # index of [m, i, 0, 0] into (M * I * 4,)
+        self.cov_aa = 4 * self.flat + 3  # [m, i, 1, 1]
+        self.bs_pos = bs_positions_m[self.bs_idx]  # (P, 2)
+        self.side = side[self.bs_idx]
+        # Chain of each pair: its rank among the BS's assigned targets.
+        rank = np.cumsum(assoc, axis=1) - 1
+        self.chain = rank[self.bs_idx, self.tgt_idx]  # (P,)
+        self.chain_flat = self.bs_idx * num_rf + self.chain  # index into (M * R,)
+        self.chain_active = np.zeros((num_bs, num_rf), bool)
+        self.chain_active[self.bs_idx, self.chain] = True
+        # True when every chain is in use and pairs are the chains in order: z needs no gather.
+        self.all_chains = bool(self.num == num_bs * num_rf and np.array_equal(self.chain_flat, np.arange(self.num)))
+
+
 class CellFreeNetwork:
     """Truth and BS front ends of one cell-free cluster.
 
@@ -92,11 +126,19 @@ class CellFreeNetwork:
         # +1: BS on the bottom edge sees targets at theta in (0, pi); -1: top edge, theta in (-pi, 0).
         self.side = np.where(self.bs_positions_m[:, 1] == 0.0, 1.0, -1.0)
         self.estimator = PairEstimator(cfg, self.codebook)
+        self.surrogate = SurrogateFrontEnd(cfg, self.codebook)
         self.positions_m = np.zeros((cfg.num_targets, 2))
         self.headings_rad = np.zeros(cfg.num_targets)
         self.block = 0
         self._motion_rng: np.random.Generator | None = None
         self._meas_rng: np.random.Generator | None = None
+        # Per-config constants of the hot path.
+        self._shape = (cfg.num_bs, cfg.num_targets)
+        self._beam_shape = (cfg.num_bs, cfg.num_targets, cfg.num_tracking_symbols, 2)
+        self._signal = cfg.fidelity == "signal"
+        self._amp_const = np.sqrt(cfg.tx_power_per_subcarrier_w) * float(path_amplitude(cfg, 1.0))  # rho d^2
+        self._doppler_scale = -2.0 / cfg.wavelength_m  # nu = scale * (unit vector . velocity)
+        self._pairs: dict[bytes, _Pairs] = {}
 
     # ------------------------------------------------------------------ episode
     def reset(self, seed: int) -> np.ndarray:
@@ -130,19 +172,12 @@ class CellFreeNetwork:
         """
         if self._motion_rng is None:
             raise RuntimeError("call reset(seed) before step()")
-        cfg = self.cfg
-        assoc, beams = check_action(association, beams, cfg.num_rf, cfg.codebook_size, cfg.num_tracking_symbols,
-                                    (cfg.num_bs, cfg.num_targets))
-        gated = predicted_positions_m is not None
-        if gated:
-            predicted_positions_m = np.asarray(predicted_positions_m, dtype=float)
-            if predicted_positions_m.shape != (cfg.num_targets, 2) or not np.all(np.isfinite(predicted_positions_m)):
-                raise ValueError(f"predicted_positions_m must be finite with shape {(cfg.num_targets, 2)}")
-        velocities = self.velocities_mps
-        self.positions_m, self.headings_rad = mobility.step(cfg, self.positions_m, self.headings_rad,
-                                                            rng=self._motion_rng)
+        pairs, pair_beams = self._check(association, beams)
+        predicted = self._check_prediction(predicted_positions_m)
+        self.positions_m, self.headings_rad, velocities = mobility.advance(self.cfg, self.positions_m,
+                                                                           self.headings_rad, rng=self._motion_rng)
         self.block += 1
-        return self._measure(assoc, beams, velocities, predicted_positions_m if gated else None)
+        return self._measure(pairs, pair_beams, velocities, predicted)
 
     def measure(self, association: np.ndarray, beams: np.ndarray,
                 predicted_positions_m: np.ndarray | None = None) -> Measurements:
@@ -152,67 +187,130 @@ class CellFreeNetwork:
         """
         if self._meas_rng is None:
             raise RuntimeError("call reset(seed) before measure()")
+        pairs, pair_beams = self._check(association, beams)
+        predicted = self._check_prediction(predicted_positions_m)
+        return self._measure(pairs, pair_beams, self.velocities_mps, predicted)
+
+    # ------------------------------------------------------------------ checks
+    def _check(self, association, beams) -> tuple[_Pairs, np.ndarray]:
+        """(5c)-(5f) as :func:`check_action`; returns the cached pairs and the pairs' beams ``(P, K, 2)`` int64.
+
+        A bool association of the right shape is looked up by its bytes (validated the first
+        time it is seen); beams are range-checked on the assigned pairs only. Anything
+        unusual goes through :func:`check_action`, which raises the named error.
+        """
         cfg = self.cfg
-        assoc, beams = check_action(association, beams, cfg.num_rf, cfg.codebook_size, cfg.num_tracking_symbols,
-                                    (cfg.num_bs, cfg.num_targets))
-        return self._measure(assoc, beams, self.velocities_mps, predicted_positions_m)
+        a = association
+        pairs = None
+        if type(a) is np.ndarray and a.dtype == np.bool_ and a.shape == self._shape:
+            pairs = self._pairs.get(a.tobytes())
+        if pairs is None:
+            from rl_isac.association.constraints import check_association
+
+            assoc = check_association(a, cfg.num_rf, shape=self._shape)
+            key = assoc.tobytes()
+            pairs = self._pairs.get(key)
+            if pairs is None:
+                if len(self._pairs) >= _PAIR_CACHE_SIZE:
+                    self._pairs.clear()
+                pairs = self._pairs[key] = _Pairs(assoc, self.bs_positions_m, self.side, cfg.num_rf)
+        b = beams
+        if not (type(b) is np.ndarray and b.dtype == np.int64 and b.shape == self._beam_shape):
+            _, b = check_action(pairs.assoc, b, cfg.num_rf, cfg.codebook_size, cfg.num_tracking_symbols,
+                                self._shape)
+            b = b.astype(np.int64, copy=False)
+        pair_beams = b[pairs.bs_idx, pairs.tgt_idx]  # (P, K, 2)
+        # Negative indices become huge as uint64: one comparison checks both ends of the codebook.
+        if pairs.num and pair_beams.view(np.uint64).max() >= cfg.codebook_size:
+            check_action(pairs.assoc, b, cfg.num_rf, cfg.codebook_size, cfg.num_tracking_symbols, self._shape)
+        return pairs, pair_beams
+
+    def _check_prediction(self, predicted) -> np.ndarray | None:
+        if predicted is None:
+            return None
+        predicted = np.asarray(predicted, dtype=float)
+        if predicted.shape != (self.cfg.num_targets, 2) or not np.isfinite(predicted).all():
+            raise ValueError(f"predicted_positions_m must be finite with shape {(self.cfg.num_targets, 2)}")
+        return predicted
 
     # ------------------------------------------------------------------ measurement
-    def _measure(self, assoc, beams, velocities, predicted) -> Measurements:
+    def _measure(self, pairs: _Pairs, pair_beams: np.ndarray, velocities: np.ndarray,
+                 predicted: np.ndarray | None) -> Measurements:
         cfg = self.cfg
-        rng = self._meas_rng
-        num_bs, num_targets = assoc.shape
-        range_m, angle = geometry(self.bs_positions_m, self.positions_m)
-        u = np.cos(angle)
-        nu = doppler_hz(cfg, self.bs_positions_m, self.positions_m, velocities)
         if predicted is not None:
-            pred_range, _ = geometry(self.bs_positions_m, predicted)
+            # Gate +-range_gate_m around the predicted range of each pair.
+            d = predicted[pairs.tgt_idx] - pairs.bs_pos
+            pred_range = np.hypot(d[:, 0], d[:, 1])
             gate_lo = np.maximum(pred_range - cfg.range_gate_m, 0.0)
             gate_hi = pred_range + cfg.range_gate_m
+            threshold = self.estimator.threshold_gated
         else:
-            gate_lo = np.zeros_like(range_m)
-            gate_hi = np.full_like(range_m, cfg.max_range_m)
-        bs_idx, tgt_idx = np.nonzero(assoc)
-        pair_beams = beams[bs_idx, tgt_idx]
-        gated = np.full(len(bs_idx), predicted is not None)
-        if cfg.fidelity == "signal":
-            est = self._signal_level(assoc, beams, range_m, u, nu, gate_lo, gate_hi, bs_idx, tgt_idx, gated, rng)
+            gate_lo, gate_hi = 0.0, cfg.max_range_m
+            threshold = self.estimator.threshold_full
+        if self._signal:
+            est = self._signal_level(pairs, pair_beams, velocities, gate_lo, gate_hi, threshold)
         else:
-            threshold = np.where(gated, self.estimator.threshold_gated, self.estimator.threshold_full)
-            est = surrogate_measure(cfg, self.codebook, range_m[bs_idx, tgt_idx], u[bs_idx, tgt_idx],
-                                    self.side[bs_idx], received_amplitude(cfg, range_m[bs_idx, tgt_idx]),
-                                    pair_beams, nu[bs_idx, tgt_idx], gate_lo[bs_idx, tgt_idx],
-                                    gate_hi[bs_idx, tgt_idx], threshold, rng=rng)
-        out = {name: np.zeros((num_bs, num_targets)) for name in ("range_m", "angle_rad", "snr_db")}
-        detected = np.zeros((num_bs, num_targets), bool)
-        cov = np.zeros((num_bs, num_targets, 2, 2))
-        for name in out:
-            out[name][bs_idx, tgt_idx] = est[name]
-        detected[bs_idx, tgt_idx] = est["detected"]
-        cov[bs_idx, tgt_idx] = est["cov"]
-        return Measurements(assigned=assoc.copy(), detected=detected, range_m=out["range_m"],
-                            angle_rad=out["angle_rad"], snr_db=out["snr_db"], cov=cov, block=self.block)
+            est = self._surrogate(pairs, pair_beams, velocities, gate_lo, gate_hi, threshold)
+        return self._collect(pairs, *est)
 
-    def _signal_level(self, assoc, beams, range_m, u, nu, gate_lo, gate_hi, bs_idx, tgt_idx, gated, rng):
+    def _surrogate(self, pairs: _Pairs, pair_beams, velocities, gate_lo, gate_hi, threshold):
+        """Surrogate draws for the assigned pairs only (geometry of eq. (1) per pair)."""
+        delta = self.positions_m[pairs.tgt_idx] - pairs.bs_pos  # (P, 2)
+        range_m = np.hypot(delta[:, 0], delta[:, 1])
+        u = delta[:, 0] / range_m  # cos(theta)
+        # nu = 2 v_r / lambda with the closing speed v_r = -(unit vector . velocity).
+        nu = (delta * velocities[pairs.tgt_idx]).sum(axis=1) * (self._doppler_scale / range_m)
+        amplitude = self._amp_const / (range_m * range_m)
+        return self.surrogate.draw(range_m, u, pairs.side, amplitude, pair_beams, nu, gate_lo, gate_hi, threshold,
+                                   rng=self._meas_rng)
+
+    def _signal_level(self, pairs: _Pairs, pair_beams, velocities, gate_lo, gate_hi, threshold):
+        """Synthesise eq. (2) at every BS (all targets echo), matched-filter each pair, estimate."""
         cfg = self.cfg
-        num_rf = cfg.num_rf
-        # RF chain n of BS m serves its n-th assigned target (ascending index); idle chains are off.
-        order = np.argsort(~assoc, axis=1, kind="stable")[:, :num_rf]  # (M, min(R, I))
-        chain_active = np.take_along_axis(assoc, order, axis=1)
-        if order.shape[1] < num_rf:  # fewer targets than RF chains: the extra chains stay idle
-            pad = num_rf - order.shape[1]
-            order = np.pad(order, ((0, 0), (0, pad)))
-            chain_active = np.pad(chain_active, ((0, 0), (0, pad)))
-        chain_beams = beams[np.arange(cfg.num_bs)[:, None], order] * chain_active[..., None, None]
-        gains = channel_gains(cfg, range_m, rng=rng)
-        symbols = qpsk_symbols((cfg.num_bs, num_rf, cfg.num_tracking_symbols, cfg.num_subcarriers), rng=rng)
-        y = synthesize_echo(cfg, self.codebook, chain_active, chain_beams, gains, u, delay_s(range_m), nu, symbols,
-                            rng=rng)
-        # Pair p = (bs_idx[p], tgt_idx[p]) uses the chain whose target it is.
-        chain_of_pair = np.argmax((order[bs_idx] == tgt_idx[:, None]) & chain_active[bs_idx], axis=1)
-        z = y[bs_idx, chain_of_pair] * symbols[bs_idx, chain_of_pair].conj()  # matched filter: (P, K, L)
-        return self.estimator.estimate(z, beams[bs_idx, tgt_idx], self.side[bs_idx], gate_lo[bs_idx, tgt_idx],
-                                       gate_hi[bs_idx, tgt_idx], gated)
+        rng = self._meas_rng
+        num_bs, num_rf = pairs.chain_active.shape
+        delta = self.positions_m[None, :, :] - self.bs_positions_m[:, None, :]  # (M, I, 2)
+        range_m = np.hypot(delta[..., 0], delta[..., 1])
+        u = delta[..., 0] / range_m
+        nu = (delta * velocities).sum(axis=-1) * (self._doppler_scale / range_m)
+        # Channel gains sqrt(P) alpha with a uniform random RCS phase (eq. (1)).
+        gains = (self._amp_const / (range_m * range_m)) * np.exp(1j * rng.uniform(0, 2 * np.pi, range_m.shape))
+        # (tx, rx) beams per chain: the beams of the chain's pair; idle chains keep beam 0 (they are off).
+        if pairs.all_chains:
+            chain_beams = pair_beams.reshape(num_bs, num_rf, *pair_beams.shape[1:])
+        else:
+            chain_beams = np.zeros((num_bs * num_rf, *pair_beams.shape[1:]), np.int64)
+            chain_beams[pairs.chain_flat] = pair_beams
+            chain_beams = chain_beams.reshape(num_bs, num_rf, *pair_beams.shape[1:])
+        symbols = qpsk_symbols((num_bs, num_rf, cfg.num_tracking_symbols, cfg.num_subcarriers), rng=rng,
+                               dtype=SIGNAL_DTYPE)
+        y = synthesize_echo(cfg, self.codebook, pairs.chain_active, chain_beams, gains, u,
+                            (2.0 / SPEED_OF_LIGHT_MPS) * range_m, nu, symbols, rng=rng, dtype=SIGNAL_DTYPE)
+        # Matched filter: pair p uses its own chain's samples and symbols, z = v conj(s): (P, K, L).
+        y = y.reshape(num_bs * num_rf, *y.shape[2:])
+        symbols = symbols.reshape(y.shape)
+        if pairs.all_chains:
+            z = y * symbols.conj()
+        else:
+            z = y[pairs.chain_flat] * symbols[pairs.chain_flat].conj()
+        return self.estimator.estimate_pairs(z, pair_beams, pairs.side, gate_lo, gate_hi, threshold)
+
+    def _collect(self, pairs: _Pairs, range_m, angle, snr_db, detected, var_range, var_angle) -> Measurements:
+        """Scatter the per-pair results into the ``(M, I)`` arrays of :class:`Measurements`."""
+        num_bs, num_targets = self._shape
+        values = np.zeros((3, num_bs * num_targets))
+        values[0, pairs.flat] = range_m
+        values[1, pairs.flat] = angle
+        values[2, pairs.flat] = snr_db
+        det = np.zeros(num_bs * num_targets, bool)
+        det[pairs.flat] = detected
+        cov = np.zeros(num_bs * num_targets * 4)
+        cov[pairs.cov_rr] = var_range
+        cov[pairs.cov_aa] = var_angle
+        values = values.reshape(3, num_bs, num_targets)
+        return Measurements(assigned=pairs.assoc.copy(), detected=det.reshape(self._shape), range_m=values[0],
+                            angle_rad=values[1], snr_db=values[2], cov=cov.reshape(num_bs, num_targets, 2, 2),
+                            block=self.block)
 
     # ------------------------------------------------------------------ helpers for CUs and labels
     def spatial_frequency(self, positions_m: np.ndarray) -> np.ndarray:

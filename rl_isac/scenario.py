@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from rl_isac.errors import ConfigError
 
 SPEED_OF_LIGHT_MPS = 299_792_458.0
@@ -117,17 +119,35 @@ class ScenarioConfig:
     """``"signal"``: synthesise eq. (2) and estimate; ``"surrogate"``: draw from the Fisher information."""
 
     def __post_init__(self) -> None:
-        # Normalise sequences (lists from YAML/JSON) to tuples so the config stays hashable.
-        object.__setattr__(self, "bs_positions_m", tuple(tuple(float(c) for c in p) for p in self.bs_positions_m))
-        object.__setattr__(self, "area_size_m", tuple(float(c) for c in self.area_size_m))
+        # Normalise sequences (lists from YAML/JSON) to tuples so the config stays hashable, and numpy
+        # scalars to Python numbers so the config round-trips through YAML.
+        for name, shape in (("bs_positions_m", "a sequence of (x_m, y_m) number pairs"),
+                            ("area_size_m", "a (width_m, height_m) pair of numbers")):
+            value = getattr(self, name)
+            try:
+                if name == "bs_positions_m":
+                    norm = tuple(tuple(_as_float(c) for c in p) for p in value)
+                else:
+                    norm = tuple(_as_float(c) for c in value)
+            except (TypeError, ValueError):
+                raise ConfigError(name, value, f"must be {shape}") from None
+            object.__setattr__(self, name, norm)
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, np.integer):
+                object.__setattr__(self, f.name, int(value))
+            elif isinstance(value, np.floating):
+                object.__setattr__(self, f.name, float(value))
         self._validate()
 
     # ------------------------------------------------------------------ validation
     def _validate(self) -> None:
         def positive(name: str, allow_zero: bool = False) -> None:
             value = getattr(self, name)
+            if not _is_number(value):
+                raise ConfigError(name, value, "must be a number" + _YAML_HINT * isinstance(value, str))
             ok = value >= 0 if allow_zero else value > 0
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and ok):
+            if not (math.isfinite(value) and ok):
                 raise ConfigError(name, value, "must be a finite number " + (">= 0" if allow_zero else "> 0"))
 
         def positive_int(name: str) -> None:
@@ -144,9 +164,9 @@ class ScenarioConfig:
             positive(name)
         for name in ("speed_mps", "edge_margin_m", "spawn_margin_m", "heading_step_deg"):
             positive(name, allow_zero=True)
-        for name in ("tx_power_dbm", "noise_figure_db"):
+        for name in ("tx_power_dbm", "noise_figure_db", "detection_pfa"):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value)):
+            if not (_is_number(value) and math.isfinite(value)):
                 raise ConfigError(name, value, "must be a finite number (dB values may be negative)")
         if self.noise_figure_db < 0:
             raise ConfigError("noise_figure_db", self.noise_figure_db, "a noise figure is >= 0 dB")
@@ -321,8 +341,7 @@ class ScenarioConfig:
         """Config from a YAML file path or YAML text."""
         import yaml
 
-        text = Path(source).read_text() if isinstance(source, Path) or (
-            isinstance(source, str) and "\n" not in source and Path(source).exists()) else source
+        text = Path(source).read_text() if _is_path(source) else source
         data = yaml.safe_load(text)
         if not isinstance(data, dict):
             raise ConfigError("yaml", source, "must hold a mapping of config fields")
@@ -334,5 +353,29 @@ class ScenarioConfig:
 
 
 PRESETS = ("paper", "large")
+
+_YAML_HINT = " (YAML reads an exponent without a dot, e.g. 28e9, as a string: write 28.0e9)"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _as_float(value: Any) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{value!r} is not a number")
+    return float(value)
+
+
+def _is_path(source: str | Path) -> bool:
+    """A Path, or a one-line string naming an existing file (YAML text otherwise)."""
+    if isinstance(source, Path):
+        return True
+    if "\n" in source or source.lstrip().startswith("{") or len(source) > 1024:
+        return False
+    try:
+        return Path(source).is_file()
+    except OSError:
+        return False
 
 __all__ = ["ScenarioConfig", "PRESETS", "FIDELITIES", "SPEED_OF_LIGHT_MPS", "BOLTZMANN_J_PER_K"]

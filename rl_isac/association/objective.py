@@ -54,6 +54,7 @@ def trace_inv_2x2(a: np.ndarray, b: np.ndarray, d: np.ndarray) -> np.ndarray:
     np.ndarray
         ``(a + d) / (a d - b^2)`` (m^2).
     """
+    a, b, d = (np.asarray(x, dtype=np.float64) for x in (a, b, d))
     det = a * d - b * b
     with np.errstate(divide="ignore", invalid="ignore"):
         out = (a + d) / det

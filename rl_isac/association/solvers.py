@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.optimize import Bounds, LinearConstraint, linear_sum_assignment, milp
+from scipy.optimize import Bounds, LinearConstraint, linear_sum_assignment, linprog, milp
 
 from rl_isac.association.constraints import chains_per_bs, check_association, check_problem_size, uses_all_chains
 from rl_isac.association.objective import (
@@ -374,18 +374,35 @@ class MilpSolver(AssociationSolver):
              x binary                                                  (5e)
 
     which is exactly the exhaustive search's problem. The constraint matrix
-    is built sparsely with Kronecker products. ``mip_rel_gap = 0`` by default
-    so the optimum is proven, not approximate.
+    is built sparsely with Kronecker products.
+
+    With up to ``I (2^M - 1)`` columns (49k at ``M = I = 12``) HiGHS's MIP
+    set-up alone takes minutes and gigabytes, so the columns are first
+    reduced exactly: the LP relaxation (``x >= 0``; ``x <= 1`` is implied)
+    gives a lower bound ``LB`` and reduced costs ``rc >= 0`` with
+    ``cost(x) = LB + rc^T x`` for every feasible ``x``; the greedy
+    association gives an upper bound ``UB``; a column with
+    ``LB + rc > UB`` (plus a relative safety margin of 1e-6) cannot be in an
+    optimum and is dropped (reduced-cost fixing). If the LP optimum is
+    already integral it is returned; otherwise the MILP runs on the kept
+    columns with ``mip_rel_gap = 0``. Costs are scaled so that ``UB = 1e3``,
+    which makes HiGHS's absolute gap (1e-6) a 1e-9 relative one.
 
     Parameters
     ----------
     mip_rel_gap : float
         HiGHS relative optimality gap (default 0: exact).
     time_limit_s : float, optional
-        HiGHS time limit, seconds; on expiry the best feasible association found is returned.
+        HiGHS time limit for the MILP, seconds; on expiry the best feasible
+        association found is returned.
     """
 
     name = "milp"
+
+    #: Objective scale target: the greedy upper bound is mapped to this value.
+    cost_scale: ClassVar[float] = 1e3
+    #: Up to this many columns the LP is solved on all of them; above, by column generation.
+    full_lp_columns: ClassVar[int] = 4096
 
     def __init__(self, mip_rel_gap: float = 0.0, time_limit_s: float | None = None) -> None:
         if not mip_rel_gap >= 0:
@@ -394,6 +411,8 @@ class MilpSolver(AssociationSolver):
             raise ConfigError("time_limit_s", time_limit_s, "must be > 0 seconds")
         self.mip_rel_gap = float(mip_rel_gap)
         self.time_limit_s = time_limit_s
+        #: Diagnostics of the last solve: columns, kept columns, LP integral, bounds.
+        self.last_stats: dict[str, Any] = {}
 
     def solve(self, info: np.ndarray, prior_info: np.ndarray, num_rf: int) -> np.ndarray:
         info, prior_info, num_bs, num_targets, per_bs = _prepare(info, prior_info, num_rf)
@@ -402,23 +421,124 @@ class MilpSolver(AssociationSolver):
         sizes = subset_sizes(num_bs)
         masks = np.flatnonzero((sizes >= 1) & (sizes <= s_max))  # (K,) candidate BS sets
         num_sets = masks.size
-        cost = table[:, masks].ravel()  # variable i * K + k
         member = ((masks[None, :] >> np.arange(num_bs)[:, None]) & 1).astype(np.float64)  # (M, K)
-        a_eq = sp.vstack([
-            sp.kron(sp.identity(num_targets, format="csr"), np.ones((1, num_sets))),  # one set per target
-            sp.kron(np.ones((1, num_targets)), sp.csr_matrix(member)),  # chains per BS
-        ], format="csr")
-        rhs = np.concatenate([np.ones(num_targets), np.full(num_bs, float(per_bs))])
+        # upper bound: greedy association, as columns (target i, its BS bitmask)
+        greedy = GreedySolver().solve(info, prior_info, num_rf)
+        column_of = np.full(1 << num_bs, -1, dtype=np.int64)
+        column_of[masks] = np.arange(num_sets)
+        greedy_cols = np.arange(num_targets) * num_sets + column_of[_target_masks(greedy)]
+        raw_cost = table[:, masks].ravel()  # variable i * K + k
+        upper = float(raw_cost[greedy_cols].sum())
+        cost = raw_cost * (self.cost_scale / upper)
+        upper = self.cost_scale
+        lp_x, lp_value, reduced = _set_partition_lp(cost.reshape(num_targets, num_sets), member, per_bs,
+                                                   greedy_cols, self.full_lp_columns)
+        self.last_stats = {"columns": cost.size}
+        if np.all(np.minimum(np.abs(lp_x), np.abs(lp_x - 1)) <= 1e-9):  # integral LP optimum is optimal
+            self.last_stats.update(kept=int(np.count_nonzero(lp_x > 0.5)), lp_integral=True)
+            return _finish(self._decode(lp_x > 0.5, masks, num_targets, num_bs), num_rf)
+        # reduced-cost fixing: cost(x) = LB + rc^T x >= LB + rc_j if x_j = 1
+        keep = lp_value + reduced <= upper * (1 + 1e-6)
+        keep[greedy_cols] = True
+        cols = np.flatnonzero(keep)
+        self.last_stats.update(kept=int(cols.size), lp_integral=False)
         options: dict[str, Any] = {"mip_rel_gap": self.mip_rel_gap}
         if self.time_limit_s is not None:
             options["time_limit"] = float(self.time_limit_s)
-        res = milp(cost, integrality=np.ones_like(cost), bounds=Bounds(0.0, 1.0),
+        rhs = np.concatenate([np.ones(num_targets), np.full(num_bs, float(per_bs))])
+        a_eq = _partition_matrix(cols, num_sets, member, num_targets)
+        res = milp(cost[cols], integrality=np.ones(cols.size), bounds=Bounds(0.0, 1.0),
                    constraints=LinearConstraint(a_eq, rhs, rhs), options=options)
         if res.x is None:
             raise RlIsacError(f"MILP association failed: {res.message} (status {res.status})")
-        chosen = masks[np.argmax(res.x.reshape(num_targets, num_sets), axis=1)]  # (I,) bitmask per target
-        association = ((chosen[None, :] >> np.arange(num_bs)[:, None]) & 1).astype(bool)
-        return _finish(association, num_rf)
+        x = np.zeros(cost.size, dtype=bool)
+        x[cols] = res.x > 0.5
+        return _finish(self._decode(x, masks, num_targets, num_bs), num_rf)
+
+    @staticmethod
+    def _decode(x: np.ndarray, masks: np.ndarray, num_targets: int, num_bs: int) -> np.ndarray:
+        """Association ``(num_bs, num_targets)`` from the selected columns ``x`` (bool, ``I * K``)."""
+        chosen = masks[np.argmax(x.reshape(num_targets, masks.size), axis=1)]  # (I,) bitmask per target
+        return ((chosen[None, :] >> np.arange(num_bs)[:, None]) & 1).astype(bool)
+
+
+def _partition_matrix(cols: np.ndarray, num_sets: int, member: np.ndarray, num_targets: int) -> sp.csc_matrix:
+    """Equality matrix of the subset MILP restricted to columns ``cols`` (flat ``i * K + k``).
+
+    Rows ``0 .. I-1``: one set per target; rows ``I .. I+M-1``: chains per BS.
+    Shape ``(num_targets + num_bs, cols.size)``, built without Python loops.
+    """
+    target, k = np.divmod(cols, num_sets)
+    bs_rows, col_pos = np.nonzero(member[:, k])  # (nnz,) BS m in the set of column col_pos
+    rows = np.concatenate([target, num_targets + bs_rows])
+    columns = np.concatenate([np.arange(cols.size), col_pos])
+    shape = (num_targets + member.shape[0], cols.size)
+    return sp.csc_matrix((np.ones(rows.size), (rows, columns)), shape=shape)
+
+
+def _set_partition_lp(cost: np.ndarray, member: np.ndarray, per_bs: int, start_cols: np.ndarray,
+                      full_lp_columns: int) -> tuple[np.ndarray, float, np.ndarray]:
+    """LP relaxation of the subset MILP, by column generation when it is large.
+
+    Parameters
+    ----------
+    cost : np.ndarray, shape (num_targets, K)
+        Column costs (scaled).
+    member : np.ndarray, shape (num_bs, K)
+        1.0 where BS m is in set k.
+    per_bs : int
+        Chains each BS uses.
+    start_cols : np.ndarray of int
+        Flat columns of a feasible integer solution (keeps every restricted LP feasible).
+    full_lp_columns : int
+        Solve on every column when there are at most this many.
+
+    Returns
+    -------
+    x : np.ndarray, shape (num_targets * K,)
+        LP optimum (zeros outside the generated columns).
+    value : float
+        LP optimum value, a lower bound of the MILP.
+    reduced : np.ndarray, shape (num_targets * K,)
+        Reduced costs ``c - A^T y`` of every column (>= -1e-6 at the optimum).
+    """
+    num_targets, num_sets = cost.shape
+    num_bs = member.shape[0]
+    rhs = np.concatenate([np.ones(num_targets), np.full(num_bs, float(per_bs))])
+    flat_cost = cost.ravel()
+    if flat_cost.size <= full_lp_columns:
+        active = np.ones(flat_cost.size, dtype=bool)
+    else:  # start: all sets of at most 2 BSs + the feasible solution
+        active = np.zeros((num_targets, num_sets), dtype=bool)
+        active[:, member.sum(axis=0) <= 2] = True
+        active = active.ravel()
+        active[start_cols] = True
+    price_tol, per_round = 1e-6, 16
+    for _ in range(1000):
+        cols = np.flatnonzero(active)
+        lp = linprog(flat_cost[cols], A_eq=_partition_matrix(cols, num_sets, member, num_targets), b_eq=rhs,
+                     bounds=(0, None), method="highs")
+        if lp.status != 0:  # pragma: no cover - feasible (start_cols) and bounded (costs > 0)
+            raise RlIsacError(f"association LP relaxation failed: {lp.message}")
+        y = lp.eqlin.marginals  # duals: d(objective)/d(rhs)
+        reduced = cost - y[:num_targets, None] - (y[num_targets:] @ member)[None, :]  # rc = c - A^T y
+        candidates = (reduced < -price_tol) & ~active.reshape(num_targets, num_sets)
+        if not candidates.any():
+            break
+        # add the most negative columns, at most per_round per target
+        order = np.argsort(np.where(candidates, reduced, np.inf), axis=1)[:, :per_round]
+        take = np.take_along_axis(candidates, order, axis=1)
+        rows = np.broadcast_to(np.arange(num_targets)[:, None], order.shape)
+        active[(rows * num_sets + order)[take]] = True
+    x = np.zeros(flat_cost.size)
+    x[cols] = lp.x
+    return x, float(lp.fun), reduced.ravel()
+
+
+def _target_masks(association: np.ndarray) -> np.ndarray:
+    """BS bitmask of every target, shape (num_targets,), int64: bit m set iff ``A[m, i]``."""
+    weights = np.int64(1) << np.arange(association.shape[0], dtype=np.int64)
+    return (association.astype(np.int64) * weights[:, None]).sum(axis=0)
 
 
 SOLVERS: dict[str, type[AssociationSolver]] = {

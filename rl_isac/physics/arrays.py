@@ -18,6 +18,8 @@ constant per (t, r) and all angle information is in its magnitude.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 
@@ -176,3 +178,135 @@ def beams_toward(u: np.ndarray, codebook_size: int, num_symbols: int) -> np.ndar
     second = np.where(near_lo, hi, lo)
     ranked = np.stack([first, second], axis=-1)
     return beam_pairs_from_ranked(ranked, ranked, num_symbols)
+
+
+# ---------------------------------------------------------------------------------------------- hot-path form
+def dirichlet_ratio(psi: np.ndarray, num_antennas: int, derivative: bool = False):
+    """The real factor of :func:`dirichlet`: ``R(psi) = sin(N psi / 2) / sin(psi / 2)`` (``N`` at ``psi = 0``).
+
+    ``D(psi) = e^{j (N - 1) psi / 2} R(psi) / sqrt(N)``; with ``derivative`` also
+    ``dR/dpsi = (N cos(N psi / 2) - R cos(psi / 2)) / (2 sin(psi / 2))`` (0 at ``psi = 0``).
+    Same small-angle guard as :func:`dirichlet`. Real in, real out, shape of ``psi``.
+    """
+    half = 0.5 * psi
+    s_half = np.sin(half)
+    regular = np.abs(s_half) >= 1e-9
+    ratio = np.divide(np.sin(num_antennas * half), s_half, out=np.full_like(half, float(num_antennas)),
+                      where=regular)
+    if not derivative:
+        return ratio
+    top = num_antennas * np.cos(num_antennas * half) - ratio * np.cos(half)
+    return ratio, np.divide(top, 2.0 * s_half, out=np.zeros_like(half), where=regular)
+
+
+class BeamPatterns:
+    """Closed-form two-way patterns of one DFT codebook, split into a constant phase and a real factor.
+
+    For a DFT codebook (:func:`dft_codebook`) the two-way pattern of a (tx ``t``, rx ``r``)
+    beam pair is, with ``psi_b = 2 pi d_s (u - u_b)`` and ``R`` of :func:`dirichlet_ratio`::
+
+        g(u) = D(psi_r) conj(D(psi_t)) = phase[t, r] * r(u),
+        phase[t, r] = e^{j (N - 1) pi d_s (u_t - u_r)}   (unit modulus, independent of u),
+        r(u) = R(psi_r) R(psi_t) / N                     (real).
+
+    The hot paths (echo synthesis, the angle search, the CRB) work with the real
+    factor and apply the constant phase once; :func:`two_way_gain` is the complex
+    reference it equals (to rounding).
+
+    Args:
+        num_antennas: ``N`` (tx and rx arrays alike).
+        codebook_size: ``B``.
+        spacing_wl: element spacing ``d_s / lambda``.
+
+    Attributes:
+        directions: ``(B,)`` beam directions ``u_b``.
+        scale: ``2 pi d_s``, so ``psi = scale (u - u_b)``.
+        phase: ``(B, B)`` complex ``phase[t, r]``.
+        gram: ``(B, B)`` complex ``w_r^H w_s`` (beam-space noise covariance / sigma^2).
+        orthonormal: whether ``gram`` is the identity (``B = N``): distinct rx beams give white noise.
+    """
+
+    def __init__(self, num_antennas: int, codebook_size: int, spacing_wl: float = 0.5) -> None:
+        self.num_antennas = int(num_antennas)
+        self.size = int(codebook_size)
+        self.spacing = float(spacing_wl)
+        self.directions = codebook_directions(self.size)
+        self.scale = 2 * np.pi * self.spacing
+        diff = self.directions[:, None] - self.directions[None, :]
+        self.phase = np.exp(0.5j * (self.num_antennas - 1) * self.scale * diff)
+        self._half_scale = 0.5 * self.scale
+        self._harmonics = np.array([1.0, self.num_antennas])[:, None, None, None]
+        # q rows of pattern_sums: N r_k and 2 (dR_t R_r + R_t dR_r) -> r_k and dr_k/du.
+        self._sum_scale = np.array([1.0 / self.num_antennas, self.scale / (2 * self.num_antennas)])[:, None]
+        codebook = dft_codebook(self.num_antennas, self.size, self.spacing)
+        self.gram = codebook.conj().T @ codebook
+        self.orthonormal = bool(np.allclose(self.gram, np.eye(self.size), atol=1e-12))
+
+    @classmethod
+    def of(cls, codebook: np.ndarray, spacing_wl: float = 0.5) -> BeamPatterns:
+        """Tables of the DFT codebook ``(N, B)`` (only its shape is used, as in :func:`two_way_gain`)."""
+        return cls(codebook.shape[0], codebook.shape[1], spacing_wl)
+
+    def beam_directions(self, beams: np.ndarray) -> np.ndarray:
+        """``u_b`` of each beam of ``beams (..., K, 2)``: ``(..., K, 2)`` float (tx, rx)."""
+        return self.directions[beams]
+
+    def real_pattern(self, u: np.ndarray, directions: np.ndarray, derivative: bool = False):
+        """Real factor ``r_k(u)`` of the two-way pattern (and ``d r_k / du``).
+
+        Args:
+            u: ``(...)`` spatial frequencies.
+            directions: ``(..., K, 2)`` ``(u_tx, u_rx)`` per symbol (:meth:`beam_directions`),
+                broadcast against ``u[..., None, None]``.
+        Returns:
+            ``(..., K)`` float64 (and its derivative).
+        """
+        psi = self.scale * (np.asarray(u, dtype=float)[..., None, None] - directions)
+        n = self.num_antennas
+        if not derivative:
+            ratio = dirichlet_ratio(psi, n)
+            return ratio[..., 0] * ratio[..., 1] * (1.0 / n)
+        ratio, dratio = dirichlet_ratio(psi, n, derivative=True)
+        r = ratio[..., 0] * ratio[..., 1] * (1.0 / n)
+        dr = (dratio[..., 0] * ratio[..., 1] + ratio[..., 0] * dratio[..., 1]) * (self.scale / n)
+        return r, dr
+
+    def pattern_sums(self, u: np.ndarray, directions: np.ndarray) -> np.ndarray:
+        """Sums over symbols of products of the real pattern and its slope, for the CRB.
+
+        Args:
+            u: ``(P,)`` spatial frequencies.
+            directions: ``(P, K, 2)`` ``(u_tx, u_rx)`` per symbol (:meth:`beam_directions`).
+        Returns:
+            ``(P, 2, 2)`` ``[[S_rr, S_rd], [S_rd, S_dd]]`` with ``S_rr = sum_k r_k^2``,
+            ``S_rd = sum_k r_k r_k'``, ``S_dd = sum_k r_k'^2`` (``r' = dr/du``).
+        """
+        half = self._half_scale * (u[:, None, None] - directions)  # psi / 2: (P, K, 2)
+        angles = half * self._harmonics  # (2, P, K, 2): psi / 2 and N psi / 2
+        sines = np.sin(angles)
+        if (np.abs(sines[0]) < 1e-9).any():  # on a beam centre: the guarded form
+            r, dr = self.real_pattern(u, directions, derivative=True)
+            q = np.stack([r, dr], axis=1)
+        else:
+            cosines = np.cos(angles)
+            ratio = sines[1] / sines[0]  # R(psi)
+            dratio = (self.num_antennas * cosines[1] - ratio * cosines[0]) / sines[0]  # 2 dR/dpsi
+            q = np.empty((len(u), 2, directions.shape[-2]))
+            np.multiply(ratio[..., 0], ratio[..., 1], out=q[:, 0])
+            np.add(dratio[..., 0] * ratio[..., 1], ratio[..., 0] * dratio[..., 1], out=q[:, 1])
+            q *= self._sum_scale  # rows r_k and dr_k/du
+        return np.matmul(q, q.transpose(0, 2, 1))
+
+    def pair_phase(self, beams: np.ndarray) -> np.ndarray:
+        """``phase[tx_k, rx_k]`` for ``beams (..., K, 2)``: ``(..., K)`` complex, unit modulus."""
+        return self.phase[beams[..., 0], beams[..., 1]]
+
+    def gain(self, u: np.ndarray, beams: np.ndarray) -> np.ndarray:
+        """Complex ``g_k(u)`` (equals :func:`two_way_gain`): ``u (...)``, beams ``(..., K, 2)`` -> ``(..., K)``."""
+        return self.pair_phase(beams) * self.real_pattern(u, self.directions[beams])
+
+
+@functools.lru_cache(maxsize=32)
+def beam_patterns(num_antennas: int, codebook_size: int, spacing_wl: float = 0.5) -> BeamPatterns:
+    """Shared (cached) :class:`BeamPatterns` of a DFT codebook; treat it as read-only."""
+    return BeamPatterns(num_antennas, codebook_size, spacing_wl)

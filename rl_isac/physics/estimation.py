@@ -36,11 +36,12 @@ Quality: the integrated SNR estimate ``T - K`` and the covariance of
 from __future__ import annotations
 
 import numpy as np
+import scipy.fft
 from scipy import stats
 
-from rl_isac.physics.arrays import codebook_directions, two_way_gain
-from rl_isac.physics.echo import subcarrier_index
-from rl_isac.physics.fisher import angle_variance, range_angle_crb
+from rl_isac.physics.arrays import beam_patterns
+from rl_isac.physics.echo import phase_ramp, subcarrier_index
+from rl_isac.physics.fisher import PairBound
 from rl_isac.scenario import SPEED_OF_LIGHT_MPS, ScenarioConfig
 
 FFT_OVERSAMPLING = 2
@@ -60,6 +61,9 @@ def detection_threshold(cfg: ScenarioConfig, gate_width_m: float) -> float:
 class PairEstimator:
     """Vectorised range/angle estimator for a batch of pairs of one scenario.
 
+    Works in the precision of the samples it is given (complex64 or complex128) for the
+    sums over subcarriers and in float64 for everything per pair.
+
     Args:
         cfg: the scenario.
         codebook: ``(N, B)`` DFT beams.
@@ -77,67 +81,125 @@ class PairEstimator:
         self.threshold_gated = detection_threshold(cfg, 2 * cfg.range_gate_m)
         self.nu_max_hz = 2 * cfg.speed_mps / cfg.wavelength_m
         self.spacing = cfg.antenna_spacing_wavelengths
+        self.patterns = beam_patterns(codebook.shape[0], codebook.shape[1], self.spacing)
+        self.bound = PairBound(cfg)
+        num_l = cfg.num_subcarriers
+        # Pruned DTFT for narrow gates: FFT bins start .. start + cols - 1 (start = the gate's first bin
+        # minus one, so both neighbours of any bin inside are there) as one matrix product,
+        # (z * roots[start l]) @ gate_dtft with gate_dtft[l, j] = e^{j 2 pi j l / nfft}.
+        self.gate_cols = int(np.floor(2 * cfg.range_gate_m / self.bin_m)) + 3
+        l_idx = np.arange(num_l)
+        self._l_idx = l_idx
+        self._roots = {np.complex128: np.exp(2j * np.pi * np.arange(self.nfft) / self.nfft)}
+        self._gate_dtft = {np.complex128: np.exp(2j * np.pi * np.outer(l_idx, np.arange(self.gate_cols))
+                                                 / self.nfft)}
+        # Newton in t = omega tau (rad per subcarrier): d^n/dt^n of e^{j t l_c} is (j l_c)^n e^{j t l_c}.
+        self._newton_weights = {np.complex128: (1j * self.lc)[:, None] ** np.arange(3)}  # (L, 3)
+        self._t_step_max = np.pi / self.nfft  # half an FFT bin in t
+        # Angle search constants.
+        self._frac = np.linspace(0, 1, ANGLE_GRID)
+        self._nu_grid = np.linspace(-self.nu_max_hz, self.nu_max_hz, DOPPLER_GRID)  # (H,)
+        self._k_t0 = 2 * np.pi * np.arange(cfg.num_tracking_symbols) * cfg.symbol_duration_s  # (K,)
+        self._rot_grid = np.exp(-1j * self._k_t0[:, None] * self._nu_grid)  # (K, H)
+        self._offsets = np.array([-1.0, 0.0, 1.0])
+
+    def _const(self, table: dict, dtype) -> np.ndarray:
+        """``table`` cast to ``dtype`` (cached)."""
+        dtype = np.dtype(dtype).type
+        if dtype not in table:
+            table[dtype] = table[np.complex128].astype(dtype)
+        return table[dtype]
 
     # ------------------------------------------------------------------ range
     def _dtft(self, z: np.ndarray, tau: np.ndarray, order: int = 0) -> list[np.ndarray]:
-        """``Y_k(tau)`` and its first ``order`` derivatives in tau, each ``(P, K)``."""
-        phase = np.exp(1j * self.omega * tau[:, None] * self.lc)  # (P, L)
-        weights = (1j * self.omega * self.lc) ** np.arange(order + 1)[:, None]  # (order+1, L)
-        out = np.matmul(z, (phase[:, None, :] * weights).transpose(0, 2, 1))  # (P, K, order+1)
-        return [out[..., j] for j in range(order + 1)]
+        """``Y_k(tau)`` and its first ``order`` derivatives in tau, each ``(P, K)`` complex128."""
+        num, num_symbols, num_l = z.shape
+        t = self.omega * np.asarray(tau, float)
+        ramp = phase_ramp(t, num_l, (num_l - 1) / 2, z.dtype.type)  # (P, L) e^{j t l_c}
+        weights = self._const(self._newton_weights, z.dtype)[:, : order + 1]
+        out = np.matmul((z * ramp[:, None, :]).reshape(-1, num_l), weights).reshape(num, num_symbols, order + 1)
+        out = out.astype(np.complex128, copy=False)
+        return [out[..., j] * self.omega**j for j in range(order + 1)]
+
+    def _coarse_peak(self, z: np.ndarray, gate_lo_m: np.ndarray, gate_hi_m: np.ndarray) -> np.ndarray:
+        """Delay of the strongest FFT bin inside each gate, refined by a parabola: ``(P,)`` seconds.
+
+        ``f(tau) = sum_k |Y_k(tau)|^2`` on the zero-padded FFT grid (bin ``tau_n = n / (nfft delta_f)``),
+        bins outside the gate excluded (and counted as 0 for the parabola). Narrow gates
+        evaluate only their own bins (a pruned DTFT, one matrix product); wide ones take
+        the full FFT. Both give the same grid values.
+        """
+        num, num_symbols, num_l = z.shape
+        lo_bin = np.ceil(np.asarray(gate_lo_m, float) / self.bin_m).astype(np.int64)
+        hi_bin = np.floor(np.asarray(gate_hi_m, float) / self.bin_m).astype(np.int64)
+        count = np.broadcast_to(hi_bin - lo_bin + 1, (num,))
+        rows = np.arange(num)
+        if count.max() <= self.gate_cols - 2 and count.min() >= 1:
+            start = np.broadcast_to(lo_bin - 1, (num,))  # bin of column 0
+            ramp = self._const(self._roots, z.dtype)[(start[:, None] * self._l_idx) % self.nfft]  # (P, L)
+            spec = np.matmul((z * ramp[:, None, :]).reshape(-1, num_l), self._const(self._gate_dtft, z.dtype))
+            spec = spec.reshape(num, num_symbols, -1)
+            power = (spec.real**2 + spec.imag**2).sum(axis=1).astype(float)  # (P, cols)
+            col = np.arange(self.gate_cols)
+            power = np.where((col >= 1) & (col <= count[:, None]), power, -1.0)
+            peak = power.argmax(axis=1)
+            p0 = power[rows, peak]
+            pm = np.maximum(power[rows, peak - 1], 0)
+            pp = np.maximum(power[rows, peak + 1], 0)
+            peak = peak + start
+        else:
+            spectrum = scipy.fft.ifft(z, n=self.nfft, axis=-1)
+            power = (spectrum.real**2 + spectrum.imag**2).sum(axis=1).astype(float)  # (P, nfft)
+            bins = np.arange(self.nfft) * self.bin_m
+            inside = (bins >= np.asarray(gate_lo_m, float)[..., None]) & (bins <= np.asarray(gate_hi_m, float)[..., None])
+            power = np.where(inside, power, -1.0)
+            peak = np.argmax(power, axis=1)
+            # Parabolic interpolation on the three bins around the peak (cyclic neighbours).
+            p0 = power[rows, peak]
+            pm = np.maximum(power[rows, (peak - 1) % self.nfft], 0)
+            pp = np.maximum(power[rows, (peak + 1) % self.nfft], 0)
+        denom = pm - 2 * p0 + pp
+        offset = np.where(denom < 0, 0.5 * (pm - pp) / np.where(denom < 0, denom, -1), 0.0)
+        return (peak + np.clip(offset, -0.5, 0.5)) / (self.nfft * self.cfg.subcarrier_spacing_hz)
 
     def estimate_range(self, z: np.ndarray, gate_lo_m: np.ndarray, gate_hi_m: np.ndarray
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Range by ML (non-coherent over symbols).
 
         Args:
-            z: ``(P, K, L)`` matched samples.
-            gate_lo_m, gate_hi_m: ``(P,)`` range gate, metres.
+            z: ``(P, K, L)`` matched samples (complex64 or complex128).
+            gate_lo_m, gate_hi_m: ``(P,)`` range gate, metres (or scalars).
         Returns:
             ``range_m (P,)``, ``statistic (P,)`` = ``T``, ``amplitudes (P, K)`` = ``c_k``.
         """
-        num_l = z.shape[-1]
-        spectrum = np.fft.ifft(z, n=self.nfft, axis=-1)
-        power = np.sum(spectrum.real**2 + spectrum.imag**2, axis=1)  # (P, nfft), scaled by 1/nfft^2
-        bins = np.arange(self.nfft) * self.bin_m
-        inside = (bins[None, :] >= gate_lo_m[:, None]) & (bins[None, :] <= gate_hi_m[:, None])
-        power = np.where(inside, power, -1.0)
-        peak = np.argmax(power, axis=1)
-        # Parabolic interpolation on the three bins around the peak (cyclic neighbours).
-        rows = np.arange(len(peak))
-        p0 = power[rows, peak]
-        pm = np.maximum(power[rows, (peak - 1) % self.nfft], 0)
-        pp = np.maximum(power[rows, (peak + 1) % self.nfft], 0)
-        denom = pm - 2 * p0 + pp
-        offset = np.where(denom < 0, 0.5 * (pm - pp) / np.where(denom < 0, denom, -1), 0.0)
-        tau = (peak + np.clip(offset, -0.5, 0.5)) / (self.nfft * self.cfg.subcarrier_spacing_hz)
-        # Newton on f(tau) = sum_k |Y_k(tau)|^2 with exact DTFT derivatives.
+        num, num_symbols, num_l = z.shape
+        # Newton on f(t) = sum_k |Y_k(t)|^2, t = omega tau, with exact DTFT derivatives
+        # Y^(n)_k(t) = sum_l z[k, l] (j l_c)^n e^{j t l_c}.
+        t = self.omega * self._coarse_peak(z, gate_lo_m, gate_hi_m)
+        weights = self._const(self._newton_weights, z.dtype)
+        offset = (num_l - 1) / 2
         for _ in range(NEWTON_STEPS):
-            y0, y1, y2 = self._dtft(z, tau, order=2)
-            grad = 2 * np.sum(np.real(y0.conj() * y1), axis=1)
-            hess = 2 * np.sum(np.abs(y1) ** 2 + np.real(y0.conj() * y2), axis=1)
+            ramp = phase_ramp(t, num_l, offset, z.dtype.type)  # (P, L)
+            y = np.matmul((z * ramp[:, None, :]).reshape(-1, num_l), weights).reshape(num, num_symbols, 3)
+            y = y.astype(np.complex128, copy=False)
+            y0c = y[..., 0].conj()
+            grad = 2 * (y0c * y[..., 1]).real.sum(axis=1)
+            hess = 2 * (y[..., 1].real ** 2 + y[..., 1].imag ** 2 + (y0c * y[..., 2]).real).sum(axis=1)
             step = np.where(hess < 0, -grad / np.where(hess < 0, hess, -1), 0.0)
-            max_step = 0.5 / (self.nfft * self.cfg.subcarrier_spacing_hz)
-            tau = tau + np.clip(step, -max_step, max_step)
-        (y0,) = self._dtft(z, tau)
-        stat = np.sum(np.abs(y0) ** 2, axis=1) / (num_l * self.cfg.noise_power_w)
-        return SPEED_OF_LIGHT_MPS * tau / 2, stat, y0 / num_l
+            t = t + np.clip(step, -self._t_step_max, self._t_step_max)
+        ramp = phase_ramp(t, num_l, offset, z.dtype.type)
+        y0 = (z * ramp[:, None, :]).sum(axis=-1).astype(np.complex128, copy=False)  # (P, K)
+        stat = (y0.real**2 + y0.imag**2).sum(axis=1) / (num_l * self.cfg.noise_power_w)
+        return SPEED_OF_LIGHT_MPS * t / (2 * self.omega), stat, y0 / num_l
 
     # ------------------------------------------------------------------ angle
-    def _pattern(self, u: np.ndarray, beams: np.ndarray) -> np.ndarray:
-        """``g_k(u)`` for a grid: u ``(P, G)``, beams ``(P, K, 2)`` -> ``(P, G, K)``."""
-        return two_way_gain(u, beams[:, None], self.codebook, self.spacing)
-
-    def _criterion(self, c: np.ndarray, g: np.ndarray, nu: np.ndarray) -> np.ndarray:
-        """Concentrated likelihood: c ``(P, K)``, g ``(P, G, K)``, nu ``(P, H)`` -> ``(P, G, H)``."""
-        k = np.arange(c.shape[-1])
-        rot = np.exp(-1j * 2 * np.pi * nu[..., None] * k * self.cfg.symbol_duration_s)  # (P, H, K)
-        num = np.abs(np.einsum("pgk,phk,pk->pgh", g.conj(), rot, c)) ** 2
-        den = np.sum(np.abs(g) ** 2, axis=-1)[..., None]
-        return num / np.maximum(den, 1e-30)
-
     def estimate_u(self, c: np.ndarray, beams: np.ndarray) -> np.ndarray:
         """ML estimate of ``u = cos(theta)`` from per-symbol amplitudes.
+
+        With ``g_k(u) = phase_k r_k(u)`` (:class:`rl_isac.physics.arrays.BeamPatterns`) the criterion is
+        ``|sum_k r_k(u) e^{-j 2 pi nu k T_0} c'_k|^2 / sum_k r_k(u)^2`` with ``c'_k = conj(phase_k) c_k``:
+        a grid over ``u`` (the span of the pair's beams plus 1.5 beam widths each side) and ``nu``,
+        then ``PARABOLIC_ROUNDS`` rounds of parabolic fits along ``u`` and along ``nu``.
 
         Args:
             c: ``(P, K)`` complex amplitudes.
@@ -145,43 +207,45 @@ class PairEstimator:
         Returns:
             ``(P,)`` in ``[-1, 1]``.
         """
-        dirs = codebook_directions(self.codebook.shape[1])
-        width = 2.0 / self.codebook.shape[1]
-        u_beams = dirs[beams.reshape(len(beams), -1)]
+        u, _ = self._search_u(c, beams, self.patterns.directions[beams])
+        return u
+
+    def _search_u(self, c: np.ndarray, beams: np.ndarray, directions: np.ndarray):
+        num = len(c)
+        patterns = self.patterns
+        c_real = c * patterns.pair_phase(beams).conj()  # c'_k: (P, K)
+        width = 2.0 / patterns.size
+        u_beams = directions.reshape(num, -1)
         lo = np.clip(u_beams.min(axis=1) - 1.5 * width, -1, 1)
         hi = np.clip(u_beams.max(axis=1) + 1.5 * width, -1, 1)
-        frac = np.linspace(0, 1, ANGLE_GRID)
-        u_grid = lo[:, None] + (hi - lo)[:, None] * frac
-        nu_grid = np.broadcast_to(np.linspace(-self.nu_max_hz, self.nu_max_hz, DOPPLER_GRID), (len(c), DOPPLER_GRID))
-        crit = self._criterion(c, self._pattern(u_grid, beams), nu_grid)  # (P, G, H)
-        flat = crit.reshape(len(c), -1).argmax(axis=1)
-        gi, hi_idx = np.unravel_index(flat, crit.shape[1:])
-        rows = np.arange(len(c))
+        u_grid = lo[:, None] + (hi - lo)[:, None] * self._frac  # (P, G)
+        r_grid = patterns.real_pattern(u_grid, directions[:, None])  # (P, G, K)
+        num_grid = np.matmul(r_grid, c_real[:, :, None] * self._rot_grid)  # (P, G, H)
+        den = np.maximum((r_grid * r_grid).sum(axis=-1), 1e-30)  # (P, G)
+        crit = (num_grid.real**2 + num_grid.imag**2) / den[..., None]
+        flat = crit.reshape(num, -1).argmax(axis=1)
+        gi, hi_idx = np.divmod(flat, DOPPLER_GRID)
+        rows = np.arange(num)
         u = u_grid[rows, gi]
-        nu = nu_grid[rows, hi_idx]
+        nu = self._nu_grid[hi_idx]
         h_u = (hi - lo) / (ANGLE_GRID - 1)
-        h_nu = np.full(len(c), 2 * self.nu_max_hz / (DOPPLER_GRID - 1))
+        h_nu = np.full(num, 2 * self.nu_max_hz / (DOPPLER_GRID - 1))
         for _ in range(PARABOLIC_ROUNDS):
-            u, h_u = self._parabolic(c, beams, u, nu, h_u, along="u")
-            nu, h_nu = self._parabolic(c, beams, u, nu, h_nu, along="nu")
-        return np.clip(u, -1, 1)
-
-    def _parabolic(self, c, beams, u, nu, h, along):
-        offsets = np.array([-1.0, 0.0, 1.0])
-        if along == "u":
-            pts = u[:, None] + h[:, None] * offsets
-            vals = self._criterion(c, self._pattern(np.clip(pts, -1, 1), beams), nu[:, None])[..., 0]
-        else:
-            pts = nu[:, None] + h[:, None] * offsets
-            vals = self._criterion(c, self._pattern(u[:, None], beams), pts)[:, 0, :]
-        fm, f0, fp = vals[:, 0], vals[:, 1], vals[:, 2]
-        denom = fm - 2 * f0 + fp
-        concave = denom < 0
-        best_side = np.where(fp > fm, 1.0, -1.0)
-        offset = np.where(concave, 0.5 * (fm - fp) / np.where(concave, denom, -1.0), best_side)
-        offset = np.clip(offset, -1.0, 1.0)
-        centre = pts[:, 1] + offset * h
-        return centre, h * np.where(concave, 0.35, 1.0)
+            # along u at the current nu
+            pts = u[:, None] + h_u[:, None] * self._offsets  # (P, 3)
+            r3 = patterns.real_pattern(np.clip(pts, -1, 1), directions[:, None])  # (P, 3, K)
+            v = c_real * np.exp(-1j * nu[:, None] * self._k_t0)  # (P, K)
+            s = np.matmul(r3, v[:, :, None])[..., 0]
+            vals = (s.real**2 + s.imag**2) / np.maximum((r3 * r3).sum(axis=-1), 1e-30)
+            u, h_u = _parabolic_step(pts, vals, h_u)
+            # along nu at the current u
+            pts = nu[:, None] + h_nu[:, None] * self._offsets
+            r1 = patterns.real_pattern(u, directions)  # (P, K)
+            rot = np.exp(-1j * pts[:, :, None] * self._k_t0)  # (P, 3, K)
+            s = np.matmul(rot, (r1 * c_real)[:, :, None])[..., 0]
+            vals = (s.real**2 + s.imag**2) / np.maximum((r1 * r1).sum(axis=-1), 1e-30)[:, None]
+            nu, h_nu = _parabolic_step(pts, vals, h_nu)
+        return np.clip(u, -1, 1), nu
 
     # ------------------------------------------------------------------ all together
     def estimate(self, z: np.ndarray, beams: np.ndarray, side: np.ndarray, gate_lo_m: np.ndarray,
@@ -189,7 +253,7 @@ class PairEstimator:
         """Estimate every pair.
 
         Args:
-            z: ``(P, K, L)`` matched samples.
+            z: ``(P, K, L)`` matched samples (complex64 or complex128).
             beams: ``(P, K, 2)`` int (tx, rx).
             side: ``(P,)`` +1 for a BS on the bottom edge (theta in (0, pi)), -1 on the top edge.
             gate_lo_m, gate_hi_m: ``(P,)`` range gate, metres.
@@ -197,26 +261,53 @@ class PairEstimator:
         Returns:
             dict of ``(P,)`` arrays ``range_m``, ``angle_rad``, ``snr_db``, ``detected`` and ``cov (P, 2, 2)``.
         """
+        threshold = np.where(gated, self.threshold_gated, self.threshold_full)
+        range_m, angle, snr_db, detected, var_r, var_a = self.estimate_pairs(
+            np.asarray(z), np.asarray(beams), np.asarray(side, float), gate_lo_m, gate_hi_m, threshold)
+        cov = np.zeros((len(range_m), 2, 2))
+        cov[:, 0, 0] = var_r
+        cov[:, 1, 1] = var_a
+        return {"range_m": range_m, "angle_rad": angle, "snr_db": snr_db, "detected": detected, "cov": cov}
+
+    def estimate_pairs(self, z: np.ndarray, beams: np.ndarray, side: np.ndarray, gate_lo_m, gate_hi_m,
+                       threshold) -> tuple[np.ndarray, ...]:
+        """:meth:`estimate` without the dict: gates and threshold may be scalars.
+
+        Returns:
+            ``range_m, angle_rad, snr_db, detected, var_range_m2, var_angle_rad2``, each ``(P,)``;
+            range, angle and variances are 0 where not detected.
+        """
         num = len(z)
         if num == 0:
             empty = np.zeros(0)
-            return {"range_m": empty, "angle_rad": empty, "snr_db": empty, "detected": empty.astype(bool),
-                    "cov": np.zeros((0, 2, 2))}
+            return empty, empty, empty, empty.astype(bool), empty, empty
         range_m, stat, c = self.estimate_range(z, gate_lo_m, gate_hi_m)
-        threshold = np.where(gated, self.threshold_gated, self.threshold_full)
         detected = stat > threshold
-        u = self.estimate_u(c, beams)
+        directions = self.patterns.directions[beams]  # (P, K, 2)
+        u, _ = self._search_u(c, beams, directions)
         angle = side * np.arccos(u)
         snr_lin = np.maximum(stat - self.cfg.num_tracking_symbols, 1e-3)
         # Covariance: CRB at the estimated amplitude and angle.
-        g = two_way_gain(u, beams, self.codebook, self.spacing)
-        energy = np.maximum(np.sum(np.abs(g) ** 2, axis=-1), 1e-30)
-        amp_hat = np.sqrt(snr_lin * self.cfg.noise_power_w / (self.cfg.num_subcarriers * energy))
-        var_r, var_u = range_angle_crb(self.cfg, self.codebook, amp_hat, u, beams)
-        var_a = angle_variance(var_u, angle)
+        r, dr = self.patterns.real_pattern(u, directions, derivative=True)
+        energy = np.maximum((r * r).sum(axis=-1), 1e-30)
+        amp_sq = snr_lin * (self.cfg.noise_power_w / self.cfg.num_subcarriers) / energy
+        var_r, var_u = self.bound.from_pattern(amp_sq, r, dr)
+        var_a = var_u / np.maximum(np.sin(angle) ** 2, 1e-12)
         detected &= np.isfinite(var_r) & np.isfinite(var_a)
-        cov = np.zeros((num, 2, 2))
-        cov[:, 0, 0] = np.where(detected, var_r, 0.0)
-        cov[:, 1, 1] = np.where(detected, var_a, 0.0)
-        return {"range_m": np.where(detected, range_m, 0.0), "angle_rad": np.where(detected, angle, 0.0),
-                "snr_db": 10 * np.log10(snr_lin), "detected": detected, "cov": cov}
+        return (np.where(detected, range_m, 0.0), np.where(detected, angle, 0.0), 10 * np.log10(snr_lin), detected,
+                np.where(detected, var_r, 0.0), np.where(detected, var_a, 0.0))
+
+
+def _parabolic_step(pts: np.ndarray, vals: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One parabolic fit through ``vals`` at ``pts = centre + h (-1, 0, 1)`` (each ``(P, 3)``).
+
+    Returns the new centre (the vertex, limited to one step; one step uphill where the
+    three points are not concave) and the next step (``0.35 h`` where concave, else ``h``).
+    """
+    fm, f0, fp = vals[:, 0], vals[:, 1], vals[:, 2]
+    denom = fm - 2 * f0 + fp
+    concave = denom < 0
+    best_side = np.where(fp > fm, 1.0, -1.0)
+    offset = np.where(concave, 0.5 * (fm - fp) / np.where(concave, denom, -1.0), best_side)
+    offset = np.clip(offset, -1.0, 1.0)
+    return pts[:, 1] + offset * h, h * np.where(concave, 0.35, 1.0)

@@ -25,14 +25,86 @@ from __future__ import annotations
 
 import numpy as np
 
-from rl_isac.physics.arrays import two_way_gain
+from rl_isac.physics.arrays import beam_patterns, two_way_gain
 from rl_isac.physics.echo import subcarrier_index
 from rl_isac.scenario import SPEED_OF_LIGHT_MPS, ScenarioConfig
 
 
+class PairBound:
+    """The per-pair CRB of one scenario in closed form, with its constants computed once.
+
+    Write the two-way pattern as ``g_k(u) = phase_k r_k(u)`` (constant unit phase, real
+    ``r_k``; :class:`rl_isac.physics.arrays.BeamPatterns`). Every column of ``d a_k / d(u, rho,
+    phi_0, nu)`` carries the same factor ``phase_k e^{j phi_0} e^{j 2 pi nu k T_0}``, so (with
+    ``J = (2 L / sigma^2) J'``)::
+
+        J'_uu = rho^2 S_dd,  J'_u,rho = rho S_rd,  J'_rho,rho = S_rr,
+        J'_u,phi0 = J'_u,nu = J'_rho,phi0 = J'_rho,nu = 0,
+        S_rr = sum_k r_k^2,  S_rd = sum_k r_k r_k',  S_dd = sum_k r_k'^2,
+
+    and ``[J^{-1}]_uu = 1 / ((2 L / sigma^2) rho^2 (S_dd - S_rd^2 / S_rr))``: the phase and Doppler
+    nuisances decouple from ``u``. This is exactly the Schur complement of the general
+    4 x 4 information (:func:`range_angle_crb_reference`), including its ``1e-12`` relative
+    regularisation of the nuisance block (which only matters where ``u`` and ``rho`` cannot be
+    told apart). The range bound is ``var(d) = (c/2)^2 / J_tau`` with
+    ``J_tau = (2 / sigma^2) (2 pi delta_f)^2 (sum_l l_c^2) rho^2 S_rr``.
+
+    Args:
+        cfg: the scenario (noise power, numerology, symbol duration).
+        num_symbols: ``K`` of the patterns passed in (default ``cfg.num_tracking_symbols``).
+    """
+
+    def __init__(self, cfg: ScenarioConfig, num_symbols: int | None = None) -> None:
+        num_symbols = cfg.num_tracking_symbols if num_symbols is None else int(num_symbols)
+        sigma2 = cfg.noise_power_w
+        num_l = cfg.num_subcarriers
+        self.sigma2 = sigma2
+        self.num_subcarriers = num_l
+        self.num_symbols = num_symbols
+        self.info_scale = 2 * num_l / sigma2  # J = info_scale * J'
+        lc = subcarrier_index(num_l)
+        self.tau_scale = (2 / sigma2) * (2 * np.pi * cfg.subcarrier_spacing_hz) ** 2 * float(np.sum(lc**2))
+        self.range_scale = (SPEED_OF_LIGHT_MPS / 2) ** 2
+        # (d a_k / d nu) / (j a_k) = 2 pi k T_0: only enters the regularisation of the nuisance block.
+        self.nu_weight = (2 * np.pi * np.arange(num_symbols) * cfg.symbol_duration_s) ** 2
+
+    def from_pattern(self, amplitude_sq: np.ndarray, r: np.ndarray, dr: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """``var_range_m2 (...)`` and ``var_u (...)`` from ``rho^2 (...)`` and the real pattern ``r, dr/du (..., K)``.
+
+        ``inf`` where the beams carry no information (zero pattern, or ``u`` not separable from ``rho``).
+        """
+        r2 = r * r
+        s_rr = r2.sum(axis=-1)
+        s_rd = (r * dr).sum(axis=-1)
+        s_dd = (dr * dr).sum(axis=-1)
+        s_nn = r2 @ self.nu_weight
+        with np.errstate(divide="ignore", invalid="ignore"):
+            var_range, var_u, informative = self.from_sums(amplitude_sq, s_rr, s_rd, s_dd, s_nn)
+        return np.where(var_range > 0, var_range, np.inf), np.where(informative, var_u, np.inf)
+
+    def from_sums(self, amplitude_sq, s_rr, s_rd, s_dd, s_nn=0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The bounds from the pattern sums (:meth:`rl_isac.physics.arrays.BeamPatterns.pattern_sums`).
+
+        Args:
+            amplitude_sq: ``rho^2``; ``s_rr, s_rd, s_dd``: the sums; ``s_nn = sum_k (2 pi k T_0)^2 r_k^2``
+                (only in the ``1e-12`` regularisation; 0 changes ``var_u`` by < 1e-20 relative).
+        Returns:
+            ``var_range_m2``, ``var_u`` and ``informative`` (both bounds finite and positive). Where
+            not informative the variances are ``inf``, negative or NaN (with numpy warnings, so call
+            it under ``np.errstate`` when that can happen).
+        """
+        # Nuisance (rho) information, regularised as in the general solve: J'_rr + 1e-12 trace(J'_nn).
+        j_rr = s_rr + 1e-12 * (s_rr * (1.0 + amplitude_sq) + amplitude_sq * s_nn)
+        eff_u = (self.info_scale * amplitude_sq) * (s_dd - s_rd * s_rd / j_rr)
+        j_tau = (self.tau_scale * amplitude_sq) * s_rr
+        informative = (eff_u > 0) & (j_tau > 0)
+        return self.range_scale / j_tau, 1.0 / eff_u, informative
+
+
 def range_angle_crb(cfg: ScenarioConfig, codebook: np.ndarray, amplitude: np.ndarray, u: np.ndarray,
                     beams: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """CRB of range and ``u = cos(theta)`` for pairs.
+    """CRB of range and ``u = cos(theta)`` for pairs (closed form, :class:`PairBound`).
 
     Args:
         amplitude: ``(P,)`` ``rho = sqrt(P) |alpha|``, sqrt(watt).
@@ -40,6 +112,19 @@ def range_angle_crb(cfg: ScenarioConfig, codebook: np.ndarray, amplitude: np.nda
         beams: ``(P, K, 2)`` int (tx, rx) per symbol.
     Returns:
         ``var_range_m2 (P,)`` and ``var_u (P,)``; ``inf`` where the beams carry no information.
+    """
+    amplitude = np.asarray(amplitude, float)
+    beams = np.asarray(beams)
+    patterns = beam_patterns(codebook.shape[0], codebook.shape[1], cfg.antenna_spacing_wavelengths)
+    r, dr = patterns.real_pattern(np.asarray(u, float), patterns.directions[beams], derivative=True)
+    return PairBound(cfg, beams.shape[-2]).from_pattern(amplitude**2, r, dr)
+
+
+def range_angle_crb_reference(cfg: ScenarioConfig, codebook: np.ndarray, amplitude: np.ndarray, u: np.ndarray,
+                              beams: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`range_angle_crb` from the general 4 x 4 Fisher information of ``(u, rho, phi_0, nu)``.
+
+    The reference the closed form is tested against; same arguments and returns.
     """
     amplitude = np.asarray(amplitude, float)
     g, dg = two_way_gain(np.asarray(u, float), beams, codebook, cfg.antenna_spacing_wavelengths,

@@ -31,7 +31,11 @@ def initial_state(cfg: ScenarioConfig, *, rng: np.random.Generator) -> tuple[np.
 
 def velocities(cfg: ScenarioConfig, heading_rad: np.ndarray) -> np.ndarray:
     """Velocity vectors ``v [cos b, sin b]``, shape ``(I, 2)`` m/s."""
-    return cfg.speed_mps * np.stack([np.cos(heading_rad), np.sin(heading_rad)], axis=-1)
+    heading_rad = np.asarray(heading_rad, dtype=float)
+    out = np.empty((*heading_rad.shape, 2))
+    np.cos(heading_rad, out=out[..., 0])
+    np.sin(heading_rad, out=out[..., 1])
+    return cfg.speed_mps * out
 
 
 def step(cfg: ScenarioConfig, pos: np.ndarray, heading: np.ndarray, *, rng: np.random.Generator
@@ -43,20 +47,32 @@ def step(cfg: ScenarioConfig, pos: np.ndarray, heading: np.ndarray, *, rng: np.r
     Returns:
         new positions ``(I, 2)`` and headings ``(I,)`` (the heading used for the next move).
     """
-    lo = np.full(2, cfg.edge_margin_m)
-    hi = np.asarray(cfg.area_size_m) - cfg.edge_margin_m
-    new = pos + velocities(cfg, heading) * cfg.block_duration_s
-    span = hi - lo
-    vel_sign = np.ones((len(pos), 2))
-    for axis in range(2):
-        rel = np.mod(new[:, axis] - lo[axis], 2 * span[axis])
-        flipped = rel > span[axis]
-        new[:, axis] = lo[axis] + np.where(flipped, 2 * span[axis] - rel, rel)
-        vel_sign[:, axis] = np.where(flipped, -1.0, 1.0)
-    # Mirror the heading where a wall was hit: vx -> -vx (vertical wall), vy -> -vy (horizontal wall).
-    vx = np.cos(heading) * vel_sign[:, 0]
-    vy = np.sin(heading) * vel_sign[:, 1]
-    heading = np.arctan2(vy, vx)
-    heading = heading + rng.uniform(-cfg.heading_step_rad, cfg.heading_step_rad, len(heading))
-    heading = np.mod(heading + np.pi, 2 * np.pi) - np.pi
+    new, heading, _ = advance(cfg, pos, heading, rng=rng)
     return new, heading
+
+
+def advance(cfg: ScenarioConfig, pos: np.ndarray, heading: np.ndarray, *, rng: np.random.Generator
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`step`, also returning the velocity ``(I, 2)`` m/s of the move just made (before reflection).
+
+    Both axes are folded at once: with ``rel = (x - lo) mod 2 span`` the position is
+    ``lo + rel`` or, past the far wall (``rel > span``), ``lo + 2 span - rel``, and the
+    velocity component along that axis flips.
+    """
+    margin = cfg.edge_margin_m
+    width, height = cfg.area_size_m
+    span = np.array((width - 2 * margin, height - 2 * margin))
+    direction = np.empty((len(heading), 2))
+    np.cos(heading, out=direction[:, 0])
+    np.sin(heading, out=direction[:, 1])
+    velocity = cfg.speed_mps * direction
+    new = pos + velocity * cfg.block_duration_s
+    rel = np.mod(new - margin, 2 * span)
+    flipped = rel > span
+    new = margin + np.where(flipped, 2 * span - rel, rel)
+    # Mirror the heading where a wall was hit: vx -> -vx (vertical wall), vy -> -vy (horizontal wall).
+    np.negative(direction, out=direction, where=flipped)
+    heading = np.arctan2(direction[:, 1], direction[:, 0])
+    heading += rng.uniform(-cfg.heading_step_rad, cfg.heading_step_rad, len(heading))
+    heading = np.mod(heading + np.pi, 2 * np.pi) - np.pi
+    return new, heading, velocity

@@ -26,9 +26,67 @@ from __future__ import annotations
 
 import numpy as np
 
-from rl_isac.physics.arrays import two_way_gain
-from rl_isac.physics.fisher import angle_variance, range_angle_crb
+from rl_isac.physics.arrays import beam_patterns
+from rl_isac.physics.fisher import PairBound
 from rl_isac.scenario import ScenarioConfig
+
+
+class SurrogateFrontEnd:
+    """The surrogate draws of one scenario, with its constants computed once.
+
+    Args:
+        cfg: the scenario.
+        codebook: ``(N, B)`` DFT beams (only the shape is used).
+    """
+
+    def __init__(self, cfg: ScenarioConfig, codebook: np.ndarray) -> None:
+        self.patterns = beam_patterns(codebook.shape[0], codebook.shape[1], cfg.antenna_spacing_wavelengths)
+        self.bound = PairBound(cfg)
+        self.num_symbols = cfg.num_tracking_symbols
+        self.num_subcarriers = cfg.num_subcarriers
+        self.sigma2 = cfg.noise_power_w
+        self.noise_std = np.sqrt(self.sigma2 / (2 * self.num_subcarriers))  # per real part of c_k
+        self.doppler_phase = 2 * np.pi * cfg.symbol_duration_s * np.arange(self.num_symbols)  # (K,) rad per Hz
+
+    def draw(self, range_m: np.ndarray, u: np.ndarray, side: np.ndarray, amplitude: np.ndarray,
+             beams: np.ndarray, doppler_hz: np.ndarray, gate_lo_m, gate_hi_m, threshold, *,
+             rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+        """Draw ``P`` pairs (arguments as :func:`surrogate_measure`; gates and threshold may be scalars).
+
+        Returns:
+            ``range_m, angle_rad, snr_db, detected, var_range_m2, var_angle_rad2``, each ``(P,)``;
+            range, angle and variances are 0 where not detected.
+        """
+        num, num_symbols = beams.shape[:2]
+        directions = self.patterns.directions[beams]  # (P, K, 2)
+        r, dr = self.patterns.real_pattern(u, directions, derivative=True)  # (P, K)
+        g = self.patterns.pair_phase(beams) * r  # g_k(u), (P, K)
+        # Random draws, in this order: RCS phase (P,), then one normal vector for the noise of c
+        # (real parts (P, K), imaginary parts (P, K)) and the two estimate errors (2, P).
+        rcs_phase = rng.uniform(0, 2 * np.pi, num)
+        normal = rng.standard_normal(2 * num * num_symbols + 2 * num)
+        noise_re = normal[: num * num_symbols].reshape(num, num_symbols)
+        noise_im = normal[num * num_symbols: 2 * num * num_symbols].reshape(num, num_symbols)
+        err = normal[2 * num * num_symbols:].reshape(2, num)
+        phase = rcs_phase[:, None] + doppler_hz[:, None] * self.doppler_phase
+        c = amplitude[:, None] * g * np.exp(1j * phase) + (noise_re + 1j * noise_im) * self.noise_std
+        stat = (c.real**2 + c.imag**2).sum(axis=1) * (self.num_subcarriers / self.sigma2)
+        in_gate = (range_m >= gate_lo_m) & (range_m <= gate_hi_m)
+        var_r, var_u = self.bound.from_pattern(amplitude * amplitude, r, dr)
+        detected = (stat > threshold) & in_gate & np.isfinite(var_r) & np.isfinite(var_u)
+        r_hat = range_m + np.sqrt(np.where(detected, var_r, 0.0)) * err[0]
+        u_hat = np.clip(u + np.sqrt(np.where(detected, var_u, 0.0)) * err[1], -1.0, 1.0)
+        angle = side * np.arccos(u_hat)
+        snr_lin = np.maximum(stat - num_symbols, 1e-3)
+        # Reported quality: the CRB at the estimated SNR and angle, as the signal-level estimator reports.
+        r_hat_pat, dr_hat_pat = self.patterns.real_pattern(u_hat, directions, derivative=True)
+        energy = np.maximum((r_hat_pat * r_hat_pat).sum(axis=1), 1e-30)
+        amp_sq = snr_lin * (self.sigma2 / self.num_subcarriers) / energy
+        var_r_hat, var_u_hat = self.bound.from_pattern(amp_sq, r_hat_pat, dr_hat_pat)
+        var_a_hat = var_u_hat / np.maximum(np.sin(angle) ** 2, 1e-12)
+        detected &= np.isfinite(var_r_hat) & np.isfinite(var_a_hat) & (r_hat > 0)
+        return (np.where(detected, r_hat, 0.0), np.where(detected, angle, 0.0), 10 * np.log10(snr_lin), detected,
+                np.where(detected, var_r_hat, 0.0), np.where(detected, var_a_hat, 0.0))
 
 
 def surrogate_measure(cfg: ScenarioConfig, codebook: np.ndarray, range_m: np.ndarray, u: np.ndarray,
@@ -43,31 +101,10 @@ def surrogate_measure(cfg: ScenarioConfig, codebook: np.ndarray, range_m: np.nda
     Returns:
         dict as :meth:`rl_isac.physics.estimation.PairEstimator.estimate`.
     """
-    num, num_symbols = beams.shape[:2]
-    sigma2 = cfg.noise_power_w
-    num_l = cfg.num_subcarriers
-    g = two_way_gain(u, beams, codebook, cfg.antenna_spacing_wavelengths)  # (P, K)
-    k = np.arange(num_symbols)
-    phase = rng.uniform(0, 2 * np.pi, num)[:, None] + 2 * np.pi * doppler_hz[:, None] * k * cfg.symbol_duration_s
-    noise = (rng.standard_normal((num, num_symbols)) + 1j * rng.standard_normal((num, num_symbols)))
-    c = amplitude[:, None] * g * np.exp(1j * phase) + noise * np.sqrt(sigma2 / (2 * num_l))
-    stat = num_l * np.sum(np.abs(c) ** 2, axis=1) / sigma2
-    in_gate = (range_m >= gate_lo_m) & (range_m <= gate_hi_m)
-    var_r, var_u = range_angle_crb(cfg, codebook, amplitude, u, beams)
-    detected = (stat > threshold) & in_gate & np.isfinite(var_r) & np.isfinite(var_u)
-    z = rng.standard_normal((2, num))
-    r_hat = range_m + np.sqrt(np.where(detected, var_r, 0.0)) * z[0]
-    u_hat = np.clip(u + np.sqrt(np.where(detected, var_u, 0.0)) * z[1], -1.0, 1.0)
-    angle = side * np.arccos(u_hat)
-    snr_lin = np.maximum(stat - num_symbols, 1e-3)
-    g_hat = two_way_gain(u_hat, beams, codebook, cfg.antenna_spacing_wavelengths)
-    energy = np.maximum(np.sum(np.abs(g_hat) ** 2, axis=-1), 1e-30)
-    amp_hat = np.sqrt(snr_lin * sigma2 / (num_l * energy))
-    var_r_hat, var_u_hat = range_angle_crb(cfg, codebook, amp_hat, u_hat, beams)
-    var_a_hat = angle_variance(var_u_hat, angle)
-    detected &= np.isfinite(var_r_hat) & np.isfinite(var_a_hat) & (r_hat > 0)
-    cov = np.zeros((num, 2, 2))
-    cov[:, 0, 0] = np.where(detected, var_r_hat, 0.0)
-    cov[:, 1, 1] = np.where(detected, var_a_hat, 0.0)
-    return {"range_m": np.where(detected, r_hat, 0.0), "angle_rad": np.where(detected, angle, 0.0),
-            "snr_db": 10 * np.log10(snr_lin), "detected": detected, "cov": cov}
+    args = [np.asarray(a, dtype=float) for a in (range_m, u, side, amplitude)]
+    rng_m, ang, snr_db, detected, var_r, var_a = SurrogateFrontEnd(cfg, codebook).draw(
+        *args, np.asarray(beams), np.asarray(doppler_hz, float), gate_lo_m, gate_hi_m, threshold, rng=rng)
+    cov = np.zeros((len(rng_m), 2, 2))
+    cov[:, 0, 0] = var_r
+    cov[:, 1, 1] = var_a
+    return {"range_m": rng_m, "angle_rad": ang, "snr_db": snr_db, "detected": detected, "cov": cov}

@@ -10,12 +10,15 @@ How to run (Python; the CLI verb ``rl-isac pretrain`` wraps it)::
     model, configs = load_checkpoint("results/checkpoints/dgnn-I4")
 
 Results to expect: one line per epoch (loss, validation RMSE of ``u_hat_q`` and
-``u_tilde_{q+1}`` in metres per target, the anchor's RMSE as a reference, beam
-top-1 accuracy), TensorBoard scalars under ``DIR/tb``, and a checkpoint directory
-``DIR`` holding ``model.pt`` (state dict of the last epoch), ``config.yaml``
-(scenario, dgnn, train configs and the seed), ``metrics.json`` (per-epoch
-history) and ``train_state.pt`` (optimiser, scheduler and RNG state for
-``resume=True``).
+``u_tilde_{q+1}`` in metres per target, the window anchors' RMSE as a reference,
+beam top-1/top-2 accuracy; epoch 0 is the untrained model, which with residual
+heads returns the anchors), TensorBoard scalars under ``DIR/tb`` (``pretrain/loss``,
+``pretrain/val_rmse_m``, ...), and a checkpoint directory ``DIR`` holding
+``model.pt`` (state dict of the epoch with the lowest validation loss, early
+stopping style; what :func:`load_checkpoint` loads), ``config.yaml`` (scenario, dgnn, train configs and
+the seed), ``metrics.json`` (best, last and per-epoch metrics), and for
+``resume=True`` ``last_model.pt`` and ``train_state.pt`` (optimiser, scheduler and
+RNG state).
 
 Dataset (:func:`generate_dataset`): episodes of the world
 (:class:`rl_isac.network.CellFreeNetwork`; use ``fidelity="surrogate"`` for speed),
@@ -282,7 +285,8 @@ def _batch(data: dict[str, np.ndarray], idx: np.ndarray | Tensor) -> dict[str, T
 
 
 @torch.no_grad()
-def evaluate(model: DGNN, data: dict[str, np.ndarray], batch_size: int = 256) -> dict[str, float]:
+def evaluate(model: DGNN, data: dict[str, np.ndarray], batch_size: int = 256,
+             train_cfg: PretrainConfig | None = None) -> dict[str, float]:
     """Validation metrics (eval mode).
 
     Returns:
@@ -290,16 +294,20 @@ def evaluate(model: DGNN, data: dict[str, np.ndarray], batch_size: int = 256) ->
         in metres, averaged over targets and samples; ``anchor_rmse_m`` / ``anchor_next_rmse_m``: the
         window anchors' RMSE against ``u_q`` / ``u_{q+1}`` (the reference the residuals start from: the
         EKF with the default anchor); ``beam_top1``: tx top-1 accuracy; ``beam_top2``: label
-        within the tx top-2.
+        within the tx top-2; with ``train_cfg``, also ``val_loss``: the training loss
+        (:func:`pretrain_loss`) on these data.
     """
     was = model.training
     model.eval()
     n = len(data["u_now"])
     se_now = se_next = se_anchor = se_anchor_next = 0.0
     top1 = top2 = 0
+    loss_sum = 0.0
     for start in range(0, n, batch_size):
         b = _batch(data, np.arange(start, min(n, start + batch_size)))
         out = model(b)
+        if train_cfg is not None:
+            loss_sum += float(pretrain_loss(out, b, train_cfg)[0]) * len(b["u_now"])
         se_now += float(((out["u_hat"] - b["u_now"]) ** 2).sum())
         se_next += float(((out["u_tilde"] - b["u_next"]) ** 2).sum())
         pos_scale = b["scales_m"][:, 0, None, None]
@@ -311,7 +319,8 @@ def evaluate(model: DGNN, data: dict[str, np.ndarray], batch_size: int = 256) ->
     model.train(was)
     num_targets = data["u_now"].shape[1]
     pairs = data["beam_next"].size
-    return {"val_rmse_m": math.sqrt(se_now / (n * num_targets)),
+    extra = {} if train_cfg is None else {"val_loss": loss_sum / n}
+    return {**extra, "val_rmse_m": math.sqrt(se_now / (n * num_targets)),
             "val_rmse_next_m": math.sqrt(se_next / (n * num_targets)),
             "anchor_rmse_m": math.sqrt(se_anchor / (n * num_targets)),
             "anchor_next_rmse_m": math.sqrt(se_anchor_next / (n * num_targets)),
@@ -353,12 +362,13 @@ def load_checkpoint(ckpt_dir: str | Path, map_location: str | torch.device = "cp
     return model, configs
 
 
-def save_checkpoint(model: DGNN, ckpt_dir: str | Path, cfg: ScenarioConfig, dgnn_cfg: DGNNConfig,
+def save_checkpoint(model: DGNN | None, ckpt_dir: str | Path, cfg: ScenarioConfig, dgnn_cfg: DGNNConfig,
                     train_cfg: PretrainConfig, seed: int, metrics: dict[str, Any] | None = None) -> None:
-    """Write ``model.pt``, ``config.yaml`` and (when given) ``metrics.json`` into ``ckpt_dir``."""
+    """Write ``model.pt`` (when a model is given), ``config.yaml`` and (when given) ``metrics.json``."""
     d = Path(ckpt_dir)
     d.mkdir(parents=True, exist_ok=True)
-    _atomic_save(model.state_dict(), d / "model.pt")
+    if model is not None:
+        _atomic_save(model.state_dict(), d / "model.pt")
     _atomic_text(yaml.safe_dump(_configs_dict(cfg, dgnn_cfg, train_cfg, seed), sort_keys=False), d / "config.yaml")
     if metrics is not None:
         _atomic_text(json.dumps(metrics, indent=2), d / "metrics.json")
@@ -370,7 +380,7 @@ class PretrainResult:
     """What :func:`pretrain` returns."""
 
     model: DGNN
-    """The trained model (last epoch), eval mode."""
+    """The trained model of the best epoch (what ``model.pt`` holds), eval mode."""
     history: list[dict[str, float]]
     """Per-epoch metrics (``epoch``, ``loss``, the :func:`evaluate` keys, ``lr``, ``seconds``)."""
     out_dir: Path
@@ -437,24 +447,60 @@ def pretrain(cfg: ScenarioConfig, dgnn_cfg: DGNNConfig, train_cfg: PretrainConfi
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
         history: list[dict[str, float]] = []
         start = 0
+        best: dict[str, Any] = {}
         if resuming:
             st = torch.load(state_path, weights_only=False)
-            model.load_state_dict(torch.load(out / "model.pt", weights_only=True))
+            model.load_state_dict(torch.load(out / "last_model.pt", weights_only=True))
             opt.load_state_dict(st["optimizer"])
             sched.load_state_dict(st["scheduler"])
             torch.set_rng_state(st["torch_rng"])
-            history = st["history"]
-            start = st["epoch"]
+            history, start, best = st["history"], st["epoch"], st["best"]
             if progress:
                 print(f"  resumed after epoch {start}", flush=True)
-        else:
-            save_checkpoint(model, out, cfg, dgnn_cfg, train_cfg, seed)
 
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(out / "tb"), purge_step=start + 1)
+        writer = SummaryWriter(str(out / "tb"), purge_step=start)
         n = len(train["u_now"])
+
+        def finish_epoch(epoch: int, loss: float | None, lr: float, seconds: float) -> dict[str, float]:
+            metrics = {"epoch": epoch, "loss": loss, **evaluate(model, val, train_cfg=train_cfg), "lr": lr,
+                       "seconds": seconds}
+            history.append(metrics)
+            for key, tag in (("loss", "pretrain/loss"), ("val_loss", "pretrain/val_loss"),
+                             ("val_rmse_m", "pretrain/val_rmse_m"),
+                             ("val_rmse_next_m", "pretrain/val_rmse_next_m"),
+                             ("anchor_rmse_m", "pretrain/anchor_rmse_m"),
+                             ("anchor_next_rmse_m", "pretrain/anchor_next_rmse_m"),
+                             ("beam_top1", "pretrain/beam_top1"), ("lr", "pretrain/lr")):
+                if metrics[key] is not None:
+                    writer.add_scalar(tag, metrics[key], epoch)
+            writer.flush()
+            if not best or metrics["val_loss"] < best["val_loss"]:
+                best.update(epoch=epoch, val_loss=metrics["val_loss"])
+                _atomic_save(model.state_dict(), out / "model.pt")
+            _atomic_save(model.state_dict(), out / "last_model.pt")
+            best_metrics = next(h for h in history if h["epoch"] == best["epoch"])
+            summary = {"best": best_metrics, "last": metrics, "history": history, "num_train_samples": n,
+                       "num_val_samples": len(val["u_now"]), "window_anchor": anchor,
+                       "note": "RMSE per target in metres, averaged over targets and validation samples; "
+                               "model.pt holds the epoch with the lowest validation loss (the training loss on "
+                               "the validation set; epoch 0 = untrained: with residual heads, the anchors)"}
+            save_checkpoint(None, out, cfg, dgnn_cfg, train_cfg, seed, summary)
+            _atomic_save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch,
+                          "history": history, "best": best, "torch_rng": torch.get_rng_state()}, state_path)
+            if progress:
+                loss_text = "   -  " if loss is None else f"{loss:.4f}"
+                print(f"  epoch {epoch:3d}/{epochs} loss {loss_text} val {metrics['val_loss']:.4f} "
+                      f"val_rmse_m {metrics['val_rmse_m']:.3f} (anchor {metrics['anchor_rmse_m']:.3f}) "
+                      f"next {metrics['val_rmse_next_m']:.3f} (anchor {metrics['anchor_next_rmse_m']:.3f}) "
+                      f"beam top1 {metrics['beam_top1']:.2f} top2 {metrics['beam_top2']:.2f}  "
+                      f"{seconds:.1f} s", flush=True)
+            return metrics
+
         try:
+            if not resuming:
+                finish_epoch(0, None, opt.param_groups[0]["lr"], 0.0)
             last_epoch = epochs if stop_after_epoch is None else min(epochs, int(stop_after_epoch))
             for epoch in range(start, last_epoch):
                 te = time.perf_counter()
@@ -475,37 +521,17 @@ def pretrain(cfg: ScenarioConfig, dgnn_cfg: DGNNConfig, train_cfg: PretrainConfi
                     count += len(idx)
                 lr = opt.param_groups[0]["lr"]
                 sched.step()
-                metrics = {"epoch": epoch + 1, "loss": total / count, **evaluate(model, val), "lr": lr,
-                           "seconds": time.perf_counter() - te}
-                history.append(metrics)
-                for key, tag in (("loss", "pretrain/loss"), ("val_rmse_m", "pretrain/val_rmse_m"),
-                                 ("val_rmse_next_m", "pretrain/val_rmse_next_m"),
-                                 ("anchor_rmse_m", "pretrain/anchor_rmse_m"),
-                                 ("anchor_next_rmse_m", "pretrain/anchor_next_rmse_m"),
-                                 ("beam_top1", "pretrain/beam_top1"),
-                                 ("lr", "pretrain/lr")):
-                    writer.add_scalar(tag, metrics[key], epoch + 1)
-                writer.flush()
-                summary = {"history": history, "final": metrics, "num_train_samples": n,
-                           "num_val_samples": len(val["u_now"]),
-                           "note": "RMSE per target in metres, averaged over targets and validation samples"}
-                save_checkpoint(model, out, cfg, dgnn_cfg, train_cfg, seed, summary)
-                _atomic_save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch + 1,
-                              "history": history, "torch_rng": torch.get_rng_state()}, state_path)
-                if progress:
-                    print(f"  epoch {epoch + 1:3d}/{epochs} loss {metrics['loss']:.4f} "
-                          f"val_rmse_m {metrics['val_rmse_m']:.3f} (anchor {metrics['anchor_rmse_m']:.3f}) "
-                          f"next {metrics['val_rmse_next_m']:.3f} (anchor {metrics['anchor_next_rmse_m']:.3f}) "
-                          f"beam top1 {metrics['beam_top1']:.2f} "
-                          f"top2 {metrics['beam_top2']:.2f}  {metrics['seconds']:.1f} s", flush=True)
+                finish_epoch(epoch + 1, total / count, lr, time.perf_counter() - te)
         finally:
             writer.close()
+        model.load_state_dict(torch.load(out / "model.pt", weights_only=True))
         model.eval()
         if progress and history:
-            last = history[-1]
-            print(f"pretrain done in {time.perf_counter() - t0:.0f} s: val RMSE {last['val_rmse_m']:.3f} m "
-                  f"(u_hat_q) / {last['val_rmse_next_m']:.3f} m (u_tilde_q+1) per target; {anchor} anchor "
-                  f"{last['anchor_rmse_m']:.3f} / {last['anchor_next_rmse_m']:.3f} m; checkpoint {out}", flush=True)
+            b = next(h for h in history if h["epoch"] == best["epoch"])
+            print(f"pretrain done in {time.perf_counter() - t0:.0f} s: best epoch {b['epoch']}: val RMSE "
+                  f"{b['val_rmse_m']:.3f} m (u_hat_q) / {b['val_rmse_next_m']:.3f} m (u_tilde_q+1) per target; "
+                  f"{anchor} anchor {b['anchor_rmse_m']:.3f} / {b['anchor_next_rmse_m']:.3f} m; "
+                  f"beam top1 {b['beam_top1']:.2f}; checkpoint {out}", flush=True)
         return PretrainResult(model=model, history=history, out_dir=out)
     finally:
         torch.set_num_threads(threads)

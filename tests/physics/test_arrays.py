@@ -6,13 +6,16 @@ import numpy as np
 import pytest
 
 from rl_isac.physics.arrays import (
+    BeamPatterns,
     beam_pairs_from_ranked,
+    beam_patterns,
     beam_response,
     beam_response_derivative,
     beams_toward,
     codebook_directions,
     dft_codebook,
     dirichlet,
+    dirichlet_ratio,
     nearest_beams,
     steering_vector,
     two_way_gain,
@@ -182,3 +185,42 @@ def test_beams_toward_gives_angle_information_on_a_beam_centre():
     beams = beams_toward(u, 32, 4)
     _, dg = two_way_gain(u, beams, cb, derivative=True)
     assert np.sum(np.abs(dg) ** 2) > 1.0
+
+
+# ---------------------------------------------------------------------------------------------- hot-path form
+@pytest.mark.parametrize(("num_antennas", "size", "spacing"), [(32, 32, 0.5), (8, 12, 0.5), (15, 15, 0.4)])
+def test_beam_patterns_constant_phase_times_real_factor_equals_two_way_gain(num_antennas, size, spacing):
+    rng = np.random.default_rng(5)
+    cb = dft_codebook(num_antennas, size, spacing)
+    pat = BeamPatterns(num_antennas, size, spacing)
+    u = np.concatenate([rng.uniform(-1, 1, 30), codebook_directions(size)[[2]]])
+    beams = rng.integers(0, size, (len(u), 4, 2))
+    g, dg = two_way_gain(u, beams, cb, spacing, derivative=True)
+    np.testing.assert_allclose(pat.gain(u, beams), g, atol=1e-10)
+    phase = pat.pair_phase(beams)
+    np.testing.assert_allclose(np.abs(phase), 1.0, atol=1e-14)
+    r, dr = pat.real_pattern(u, pat.beam_directions(beams), derivative=True)
+    assert r.dtype == dr.dtype == np.float64
+    np.testing.assert_allclose(phase * r, g, atol=1e-10)
+    np.testing.assert_allclose(phase * dr, dg, atol=1e-9 * np.abs(dg).max())
+    np.testing.assert_allclose(pat.real_pattern(u, pat.beam_directions(beams)), r, atol=0)
+
+
+def test_beam_patterns_gram_is_the_codebook_gram_and_flags_orthonormal_codebooks():
+    for n, b, ortho in ((32, 32, True), (8, 12, False)):
+        cb = dft_codebook(n, b)
+        pat = beam_patterns(n, b)
+        np.testing.assert_allclose(pat.gram, cb.conj().T @ cb, atol=1e-12)
+        assert pat.orthonormal is ortho
+    assert beam_patterns(32, 32) is beam_patterns(32, 32)  # shared tables
+    assert BeamPatterns.of(dft_codebook(8, 12)).size == 12
+
+
+def test_dirichlet_ratio_is_the_real_factor_of_dirichlet_with_its_derivative():
+    n = 32
+    psi = np.array([0.0, 1e-12, 0.01, -0.5, 2.0, 3.0, -6.0])
+    ratio, dratio = dirichlet_ratio(psi, n, derivative=True)
+    np.testing.assert_allclose(np.exp(0.5j * (n - 1) * psi) * ratio / np.sqrt(n), dirichlet(psi, n), atol=1e-10)
+    h = 1e-6
+    fd = (dirichlet_ratio(psi + h, n) - dirichlet_ratio(psi - h, n)) / (2 * h)
+    np.testing.assert_allclose(dratio, fd, atol=1e-4)

@@ -137,3 +137,14 @@ def test_same_seed_gives_identical_trajectories():
 
     np.testing.assert_array_equal(run(11), run(11))
     assert not np.array_equal(run(11), run(12))
+
+
+def test_advance_returns_the_velocity_of_the_move_before_reflection():
+    cfg = ScenarioConfig.paper(4)
+    pos = np.array([[150.0, 50.0], [cfg.edge_margin_m + 0.1, 50.0], [150.0, 40.0], [20.0, 20.0]])
+    heading = np.array([0.3, np.pi, -2.0, 1.0])
+    new, new_heading, vel = mobility.advance(cfg, pos, heading, rng=np.random.default_rng(8))
+    np.testing.assert_allclose(vel, mobility.velocities(cfg, heading), atol=1e-12)
+    new2, heading2 = mobility.step(cfg, pos, heading, rng=np.random.default_rng(8))
+    np.testing.assert_array_equal(new, new2)
+    np.testing.assert_array_equal(new_heading, heading2)

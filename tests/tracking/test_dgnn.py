@@ -173,8 +173,8 @@ def test_geometry_beam_head_starts_at_the_nearest_codebook_beam() -> None:
     rel = u_next[None] - obs["bs_positions"][0][:, None] * 300.0
     cos = rel[..., 0] / np.linalg.norm(rel, axis=-1)
     best = np.argmin(np.abs(cos[..., None] - (-1 + (2 * np.arange(C) + 1) / C)), axis=-1)
-    np.testing.assert_array_equal(out["beam_logits_tx"].argmax(-1), best)
-    np.testing.assert_array_equal(out["beam_logits_rx"].argmax(-1), best)
+    np.testing.assert_array_equal(out["beam_logits_tx"][0].argmax(-1), best)
+    np.testing.assert_array_equal(out["beam_logits_rx"][0].argmax(-1), best)
 
 
 def test_concat_mode_rejects_another_number_of_targets() -> None:
@@ -185,24 +185,36 @@ def test_concat_mode_rejects_another_number_of_targets() -> None:
 
 # ---------------------------------------------------------------------------------------------- beams
 @pytest.mark.parametrize("num_symbols", [1, 2, 4, 5])
-def test_beams_from_logits_take_top_k_and_pair_distinct_tx_rx(num_symbols: int) -> None:
+def test_beams_from_logits_take_top_k_and_pair_tx_rx(num_symbols: int) -> None:
     g = torch.Generator().manual_seed(0)
     tx = torch.randn(3, M, I, C, generator=g)
     rx = tx + 0.01 * torch.randn(3, M, I, C, generator=g)  # rankings alike (same labels)
-    beams = beams_from_logits(tx, rx, num_symbols)
+    beams = beams_from_logits(tx, rx, num_symbols, pairing="distinct")
     assert beams.shape == (3, M, I, num_symbols, 2) and beams.dtype == torch.int64
     assert (beams[..., 0] != beams[..., 1]).all()
     top = tx.topk(num_symbols, -1).indices
     torch.testing.assert_close(beams[..., 0], top)
     assert set(beams[..., 1].unique().tolist()) <= set(rx.topk(num_symbols + 1, -1).indices.unique().tolist())
     # identical rankings: the two best beams are crossed
-    same = beams_from_logits(tx, tx, 2)
+    same = beams_from_logits(tx, tx, 2, pairing="distinct")
     order = tx.topk(2, -1).indices
     torch.testing.assert_close(same[..., 0, 1], order[..., 1])
     torch.testing.assert_close(same[..., 1, 1], order[..., 0])
-    grid = beams_from_logits(tx, tx, 4, pairing="grid")
+    order = tx.topk(4, -1).indices
+    grid = beams_from_logits(tx, tx, 4)  # default: the world's convention
     torch.testing.assert_close(grid[..., :, 0], order[..., [0, 0, 1, 1]])
     torch.testing.assert_close(grid[..., :, 1], order[..., [0, 1, 0, 1]])
+
+
+def test_grid_pairing_matches_the_worlds_beam_pairs_from_ranked() -> None:
+    from rl_isac.physics.arrays import beam_pairs_from_ranked
+
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(M, I, C, generator=g)
+    ranked = logits.topk(4, -1).indices.numpy()
+    for k in (1, 2, 4):
+        expected = beam_pairs_from_ranked(ranked, ranked, k)
+        np.testing.assert_array_equal(beams_from_logits(logits, logits, k).numpy(), expected)
 
 
 # ---------------------------------------------------------------------------------------------- config

@@ -8,9 +8,10 @@ import sys
 import numpy as np
 import pytest
 
-from rl_isac.errors import MeasurementError
+from rl_isac.errors import ConfigError, MeasurementError
 from rl_isac.physics.measurements import Measurements
 from rl_isac.scenario import ScenarioConfig
+from rl_isac.tracking.ekf import EKFEstimator
 from rl_isac.tracking.window import (
     FEATURE_INDEX,
     NUM_FEATURES,
@@ -89,8 +90,8 @@ def test_features_hold_the_measurement_and_zeros_elsewhere() -> None:
     assert np.all(np.isfinite(f))
 
 
-def test_anchor_follows_measurements_and_rejects_far_outliers() -> None:
-    win = MeasurementWindow(CFG)
+def test_measurement_anchor_follows_measurements_and_rejects_far_outliers() -> None:
+    win = MeasurementWindow(CFG, anchor="measurement")
     acq = TRUTH + 1.0
     win.reset(acq)
     np.testing.assert_allclose(win.as_arrays()["anchor"] * 300.0, acq, rtol=1e-6)
@@ -109,8 +110,8 @@ def test_anchor_follows_measurements_and_rejects_far_outliers() -> None:
     assert np.all(np.abs(res) <= 10.0)  # clipped
 
 
-def test_range_only_measurement_does_not_drag_the_anchor_sideways() -> None:
-    win = MeasurementWindow(CFG)
+def test_range_only_measurement_does_not_drag_the_measurement_anchor_sideways() -> None:
+    win = MeasurementWindow(CFG, anchor="measurement")
     win.reset(TRUTH)
     det = np.zeros((CFG.num_bs, CFG.num_targets), bool)
     det[0, 0] = True
@@ -120,6 +121,34 @@ def test_range_only_measurement_does_not_drag_the_anchor_sideways() -> None:
     meas = Measurements(meas.assigned, meas.detected, meas.range_m, bad_angle, meas.snr_db, meas.cov, 1)
     win.push(meas)
     assert np.linalg.norm(win.anchor_m[0] - TRUTH[0]) < 0.05
+
+
+def test_ekf_anchor_is_the_ekf_estimate_and_prediction() -> None:
+    win = MeasurementWindow(CFG, anchor="ekf")
+    ekf = EKFEstimator(CFG)
+    acq = TRUTH + 0.5
+    win.reset(acq)
+    ekf.reset(acq)
+    obs = win.as_arrays()
+    np.testing.assert_allclose(obs["anchor"] * 300.0, acq, rtol=1e-6)
+    np.testing.assert_allclose(obs["anchor_next"] * 300.0, ekf.predicted_position(), rtol=1e-6)
+    rng = np.random.default_rng(0)
+    truth = TRUTH.copy()
+    for q in range(1, 6):
+        truth = truth + [1.0, 0.0]
+        det = rng.random((CFG.num_bs, CFG.num_targets)) < 0.5
+        det[:, 2] = False  # target 2 never measured: its age grows
+        meas = make_meas(truth, det, q)
+        win.push(meas)
+        u_hat, u_next = ekf.update(meas)
+    obs = win.as_arrays()
+    np.testing.assert_allclose(obs["anchor"] * 300.0, u_hat, rtol=1e-6)
+    np.testing.assert_allclose(obs["anchor_next"] * 300.0, u_next, rtol=1e-6)
+    np.testing.assert_allclose(obs["anchor_log_std"],
+                               np.log10(np.sqrt(np.trace(ekf.covariance[:, :2, :2], axis1=1, axis2=2))), rtol=1e-5)
+    assert obs["anchor_age"][2] == pytest.approx(5 / CFG.window)
+    with pytest.raises(ConfigError):
+        MeasurementWindow(CFG, anchor="oracle")
 
 
 def test_window_rolls_and_keeps_the_last_w_blocks() -> None:

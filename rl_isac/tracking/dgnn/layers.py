@@ -76,7 +76,7 @@ class SpatialAttentionLayer(MessagePassing):
         logits = self.attn(torch.cat([x_i, b], dim=-1))                      # (E, heads)
         alpha = softmax(logits, index, ptr, size_i)                          # eq. (8)
         e = b.shape[0]
-        return (alpha[:, :, None] * b.view(e, self.heads, -1)).view(e, self.hidden_dim)
+        return (alpha[:, :, None] * b.view(e, self.heads, self.hidden_dim // self.heads)).view(e, self.hidden_dim)
 
 
 def dense_to_edges(edge_mask: Tensor, num_bs: int, num_targets: int) -> tuple[Tensor, Tensor]:

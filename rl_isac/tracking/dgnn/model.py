@@ -15,7 +15,8 @@ with a leading batch axis ``B``. Pipeline:
    ``u_hat_q``, the second's gives ``u_tilde_{q+1}`` and the target embedding.
 3. **Beam head** (eq. (12)): ``MLP([p_m; u_tilde_i, ...])`` -> logits over the codebook,
    separately for tx and rx, for every (BS, target) pair;
-   :func:`beams_from_logits` turns them into ``K`` (tx, rx) pairs per symbol.
+   :func:`beams_from_logits` turns them into ``K`` (tx, rx) pairs per symbol (by default
+   the world's monopulse-like grid of the two best tx and rx beams).
 
 Our improvements over the paper, each a :class:`DGNNConfig` flag (``DGNNConfig.paper()``
 restores the paper's choices):
@@ -52,6 +53,26 @@ restores the paper's choices):
   prediction's uncertainty, for instance). In both modes the predicted position
   enters the beam head detached: the beam cross-entropy does not move the position
   estimate.
+
+Measured (I = 4, D = 64, L = 2, phase-1 pre-training of :mod:`rl_isac.training.pretrain`,
+seed 0; RMSE per target in metres on 800 held-out samples, 16 episodes x 50 blocks,
+same measurement sequences for the DGNN and the EKF; ``u_hat_q`` / ``u_tilde_{q+1}``):
+
+======================================  ===============  ===============
+setting                                 DGNN             EKF
+======================================  ===============  ===============
+surrogate, measurement anchor (4800)    0.309 / 0.506    0.226 / 0.368
+surrogate, EKF anchor (4800)            0.226 / 0.368    0.226 / 0.368
+signal, EKF anchor (2400)               0.930 / 1.076    1.073 / 1.330
+signal, measurement anchor (2400)       0.949 / 1.132    1.048 / 1.290
+======================================  ===============  ===============
+
+The surrogate draws Gaussian errors with the very covariance the EKF uses, so the EKF
+is close to optimal there: the EKF-anchored model found nothing to correct (its best
+epoch on validation was the untrained one, i.e. the EKF itself). At signal level the
+estimation errors are heavy-tailed and the learned correction cuts the RMSE by 13 %
+(now) and 19 % (next), at the price of a slightly larger median error (0.094 m vs
+0.073 m): pre-train on ``fidelity="signal"`` with the EKF anchor.
 """
 
 from __future__ import annotations
@@ -350,12 +371,13 @@ class DGNN(nn.Module):
                 "target_embedding": z2}
 
     @torch.no_grad()
-    def predict(self, obs: dict[str, np.ndarray], num_symbols: int | None = None) -> dict[str, np.ndarray]:
+    def predict(self, obs: dict[str, np.ndarray], num_symbols: int | None = None,
+                pairing: str = "grid") -> dict[str, np.ndarray]:
         """Inference on numpy window arrays (one observation or a batch), eval mode.
 
         Returns the :meth:`forward` outputs as numpy arrays (batch axis dropped when the
         input had none) and, when ``num_symbols = K`` is given, ``beams (..., M, I, K, 2)``
-        int64 from :func:`beams_from_logits`.
+        int64 from :func:`beams_from_logits` (``pairing`` as there).
         """
         batched = np.ndim(obs["features"]) == 5
         was_training = self.training
@@ -365,7 +387,7 @@ class DGNN(nn.Module):
         finally:
             self.train(was_training)
         if num_symbols is not None:
-            out["beams"] = beams_from_logits(out["beam_logits_tx"], out["beam_logits_rx"], num_symbols)
+            out["beams"] = beams_from_logits(out["beam_logits_tx"], out["beam_logits_rx"], num_symbols, pairing)
         return {k: (v if batched else v[0]).cpu().numpy() for k, v in out.items()}
 
 
@@ -380,17 +402,25 @@ def _pair_order(num_symbols: int, pairing: str) -> list[tuple[int, int]]:
     return order[:num_symbols]
 
 
-def beams_from_logits(tx_logits: Tensor, rx_logits: Tensor, num_symbols: int, pairing: str = "distinct") -> Tensor:
+def beams_from_logits(tx_logits: Tensor, rx_logits: Tensor, num_symbols: int, pairing: str = "grid") -> Tensor:
     """Top-K tx and rx beams of eq. (12), grouped into ``K`` (tx, rx) pairs, one per symbol.
 
-    ``pairing="distinct"`` (default): symbol ``k`` transmits on the rank-``k`` tx beam and
-    receives on the rank-``k XOR 1`` rx beam (ranks 0<->1, 2<->3, ...), so with tx and rx
-    rankings alike the two best beams are crossed, ``(t0, r1), (t1, r0), (t2, r3), ...``:
-    tx != rx in every symbol, which avoids the zero angle information of a target on
-    the centre of a beam used for both. Should the chosen rx beam still equal the tx
-    beam (the rankings differ), the best-ranked rx beam that differs is used instead.
-    ``pairing="grid"``: ``(t0, r0), (t0, r1), (t1, r0), (t1, r1), (t2, r2), ...`` (the
-    world's ``beams_toward`` convention, sum/difference patterns of two beams).
+    ``pairing="grid"`` (default): ``(t0, r0), (t0, r1), (t1, r0), (t1, r1), (t2, r2), (t2, r0), ...``
+    (``t_k``/``r_k`` the rank-``k`` tx/rx beams; the world's ``beams_toward`` convention,
+    :func:`rl_isac.physics.arrays.beam_pairs_from_ranked`). With the two beams that bracket the
+    target, the symbols see three different two-way patterns (``lo*lo``, ``lo*hi``, ``hi*hi``)
+    whose ratios measure the angle anywhere between the beam centres; two of the four symbols
+    also have tx != rx, so a target on a beam centre still gives first-order angle information.
+    ``pairing="distinct"``: symbol ``k`` uses tx rank ``k`` and rx rank ``k XOR 1``
+    (``(t0, r1), (t1, r0), (t2, r3), (t3, r2)``); tx != rx in every symbol (should the chosen
+    rx beam still equal the tx beam because the rankings differ, the best-ranked rx beam that
+    differs is used). It is kept for comparison but is physically worse: the monostatic
+    two-way pattern is symmetric in (tx, rx), so ``(t0, r1)`` and ``(t1, r0)`` are the same
+    pattern and the angle (whose information comes from gain ratios across symbols, the
+    amplitude being unknown) rests on the weak far beams ``t2, t3``. With the world's
+    Fisher information (``CellFreeNetwork.expected_information``, paper scenario, beams from
+    ideal logits toward 400 random target positions, every BS) the median single-pair
+    position CRB std was 1.47 m with ``"grid"`` and 81 m with ``"distinct"``.
     Ranks beyond the codebook wrap around.
 
     Shapes:

@@ -1,0 +1,199 @@
+"""Tests of rl_isac.physics.estimation: BS-local range/angle estimation, detection and gating."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rl_isac.network import CellFreeNetwork
+from rl_isac.physics.arrays import beams_toward, dft_codebook, two_way_gain
+from rl_isac.physics.calibration import _run_case, calibration_scenario
+from rl_isac.physics.channel import received_amplitude
+from rl_isac.physics.echo import subcarrier_index
+from rl_isac.physics.estimation import PairEstimator, detection_threshold
+from rl_isac.physics.fisher import angle_variance, range_angle_crb
+from rl_isac.scenario import SPEED_OF_LIGHT_MPS
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _model_samples(cfg, cb, range_m, u, nu_hz, amplitude, beams, *, rng, noise=True):
+    """Matched-filter samples of the per-pair model of rl_isac.physics.fisher, ``(P, K, L)``."""
+    num, num_symbols = beams.shape[:2]
+    g = two_way_gain(u, beams, cb, cfg.antenna_spacing_wavelengths)  # (P, K)
+    k = np.arange(num_symbols)
+    lc = subcarrier_index(cfg.num_subcarriers)
+    phi0 = rng.uniform(0, 2 * np.pi, num)
+    tau = 2 * range_m / SPEED_OF_LIGHT_MPS
+    z = ((amplitude * np.exp(1j * phi0))[:, None, None]
+         * np.exp(1j * 2 * np.pi * nu_hz[:, None] * k * cfg.symbol_duration_s)[:, :, None] * g[:, :, None]
+         * np.exp(-1j * 2 * np.pi * cfg.subcarrier_spacing_hz * lc * tau[:, None])[:, None, :])
+    if noise:
+        shape = z.shape
+        z = z + (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)) * np.sqrt(cfg.noise_power_w / 2)
+    return z
+
+
+# ---------------------------------------------------------------------------------------------- accuracy
+@pytest.mark.parametrize("dtype", [np.complex128, np.complex64])
+def test_noise_free_estimate_is_exact_off_the_range_and_beam_grids(single_bs_cfg, dtype):
+    """Sub-bin accuracy: no FFT-grid or codebook-grid error once the noise is gone (in either precision)."""
+    cfg = single_bs_cfg
+    cb = dft_codebook(cfg.num_tx_antennas, cfg.codebook_size)
+    est = PairEstimator(cfg, cb)
+    rng = np.random.default_rng(0)
+    num = 40
+    range_m = rng.uniform(20, 200, num)
+    u = rng.uniform(-0.9, 0.9, num)
+    nu = rng.uniform(-est.nu_max_hz, est.nu_max_hz, num)
+    beams = beams_toward(u, cfg.codebook_size, cfg.num_tracking_symbols)
+    z = _model_samples(cfg, cb, range_m, u, nu, np.full(num, 1e-6), beams, rng=rng, noise=False).astype(dtype)
+    out = est.estimate(z, beams, np.ones(num), np.zeros(num), np.full(num, cfg.max_range_m), np.zeros(num, bool))
+    assert np.all(out["detected"])
+    # Range resolution is 2.37 m; single precision carries ~1e-7 relative rounding.
+    np.testing.assert_allclose(out["range_m"], range_m, atol=1e-6 if dtype == np.complex128 else 1e-3)
+    np.testing.assert_allclose(np.cos(out["angle_rad"]), u, atol=5e-5)  # beam spacing in u is 0.0625
+
+
+@pytest.mark.parametrize(("range_m", "angle_deg"), [(30.0, 90.0), (60.0, 45.0), (100.0, 90.0)])
+def test_estimator_is_unbiased_and_within_1_5x_of_the_crb_at_high_snr(single_bs_cfg, range_m, angle_deg):
+    res = _run_case(single_bs_cfg, range_m, np.deg2rad(angle_deg), trials=200, seed=5)
+    assert res["snr_db"] >= 15.0
+    assert res["detected_fraction"] == 1.0
+    for what, unit in (("range", "m"), ("angle", "rad")):
+        rmse, crb, bias = res[f"{what}_rmse_{unit}"], res[f"{what}_crb_{unit}"], res[f"{what}_bias_{unit}"]
+        assert rmse <= 1.5 * crb, (what, rmse, crb)
+        # An efficient estimator cannot beat the bound: RMSE of 200 trials has ~5% spread.
+        assert rmse >= 0.75 * crb, (what, rmse, crb)
+        # Bias: the mean of 200 trials has std rmse / sqrt(200) = 0.07 crb.
+        assert abs(bias) <= 0.3 * crb, (what, bias, crb)
+
+
+def test_reported_snr_and_covariance_match_the_truth_at_high_snr(single_bs_cfg, place_target):
+    cfg = single_bs_cfg
+    net = CellFreeNetwork(cfg)
+    net.reset(3)
+    angle = np.deg2rad(45.0)
+    pos = place_target(net, 60.0, angle, heading_rad=angle + np.pi / 2)
+    beams = net.beams_toward(pos)
+    meas = [net.measure(np.ones((1, 1), bool), beams, predicted_positions_m=pos) for _ in range(40)]
+    assert all(m.detected[0, 0] for m in meas)
+    amp = received_amplitude(cfg, np.array([60.0]))
+    u = np.array([np.cos(angle)])
+    g = two_way_gain(u, beams[0], net.codebook)
+    true_snr_db = 10 * np.log10(cfg.num_subcarriers * amp[0] ** 2 * np.sum(np.abs(g) ** 2) / cfg.noise_power_w)
+    var_r, var_u = range_angle_crb(cfg, net.codebook, amp, u, beams[0])
+    var_a = angle_variance(var_u, np.array([angle]))
+    assert np.mean([m.snr_db[0, 0] for m in meas]) == pytest.approx(true_snr_db, abs=1.0)
+    np.testing.assert_allclose(np.mean([m.cov[0, 0, 0, 0] for m in meas]), var_r[0], rtol=0.3)
+    np.testing.assert_allclose(np.mean([m.cov[0, 0, 1, 1] for m in meas]), var_a[0], rtol=0.3)
+    assert all(m.cov[0, 0, 0, 1] == 0 and m.cov[0, 0, 1, 0] == 0 for m in meas)
+
+
+def test_bs_on_the_top_edge_reports_negative_angles(single_bs_cfg, place_target):
+    cfg = single_bs_cfg.replace(bs_positions_m=((200.0, 200.0),))
+    net = CellFreeNetwork(cfg)
+    net.reset(0)
+    angle = -np.deg2rad(70.0)
+    pos = place_target(net, 50.0, angle)
+    m = net.measure(np.ones((1, 1), bool), net.beams_toward(pos), predicted_positions_m=pos)
+    assert m.detected[0, 0]
+    assert m.angle_rad[0, 0] == pytest.approx(angle, abs=0.01)
+    np.testing.assert_allclose(m.positions_m(net.bs_positions_m)[0, 0], pos[0], atol=0.5)
+
+
+# ---------------------------------------------------------------------------------------------- detection
+@pytest.mark.parametrize("fidelity", ["signal", "surrogate"])
+@pytest.mark.parametrize("gated", [True, False], ids=["predicted", "no-prediction"])
+def test_beams_that_miss_the_target_give_no_measurement(fidelity, gated, place_target):
+    cfg = calibration_scenario(fidelity=fidelity)
+    net = CellFreeNetwork(cfg)
+    net.reset(1)
+    pos = place_target(net, 30.0, np.deg2rad(80.0))  # strong echo (37 dB) if the beams were right
+    beams = np.zeros((1, 1, cfg.num_tracking_symbols, 2), int)
+    beams[..., 0] = [0, 1, 0, 1]  # endfire (u ~ -0.97): the target at u = 0.17 is far outside
+    beams[..., 1] = [0, 0, 1, 1]
+    for _ in range(20):
+        m = net.measure(np.ones((1, 1), bool), beams, predicted_positions_m=pos if gated else None)
+        assert m.assigned[0, 0] and not m.detected[0, 0]
+        assert m.range_m[0, 0] == 0 and m.angle_rad[0, 0] == 0
+        assert np.all(m.cov == 0)
+        assert np.all(np.isfinite(m.snr_db))
+        m.validate()
+
+
+def test_detection_threshold_grows_with_the_gate_and_falls_with_pfa(single_bs_cfg):
+    cfg = single_bs_cfg
+    assert detection_threshold(cfg, 100.0) > detection_threshold(cfg, 20.0) > cfg.num_tracking_symbols
+    assert detection_threshold(cfg.replace(detection_pfa=1e-6), 20.0) > detection_threshold(cfg, 20.0)
+
+
+@pytest.mark.parametrize("gated", [True, False], ids=["gate-20m", "full-area"])
+def test_noise_only_false_alarm_rate_matches_detection_pfa(single_bs_cfg, gated):
+    """``detection_pfa`` is the false-alarm probability of one pair over its whole range gate."""
+    pfa = 0.05
+    cfg = single_bs_cfg.replace(detection_pfa=pfa)
+    cb = dft_codebook(cfg.num_tx_antennas, cfg.codebook_size)
+    est = PairEstimator(cfg, cb)
+    rng = np.random.default_rng(8)
+    num = 1000
+    w = (rng.standard_normal((num, cfg.num_tracking_symbols, cfg.num_subcarriers))
+         + 1j * rng.standard_normal((num, cfg.num_tracking_symbols, cfg.num_subcarriers))) * np.sqrt(
+        cfg.noise_power_w / 2)
+    beams = beams_toward(np.zeros(num), cfg.codebook_size, cfg.num_tracking_symbols)
+    if gated:
+        lo, hi = np.full(num, 50.0), np.full(num, 50.0 + 2 * cfg.range_gate_m)
+    else:
+        lo, hi = np.zeros(num), np.full(num, cfg.max_range_m)
+    rate = est.estimate(w, beams, np.ones(num), lo, hi, np.full(num, gated))["detected"].mean()
+    # Binomial std at p = 0.05, n = 1000 is 0.0069: [0.4, 1.6] x pfa is a 4.3-sigma band.
+    assert 0.4 * pfa <= rate <= 1.6 * pfa, f"false-alarm rate {rate} for detection_pfa = {pfa}"
+
+
+# ---------------------------------------------------------------------------------------------- gating
+def _two_targets_in_one_beam(seed):
+    """BS 0 at (200, 0) sees target 0 at 40 m and target 1 at 80 m along the same direction (80 deg).
+
+    BS 0 is assigned only target 1 (the weaker echo, -12 dB); BS 1 (top edge) covers target 0 for (5d).
+    """
+    cfg = calibration_scenario(fidelity="signal").replace(bs_positions_m=((200.0, 0.0), (200.0, 200.0)),
+                                                          num_targets=2)
+    net = CellFreeNetwork(cfg)
+    net.reset(seed)
+    direction = np.array([np.cos(np.deg2rad(80.0)), np.sin(np.deg2rad(80.0))])
+    net.positions_m = np.array([[200.0, 0.0] + 40.0 * direction, [200.0, 0.0] + 80.0 * direction])
+    net.headings_rad = np.array([0.3, 1.0])
+    association = np.array([[False, True], [True, False]])
+    return net, association, net.beams_toward(net.positions_m)
+
+
+def test_gate_around_the_prediction_measures_the_assigned_target_not_a_stronger_one_in_the_beam():
+    net, association, beams = _two_targets_in_one_beam(seed=0)
+    for _ in range(5):
+        m = net.measure(association, beams, predicted_positions_m=net.positions_m)
+        assert m.detected[0, 1]
+        assert m.range_m[0, 1] == pytest.approx(80.0, abs=0.5)
+        assert m.angle_rad[0, 1] == pytest.approx(np.deg2rad(80.0), abs=0.02)
+
+
+def test_without_a_prediction_the_strongest_echo_in_the_beam_wins():
+    """Documented behaviour: no gate, so the nearer (unassigned at this BS) target replaces the assigned one.
+
+    This also shows that an unassigned target inside a beam still echoes (eq. (2) sums over all targets).
+    """
+    net, association, beams = _two_targets_in_one_beam(seed=0)
+    for _ in range(5):
+        m = net.measure(association, beams, predicted_positions_m=None)
+        assert m.detected[0, 1]
+        assert m.range_m[0, 1] == pytest.approx(40.0, abs=0.5)
+
+
+def test_assigned_target_outside_its_gate_is_missed_by_the_surrogate(place_target):
+    cfg = calibration_scenario(fidelity="surrogate")
+    net = CellFreeNetwork(cfg)
+    net.reset(0)
+    pos = place_target(net, 60.0, np.deg2rad(70.0))
+    far_prediction = pos + np.array([[0.0, 3 * cfg.range_gate_m]])
+    for _ in range(10):
+        m = net.measure(np.ones((1, 1), bool), net.beams_toward(pos), predicted_positions_m=far_prediction)
+        assert not m.detected[0, 0]
