@@ -378,15 +378,24 @@ class MilpSolver(AssociationSolver):
 
     With up to ``I (2^M - 1)`` columns (49k at ``M = I = 12``) HiGHS's MIP
     set-up alone takes minutes and gigabytes, so the columns are first
-    reduced exactly: the LP relaxation (``x >= 0``; ``x <= 1`` is implied)
-    gives a lower bound ``LB`` and reduced costs ``rc >= 0`` with
-    ``cost(x) = LB + rc^T x`` for every feasible ``x``; the greedy
-    association gives an upper bound ``UB``; a column with
-    ``LB + rc > UB`` (plus a relative safety margin of 1e-6) cannot be in an
-    optimum and is dropped (reduced-cost fixing). If the LP optimum is
-    already integral it is returned; otherwise the MILP runs on the kept
-    columns with ``mip_rel_gap = 0``. Costs are scaled so that ``UB = 1e3``,
-    which makes HiGHS's absolute gap (1e-6) a 1e-9 relative one.
+    reduced exactly:
+
+    1. LP relaxation (``x >= 0``; ``x <= 1`` is implied), by column
+       generation when there are more than ``full_lp_columns`` columns
+       (pricing every subset is one numpy expression). It gives a lower
+       bound ``LB`` and reduced costs ``rc >= 0`` with ``cost(x) = LB +
+       rc^T x`` for every feasible ``x``. An integral LP optimum is returned
+       at once (most random instances).
+    2. Upper bound ``UB``: a MILP restricted to the ``restricted_columns``
+       columns of smallest reduced cost plus the greedy association's.
+    3. Reduced-cost fixing: a column with ``LB + rc > UB`` (with a 1e-6
+       relative margin) cannot be in an optimum. If no column outside the
+       restricted set survives, the restricted optimum is proven optimal;
+       otherwise the MILP runs on the survivors.
+
+    MILPs run with ``mip_rel_gap = 0`` on costs scaled so that ``LB = 1e3``,
+    which makes HiGHS's absolute gap (1e-6) at most a 1e-9 relative one.
+    ``last_stats`` records the column counts of the last solve.
 
     Parameters
     ----------
@@ -399,10 +408,12 @@ class MilpSolver(AssociationSolver):
 
     name = "milp"
 
-    #: Objective scale target: the greedy upper bound is mapped to this value.
+    #: Objective scale: the LP costs map the greedy cost, the MILP costs the LP bound, to this value.
     cost_scale: ClassVar[float] = 1e3
     #: Up to this many columns the LP is solved on all of them; above, by column generation.
     full_lp_columns: ClassVar[int] = 4096
+    #: Columns (smallest reduced cost) of the restricted MILP that gives the upper bound.
+    restricted_columns: ClassVar[int] = 1024
 
     def __init__(self, mip_rel_gap: float = 0.0, time_limit_s: float | None = None) -> None:
         if not mip_rel_gap >= 0:
@@ -411,7 +422,7 @@ class MilpSolver(AssociationSolver):
             raise ConfigError("time_limit_s", time_limit_s, "must be > 0 seconds")
         self.mip_rel_gap = float(mip_rel_gap)
         self.time_limit_s = time_limit_s
-        #: Diagnostics of the last solve: columns, kept columns, LP integral, bounds.
+        #: Diagnostics of the last solve: columns, restricted and kept columns, whether the LP was integral.
         self.last_stats: dict[str, Any] = {}
 
     def solve(self, info: np.ndarray, prior_info: np.ndarray, num_rf: int) -> np.ndarray:
@@ -428,32 +439,45 @@ class MilpSolver(AssociationSolver):
         column_of[masks] = np.arange(num_sets)
         greedy_cols = np.arange(num_targets) * num_sets + column_of[_target_masks(greedy)]
         raw_cost = table[:, masks].ravel()  # variable i * K + k
-        upper = float(raw_cost[greedy_cols].sum())
-        cost = raw_cost * (self.cost_scale / upper)
-        upper = self.cost_scale
+        cost = raw_cost * (self.cost_scale / float(raw_cost[greedy_cols].sum()))  # LP scale: greedy = 1e3
         lp_x, lp_value, reduced = _set_partition_lp(cost.reshape(num_targets, num_sets), member, per_bs,
                                                    greedy_cols, self.full_lp_columns)
         self.last_stats = {"columns": cost.size}
         if np.all(np.minimum(np.abs(lp_x), np.abs(lp_x - 1)) <= 1e-9):  # integral LP optimum is optimal
             self.last_stats.update(kept=int(np.count_nonzero(lp_x > 0.5)), lp_integral=True)
             return _finish(self._decode(lp_x > 0.5, masks, num_targets, num_bs), num_rf)
-        # reduced-cost fixing: cost(x) = LB + rc^T x >= LB + rc_j if x_j = 1
+        # Upper bound from a restricted MILP on the columns of smallest reduced cost (+ the greedy ones).
+        restricted = np.zeros(cost.size, dtype=bool)
+        restricted[np.argsort(reduced, kind="stable")[: self.restricted_columns]] = True
+        restricted[greedy_cols] = True
+        # MILP objective scaled so that the LP bound is 1e3: HiGHS's absolute gap 1e-6 -> relative 1e-9
+        milp_scale = self.cost_scale / lp_value
+        x, value = self._milp(cost * milp_scale, restricted, member, per_bs)
+        upper = value / milp_scale
+        # Reduced-cost fixing: cost(x) = LB + rc^T x >= LB + rc_j if x_j = 1; margin 1e-6 relative.
         keep = lp_value + reduced <= upper * (1 + 1e-6)
-        keep[greedy_cols] = True
-        cols = np.flatnonzero(keep)
-        self.last_stats.update(kept=int(cols.size), lp_integral=False)
+        self.last_stats.update(restricted=int(restricted.sum()), kept=int(np.count_nonzero(keep)), lp_integral=False)
+        if np.any(keep & ~restricted):  # the restricted optimum is not proven optimal: solve on the survivors
+            x, _ = self._milp(cost * milp_scale, keep | restricted, member, per_bs)
+        return _finish(self._decode(x, masks, num_targets, num_bs), num_rf)
+
+    def _milp(self, cost: np.ndarray, use: np.ndarray, member: np.ndarray, per_bs: int) -> tuple[np.ndarray, float]:
+        """Subset MILP on the columns ``use`` (bool, flat); returns the chosen columns (bool, flat) and the value."""
+        num_bs, num_sets = member.shape
+        num_targets = cost.size // num_sets
+        cols = np.flatnonzero(use)
+        rhs = np.concatenate([np.ones(num_targets), np.full(num_bs, float(per_bs))])
         options: dict[str, Any] = {"mip_rel_gap": self.mip_rel_gap}
         if self.time_limit_s is not None:
             options["time_limit"] = float(self.time_limit_s)
-        rhs = np.concatenate([np.ones(num_targets), np.full(num_bs, float(per_bs))])
-        a_eq = _partition_matrix(cols, num_sets, member, num_targets)
         res = milp(cost[cols], integrality=np.ones(cols.size), bounds=Bounds(0.0, 1.0),
-                   constraints=LinearConstraint(a_eq, rhs, rhs), options=options)
+                   constraints=LinearConstraint(_partition_matrix(cols, num_sets, member, num_targets), rhs, rhs),
+                   options=options)
         if res.x is None:
             raise RlIsacError(f"MILP association failed: {res.message} (status {res.status})")
         x = np.zeros(cost.size, dtype=bool)
         x[cols] = res.x > 0.5
-        return _finish(self._decode(x, masks, num_targets, num_bs), num_rf)
+        return x, float(cost[x].sum())
 
     @staticmethod
     def _decode(x: np.ndarray, masks: np.ndarray, num_targets: int, num_bs: int) -> np.ndarray:

@@ -215,6 +215,11 @@ class MeasurementWindow:
         """Blocks since each target was last measured (or acquired), ``(I,)`` int."""
         return self._anchor_age.copy()
 
+    def anchor_predicted_covariance(self) -> np.ndarray | None:
+        """Covariance of ``anchor_next`` for the EKF anchor, ``(I, 2, 2)`` m^2; ``None`` for other anchors."""
+        self._require_reset()
+        return None if self._ekf is None else self._ekf.predicted_covariance()[:, :2, :2]
+
     @property
     def num_valid(self) -> int:
         """Number of blocks held (``<= W``)."""

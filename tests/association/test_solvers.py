@@ -1,0 +1,183 @@
+"""Association solvers: feasibility, exactness (MILP == exhaustive == brute force), refusal, import hygiene."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from rl_isac.association import (
+    SOLVERS,
+    AssociationSolver,
+    ConvexSolver,
+    ExhaustiveSearchTooLarge,
+    ExhaustiveSolver,
+    GreedySolver,
+    MilpSolver,
+    association_cost,
+    check_association,
+    exhaustive_candidate_count,
+    make_solver,
+    uses_all_chains,
+)
+from rl_isac.errors import ConfigError, RlIsacError
+
+SIZES = [(1, 1, 2), (1, 2, 2), (3, 1, 2), (2, 3, 3), (4, 3, 2), (6, 4, 2), (6, 6, 2), (6, 8, 2), (6, 12, 2),
+         (5, 5, 1), (4, 9, 3), (3, 7, 3)]  # (M, I, num_rf), I <= M * num_rf
+
+
+def brute_force_optimum(info, prior_info, num_rf):
+    """Minimum cost over every 0/1 matrix with min(num_rf, I) targets per BS and every target covered."""
+    num_bs, num_targets = info.shape[:2]
+    per_bs = min(num_rf, num_targets)
+    best = np.inf
+    for bits in itertools.product([False, True], repeat=num_bs * num_targets):
+        a = np.array(bits).reshape(num_bs, num_targets)
+        if (a.sum(axis=1) == per_bs).all() and a.any(axis=0).all():
+            best = min(best, association_cost(a, info, prior_info))
+    return best
+
+
+def assert_full_feasible(a, num_bs, num_targets, num_rf):
+    assert a.shape == (num_bs, num_targets) and a.dtype == np.bool_
+    check_association(a, num_rf)
+    assert uses_all_chains(a, num_rf)
+    np.testing.assert_array_equal(a.sum(axis=1), min(num_rf, num_targets))
+
+
+@pytest.mark.parametrize("name", ["greedy", "convex", "milp"])
+def test_solver_always_returns_a_feasible_association_using_every_chain(name, make_instance):
+    rng = np.random.default_rng(10)
+    solver = make_solver(name)
+    for num_bs, num_targets, num_rf in SIZES:
+        for _ in range(2):
+            info, prior = make_instance(rng, num_bs, num_targets)
+            a = solver.solve(info, prior, num_rf)
+            assert_full_feasible(a, num_bs, num_targets, num_rf)
+
+
+def test_greedy_handles_degenerate_information(make_instance):
+    rng = np.random.default_rng(11)
+    _, prior = make_instance(rng, 4, 6)
+    for info in (np.zeros((4, 6, 2, 2)), np.tile(np.diag([1.0, 0.0]), (4, 6, 1, 1))):
+        for name in ("greedy", "convex", "milp"):
+            assert_full_feasible(make_solver(name).solve(info, prior, 2), 4, 6, 2)
+
+
+def test_milp_and_exhaustive_agree_on_the_optimum(make_instance):
+    rng = np.random.default_rng(12)
+    milp, exhaustive = MilpSolver(), ExhaustiveSolver()
+    for _ in range(40):
+        num_bs, num_targets = int(rng.integers(4, 7)), int(rng.integers(3, 6))
+        num_rf = 2
+        info, prior = make_instance(rng, num_bs, num_targets)
+        a_milp = milp.solve(info, prior, num_rf)
+        a_exh = exhaustive.solve(info, prior, num_rf)
+        assert_full_feasible(a_exh, num_bs, num_targets, num_rf)
+        cost_milp, cost_exh = association_cost(a_milp, info, prior), association_cost(a_exh, info, prior)
+        assert cost_milp == pytest.approx(cost_exh, rel=1e-9, abs=0)
+        # and both are at least as good as the heuristics
+        for heuristic in (GreedySolver(),):
+            assert cost_exh <= association_cost(heuristic.solve(info, prior, num_rf), info, prior) * (1 + 1e-12)
+
+
+def test_milp_branch_and_bound_path_agrees_with_exhaustive(make_instance):
+    """Instances whose LP relaxation is fractional go through reduced-cost fixing and the MILP."""
+    rng = np.random.default_rng(0)
+    milp, exhaustive = MilpSolver(), ExhaustiveSolver()
+    found = 0
+    for _ in range(400):
+        num_bs, num_rf = int(rng.integers(2, 7)), int(rng.integers(1, 4))
+        num_targets = int(rng.integers(1, min(6, num_bs * num_rf) + 1))
+        if exhaustive_candidate_count(num_bs, num_targets, num_rf) > 2_000_000:
+            continue
+        info, prior = make_instance(rng, num_bs, num_targets)
+        a_milp = milp.solve(info, prior, num_rf)
+        if milp.last_stats["lp_integral"]:
+            continue
+        found += 1
+        a_exh = exhaustive.solve(info, prior, num_rf)
+        assert association_cost(a_milp, info, prior) == pytest.approx(association_cost(a_exh, info, prior), rel=1e-9)
+        if found == 2:
+            break
+    assert found >= 1, "no instance with a fractional LP relaxation was drawn"
+
+
+def test_exhaustive_and_milp_match_an_independent_brute_force(make_instance):
+    rng = np.random.default_rng(13)
+    for num_bs, num_targets, num_rf in [(3, 3, 2), (2, 4, 2), (3, 2, 1), (2, 2, 3), (4, 3, 1)]:
+        info, prior = make_instance(rng, num_bs, num_targets)
+        best = brute_force_optimum(info, prior, num_rf)
+        for solver in (ExhaustiveSolver(), MilpSolver()):
+            assert association_cost(solver.solve(info, prior, num_rf), info, prior) == pytest.approx(best, rel=1e-12)
+
+
+def test_exhaustive_search_chunks_give_the_same_answer(make_instance):
+    rng = np.random.default_rng(14)
+    info, prior = make_instance(rng, 5, 4)
+    reference = ExhaustiveSolver().solve(info, prior, 2)
+    for block in (1, 7, 100, 5000):
+        np.testing.assert_array_equal(ExhaustiveSolver(block_entries=block).solve(info, prior, 2), reference)
+
+
+def test_exhaustive_refuses_the_paper_I8_case_with_the_count_and_memory_in_the_message(make_instance):
+    info, prior = make_instance(np.random.default_rng(15), 6, 8)
+    with pytest.raises(ExhaustiveSearchTooLarge) as err:
+        ExhaustiveSolver().solve(info, prior, 2)
+    assert err.value.count == 28 ** 6 == exhaustive_candidate_count(6, 8, 2)
+    msg = str(err.value)
+    assert str(28 ** 6) in msg and "bytes" in msg and str(28 ** 6 * 8 * 8) in msg
+    assert isinstance(err.value, RlIsacError)
+
+
+def test_exhaustive_budget_is_configurable(make_instance):
+    info, prior = make_instance(np.random.default_rng(16), 6, 4)
+    with pytest.raises(ExhaustiveSearchTooLarge, match="46656"):
+        ExhaustiveSolver(max_candidates=1000).solve(info, prior, 2)
+    assert_full_feasible(ExhaustiveSolver(max_candidates=46656).solve(info, prior, 2), 6, 4, 2)
+
+
+def test_convex_relaxation_is_fractional_feasible_and_rounding_feasible(make_instance):
+    rng = np.random.default_rng(17)
+    solver = ConvexSolver()
+    info, prior = make_instance(rng, 6, 6)
+    frac = solver.relaxed(info, prior, 2)
+    assert frac.shape == (6, 6) and (frac >= 0).all() and (frac <= 1).all()
+    np.testing.assert_allclose(frac.sum(axis=1), 2, atol=1e-5)
+    assert (frac.sum(axis=0) >= 1 - 1e-5).all()
+    assert_full_feasible(solver.solve(info, prior, 2), 6, 6, 2)
+
+
+@pytest.mark.parametrize("name", sorted(SOLVERS))
+def test_infeasible_sizes_raise_a_config_error(name, make_instance):
+    info, prior = make_instance(np.random.default_rng(18), 2, 5)
+    with pytest.raises(ConfigError, match="num_targets"):
+        make_solver(name).solve(info, prior, 2)
+
+
+@pytest.mark.parametrize("name", sorted(SOLVERS))
+def test_solvers_are_deterministic(name, make_instance):
+    info, prior = make_instance(np.random.default_rng(19), 4, 5)
+    np.testing.assert_array_equal(make_solver(name).solve(info, prior, 2), make_solver(name).solve(info, prior, 2))
+
+
+def test_registry_and_factory():
+    assert set(SOLVERS) == {"greedy", "convex", "exhaustive", "milp"}
+    for name, cls in SOLVERS.items():
+        assert issubclass(cls, AssociationSolver) and cls.name == name
+    assert isinstance(make_solver("exhaustive", max_candidates=10), ExhaustiveSolver)
+    with pytest.raises(ConfigError, match="solver"):
+        make_solver("annealing")
+    with pytest.raises(ConfigError, match="max_candidates"):
+        ExhaustiveSolver(max_candidates=0)
+
+
+def test_association_package_imports_neither_torch_nor_ray():
+    code = ("import sys, rl_isac.association; import rl_isac.association.solvers; "
+            "rl_isac.association.ConvexSolver(); "
+            "assert 'torch' not in sys.modules and 'ray' not in sys.modules, "
+            "[m for m in ('torch', 'ray') if m in sys.modules]")
+    subprocess.run([sys.executable, "-c", code], check=True)
