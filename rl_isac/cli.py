@@ -88,6 +88,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="fewer repetitions (for smoke tests)")
     p.add_argument("--json", metavar="PATH")
 
+    p = sub.add_parser("dgnn-report", help="DGNN vs EKF on identical measurement sequences, beam accuracy, timing")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--targets", type=_positive_int, default=4)
+    p.add_argument("--episodes", type=_positive_int, default=5)
+    p.add_argument("--blocks", type=_positive_int, default=100)
+    p.add_argument("--seed", type=_non_negative_int, default=0)
+    p.add_argument("--fidelity", choices=FIDELITIES, default="signal")
+    p.add_argument("--driver", default="ekf-greedy", help="CU that drives the world (default ekf-greedy)")
+    p.add_argument("--json", metavar="PATH")
+
     p = sub.add_parser("pretrain", help="phase-1 supervised pre-training of the DGNN estimator + beam head")
     p.add_argument("--targets", type=_positive_int, default=4)
     p.add_argument("--config", help="YAML with optional sections scenario/dgnn/train overriding the defaults")
@@ -180,6 +190,21 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+def _cmd_dgnn_report(args) -> int:
+    from rl_isac.evaluation.dgnn_report import dgnn_report
+    from rl_isac.evaluation.harness import write_json_atomic
+
+    r = dgnn_report(args.checkpoint, args.targets, args.episodes, args.blocks, args.seed, args.fidelity, args.driver)
+    print(f"I={r['targets']} {r['fidelity']}: u_hat RMSE dgnn {r['dgnn']['rmse_now_m']:.4f} m vs ekf "
+          f"{r['ekf']['rmse_now_m']:.4f} m; u_tilde dgnn {r['dgnn']['rmse_next_m']:.4f} m vs ekf "
+          f"{r['ekf']['rmse_next_m']:.4f} m (per target); beam top1 {r['beam_top1']:.3f} top2 {r['beam_top2']:.3f}; "
+          f"dgnn {r['dgnn_ms_p50']:.2f} ms/block p50 ({r['dgnn_ms_p99']:.2f} p99); pre-training "
+          f"{r['pretrain_wall_time_s'] or float('nan'):.0f} s")
+    if args.json:
+        write_json_atomic(r, args.json)
+    return 0
+
+
 def _cmd_pretrain(args) -> int:
     from rl_isac.training.cli import pretrain_from_args
 
@@ -187,7 +212,8 @@ def _cmd_pretrain(args) -> int:
 
 
 COMMANDS = {"simulate": _cmd_simulate, "evaluate": _cmd_evaluate, "methods": _cmd_methods, "compare": _cmd_compare,
-            "crb-check": _cmd_crb_check, "bench": _cmd_bench, "pretrain": _cmd_pretrain}
+            "crb-check": _cmd_crb_check, "bench": _cmd_bench, "pretrain": _cmd_pretrain,
+            "dgnn-report": _cmd_dgnn_report}
 
 
 def main(argv: list[str] | None = None) -> int:

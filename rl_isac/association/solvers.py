@@ -413,7 +413,7 @@ class MilpSolver(AssociationSolver):
     #: Up to this many columns the LP is solved on all of them; above, by column generation.
     full_lp_columns: ClassVar[int] = 4096
     #: Columns (smallest reduced cost) of the restricted MILP that gives the upper bound.
-    restricted_columns: ClassVar[int] = 1024
+    restricted_columns: ClassVar[int] = 256
 
     def __init__(self, mip_rel_gap: float = 0.0, time_limit_s: float | None = None) -> None:
         if not mip_rel_gap >= 0:

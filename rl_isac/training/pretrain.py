@@ -483,6 +483,7 @@ def pretrain(cfg: ScenarioConfig, dgnn_cfg: DGNNConfig, train_cfg: PretrainConfi
             best_metrics = next(h for h in history if h["epoch"] == best["epoch"])
             summary = {"best": best_metrics, "last": metrics, "history": history, "num_train_samples": n,
                        "num_val_samples": len(val["u_now"]), "window_anchor": anchor,
+                       "wall_time_s": time.perf_counter() - t0,
                        "note": "RMSE per target in metres, averaged over targets and validation samples; "
                                "model.pt holds the epoch with the lowest validation loss (the training loss on "
                                "the validation set; epoch 0 = untrained: with residual heads, the anchors)"}

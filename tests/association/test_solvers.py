@@ -101,9 +101,26 @@ def test_milp_branch_and_bound_path_agrees_with_exhaustive(make_instance):
         found += 1
         a_exh = exhaustive.solve(info, prior, num_rf)
         assert association_cost(a_milp, info, prior) == pytest.approx(association_cost(a_exh, info, prior), rel=1e-9)
+        # a tiny restricted MILP leaves survivors outside it: the final MILP on the survivors must still be exact
+        tiny = MilpSolver()
+        tiny.restricted_columns = 1
+        a_tiny = tiny.solve(info, prior, num_rf)
+        assert association_cost(a_tiny, info, prior) == pytest.approx(association_cost(a_exh, info, prior), rel=1e-9)
         if found == 2:
             break
     assert found >= 1, "no instance with a fractional LP relaxation was drawn"
+
+
+def test_milp_column_generation_matches_the_full_lp(make_instance):
+    """Above ``full_lp_columns`` the LP is built by column generation; the optimum must not change."""
+    rng = np.random.default_rng(20)
+    for _ in range(3):
+        info, prior = make_instance(rng, 7, 6)  # 6 * 127 = 762 columns
+        reference = MilpSolver()
+        generated = MilpSolver()
+        generated.full_lp_columns = 10
+        a_ref, a_gen = reference.solve(info, prior, 2), generated.solve(info, prior, 2)
+        assert association_cost(a_gen, info, prior) == pytest.approx(association_cost(a_ref, info, prior), rel=1e-9)
 
 
 def test_exhaustive_and_milp_match_an_independent_brute_force(make_instance):
