@@ -35,7 +35,7 @@ from rl_isac.errors import ConstraintViolation
 from rl_isac.physics import mobility
 from rl_isac.physics.arrays import beams_toward, dft_codebook, nearest_beams
 from rl_isac.physics.channel import geometry, path_amplitude
-from rl_isac.physics.echo import qpsk_symbols, synthesize_echo
+from rl_isac.physics.echo import Workspace, qpsk_symbols, synthesize_echo
 from rl_isac.physics.estimation import PairEstimator
 from rl_isac.physics.fisher import expected_position_information
 from rl_isac.physics.measurements import Measurements
@@ -139,6 +139,7 @@ class CellFreeNetwork:
         self._amp_const = np.sqrt(cfg.tx_power_per_subcarrier_w) * float(path_amplitude(cfg, 1.0))  # rho d^2
         self._doppler_scale = -2.0 / cfg.wavelength_m  # nu = scale * (unit vector . velocity)
         self._pairs: dict[bytes, _Pairs] = {}
+        self._work = Workspace()  # scratch arrays of the signal level (reused every block)
 
     # ------------------------------------------------------------------ episode
     def reset(self, seed: int) -> np.ndarray:
@@ -282,18 +283,20 @@ class CellFreeNetwork:
             chain_beams = np.zeros((num_bs * num_rf, *pair_beams.shape[1:]), np.int64)
             chain_beams[pairs.chain_flat] = pair_beams
             chain_beams = chain_beams.reshape(num_bs, num_rf, *pair_beams.shape[1:])
+        work = self._work
         symbols = qpsk_symbols((num_bs, num_rf, cfg.num_tracking_symbols, cfg.num_subcarriers), rng=rng,
-                               dtype=SIGNAL_DTYPE)
+                               dtype=SIGNAL_DTYPE, work=work)
         y = synthesize_echo(cfg, self.codebook, pairs.chain_active, chain_beams, gains, u,
-                            (2.0 / SPEED_OF_LIGHT_MPS) * range_m, nu, symbols, rng=rng, dtype=SIGNAL_DTYPE)
+                            (2.0 / SPEED_OF_LIGHT_MPS) * range_m, nu, symbols, rng=rng, dtype=SIGNAL_DTYPE, work=work)
         # Matched filter: pair p uses its own chain's samples and symbols, z = v conj(s): (P, K, L).
         y = y.reshape(num_bs * num_rf, *y.shape[2:])
         symbols = symbols.reshape(y.shape)
         if pairs.all_chains:
-            z = y * symbols.conj()
+            conj = np.conjugate(symbols, out=work.get("conj", symbols.shape, symbols.dtype))
+            z = np.multiply(y, conj, out=work.get("matched", y.shape, y.dtype))
         else:
             z = y[pairs.chain_flat] * symbols[pairs.chain_flat].conj()
-        return self.estimator.estimate_pairs(z, pair_beams, pairs.side, gate_lo, gate_hi, threshold)
+        return self.estimator.estimate_pairs(z, pair_beams, pairs.side, gate_lo, gate_hi, threshold, work=work)
 
     def _collect(self, pairs: _Pairs, range_m, angle, snr_db, detected, var_range, var_angle) -> Measurements:
         """Scatter the per-pair results into the ``(M, I)`` arrays of :class:`Measurements`."""

@@ -45,6 +45,7 @@ from rl_isac.association.solvers import (
     MilpSolver,
     exhaustive_candidate_count,
     make_solver,
+    swap_refine,
 )
 
 __all__ = [
@@ -70,6 +71,7 @@ __all__ = [
     "pairs_to_association",
     "subset_costs",
     "subset_sizes",
+    "swap_refine",
     "target_costs",
     "trace_inv_2x2",
     "uses_all_chains",

@@ -120,3 +120,27 @@ def _dgnn_factory(solver: str):
 
 for _solver in ("exhaustive", "milp", "greedy"):
     register(f"dgnn-{_solver}", _dgnn_factory(_solver))
+
+
+def _dgnn_l2o(cfg: ScenarioConfig, checkpoint: str | None = None, **kwargs) -> Controller:
+    """Benchmark II: DGNN estimate + the L2O association head of the same checkpoint + head beams.
+
+    The associator (:class:`~rl_isac.tracking.dgnn.l2o.L2OAssociator`) ignores the objective and
+    decodes the head's scores on the estimator's last DGNN output with the feasibility repair; before
+    the first block (no DGNN output yet) it falls back to the greedy solver.
+    """
+    from rl_isac.tracking.dgnn.l2o import L2OAssociator
+    from rl_isac.training.l2o import load_l2o
+
+    model, _, metrics = load_dgnn(checkpoint, cfg)
+    head, _ = load_l2o(checkpoint)
+    if head.cfg.embedding_dim != model.cfg.hidden_dim:
+        raise ConfigError("checkpoint", str(checkpoint), f"l2o.pt expects embeddings of size "
+                                                         f"{head.cfg.embedding_dim}, the DGNN gives "
+                                                         f"{model.cfg.hidden_dim}")
+    fallback = metrics.get("best", {}).get("val_rmse_next_m", 1.0)
+    estimator = DGNNEstimator(cfg, model, fallback_rmse_m=fallback)
+    return ComposedCU(cfg, estimator, L2OAssociator(head, estimator), beams=HeadBeams(cfg), name="dgnn-l2o")
+
+
+register("dgnn-l2o", _dgnn_l2o)

@@ -7,6 +7,7 @@ Classical methods (this module):
 ``ekf-nearest``    EKF, nearest-BS association
 ``ekf-greedy``     EKF, greedy on the Fisher-information objective
 ``ekf-convex``     EKF, convex relaxation + rounding (the paper's Benchmark I)
+``ekf-convex-ls``  EKF, convex relaxation + rounding + swap local search (a stronger Benchmark I)
 ``ekf-milp``       EKF, exact MILP over per-target BS subsets (our exact reference)
 ``ekf-exhaustive`` EKF, exhaustive search (the search of Benchmark III)
 =================  ===================================================================
@@ -32,13 +33,13 @@ def register(name: str, factory: Factory) -> None:
     METHODS[name] = factory
 
 
-def _ekf(solver: str | None) -> Factory:
+def _ekf(solver: str | None, name: str | None = None, **solver_kwargs) -> Factory:
     def factory(cfg: ScenarioConfig, checkpoint: str | None = None, **kwargs) -> Controller:
         from rl_isac.controllers.composed import ComposedCU, NearestAssociation
         from rl_isac.controllers.estimators import EKFCUEstimator
 
-        assoc = NearestAssociation(cfg) if solver is None else make_solver(solver, **kwargs)
-        return ComposedCU(cfg, EKFCUEstimator(cfg), assoc, name=f"ekf-{solver or 'nearest'}")
+        assoc = NearestAssociation(cfg) if solver is None else make_solver(solver, **{**solver_kwargs, **kwargs})
+        return ComposedCU(cfg, EKFCUEstimator(cfg), assoc, name=name or f"ekf-{solver or 'nearest'}")
 
     return factory
 
@@ -54,6 +55,7 @@ register("ls-nearest", _ls_nearest)
 register("ekf-nearest", _ekf(None))
 for _solver in ("greedy", "convex", "milp", "exhaustive"):
     register(f"ekf-{_solver}", _ekf(_solver))
+register("ekf-convex-ls", _ekf("convex", name="ekf-convex-ls", local_search=True))
 
 
 def _load_learned() -> None:

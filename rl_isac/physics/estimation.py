@@ -40,12 +40,19 @@ import scipy.fft
 from scipy import stats
 
 from rl_isac.physics.arrays import beam_patterns
-from rl_isac.physics.echo import phase_ramp, subcarrier_index
+from rl_isac.physics.echo import Workspace, phase_ramp, scratch, subcarrier_index
 from rl_isac.physics.fisher import PairBound
 from rl_isac.scenario import SPEED_OF_LIGHT_MPS, ScenarioConfig
 
 FFT_OVERSAMPLING = 2
 NEWTON_STEPS = 3
+# Newton evaluates the DTFT and its derivatives by a Taylor series about the last exactly
+# evaluated point (orders 0 .. TAYLOR_TERMS - 1 from one matrix product) while it stays
+# within TAYLOR_RADIUS (in s = omega tau (L - 1) / 2, i.e. radians at the band edge):
+# truncation <= r^(T-2) / (T-2)! = 3e-11 (second derivative) and r^T / T! = 4e-14 (value)
+# relative to sum_l |z_l|, far below rounding of the samples. Farther, it re-evaluates exactly.
+TAYLOR_TERMS = 12
+TAYLOR_RADIUS = 0.4
 ANGLE_GRID = 32
 DOPPLER_GRID = 5
 PARABOLIC_ROUNDS = 3
@@ -86,16 +93,19 @@ class PairEstimator:
         num_l = cfg.num_subcarriers
         # Pruned DTFT for narrow gates: FFT bins start .. start + cols - 1 (start = the gate's first bin
         # minus one, so both neighbours of any bin inside are there) as one matrix product,
-        # (z * roots[start l]) @ gate_dtft with gate_dtft[l, j] = e^{j 2 pi j l / nfft}.
+        # (z e^{j 2 pi start l / nfft}) @ gate_dtft with gate_dtft[l, j] = e^{j 2 pi j l / nfft}.
         self.gate_cols = int(np.floor(2 * cfg.range_gate_m / self.bin_m)) + 3
         l_idx = np.arange(num_l)
         self._l_idx = l_idx
-        self._roots = {np.complex128: np.exp(2j * np.pi * np.arange(self.nfft) / self.nfft)}
         self._gate_dtft = {np.complex128: np.exp(2j * np.pi * np.outer(l_idx, np.arange(self.gate_cols))
                                                  / self.nfft)}
         # Newton in t = omega tau (rad per subcarrier): d^n/dt^n of e^{j t l_c} is (j l_c)^n e^{j t l_c}.
         self._newton_weights = {np.complex128: (1j * self.lc)[:, None] ** np.arange(3)}  # (L, 3)
-        self._t_step_max = np.pi / self.nfft  # half an FFT bin in t
+        # ... and in s = t l_max (l_max = (L - 1) / 2) for the Taylor series: weights (j x_l)^n, |x_l| <= 1.
+        self._l_max = max((num_l - 1) / 2, 0.5)
+        self._taylor_weights = {np.complex128: (1j * self.lc / self._l_max)[:, None] ** np.arange(TAYLOR_TERMS)}
+        self._inv_factorial = 1.0 / np.cumprod(np.r_[1.0, np.arange(1.0, TAYLOR_TERMS)])  # 1 / n!
+        self._s_step_max = np.pi * self._l_max / self.nfft  # half an FFT bin in s
         # Angle search constants.
         self._frac = np.linspace(0, 1, ANGLE_GRID)
         self._nu_grid = np.linspace(-self.nu_max_hz, self.nu_max_hz, DOPPLER_GRID)  # (H,)
@@ -121,7 +131,8 @@ class PairEstimator:
         out = out.astype(np.complex128, copy=False)
         return [out[..., j] * self.omega**j for j in range(order + 1)]
 
-    def _coarse_peak(self, z: np.ndarray, gate_lo_m: np.ndarray, gate_hi_m: np.ndarray) -> np.ndarray:
+    def _coarse_peak(self, z: np.ndarray, gate_lo_m: np.ndarray, gate_hi_m: np.ndarray,
+                     work: Workspace | None = None) -> np.ndarray:
         """Delay of the strongest FFT bin inside each gate, refined by a parabola: ``(P,)`` seconds.
 
         ``f(tau) = sum_k |Y_k(tau)|^2`` on the zero-padded FFT grid (bin ``tau_n = n / (nfft delta_f)``),
@@ -136,8 +147,10 @@ class PairEstimator:
         rows = np.arange(num)
         if count.max() <= self.gate_cols - 2 and count.min() >= 1:
             start = np.broadcast_to(lo_bin - 1, (num,))  # bin of column 0
-            ramp = self._const(self._roots, z.dtype)[(start[:, None] * self._l_idx) % self.nfft]  # (P, L)
-            spec = np.matmul((z * ramp[:, None, :]).reshape(-1, num_l), self._const(self._gate_dtft, z.dtype))
+            # (P, L): e^{j 2 pi start l / nfft}
+            ramp = phase_ramp(2 * np.pi / self.nfft * start, num_l, 0.0, z.dtype.type, work=work, name="gate_ramp")
+            shifted = np.multiply(z, ramp[:, None, :], out=scratch(work, "shifted", z.shape, z.dtype))
+            spec = np.matmul(shifted.reshape(-1, num_l), self._const(self._gate_dtft, z.dtype))
             spec = spec.reshape(num, num_symbols, -1)
             power = (spec.real**2 + spec.imag**2).sum(axis=1).astype(float)  # (P, cols)
             col = np.arange(self.gate_cols)
@@ -162,35 +175,56 @@ class PairEstimator:
         offset = np.where(denom < 0, 0.5 * (pm - pp) / np.where(denom < 0, denom, -1), 0.0)
         return (peak + np.clip(offset, -0.5, 0.5)) / (self.nfft * self.cfg.subcarrier_spacing_hz)
 
-    def estimate_range(self, z: np.ndarray, gate_lo_m: np.ndarray, gate_hi_m: np.ndarray
-                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def estimate_range(self, z: np.ndarray, gate_lo_m: np.ndarray, gate_hi_m: np.ndarray, *,
+                       work: Workspace | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Range by ML (non-coherent over symbols).
 
         Args:
             z: ``(P, K, L)`` matched samples (complex64 or complex128).
             gate_lo_m, gate_hi_m: ``(P,)`` range gate, metres (or scalars).
+            work: optional :class:`rl_isac.physics.echo.Workspace` for the large temporaries.
         Returns:
             ``range_m (P,)``, ``statistic (P,)`` = ``T``, ``amplitudes (P, K)`` = ``c_k``.
         """
         num, num_symbols, num_l = z.shape
-        # Newton on f(t) = sum_k |Y_k(t)|^2, t = omega tau, with exact DTFT derivatives
-        # Y^(n)_k(t) = sum_l z[k, l] (j l_c)^n e^{j t l_c}.
-        t = self.omega * self._coarse_peak(z, gate_lo_m, gate_hi_m)
-        weights = self._const(self._newton_weights, z.dtype)
-        offset = (num_l - 1) / 2
+        # Newton on f(s) = sum_k |Y_k(s)|^2, s = omega tau l_max, with exact DTFT derivatives
+        # Y^(n)_k(s) = sum_l z[k, l] (j x_l)^n e^{j s x_l}, x_l = l_c / l_max: all from the
+        # Taylor series about an anchor s_a, Y^(n)(s_a + d) = sum_i d^i / i! Y^(n + i)(s_a).
+        scale = self.omega * self._l_max  # s per second of delay
+        s = scale * self._coarse_peak(z, gate_lo_m, gate_hi_m, work)
+        anchor, derivs = s, self._derivatives(z, s, work)
         for _ in range(NEWTON_STEPS):
-            ramp = phase_ramp(t, num_l, offset, z.dtype.type)  # (P, L)
-            y = np.matmul((z * ramp[:, None, :]).reshape(-1, num_l), weights).reshape(num, num_symbols, 3)
-            y = y.astype(np.complex128, copy=False)
+            if np.abs(s - anchor).max() > TAYLOR_RADIUS:
+                anchor, derivs = s, self._derivatives(z, s, work)
+            y = self._taylor(derivs, s - anchor, 3)  # (P, K, 3)
             y0c = y[..., 0].conj()
             grad = 2 * (y0c * y[..., 1]).real.sum(axis=1)
             hess = 2 * (y[..., 1].real ** 2 + y[..., 1].imag ** 2 + (y0c * y[..., 2]).real).sum(axis=1)
             step = np.where(hess < 0, -grad / np.where(hess < 0, hess, -1), 0.0)
-            t = t + np.clip(step, -self._t_step_max, self._t_step_max)
-        ramp = phase_ramp(t, num_l, offset, z.dtype.type)
-        y0 = (z * ramp[:, None, :]).sum(axis=-1).astype(np.complex128, copy=False)  # (P, K)
+            s = s + np.minimum(np.maximum(step, -self._s_step_max), self._s_step_max)
+        if np.abs(s - anchor).max() > TAYLOR_RADIUS:
+            anchor, derivs = s, self._derivatives(z, s, work)
+        y0 = self._taylor(derivs, s - anchor, 1)[..., 0]  # (P, K)
         stat = (y0.real**2 + y0.imag**2).sum(axis=1) / (num_l * self.cfg.noise_power_w)
-        return SPEED_OF_LIGHT_MPS * t / (2 * self.omega), stat, y0 / num_l
+        return SPEED_OF_LIGHT_MPS * s / (2 * scale), stat, y0 / num_l
+
+    def _derivatives(self, z: np.ndarray, s: np.ndarray, work: Workspace | None = None) -> np.ndarray:
+        """``Y^(n)_k(s)`` for ``n = 0 .. TAYLOR_TERMS - 1``: ``(P, K, TAYLOR_TERMS)`` complex128 (one matrix product)."""
+        num, num_symbols, num_l = z.shape
+        # (P, L): e^{j s x_l}
+        ramp = phase_ramp(s / self._l_max, num_l, (num_l - 1) / 2, z.dtype.type, work=work, name="newton_ramp")
+        shifted = np.multiply(z, ramp[:, None, :], out=scratch(work, "shifted", z.shape, z.dtype))
+        out = np.matmul(shifted.reshape(-1, num_l), self._const(self._taylor_weights, z.dtype))
+        return out.reshape(num, num_symbols, TAYLOR_TERMS).astype(np.complex128, copy=False)
+
+    def _taylor(self, derivs: np.ndarray, delta: np.ndarray, orders: int) -> np.ndarray:
+        """``Y^(j)(s_a + delta)`` for ``j < orders`` from the derivatives at ``s_a``: ``(P, K, orders)``."""
+        terms = derivs.shape[-1]
+        coef = delta[:, None] ** np.arange(terms) * self._inv_factorial  # (P, T): delta^i / i!
+        series = np.zeros((len(delta), terms, orders))
+        for j in range(orders):
+            series[:, j:, j] = coef[:, : terms - j]
+        return np.matmul(derivs, series)
 
     # ------------------------------------------------------------------ angle
     def estimate_u(self, c: np.ndarray, beams: np.ndarray) -> np.ndarray:
@@ -270,8 +304,9 @@ class PairEstimator:
         return {"range_m": range_m, "angle_rad": angle, "snr_db": snr_db, "detected": detected, "cov": cov}
 
     def estimate_pairs(self, z: np.ndarray, beams: np.ndarray, side: np.ndarray, gate_lo_m, gate_hi_m,
-                       threshold) -> tuple[np.ndarray, ...]:
-        """:meth:`estimate` without the dict: gates and threshold may be scalars.
+                       threshold, *, work: Workspace | None = None) -> tuple[np.ndarray, ...]:
+        """:meth:`estimate` without the dict: gates and threshold may be scalars; ``work`` as
+        :meth:`estimate_range`.
 
         Returns:
             ``range_m, angle_rad, snr_db, detected, var_range_m2, var_angle_rad2``, each ``(P,)``;
@@ -281,7 +316,7 @@ class PairEstimator:
         if num == 0:
             empty = np.zeros(0)
             return empty, empty, empty, empty.astype(bool), empty, empty
-        range_m, stat, c = self.estimate_range(z, gate_lo_m, gate_hi_m)
+        range_m, stat, c = self.estimate_range(z, gate_lo_m, gate_hi_m, work=work)
         detected = stat > threshold
         directions = self.patterns.directions[beams]  # (P, K, 2)
         u, _ = self._search_u(c, beams, directions)

@@ -21,6 +21,7 @@ from rl_isac.association import (
     check_association,
     exhaustive_candidate_count,
     make_solver,
+    swap_refine,
     uses_all_chains,
 )
 from rl_isac.errors import ConfigError, RlIsacError
@@ -166,6 +167,30 @@ def test_convex_relaxation_is_fractional_feasible_and_rounding_feasible(make_ins
     np.testing.assert_allclose(frac.sum(axis=1), 2, atol=1e-5)
     assert (frac.sum(axis=0) >= 1 - 1e-5).all()
     assert_full_feasible(solver.solve(info, prior, 2), 6, 6, 2)
+
+
+def test_swap_refinement_keeps_feasibility_and_never_increases_the_cost(make_instance):
+    rng = np.random.default_rng(21)
+    plain, refined = ConvexSolver(), ConvexSolver(local_search=True)
+    for num_bs, num_targets, num_rf in [(6, 6, 2), (6, 8, 2), (4, 2, 3), (5, 5, 1)]:
+        info, prior = make_instance(rng, num_bs, num_targets)
+        a_plain, a_refined = plain.solve(info, prior, num_rf), refined.solve(info, prior, num_rf)
+        assert_full_feasible(a_refined, num_bs, num_targets, num_rf)
+        assert association_cost(a_refined, info, prior) <= association_cost(a_plain, info, prior) * (1 + 1e-12)
+        greedy = GreedySolver().solve(info, prior, num_rf)
+        a_swapped = swap_refine(greedy, info, prior)
+        assert_full_feasible(a_swapped, num_bs, num_targets, num_rf)
+        assert association_cost(a_swapped, info, prior) <= association_cost(greedy, info, prior) * (1 + 1e-12)
+
+
+def test_exchange_move_fixes_a_crossed_one_to_one_association():
+    # 2 BSs, 2 targets, 1 chain each: every target has exactly one BS, so only an exchange can help.
+    info = np.zeros((2, 2, 2, 2))
+    info[0, 1] = info[1, 0] = 100.0 * np.eye(2)  # BS 0 sees target 1 well, BS 1 sees target 0 well
+    info[0, 0] = info[1, 1] = 0.01 * np.eye(2)
+    prior = np.tile(0.1 * np.eye(2), (2, 1, 1))
+    crossed = np.eye(2, dtype=bool)
+    np.testing.assert_array_equal(swap_refine(crossed, info, prior), ~crossed)
 
 
 @pytest.mark.parametrize("name", sorted(SOLVERS))
