@@ -104,6 +104,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="checkpoint directory")
     p.add_argument("--seed", type=_non_negative_int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+
+    p = sub.add_parser("train-l2o", help="train the dgnn-l2o association head (Benchmark II) on MILP labels")
+    p.add_argument("--checkpoint", required=True, help="phase-1 DGNN checkpoint directory (the DGNN stays frozen)")
+    p.add_argument("--out", help="where l2o.pt etc. go (default: the checkpoint directory)")
+    p.add_argument("--episodes", type=_positive_int, default=128, help="training episodes (default 128)")
+    p.add_argument("--val-episodes", type=_positive_int, default=16, help="validation episodes (default 16)")
+    p.add_argument("--blocks", type=_positive_int, default=50, help="blocks per episode (default 50)")
+    p.add_argument("--epochs", type=_positive_int, default=20, help="epochs (default 20)")
+    p.add_argument("--lr", type=float, default=2e-3, help="learning rate (default 2e-3)")
+    p.add_argument("--loss", choices=("sequential", "bce"), default="sequential",
+                   help="listwise decoding loss or per-pair BCE (default sequential)")
+    p.add_argument("--seed", type=_non_negative_int, default=0)
+    p.add_argument("--fidelity", choices=FIDELITIES, default="surrogate", help="world fidelity (default surrogate)")
+    p.add_argument("--objective-features", action="store_true",
+                   help="ablation: also feed the objective's per-pair information to the head (not the paper's)")
     return parser
 
 
@@ -211,9 +226,21 @@ def _cmd_pretrain(args) -> int:
     return pretrain_from_args(args)
 
 
+def _cmd_train_l2o(args) -> int:
+    from rl_isac.tracking.dgnn.l2o import L2OConfig
+    from rl_isac.training.l2o import train_l2o
+
+    train_l2o(args.checkpoint, out_dir=args.out, episodes=args.episodes, val_episodes=args.val_episodes,
+              blocks=args.blocks, epochs=args.epochs, lr=args.lr, seed=args.seed, fidelity=args.fidelity,
+              progress=True, loss=args.loss, l2o_cfg=L2OConfig(objective_features=args.objective_features))
+    return 0
+
+
 COMMANDS = {"simulate": _cmd_simulate, "evaluate": _cmd_evaluate, "methods": _cmd_methods, "compare": _cmd_compare,
             "crb-check": _cmd_crb_check, "bench": _cmd_bench, "pretrain": _cmd_pretrain,
             "dgnn-report": _cmd_dgnn_report}
+
+COMMANDS["train-l2o"] = _cmd_train_l2o
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,13 @@ What the CU knows at ``q = 0``: :meth:`reset` returns an initial acquisition,
 the true positions plus ``N(0, acquisition_std_m^2)`` per axis; headings are
 unknown, the speed is known from the scenario.
 
+Speed: everything a validated association fixes (pair lists, RF-chain map, output
+positions) is cached per association pattern, large scratch arrays of the signal
+level are reused from block to block (:class:`rl_isac.physics.echo.Workspace`), and the
+signal level synthesises and estimates in complex64. :class:`_FrontEnd` measures any
+number of independent copies of the scenario at once; :mod:`rl_isac.vector_network` uses
+that to step many environments per call.
+
 Example:
     >>> from rl_isac.scenario import ScenarioConfig
     >>> net = CellFreeNetwork(ScenarioConfig.paper(4, fidelity="surrogate"))
@@ -35,7 +42,7 @@ from rl_isac.errors import ConstraintViolation
 from rl_isac.physics import mobility
 from rl_isac.physics.arrays import beams_toward, dft_codebook, nearest_beams
 from rl_isac.physics.channel import geometry, path_amplitude
-from rl_isac.physics.echo import Workspace, qpsk_symbols, synthesize_echo
+from rl_isac.physics.echo import Workspace, colour_noise, complex_normal, qpsk_symbols, synthesize_echo
 from rl_isac.physics.estimation import PairEstimator
 from rl_isac.physics.fisher import expected_position_information
 from rl_isac.physics.measurements import Measurements
@@ -45,8 +52,8 @@ from rl_isac.scenario import SPEED_OF_LIGHT_MPS, ScenarioConfig
 # Complex dtype of the synthesised samples at the signal level: complex64 keeps the rounding
 # (~1e-7 of the strongest echo) far below the thermal noise and halves the memory traffic.
 SIGNAL_DTYPE = np.complex64
-# Validated associations remembered per network (an RL episode reuses few patterns).
-_PAIR_CACHE_SIZE = 4096
+# Validated associations (and combinations of them) remembered per network.
+_CACHE_SIZE = 4096
 
 
 def check_action(association: np.ndarray, beams: np.ndarray, num_rf: int, codebook_size: int,
@@ -81,19 +88,32 @@ class _Pairs:
 
     Pairs ``p`` are the True entries of ``A`` in row-major order (``np.nonzero``). RF chain
     ``n`` of BS ``m`` serves its ``n``-th assigned target (ascending index); idle chains are off.
+    The attributes shared with :class:`_Batch` (``num``, ``counts``, ``tgt``, ``bs_pos``, ``side``,
+    ``chain_active``, ``chain_flat``, ``all_chains``, ``out_index``, ``det_index``, ``members``)
+    make one association a batch of one environment.
     """
 
-    def __init__(self, assoc: np.ndarray, bs_positions_m: np.ndarray, side: np.ndarray, num_rf: int) -> None:
+    def __init__(self, assoc: np.ndarray, key: bytes, bs_positions_m: np.ndarray, side: np.ndarray,
+                 num_rf: int) -> None:
         num_bs, num_targets = assoc.shape
         self.assoc = assoc
         self.assoc.flags.writeable = False
+        self.key = key
         self.bs_idx, self.tgt_idx = np.nonzero(assoc)
         self.num = len(self.bs_idx)
-        self.flat = self.bs_idx * num_targets + self.tgt_idx  # index into (M * I,)
-        self.cov_rr = 4 * self.flat  # index of [m, i, 0, 0] into (M * I * 4,)
-        self.cov_aa = 4 * self.flat + 3  # [m, i, 1, 1]
+        self.counts = (self.num,)
+        self.members = (self,)
+        self.tgt = self.tgt_idx  # index into the (I,) targets
         self.bs_pos = bs_positions_m[self.bs_idx]  # (P, 2)
         self.side = side[self.bs_idx]
+        self.flat = self.bs_idx * num_targets + self.tgt_idx  # index into (M * I,)
+        self.det_index = self.flat
+        # Where range, angle, snr, var_range, var_angle of each pair go in the flat buffer holding the
+        # (M, I) range, angle and snr arrays and the (M, I, 2, 2) covariances, one after the other.
+        size = num_bs * num_targets
+        self.out_parts = (self.flat, size + self.flat, 2 * size + self.flat, 3 * size + 4 * self.flat,
+                          3 * size + 4 * self.flat + 3)
+        self.out_index = np.concatenate(self.out_parts)
         # Chain of each pair: its rank among the BS's assigned targets.
         rank = np.cumsum(assoc, axis=1) - 1
         self.chain = rank[self.bs_idx, self.tgt_idx]  # (P,)
@@ -102,6 +122,227 @@ class _Pairs:
         self.chain_active[self.bs_idx, self.chain] = True
         # True when every chain is in use and pairs are the chains in order: z needs no gather.
         self.all_chains = bool(self.num == num_bs * num_rf and np.array_equal(self.chain_flat, np.arange(self.num)))
+
+
+class _Batch:
+    """The pairs of several environments' associations, concatenated environment by environment.
+
+    Same attributes as :class:`_Pairs`, with targets, chains and outputs indexed over the
+    environments stacked: target ``e I + i``, chain ``(e M + m) R + n``, output buffer row ``e``.
+    """
+
+    def __init__(self, members: list[_Pairs], num_bs: int, num_targets: int, num_rf: int) -> None:
+        self.members = tuple(members)
+        self.counts = tuple(p.num for p in members)
+        self.num = sum(self.counts)
+        size = num_bs * num_targets
+        self.tgt = np.concatenate([p.tgt_idx + e * num_targets for e, p in enumerate(members)])
+        self.bs_pos = np.concatenate([p.bs_pos for p in members])
+        self.side = np.concatenate([p.side for p in members])
+        self.det_index = np.concatenate([p.flat + e * size for e, p in enumerate(members)])
+        # Quantity by quantity (as the results are concatenated), environment by environment within.
+        self.out_index = np.concatenate([p.out_parts[q] + e * 7 * size for q in range(5)
+                                         for e, p in enumerate(members)])
+        self.chain_flat = np.concatenate([p.chain_flat + e * num_bs * num_rf for e, p in enumerate(members)])
+        self.chain_active = np.concatenate([p.chain_active for p in members])
+        self.all_chains = all(p.all_chains for p in members)
+
+
+class _ActionChecker:
+    """(5c)-(5f) as :func:`check_action`, with validated associations cached by their bytes."""
+
+    def __init__(self, cfg: ScenarioConfig, bs_positions_m: np.ndarray, side: np.ndarray) -> None:
+        self.cfg = cfg
+        self.bs_positions_m = bs_positions_m
+        self.side = side
+        self.shape = (cfg.num_bs, cfg.num_targets)
+        self.beam_shape = (cfg.num_bs, cfg.num_targets, cfg.num_tracking_symbols, 2)
+        self.pairs: dict[bytes, _Pairs] = {}
+        self.batches: dict[tuple[bytes, ...], _Batch] = {}
+
+    def check(self, association, beams) -> tuple[_Pairs, np.ndarray]:
+        """The cached pairs of ``association`` and the pairs' beams ``(P, K, 2)`` int64.
+
+        A bool association of the right shape is looked up by its bytes (validated the first
+        time it is seen); beams are range-checked on the assigned pairs only. Anything
+        unusual goes through :func:`check_action`, which raises the named error.
+        """
+        cfg = self.cfg
+        a = association
+        pairs = None
+        if type(a) is np.ndarray and a.dtype == np.bool_ and a.shape == self.shape:
+            pairs = self.pairs.get(a.tobytes())
+        if pairs is None:
+            from rl_isac.association.constraints import check_association
+
+            assoc = check_association(a, cfg.num_rf, shape=self.shape)
+            key = assoc.tobytes()
+            pairs = self.pairs.get(key)
+            if pairs is None:
+                if len(self.pairs) >= _CACHE_SIZE:
+                    self.pairs.clear()
+                    self.batches.clear()
+                pairs = self.pairs[key] = _Pairs(assoc, key, self.bs_positions_m, self.side, cfg.num_rf)
+        b = beams
+        if not (type(b) is np.ndarray and b.dtype == np.int64 and b.shape == self.beam_shape):
+            _, b = check_action(pairs.assoc, b, cfg.num_rf, cfg.codebook_size, cfg.num_tracking_symbols,
+                                self.shape)
+            b = b.astype(np.int64, copy=False)
+        pair_beams = b[pairs.bs_idx, pairs.tgt_idx]  # (P, K, 2)
+        # Negative indices become huge as uint64: one comparison checks both ends of the codebook.
+        if pairs.num and pair_beams.view(np.uint64).max() >= cfg.codebook_size:
+            check_action(pairs.assoc, b, cfg.num_rf, cfg.codebook_size, cfg.num_tracking_symbols, self.shape)
+        return pairs, pair_beams
+
+    def batch(self, members: list[_Pairs]) -> _Batch:
+        """The cached :class:`_Batch` of these environments' pairs."""
+        key = tuple(p.key for p in members)
+        batch = self.batches.get(key)
+        if batch is None:
+            if len(self.batches) >= _CACHE_SIZE:
+                self.batches.clear()
+            cfg = self.cfg
+            batch = self.batches[key] = _Batch(members, cfg.num_bs, cfg.num_targets, cfg.num_rf)
+        return batch
+
+    def prediction(self, predicted, shape: tuple[int, ...]) -> np.ndarray | None:
+        """``predicted`` as a finite float array of ``shape`` (or None)."""
+        if predicted is None:
+            return None
+        predicted = np.asarray(predicted, dtype=float)
+        if predicted.shape != shape or not np.isfinite(predicted).all():
+            raise ValueError(f"predicted_positions_m must be finite with shape {shape}")
+        return predicted
+
+
+class _FrontEnd:
+    """The BS front ends of one scenario, measuring one or several independent environments at once.
+
+    Environments share the scenario (BSs, codebook, link budget) and nothing else: each has
+    its own targets and its own measurement generator, drawn in the same order as a single
+    network would, so environment ``e`` measures exactly what a :class:`CellFreeNetwork` with
+    the same state and generator would (up to floating-point rounding).
+    """
+
+    def __init__(self, cfg: ScenarioConfig, codebook: np.ndarray, bs_positions_m: np.ndarray) -> None:
+        self.cfg = cfg
+        self.codebook = codebook
+        self.bs_positions_m = bs_positions_m
+        self.estimator = PairEstimator(cfg, codebook)
+        self.surrogate = SurrogateFrontEnd(cfg, codebook)
+        self.signal = cfg.fidelity == "signal"
+        self.amp_const = np.sqrt(cfg.tx_power_per_subcarrier_w) * float(path_amplitude(cfg, 1.0))  # rho d^2
+        self.doppler_scale = -2.0 / cfg.wavelength_m  # nu = scale * (unit vector . velocity)
+        self.noise_std = float(np.sqrt(cfg.noise_power_w))
+        self.work = Workspace()  # scratch arrays of the signal level (reused every block)
+
+    def measure(self, batch, pair_beams: np.ndarray, positions_m: np.ndarray, velocities_mps: np.ndarray,
+                predicted_m: np.ndarray | None, rngs: list[np.random.Generator], block: int) -> list[Measurements]:
+        """Measure every pair of ``batch`` (a :class:`_Pairs` or :class:`_Batch`).
+
+        Args:
+            pair_beams: ``(P, K, 2)`` int64 beams of the pairs, environment by environment.
+            positions_m, velocities_mps: ``(E, I, 2)`` truth and velocity of the move just made.
+            predicted_m: ``(E, I, 2)`` CU predictions (range gates) or None.
+            rngs: the ``E`` measurement generators.
+        Returns:
+            one :class:`Measurements` per environment.
+        """
+        cfg = self.cfg
+        if predicted_m is not None:
+            # Gate +-range_gate_m around the predicted range of each pair.
+            d = predicted_m.reshape(-1, 2)[batch.tgt] - batch.bs_pos
+            pred_range = np.hypot(d[:, 0], d[:, 1])
+            gate_lo = np.maximum(pred_range - cfg.range_gate_m, 0.0)
+            gate_hi = pred_range + cfg.range_gate_m
+            threshold = self.estimator.threshold_gated
+        else:
+            gate_lo, gate_hi = 0.0, cfg.max_range_m
+            threshold = self.estimator.threshold_full
+        if self.signal:
+            est = self._signal_level(batch, pair_beams, positions_m, velocities_mps, gate_lo, gate_hi, threshold, rngs)
+        else:
+            est = self._surrogate(batch, pair_beams, positions_m, velocities_mps, gate_lo, gate_hi, threshold, rngs)
+        return self._collect(batch, est, block)
+
+    def _surrogate(self, batch, pair_beams, positions_m, velocities_mps, gate_lo, gate_hi, threshold, rngs):
+        """Surrogate draws for the assigned pairs only (geometry of eq. (1) per pair)."""
+        delta = positions_m.reshape(-1, 2)[batch.tgt] - batch.bs_pos  # (P, 2)
+        range_m = np.hypot(delta[:, 0], delta[:, 1])
+        u = delta[:, 0] / range_m  # cos(theta)
+        # nu = 2 v_r / lambda with the closing speed v_r = -(unit vector . velocity).
+        nu = (delta * velocities_mps.reshape(-1, 2)[batch.tgt]).sum(axis=1) * (self.doppler_scale / range_m)
+        amplitude = self.amp_const / (range_m * range_m)
+        rng = rngs[0] if len(rngs) == 1 else list(zip(rngs, batch.counts))
+        return self.surrogate.draw(range_m, u, batch.side, amplitude, pair_beams, nu, gate_lo, gate_hi, threshold,
+                                   rng=rng)
+
+    def _signal_level(self, batch, pair_beams, positions_m, velocities_mps, gate_lo, gate_hi, threshold, rngs):
+        """Synthesise eq. (2) at every BS (all targets echo), matched-filter each pair, estimate.
+
+        The BSs of all environments are stacked (``E M`` of them, each seeing its own
+        environment's targets); per environment and in this order its generator draws the
+        RCS phases, the symbols and the noise.
+        """
+        cfg = self.cfg
+        work = self.work
+        num_env = len(rngs)
+        num_bs, num_rf = cfg.num_bs, cfg.num_rf
+        shape = (num_bs, num_rf, cfg.num_tracking_symbols, cfg.num_subcarriers)  # per environment
+        delta = positions_m[:, None, :, :] - self.bs_positions_m[None, :, None, :]  # (E, M, I, 2)
+        delta = delta.reshape(num_env * num_bs, -1, 2)
+        range_m = np.hypot(delta[..., 0], delta[..., 1])  # (E M, I)
+        u = delta[..., 0] / range_m
+        velocities = velocities_mps if num_env == 1 else np.repeat(velocities_mps, num_bs, axis=0)
+        nu = (delta * velocities).sum(axis=-1) * (self.doppler_scale / range_m)
+        # Channel gains sqrt(P) alpha with a uniform random RCS phase (eq. (1)).
+        gain_shape = (num_bs, cfg.num_targets)
+        phase = rngs[0].uniform(0, 2 * np.pi, gain_shape) if num_env == 1 else np.concatenate(
+            [rng.uniform(0, 2 * np.pi, gain_shape) for rng in rngs])
+        gains = (self.amp_const / (range_m * range_m)) * np.exp(1j * phase)
+        # (tx, rx) beams per chain: the beams of the chain's pair; idle chains keep beam 0 (they are off).
+        if batch.all_chains:
+            chain_beams = pair_beams.reshape(num_env * num_bs, num_rf, *pair_beams.shape[1:])
+        else:
+            chain_beams = np.zeros((num_env * num_bs * num_rf, *pair_beams.shape[1:]), np.int64)
+            chain_beams[batch.chain_flat] = pair_beams
+            chain_beams = chain_beams.reshape(num_env * num_bs, num_rf, *pair_beams.shape[1:])
+        symbols = work.get("symbols", (num_env * num_bs, *shape[1:]), SIGNAL_DTYPE)
+        for e, rng in enumerate(rngs):
+            qpsk_symbols(shape, rng=rng, dtype=SIGNAL_DTYPE, work=work, out=symbols[e * num_bs:(e + 1) * num_bs])
+        y = synthesize_echo(cfg, self.codebook, batch.chain_active, chain_beams, gains, u,
+                            (2.0 / SPEED_OF_LIGHT_MPS) * range_m, nu, symbols, rng=None, dtype=SIGNAL_DTYPE, work=work)
+        noise = work.get("noise", y.shape, SIGNAL_DTYPE)
+        for e, rng in enumerate(rngs):
+            complex_normal(rng, shape, SIGNAL_DTYPE, scale=self.noise_std, work=work,
+                           out=noise[e * num_bs:(e + 1) * num_bs])
+        y += colour_noise(noise, cfg, self.codebook, batch.chain_active, chain_beams[..., 1])
+        # Matched filter: pair p uses its own chain's samples and symbols, z = v conj(s): (P, K, L).
+        y = y.reshape(-1, *y.shape[2:])
+        symbols = symbols.reshape(y.shape)
+        if batch.all_chains:
+            conj = np.conjugate(symbols, out=work.get("conj", symbols.shape, symbols.dtype))
+            z = np.multiply(y, conj, out=work.get("matched", y.shape, y.dtype))
+        else:
+            z = y[batch.chain_flat] * symbols[batch.chain_flat].conj()
+        return self.estimator.estimate_pairs(z, pair_beams, batch.side, gate_lo, gate_hi, threshold, work=work)
+
+    def _collect(self, batch, est, block: int) -> list[Measurements]:
+        """Scatter the per-pair results into the ``(M, I)`` arrays of one :class:`Measurements` per environment."""
+        range_m, angle, snr_db, detected, var_range, var_angle = est
+        cfg = self.cfg
+        num_env = len(batch.members)
+        shape = (cfg.num_bs, cfg.num_targets)
+        size = cfg.num_bs * cfg.num_targets
+        buf = np.zeros((num_env, 7 * size))
+        buf.reshape(-1)[batch.out_index] = np.concatenate((range_m, angle, snr_db, var_range, var_angle))
+        det = np.zeros((num_env, *shape), bool)
+        det.reshape(-1)[batch.det_index] = detected
+        return [Measurements(assigned=pairs.assoc.copy(), detected=det[e], range_m=buf[e, :size].reshape(shape),
+                             angle_rad=buf[e, size:2 * size].reshape(shape),
+                             snr_db=buf[e, 2 * size:3 * size].reshape(shape),
+                             cov=buf[e, 3 * size:].reshape(*shape, 2, 2), block=block)
+                for e, pairs in enumerate(batch.members)]
 
 
 class CellFreeNetwork:
@@ -125,32 +366,22 @@ class CellFreeNetwork:
             raise NotImplementedError("different tx and rx array sizes: the echo model assumes N_T = N_R")
         # +1: BS on the bottom edge sees targets at theta in (0, pi); -1: top edge, theta in (-pi, 0).
         self.side = np.where(self.bs_positions_m[:, 1] == 0.0, 1.0, -1.0)
-        self.estimator = PairEstimator(cfg, self.codebook)
-        self.surrogate = SurrogateFrontEnd(cfg, self.codebook)
+        self._front = _FrontEnd(cfg, self.codebook, self.bs_positions_m)
+        self._checker = _ActionChecker(cfg, self.bs_positions_m, self.side)
+        self.estimator = self._front.estimator
+        self.surrogate = self._front.surrogate
         self.positions_m = np.zeros((cfg.num_targets, 2))
         self.headings_rad = np.zeros(cfg.num_targets)
         self.block = 0
         self._motion_rng: np.random.Generator | None = None
         self._meas_rng: np.random.Generator | None = None
-        # Per-config constants of the hot path.
-        self._shape = (cfg.num_bs, cfg.num_targets)
-        self._beam_shape = (cfg.num_bs, cfg.num_targets, cfg.num_tracking_symbols, 2)
-        self._signal = cfg.fidelity == "signal"
-        self._amp_const = np.sqrt(cfg.tx_power_per_subcarrier_w) * float(path_amplitude(cfg, 1.0))  # rho d^2
-        self._doppler_scale = -2.0 / cfg.wavelength_m  # nu = scale * (unit vector . velocity)
-        self._pairs: dict[bytes, _Pairs] = {}
-        self._work = Workspace()  # scratch arrays of the signal level (reused every block)
 
     # ------------------------------------------------------------------ episode
     def reset(self, seed: int) -> np.ndarray:
         """Start an episode; return the initial acquisition ``(I, 2)`` metres (truth + noise)."""
-        seq = np.random.SeedSequence(int(seed))
-        motion_seq, meas_seq, acq_seq = seq.spawn(3)
-        self._motion_rng = np.random.default_rng(motion_seq)
-        self._meas_rng = np.random.default_rng(meas_seq)
+        self._motion_rng, self._meas_rng, acq_rng = _episode_generators(seed)
         self.positions_m, self.headings_rad = mobility.initial_state(self.cfg, rng=self._motion_rng)
         self.block = 0
-        acq_rng = np.random.default_rng(acq_seq)
         return self.positions_m + self.cfg.acquisition_std_m * acq_rng.standard_normal(self.positions_m.shape)
 
     @property
@@ -173,12 +404,13 @@ class CellFreeNetwork:
         """
         if self._motion_rng is None:
             raise RuntimeError("call reset(seed) before step()")
-        pairs, pair_beams = self._check(association, beams)
-        predicted = self._check_prediction(predicted_positions_m)
+        pairs, pair_beams = self._checker.check(association, beams)
+        predicted = self._checker.prediction(predicted_positions_m, self.positions_m.shape)
         self.positions_m, self.headings_rad, velocities = mobility.advance(self.cfg, self.positions_m,
                                                                            self.headings_rad, rng=self._motion_rng)
         self.block += 1
-        return self._measure(pairs, pair_beams, velocities, predicted)
+        return self._front.measure(pairs, pair_beams, self.positions_m[None], velocities[None],
+                                   None if predicted is None else predicted[None], [self._meas_rng], self.block)[0]
 
     def measure(self, association: np.ndarray, beams: np.ndarray,
                 predicted_positions_m: np.ndarray | None = None) -> Measurements:
@@ -188,132 +420,10 @@ class CellFreeNetwork:
         """
         if self._meas_rng is None:
             raise RuntimeError("call reset(seed) before measure()")
-        pairs, pair_beams = self._check(association, beams)
-        predicted = self._check_prediction(predicted_positions_m)
-        return self._measure(pairs, pair_beams, self.velocities_mps, predicted)
-
-    # ------------------------------------------------------------------ checks
-    def _check(self, association, beams) -> tuple[_Pairs, np.ndarray]:
-        """(5c)-(5f) as :func:`check_action`; returns the cached pairs and the pairs' beams ``(P, K, 2)`` int64.
-
-        A bool association of the right shape is looked up by its bytes (validated the first
-        time it is seen); beams are range-checked on the assigned pairs only. Anything
-        unusual goes through :func:`check_action`, which raises the named error.
-        """
-        cfg = self.cfg
-        a = association
-        pairs = None
-        if type(a) is np.ndarray and a.dtype == np.bool_ and a.shape == self._shape:
-            pairs = self._pairs.get(a.tobytes())
-        if pairs is None:
-            from rl_isac.association.constraints import check_association
-
-            assoc = check_association(a, cfg.num_rf, shape=self._shape)
-            key = assoc.tobytes()
-            pairs = self._pairs.get(key)
-            if pairs is None:
-                if len(self._pairs) >= _PAIR_CACHE_SIZE:
-                    self._pairs.clear()
-                pairs = self._pairs[key] = _Pairs(assoc, self.bs_positions_m, self.side, cfg.num_rf)
-        b = beams
-        if not (type(b) is np.ndarray and b.dtype == np.int64 and b.shape == self._beam_shape):
-            _, b = check_action(pairs.assoc, b, cfg.num_rf, cfg.codebook_size, cfg.num_tracking_symbols,
-                                self._shape)
-            b = b.astype(np.int64, copy=False)
-        pair_beams = b[pairs.bs_idx, pairs.tgt_idx]  # (P, K, 2)
-        # Negative indices become huge as uint64: one comparison checks both ends of the codebook.
-        if pairs.num and pair_beams.view(np.uint64).max() >= cfg.codebook_size:
-            check_action(pairs.assoc, b, cfg.num_rf, cfg.codebook_size, cfg.num_tracking_symbols, self._shape)
-        return pairs, pair_beams
-
-    def _check_prediction(self, predicted) -> np.ndarray | None:
-        if predicted is None:
-            return None
-        predicted = np.asarray(predicted, dtype=float)
-        if predicted.shape != (self.cfg.num_targets, 2) or not np.isfinite(predicted).all():
-            raise ValueError(f"predicted_positions_m must be finite with shape {(self.cfg.num_targets, 2)}")
-        return predicted
-
-    # ------------------------------------------------------------------ measurement
-    def _measure(self, pairs: _Pairs, pair_beams: np.ndarray, velocities: np.ndarray,
-                 predicted: np.ndarray | None) -> Measurements:
-        cfg = self.cfg
-        if predicted is not None:
-            # Gate +-range_gate_m around the predicted range of each pair.
-            d = predicted[pairs.tgt_idx] - pairs.bs_pos
-            pred_range = np.hypot(d[:, 0], d[:, 1])
-            gate_lo = np.maximum(pred_range - cfg.range_gate_m, 0.0)
-            gate_hi = pred_range + cfg.range_gate_m
-            threshold = self.estimator.threshold_gated
-        else:
-            gate_lo, gate_hi = 0.0, cfg.max_range_m
-            threshold = self.estimator.threshold_full
-        if self._signal:
-            est = self._signal_level(pairs, pair_beams, velocities, gate_lo, gate_hi, threshold)
-        else:
-            est = self._surrogate(pairs, pair_beams, velocities, gate_lo, gate_hi, threshold)
-        return self._collect(pairs, *est)
-
-    def _surrogate(self, pairs: _Pairs, pair_beams, velocities, gate_lo, gate_hi, threshold):
-        """Surrogate draws for the assigned pairs only (geometry of eq. (1) per pair)."""
-        delta = self.positions_m[pairs.tgt_idx] - pairs.bs_pos  # (P, 2)
-        range_m = np.hypot(delta[:, 0], delta[:, 1])
-        u = delta[:, 0] / range_m  # cos(theta)
-        # nu = 2 v_r / lambda with the closing speed v_r = -(unit vector . velocity).
-        nu = (delta * velocities[pairs.tgt_idx]).sum(axis=1) * (self._doppler_scale / range_m)
-        amplitude = self._amp_const / (range_m * range_m)
-        return self.surrogate.draw(range_m, u, pairs.side, amplitude, pair_beams, nu, gate_lo, gate_hi, threshold,
-                                   rng=self._meas_rng)
-
-    def _signal_level(self, pairs: _Pairs, pair_beams, velocities, gate_lo, gate_hi, threshold):
-        """Synthesise eq. (2) at every BS (all targets echo), matched-filter each pair, estimate."""
-        cfg = self.cfg
-        rng = self._meas_rng
-        num_bs, num_rf = pairs.chain_active.shape
-        delta = self.positions_m[None, :, :] - self.bs_positions_m[:, None, :]  # (M, I, 2)
-        range_m = np.hypot(delta[..., 0], delta[..., 1])
-        u = delta[..., 0] / range_m
-        nu = (delta * velocities).sum(axis=-1) * (self._doppler_scale / range_m)
-        # Channel gains sqrt(P) alpha with a uniform random RCS phase (eq. (1)).
-        gains = (self._amp_const / (range_m * range_m)) * np.exp(1j * rng.uniform(0, 2 * np.pi, range_m.shape))
-        # (tx, rx) beams per chain: the beams of the chain's pair; idle chains keep beam 0 (they are off).
-        if pairs.all_chains:
-            chain_beams = pair_beams.reshape(num_bs, num_rf, *pair_beams.shape[1:])
-        else:
-            chain_beams = np.zeros((num_bs * num_rf, *pair_beams.shape[1:]), np.int64)
-            chain_beams[pairs.chain_flat] = pair_beams
-            chain_beams = chain_beams.reshape(num_bs, num_rf, *pair_beams.shape[1:])
-        work = self._work
-        symbols = qpsk_symbols((num_bs, num_rf, cfg.num_tracking_symbols, cfg.num_subcarriers), rng=rng,
-                               dtype=SIGNAL_DTYPE, work=work)
-        y = synthesize_echo(cfg, self.codebook, pairs.chain_active, chain_beams, gains, u,
-                            (2.0 / SPEED_OF_LIGHT_MPS) * range_m, nu, symbols, rng=rng, dtype=SIGNAL_DTYPE, work=work)
-        # Matched filter: pair p uses its own chain's samples and symbols, z = v conj(s): (P, K, L).
-        y = y.reshape(num_bs * num_rf, *y.shape[2:])
-        symbols = symbols.reshape(y.shape)
-        if pairs.all_chains:
-            conj = np.conjugate(symbols, out=work.get("conj", symbols.shape, symbols.dtype))
-            z = np.multiply(y, conj, out=work.get("matched", y.shape, y.dtype))
-        else:
-            z = y[pairs.chain_flat] * symbols[pairs.chain_flat].conj()
-        return self.estimator.estimate_pairs(z, pair_beams, pairs.side, gate_lo, gate_hi, threshold, work=work)
-
-    def _collect(self, pairs: _Pairs, range_m, angle, snr_db, detected, var_range, var_angle) -> Measurements:
-        """Scatter the per-pair results into the ``(M, I)`` arrays of :class:`Measurements`."""
-        num_bs, num_targets = self._shape
-        values = np.zeros((3, num_bs * num_targets))
-        values[0, pairs.flat] = range_m
-        values[1, pairs.flat] = angle
-        values[2, pairs.flat] = snr_db
-        det = np.zeros(num_bs * num_targets, bool)
-        det[pairs.flat] = detected
-        cov = np.zeros(num_bs * num_targets * 4)
-        cov[pairs.cov_rr] = var_range
-        cov[pairs.cov_aa] = var_angle
-        values = values.reshape(3, num_bs, num_targets)
-        return Measurements(assigned=pairs.assoc.copy(), detected=det.reshape(self._shape), range_m=values[0],
-                            angle_rad=values[1], snr_db=values[2], cov=cov.reshape(num_bs, num_targets, 2, 2),
-                            block=self.block)
+        pairs, pair_beams = self._checker.check(association, beams)
+        predicted = self._checker.prediction(predicted_positions_m, self.positions_m.shape)
+        return self._front.measure(pairs, pair_beams, self.positions_m[None], self.velocities_mps[None],
+                                   None if predicted is None else predicted[None], [self._meas_rng], self.block)[0]
 
     # ------------------------------------------------------------------ helpers for CUs and labels
     def spatial_frequency(self, positions_m: np.ndarray) -> np.ndarray:
@@ -354,21 +464,31 @@ class CellFreeNetwork:
         any BS); remaining chains go to the nearest targets not yet on that BS.
         Returns ``(M, I)`` bool satisfying (5c)-(5e).
         """
-        cfg = self.cfg
-        range_m, _ = geometry(self.bs_positions_m, np.asarray(positions_m, float))
-        assoc = np.zeros((cfg.num_bs, cfg.num_targets), bool)
-        free = np.full(cfg.num_bs, cfg.num_rf)
-        for i in np.argsort(range_m.min(axis=0)):
-            for m in np.argsort(range_m[:, i]):
-                if free[m] > 0:
-                    assoc[m, i] = True
-                    free[m] -= 1
-                    break
-        for m in range(cfg.num_bs):
-            for i in np.argsort(range_m[m]):
-                if free[m] == 0:
-                    break
-                if not assoc[m, i]:
-                    assoc[m, i] = True
-                    free[m] -= 1
-        return assoc
+        return nearest_association(self.cfg, self.bs_positions_m, positions_m)
+
+
+def nearest_association(cfg: ScenarioConfig, bs_positions_m: np.ndarray, positions_m: np.ndarray) -> np.ndarray:
+    """:meth:`CellFreeNetwork.nearest_association` for BSs ``(M, 2)`` and positions ``(I, 2)``: ``(M, I)`` bool."""
+    range_m, _ = geometry(bs_positions_m, np.asarray(positions_m, float))
+    assoc = np.zeros((cfg.num_bs, cfg.num_targets), bool)
+    free = np.full(cfg.num_bs, cfg.num_rf)
+    for i in np.argsort(range_m.min(axis=0)):
+        for m in np.argsort(range_m[:, i]):
+            if free[m] > 0:
+                assoc[m, i] = True
+                free[m] -= 1
+                break
+    for m in range(cfg.num_bs):
+        for i in np.argsort(range_m[m]):
+            if free[m] == 0:
+                break
+            if not assoc[m, i]:
+                assoc[m, i] = True
+                free[m] -= 1
+    return assoc
+
+
+def _episode_generators(seed: int) -> tuple[np.random.Generator, np.random.Generator, np.random.Generator]:
+    """Motion, measurement and acquisition generators of an episode, spawned from ``seed``."""
+    motion_seq, meas_seq, acq_seq = np.random.SeedSequence(int(seed)).spawn(3)
+    return np.random.default_rng(motion_seq), np.random.default_rng(meas_seq), np.random.default_rng(acq_seq)

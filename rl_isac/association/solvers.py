@@ -17,7 +17,7 @@ name           method
 ``greedy``     cover every target, then fill chains by largest cost decrease
 ``convex``     Benchmark I: convex relaxation (cvxpy, ``tr_inv``) + rounding (+ optional swaps)
 ``exhaustive`` Benchmark III: enumerate every association of the form above
-``milp``       exact MILP over per-target BS subsets (HiGHS via scipy)
+``milp``       exact, over per-target BS subsets: warm-started HiGHS LP, reduced-cost DP, MILP fallback
 =============  ============================================================
 
 ``milp`` and ``exhaustive`` return the same optimal cost; ``milp`` also runs
@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.optimize import Bounds, LinearConstraint, linear_sum_assignment, linprog, milp
+from scipy.optimize import Bounds, LinearConstraint, linear_sum_assignment, milp
 
 from rl_isac.association.constraints import chains_per_bs, check_association, check_problem_size, uses_all_chains
 from rl_isac.association.objective import (
@@ -449,7 +449,7 @@ class ExhaustiveSolver(AssociationSolver):
 
 
 class MilpSolver(AssociationSolver):
-    """Exact association by a MILP over per-target BS subsets (HiGHS through scipy).
+    """Exact association over per-target BS subsets: warm-started LP, reduced-cost DP, MILP fallback.
 
     The objective is separable per target given its BS set ``S``, so with
     binaries ``x[i, S]`` for every ``S`` with ``1 <= |S| <= s_max``
@@ -460,47 +460,81 @@ class MilpSolver(AssociationSolver):
              sum_{i, S containing m} x[i, S] = n  for every BS m       (5c), n = min(num_rf, I)
              x binary                                                  (5e)
 
-    which is exactly the exhaustive search's problem. The constraint matrix
-    is built sparsely (COO from index arrays, no loop over subsets).
+    which is exactly the exhaustive search's problem, written ``min c^T x,
+    A x = b``. Columns are flat ``j = i K + k`` (``K`` candidate sets).
 
-    With up to ``I (2^M - 1)`` columns (49k at ``M = I = 12``) HiGHS's MIP
-    set-up alone takes minutes and gigabytes, so the columns are first
-    reduced exactly:
+    **Why the answer is exact.** For *any* row prices ``y`` (one per target
+    and per BS) let ``rc = c - A^T y``. Every feasible ``x`` has ``A x = b``,
+    so ``c^T x = b^T y + rc^T x``: minimising ``c^T x`` and ``rc^T x`` is the
+    same problem, whatever ``y`` is. Every target takes exactly one column,
+    so ``rc^T x >= L = sum_i min_k rc[i, k]``, and a solution that uses
+    column ``j`` of target ``i`` has ``rc^T x >= bound_j = rc_j + L -
+    min_k rc[i, k]``. Good prices (the LP duals) make ``rc >= 0`` nearly
+    everywhere and ``L`` close to the optimum, so these bounds are tight;
+    but the argument itself never relies on the LP being solved accurately.
 
-    1. LP relaxation (``x >= 0``; ``x <= 1`` is implied), by column
-       generation when there are more than ``full_lp_columns`` columns
-       (pricing every subset is one numpy expression). It gives a lower
-       bound ``LB`` and reduced costs ``rc >= 0`` with ``cost(x) = LB +
-       rc^T x`` for every feasible ``x``. An integral LP optimum is returned
-       at once (most random instances).
-    2. Upper bound ``UB``: a MILP restricted to the ``restricted_columns``
-       columns of smallest reduced cost plus the greedy association's.
-    3. Reduced-cost fixing: a column with ``LB + rc > UB`` (with a 1e-6
-       relative margin) cannot be in an optimum. If no column outside the
-       restricted set survives, the restricted optimum is proven optimal;
-       otherwise the MILP runs on the survivors.
+    Per call:
 
-    MILPs run with ``mip_rel_gap = 0`` on costs scaled so that ``LB = 1e3``,
-    which makes HiGHS's absolute gap (1e-6) at most a 1e-9 relative one.
-    ``last_stats`` records the column counts of the last solve.
+    1. **LP relaxation** on a persistent HiGHS model, one per problem shape
+       ``(M, I, n, s_max)`` kept on the solver: the constraint matrix depends
+       only on the shape, so a call only replaces the column costs
+       (``changeColsCost``) and re-runs primal simplex from the previous
+       optimal basis, which stays primal feasible because only costs changed
+       (consecutive blocks have similar costs: a handful of pivots). Above
+       ``full_lp_columns`` columns the model holds a pool of columns that
+       grows by column generation (pricing every subset is one numpy
+       expression) and persists between calls. The LP gives the prices
+       ``y``; ``rc`` is then computed for *every* column.
+    2. **Integral LP** (most instances): if the LP optimum rounds to a
+       feasible ``x`` with ``rc^T x - L <= certify_rel_tol * c^T x``, that
+       ``x`` is optimal (nothing is below ``L``).
+    3. **Reduced-cost DP** otherwise: for a threshold ``T``, only columns
+       with ``bound_j <= T`` can appear in a solution with ``rc^T x <= T``.
+       A dynamic programme over targets, whose state is the per-BS chain
+       load (packed bit fields, one state per load vector with its least
+       partial value), minimises ``rc^T x`` over those columns under the
+       exact loads (5c), pruning partial values that cannot finish
+       ``<= T``. A solution found is optimal: any solution using a dropped
+       column is worse than ``T``. If none is found ``T - L`` grows 4x and
+       the DP repeats. ``T`` starts at ``L + dp_initial_gap * |b^T y|``.
+    4. **MILP fallback**, only if the DP state space exceeds
+       ``dp_max_entries`` (or the load vector does not fit 62 bits): an upper
+       bound from a MILP restricted to the ``restricted_columns`` columns of
+       smallest ``rc`` plus the greedy association's, then reduced-cost fixing
+       (keep ``bound_j <= UB`` with a 1e-9 relative margin) and, if a column
+       outside the restricted set survives, the MILP on the survivors
+       (``scipy.optimize.milp``, ``mip_rel_gap = 0`` on costs scaled so
+       that ``b^T y = 1e3``: HiGHS's 1e-6 absolute gap is 1e-9 relative).
+
+    Exact ties (equal-cost associations) may be broken differently
+    depending on the previous solves (the warm basis); the cost is the same.
+    ``last_stats`` records the path and column counts of the last solve.
 
     Parameters
     ----------
     mip_rel_gap : float
-        HiGHS relative optimality gap (default 0: exact).
+        HiGHS relative optimality gap of the MILP fallback (default 0: exact).
     time_limit_s : float, optional
-        HiGHS time limit for the MILP, seconds; on expiry the best feasible
-        association found is returned.
+        HiGHS time limit for the MILP fallback, seconds; on expiry the best
+        feasible association found is returned.
     """
 
     name = "milp"
 
-    #: Objective scale: the LP costs map the greedy cost, the MILP costs the LP bound, to this value.
+    #: Objective scale: the LP costs map ``sum_i min_S cost_i(S)`` (a lower bound) to this value.
     cost_scale: ClassVar[float] = 1e3
     #: Up to this many columns the LP is solved on all of them; above, by column generation.
     full_lp_columns: ClassVar[int] = 4096
-    #: Columns (smallest reduced cost) of the restricted MILP that gives the upper bound.
+    #: Columns (smallest reduced cost) of the restricted MILP of the fallback.
     restricted_columns: ClassVar[int] = 256
+    #: An integral LP optimum is accepted when ``rc^T x - L`` is at most this fraction of its cost.
+    certify_rel_tol: ClassVar[float] = 1e-10
+    #: First DP threshold ``T - L``, relative to the LP value (the LP/MILP gap is a few % at most typically).
+    dp_initial_gap: ClassVar[float] = 0.05
+    #: Largest (states x candidate columns) of one DP stage; above it the MILP fallback runs.
+    dp_max_entries: ClassVar[int] = 1 << 20
+    #: LP models kept (one per problem shape).
+    max_cached_models: ClassVar[int] = 8
 
     def __init__(self, mip_rel_gap: float = 0.0, time_limit_s: float | None = None) -> None:
         if not mip_rel_gap >= 0:
@@ -509,147 +543,334 @@ class MilpSolver(AssociationSolver):
             raise ConfigError("time_limit_s", time_limit_s, "must be > 0 seconds")
         self.mip_rel_gap = float(mip_rel_gap)
         self.time_limit_s = time_limit_s
-        #: Diagnostics of the last solve: columns, restricted and kept columns, whether the LP was integral.
+        #: Diagnostics of the last solve: path ('lp', 'dp' or 'milp'), columns, whether the LP was integral, ...
         self.last_stats: dict[str, Any] = {}
+        self._models: dict[tuple[int, int, int, int, bool], _SubsetLp] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle without the HiGHS models (not picklable; rebuilt on the next solve)."""
+        state = self.__dict__.copy()
+        state["_models"] = {}
+        return state
+
+    def _model(self, num_bs: int, num_targets: int, per_bs: int, s_max: int, info: np.ndarray,
+               prior_info: np.ndarray, num_rf: int) -> _SubsetLp:
+        """The persistent LP of this shape (built on first use; column generation above ``full_lp_columns``)."""
+        num_sets = sum(math.comb(num_bs, size) for size in range(1, s_max + 1))
+        generate = num_targets * num_sets > self.full_lp_columns
+        key = (num_bs, num_targets, per_bs, s_max, generate)
+        model = self._models.get(key)
+        if model is not None and generate and model.pool.size > 4 * max(self.full_lp_columns, model.base_size):
+            model = None  # the generated pool grew large: restart from the base set and the last LP support
+        if model is None:
+            shape = _SubsetShape(num_bs, num_targets, per_bs, s_max)
+            if generate:  # all sets of at most 2 BSs + a feasible solution (keeps the restricted LP feasible)
+                old = self._models.get(key)
+                start = np.zeros((num_targets, shape.num_sets), dtype=bool)
+                start[:, shape.member.sum(axis=0) <= 2] = True
+                start = start.ravel()
+                base_size = int(start.sum())
+                if old is not None:
+                    start[old.support] = True
+                else:
+                    start[shape.columns_of(GreedySolver().solve(info, prior_info, num_rf))] = True
+                model = _SubsetLp(shape, np.flatnonzero(start), base_size)
+            else:
+                model = _SubsetLp(shape, np.arange(shape.num_columns), shape.num_columns)
+            self._models.pop(key, None)
+            while len(self._models) >= self.max_cached_models:
+                self._models.pop(next(iter(self._models)))
+            self._models[key] = model
+        return model
 
     def solve(self, info: np.ndarray, prior_info: np.ndarray, num_rf: int) -> np.ndarray:
-        info, prior_info, num_bs, num_targets, per_bs = _prepare(info, prior_info, num_rf)
+        table = subset_costs(info, prior_info)  # validates info / prior_info
+        num_targets, num_bs = table.shape[0], table.shape[1].bit_length() - 1
+        check_problem_size(num_bs, num_targets, num_rf)
+        per_bs = chains_per_bs(num_targets, num_rf)
         s_max = max_bs_per_target(num_bs, num_targets, num_rf)
-        table = subset_costs(info, prior_info, s_max)
-        sizes = subset_sizes(num_bs)
-        masks = np.flatnonzero((sizes >= 1) & (sizes <= s_max))  # (K,) candidate BS sets
-        num_sets = masks.size
-        member = ((masks[None, :] >> np.arange(num_bs)[:, None]) & 1).astype(np.float64)  # (M, K)
-        # upper bound: greedy association, as columns (target i, its BS bitmask)
-        greedy = GreedySolver().solve(info, prior_info, num_rf)
-        column_of = np.full(1 << num_bs, -1, dtype=np.int64)
-        column_of[masks] = np.arange(num_sets)
-        greedy_cols = np.arange(num_targets) * num_sets + column_of[_target_masks(greedy)]
-        raw_cost = table[:, masks].ravel()  # variable i * K + k
-        cost = raw_cost * (self.cost_scale / float(raw_cost[greedy_cols].sum()))  # LP scale: greedy = 1e3
-        lp_x, lp_value, reduced = _set_partition_lp(cost.reshape(num_targets, num_sets), member, per_bs,
-                                                   greedy_cols, self.full_lp_columns)
-        self.last_stats = {"columns": cost.size}
-        if np.all(np.minimum(np.abs(lp_x), np.abs(lp_x - 1)) <= 1e-9):  # integral LP optimum is optimal
-            self.last_stats.update(kept=int(np.count_nonzero(lp_x > 0.5)), lp_integral=True)
-            return _finish(self._decode(lp_x > 0.5, masks, num_targets, num_bs), num_rf)
-        # Upper bound from a restricted MILP on the columns of smallest reduced cost (+ the greedy ones).
-        restricted = np.zeros(cost.size, dtype=bool)
-        restricted[np.argsort(reduced, kind="stable")[: self.restricted_columns]] = True
-        restricted[greedy_cols] = True
-        # MILP objective scaled so that the LP bound is 1e3: HiGHS's absolute gap 1e-6 -> relative 1e-9
-        milp_scale = self.cost_scale / lp_value
-        x, value = self._milp(cost * milp_scale, restricted, member, per_bs)
-        upper = value / milp_scale
-        # Reduced-cost fixing: cost(x) = LB + rc^T x >= LB + rc_j if x_j = 1; margin 1e-6 relative.
-        keep = lp_value + reduced <= upper * (1 + 1e-6)
-        self.last_stats.update(restricted=int(restricted.sum()), kept=int(np.count_nonzero(keep)), lp_integral=False)
+        model = self._model(num_bs, num_targets, per_bs, s_max, info, prior_info, num_rf)
+        shape = model.shape
+        cost = table[:, shape.masks]  # (I, K)
+        if not np.all(np.isfinite(cost)):
+            raise RlIsacError("subset costs are not finite (singular posterior information)")
+        cost = cost * (self.cost_scale / float(cost.min(axis=1).sum()))  # positive, ~1e3 in all
+        x, y, reduced = model.solve(cost)  # reduced = c - A^T y for every column, (I, K)
+        row_min = reduced.min(axis=1)
+        floor = float(row_min.sum())  # L: rc^T x >= L for every feasible x
+        lp_value = float(shape.rhs @ y)  # b^T y
+        self.last_stats = {"columns": shape.num_columns, "lp_columns": int(model.pool.size)}
+        # 2. integral LP optimum, certified by rc^T x - L
+        rounded = x > 0.5
+        integral = bool(np.all(np.abs(x - rounded) <= 1e-6))
+        self.last_stats["lp_integral"] = integral
+        rounded_value = float(reduced[rounded].sum()) if integral and shape.is_feasible(rounded) else np.inf
+        if rounded_value - floor <= self.certify_rel_tol * float(cost[rounded].sum()):
+            self.last_stats.update(path="lp", kept=int(np.count_nonzero(rounded)))
+            return _finish(shape.decode(rounded), num_rf)
+        # 3. reduced-cost DP with a growing threshold T (a feasible rounded LP point bounds the first T)
+        bound = reduced + (floor - row_min)[:, None]  # least rc^T x of a solution using the column
+        margin = 1e-9 * abs(lp_value) + 1e-300
+        ceiling = float(reduced.max(axis=1).sum())  # every feasible x has rc^T x <= ceiling
+        threshold = min(floor + self.dp_initial_gap * abs(lp_value), rounded_value)
+        rounds = 0
+        while shape.packing is not None:
+            rounds += 1
+            keep = bound <= threshold + margin
+            found = _subset_dp(reduced, keep, shape, threshold + margin, self.dp_max_entries)
+            if found is None:  # state space too large: MILP fallback
+                break
+            if found is not False:
+                self.last_stats.update(path="dp", dp_rounds=rounds, kept=int(np.count_nonzero(keep)))
+                chosen = np.zeros(reduced.shape, dtype=bool)
+                chosen[np.arange(num_targets), found] = True
+                return _finish(shape.decode(chosen), num_rf)
+            if threshold >= ceiling:  # pragma: no cover - nothing pruned, yet (5c)-(5d) are satisfiable
+                raise RlIsacError("association DP found no feasible association")
+            threshold = min(floor + 4.0 * (threshold - floor), ceiling)
+        # 4. MILP fallback: restricted MILP for an upper bound, reduced-cost fixing, MILP on the survivors
+        flat_cost, flat_bound = cost.ravel(), bound.ravel()
+        restricted = np.zeros(flat_cost.size, dtype=bool)
+        restricted[np.argsort(reduced.ravel(), kind="stable")[: self.restricted_columns]] = True
+        restricted[shape.columns_of(GreedySolver().solve(info, prior_info, num_rf))] = True
+        milp_scale = self.cost_scale / max(abs(lp_value), 1e-300)
+        chosen, _ = self._milp(flat_cost * milp_scale, restricted, shape, num_targets, per_bs)
+        upper = float(reduced.ravel()[chosen].sum())
+        keep = flat_bound <= upper + margin
+        self.last_stats.update(path="milp", restricted=int(restricted.sum()), kept=int(np.count_nonzero(keep)))
         if np.any(keep & ~restricted):  # the restricted optimum is not proven optimal: solve on the survivors
-            x, _ = self._milp(cost * milp_scale, keep | restricted, member, per_bs)
-        return _finish(self._decode(x, masks, num_targets, num_bs), num_rf)
+            chosen, _ = self._milp(flat_cost * milp_scale, keep | restricted, shape, num_targets, per_bs)
+        return _finish(shape.decode(chosen.reshape(reduced.shape)), num_rf)
 
-    def _milp(self, cost: np.ndarray, use: np.ndarray, member: np.ndarray, per_bs: int) -> tuple[np.ndarray, float]:
+    def _milp(self, cost: np.ndarray, use: np.ndarray, shape: _SubsetShape, num_targets: int,
+              per_bs: int) -> tuple[np.ndarray, float]:
         """Subset MILP on the columns ``use`` (bool, flat); returns the chosen columns (bool, flat) and the value."""
-        num_bs, num_sets = member.shape
-        num_targets = cost.size // num_sets
         cols = np.flatnonzero(use)
-        rhs = np.concatenate([np.ones(num_targets), np.full(num_bs, float(per_bs))])
         options: dict[str, Any] = {"mip_rel_gap": self.mip_rel_gap}
         if self.time_limit_s is not None:
             options["time_limit"] = float(self.time_limit_s)
         res = milp(cost[cols], integrality=np.ones(cols.size), bounds=Bounds(0.0, 1.0),
-                   constraints=LinearConstraint(_partition_matrix(cols, num_sets, member, num_targets), rhs, rhs),
-                   options=options)
+                   constraints=LinearConstraint(shape.matrix(cols), shape.rhs, shape.rhs), options=options)
         if res.x is None:
             raise RlIsacError(f"MILP association failed: {res.message} (status {res.status})")
         x = np.zeros(cost.size, dtype=bool)
         x[cols] = res.x > 0.5
         return x, float(cost[x].sum())
 
-    @staticmethod
-    def _decode(x: np.ndarray, masks: np.ndarray, num_targets: int, num_bs: int) -> np.ndarray:
-        """Association ``(num_bs, num_targets)`` from the selected columns ``x`` (bool, ``I * K``)."""
-        chosen = masks[np.argmax(x.reshape(num_targets, masks.size), axis=1)]  # (I,) bitmask per target
-        return ((chosen[None, :] >> np.arange(num_bs)[:, None]) & 1).astype(bool)
 
+class _SubsetShape:
+    """Everything about the subset problem that depends only on ``(M, I, n, s_max)``.
 
-def _partition_matrix(cols: np.ndarray, num_sets: int, member: np.ndarray, num_targets: int) -> sp.csc_matrix:
-    """Equality matrix of the subset MILP restricted to columns ``cols`` (flat ``i * K + k``).
-
-    Rows ``0 .. I-1``: one set per target; rows ``I .. I+M-1``: chains per BS.
-    Shape ``(num_targets + num_bs, cols.size)``, built without Python loops.
+    Attributes: ``masks`` (K,) candidate BS bitmasks; ``member`` (M, K) 1.0
+    where BS m is in set k; ``rhs`` (I + M,) = ``b``; ``packing`` the DP's
+    load encoding ``(increment (K,), overflow, high, full)`` or None when the
+    loads do not fit 62 bits.
     """
-    target, k = np.divmod(cols, num_sets)
-    bs_rows, col_pos = np.nonzero(member[:, k])  # (nnz,) BS m in the set of column col_pos
-    rows = np.concatenate([target, num_targets + bs_rows])
-    columns = np.concatenate([np.arange(cols.size), col_pos])
-    shape = (num_targets + member.shape[0], cols.size)
-    return sp.csc_matrix((np.ones(rows.size), (rows, columns)), shape=shape)
+
+    def __init__(self, num_bs: int, num_targets: int, per_bs: int, s_max: int) -> None:
+        sizes = subset_sizes(num_bs)
+        self.num_bs, self.num_targets, self.per_bs = num_bs, num_targets, per_bs
+        self.masks = np.flatnonzero((sizes >= 1) & (sizes <= s_max))
+        self.num_sets = int(self.masks.size)
+        self.num_columns = num_targets * self.num_sets
+        self.member_int = (self.masks[None, :] >> np.arange(num_bs)[:, None]) & 1  # (M, K)
+        self.member = self.member_int.astype(np.float64)
+        self.rhs = np.concatenate([np.ones(num_targets), np.full(num_bs, float(per_bs))])
+        self.column_of = np.full(1 << num_bs, -1, dtype=np.int64)
+        self.column_of[self.masks] = np.arange(self.num_sets)
+        # DP load encoding: BS m's load in bits [w m, w m + w), w - 1 = bit length of per_bs, so that a
+        # field holds per_bs + 1 without carry and "field > per_bs" is bit w - 1 of field + 2^(w-1) - 1 - per_bs.
+        width = per_bs.bit_length() + 1
+        self.packing: tuple[np.ndarray, int, int, int] | None = None
+        if num_bs * width <= 62:
+            field = np.int64(1) << (width * np.arange(num_bs, dtype=np.int64))  # (M,)
+            increment = (self.member_int.astype(np.int64) * field[:, None]).sum(axis=0)  # (K,)
+            half = 1 << (width - 1)
+            self.packing = (increment, int((half - 1 - per_bs) * field.sum()), int(half * field.sum()),
+                            int(per_bs * field.sum()))
+
+    def matrix(self, cols: np.ndarray) -> sp.csc_matrix:
+        """``A`` restricted to the flat columns ``cols``: rows 0..I-1 one set per target, I..I+M-1 chains per BS."""
+        target, k = np.divmod(cols, self.num_sets)
+        bs_rows, col_pos = np.nonzero(self.member[:, k])  # (nnz,) BS m in the set of column col_pos
+        rows = np.concatenate([target, self.num_targets + bs_rows])
+        columns = np.concatenate([np.arange(cols.size), col_pos])
+        shape = (self.num_targets + self.num_bs, cols.size)
+        return sp.csc_matrix((np.ones(rows.size), (rows, columns)), shape=shape)
+
+    def columns_of(self, association: np.ndarray) -> np.ndarray:
+        """Flat columns (one per target) of an association ``(M, I)``."""
+        weights = np.int64(1) << np.arange(association.shape[0], dtype=np.int64)
+        target_masks = (association.astype(np.int64) * weights[:, None]).sum(axis=0)
+        return np.arange(self.num_targets) * self.num_sets + self.column_of[target_masks]
+
+    def is_feasible(self, chosen: np.ndarray) -> bool:
+        """``chosen`` (bool (I, K)) has one column per target and exactly ``per_bs`` targets per BS."""
+        return bool(np.all(chosen.sum(axis=1) == 1) and np.all(self.decode(chosen).sum(axis=1) == self.per_bs))
+
+    def decode(self, chosen: np.ndarray) -> np.ndarray:
+        """Association ``(num_bs, num_targets)`` from one chosen column per target (bool (I, K))."""
+        target_masks = self.masks[np.argmax(chosen, axis=1)]  # (I,) bitmask per target
+        return ((target_masks[None, :] >> np.arange(self.num_bs)[:, None]) & 1).astype(bool)
 
 
-def _set_partition_lp(cost: np.ndarray, member: np.ndarray, per_bs: int, start_cols: np.ndarray,
-                      full_lp_columns: int) -> tuple[np.ndarray, float, np.ndarray]:
-    """LP relaxation of the subset MILP, by column generation when it is large.
+class _SubsetLp:
+    """Persistent HiGHS LP relaxation ``min c^T x, A x = b, x >= 0`` over a pool of columns of one shape.
 
-    Parameters
-    ----------
-    cost : np.ndarray, shape (num_targets, K)
-        Column costs (scaled).
-    member : np.ndarray, shape (num_bs, K)
-        1.0 where BS m is in set k.
-    per_bs : int
-        Chains each BS uses.
-    start_cols : np.ndarray of int
-        Flat columns of a feasible integer solution (keeps every restricted LP feasible).
-    full_lp_columns : int
-        Solve on every column when there are at most this many.
+    The rows never change; a solve replaces the costs and re-runs primal
+    simplex from the last basis. With a pool smaller than all columns the
+    solve adds columns of negative reduced cost until none is left (column
+    generation); added columns stay for later solves.
+    """
+
+    #: Pricing tolerance of column generation (costs ~1e3 in all).
+    price_tol: ClassVar[float] = 1e-6
+    #: Columns added per target and pricing round.
+    per_round: ClassVar[int] = 16
+
+    def __init__(self, shape: _SubsetShape, columns: np.ndarray, base_size: int) -> None:
+        try:
+            import highspy
+        except ImportError as exc:  # pragma: no cover - highspy comes with cvxpy
+            raise RlIsacError("the 'milp' association solver needs highspy (pip install highspy)") from exc
+
+        self.shape = shape
+        self.base_size = base_size
+        # highspy._Highs: the bare solver (highspy.Highs adds Python callbacks and prints a banner once)
+        self._highs = getattr(highspy, "_Highs", highspy.Highs)()
+        for option, value in (("output_flag", False), ("threads", 1), ("presolve", "off"),
+                              ("solver", "simplex"), ("simplex_strategy", 4)):  # 4 = primal simplex
+            self._highs.setOptionValue(option, value)
+        self._optimal = highspy.HighsModelStatus.kOptimal
+        self._inf = highspy.kHighsInf
+        num_rows = shape.rhs.size
+        empty = np.zeros(0, dtype=np.int32)
+        self._check(self._highs.addRows(num_rows, shape.rhs, shape.rhs, 0, empty, empty, np.zeros(0)), "addRows")
+        self.pool = np.zeros(0, dtype=np.int64)  # flat column of every LP column
+        self.in_pool = np.zeros(shape.num_columns, dtype=bool)
+        self.support = np.zeros(0, dtype=np.int64)  # flat columns with x > 0 at the last optimum
+        self._index = np.zeros(0, dtype=np.int32)
+        self._add(np.asarray(columns, dtype=np.int64), np.zeros(len(columns)))
+
+    @staticmethod
+    def _check(status: Any, what: str) -> None:
+        if status.name == "kError":  # pragma: no cover - HiGHS API misuse
+            raise RlIsacError(f"HiGHS {what} failed")
+
+    def _add(self, columns: np.ndarray, cost: np.ndarray) -> None:
+        mat = self.shape.matrix(columns)
+        n = columns.size
+        self._check(self._highs.addCols(n, cost, np.zeros(n), np.full(n, self._inf), mat.nnz,
+                                        mat.indptr[:-1].astype(np.int32), mat.indices.astype(np.int32), mat.data),
+                    "addCols")
+        self.pool = np.concatenate([self.pool, columns])
+        self.in_pool[columns] = True
+        self._index = np.arange(self.pool.size, dtype=np.int32)
+
+    def _run(self) -> None:
+        self._highs.run()
+        if self._highs.getModelStatus() != self._optimal:  # retry once from scratch
+            self._highs.clearSolver()
+            self._highs.run()
+            status = self._highs.getModelStatus()
+            if status != self._optimal:
+                raise RlIsacError(f"association LP relaxation failed: {self._highs.modelStatusToString(status)}")
+
+    def solve(self, cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """LP optimum for costs ``cost`` (I, K).
+
+        Returns ``x`` (I, K) with zeros outside the pool, the row duals ``y``
+        (I + M,) and the reduced costs ``c - A^T y`` of every column (I, K).
+        """
+        shape = self.shape
+        flat = cost.ravel()
+        self._check(self._highs.changeColsCost(self.pool.size, self._index, flat[self.pool]), "changeColsCost")
+        for _ in range(1000):
+            self._run()
+            solution = self._highs.getSolution()
+            y = np.asarray(solution.row_dual)
+            reduced = cost - y[: shape.num_targets, None] - (y[shape.num_targets:] @ shape.member)[None, :]
+            if self.pool.size == shape.num_columns:
+                break
+            candidates = (reduced < -self.price_tol) & ~self.in_pool.reshape(reduced.shape)
+            if not candidates.any():
+                break
+            # add the most negative columns, at most per_round per target
+            order = np.argsort(np.where(candidates, reduced, np.inf), axis=1)[:, : self.per_round]
+            take = np.take_along_axis(candidates, order, axis=1)
+            rows = np.broadcast_to(np.arange(shape.num_targets)[:, None], order.shape)
+            new = (rows * shape.num_sets + order)[take]
+            self._add(new, flat[new])
+        x = np.zeros(shape.num_columns)
+        x[self.pool] = solution.col_value
+        self.support = np.flatnonzero(x > 1e-9)
+        return x.reshape(cost.shape), y, reduced
+
+
+def _subset_dp(reduced: np.ndarray, keep: np.ndarray, shape: _SubsetShape, threshold: float,
+               max_entries: int) -> np.ndarray | bool | None:
+    """Least ``rc^T x`` over the kept columns under the exact per-BS loads, if it is ``<= threshold``.
+
+    Targets are taken one at a time (fewest kept columns first); a state is
+    a packed per-BS load vector holding the least partial value reaching
+    it. A partial value plus the least kept ``rc`` of every remaining
+    target above ``threshold`` is pruned, as is a load above ``per_bs`` or
+    too low to be filled by the remaining targets (each adds at most one
+    chain per BS).
 
     Returns
     -------
-    x : np.ndarray, shape (num_targets * K,)
-        LP optimum (zeros outside the generated columns).
-    value : float
-        LP optimum value, a lower bound of the MILP.
-    reduced : np.ndarray, shape (num_targets * K,)
-        Reduced costs ``c - A^T y`` of every column (>= -1e-6 at the optimum).
+    np.ndarray of int, shape (num_targets,)
+        The chosen set ``k`` of each target (an optimum over the kept columns).
+    False
+        No solution with value ``<= threshold`` uses only kept columns.
+    None
+        A stage would exceed ``max_entries`` (states x columns).
     """
-    num_targets, num_sets = cost.shape
-    num_bs = member.shape[0]
-    rhs = np.concatenate([np.ones(num_targets), np.full(num_bs, float(per_bs))])
-    flat_cost = cost.ravel()
-    if flat_cost.size <= full_lp_columns:
-        active = np.ones(flat_cost.size, dtype=bool)
-    else:  # start: all sets of at most 2 BSs + the feasible solution
-        active = np.zeros((num_targets, num_sets), dtype=bool)
-        active[:, member.sum(axis=0) <= 2] = True
-        active = active.ravel()
-        active[start_cols] = True
-    price_tol, per_round = 1e-6, 16
-    for _ in range(1000):
-        cols = np.flatnonzero(active)
-        lp = linprog(flat_cost[cols], A_eq=_partition_matrix(cols, num_sets, member, num_targets), b_eq=rhs,
-                     bounds=(0, None), method="highs")
-        if lp.status != 0:  # pragma: no cover - feasible (start_cols) and bounded (costs > 0)
-            raise RlIsacError(f"association LP relaxation failed: {lp.message}")
-        y = lp.eqlin.marginals  # duals: d(objective)/d(rhs)
-        reduced = cost - y[:num_targets, None] - (y[num_targets:] @ member)[None, :]  # rc = c - A^T y
-        candidates = (reduced < -price_tol) & ~active.reshape(num_targets, num_sets)
-        if not candidates.any():
-            break
-        # add the most negative columns, at most per_round per target
-        order = np.argsort(np.where(candidates, reduced, np.inf), axis=1)[:, :per_round]
-        take = np.take_along_axis(candidates, order, axis=1)
-        rows = np.broadcast_to(np.arange(num_targets)[:, None], order.shape)
-        active[(rows * num_sets + order)[take]] = True
-    x = np.zeros(flat_cost.size)
-    x[cols] = lp.x
-    return x, float(lp.fun), reduced.ravel()
-
-
-def _target_masks(association: np.ndarray) -> np.ndarray:
-    """BS bitmask of every target, shape (num_targets,), int64: bit m set iff ``A[m, i]``."""
-    weights = np.int64(1) << np.arange(association.shape[0], dtype=np.int64)
-    return (association.astype(np.int64) * weights[:, None]).sum(axis=0)
+    assert shape.packing is not None
+    increment, overflow, high, full = shape.packing
+    num_targets = reduced.shape[0]
+    counts = keep.sum(axis=1)
+    if np.any(counts == 0):
+        return False
+    order = np.argsort(counts, kind="stable")
+    least = np.where(keep, reduced, np.inf).min(axis=1)[order]
+    remaining_least = np.concatenate([np.cumsum(least[::-1])[::-1][1:], [0.0]])  # after stage t
+    field_sum = (full // shape.per_bs) if shape.per_bs else 0  # sum over BSs of one unit per field
+    codes = np.zeros(1, dtype=np.int64)
+    values = np.zeros(1)
+    history = []
+    for t, i in enumerate(order):
+        cols = np.flatnonzero(keep[i])
+        if codes.size * cols.size > max_entries:
+            return None
+        new = (codes[:, None] + increment[cols][None, :]).ravel()
+        new_values = (values[:, None] + reduced[i, cols][None, :]).ravel()
+        ok = ((new + overflow) & high) == 0  # no BS above per_bs (5c)
+        ok &= new_values + remaining_least[t] <= threshold
+        left = num_targets - 1 - t
+        if left < shape.per_bs:  # every BS needs load >= per_bs - left: bit w-1 of field + 2^(w-1) - (per_bs - left)
+            ok &= ((new + high - (shape.per_bs - left) * field_sum) & high) == high
+        idx = np.flatnonzero(ok)
+        if idx.size == 0:
+            return False
+        order_codes = np.lexsort((new_values[idx], new[idx]))  # by code, then value
+        sorted_codes = new[idx][order_codes]
+        first = np.ones(sorted_codes.size, dtype=bool)
+        np.not_equal(sorted_codes[1:], sorted_codes[:-1], out=first[1:])
+        best = idx[order_codes[first]]  # least value per load vector
+        codes, values = new[best], new_values[best]
+        history.append((best // cols.size, cols[best % cols.size]))
+    hit = np.flatnonzero(codes == full)
+    if hit.size == 0:
+        return False
+    chosen = np.empty(num_targets, dtype=np.int64)
+    pos = int(hit[0])
+    for t in range(num_targets - 1, -1, -1):
+        parent, col = history[t]
+        chosen[order[t]] = col[pos]
+        pos = int(parent[pos])
+    return chosen
 
 
 SOLVERS: dict[str, type[AssociationSolver]] = {

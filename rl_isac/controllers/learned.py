@@ -125,9 +125,11 @@ for _solver in ("exhaustive", "milp", "greedy"):
 def _dgnn_l2o(cfg: ScenarioConfig, checkpoint: str | None = None, **kwargs) -> Controller:
     """Benchmark II: DGNN estimate + the L2O association head of the same checkpoint + head beams.
 
-    The associator (:class:`~rl_isac.tracking.dgnn.l2o.L2OAssociator`) ignores the objective and
-    decodes the head's scores on the estimator's last DGNN output with the feasibility repair; before
-    the first block (no DGNN output yet) it falls back to the greedy solver.
+    The associator (:class:`~rl_isac.tracking.dgnn.l2o.L2OAssociator`) solves no optimisation: it
+    decodes the head's scores on the estimator's last DGNN output with the feasibility repair (the
+    objective's parameters enter only as input features, with the ``objective_features`` ablation);
+    before the first block (no DGNN output yet) it falls back to the greedy solver. Needs ``l2o.pt``
+    in the checkpoint (``rl-isac train-l2o --checkpoint DIR``).
     """
     from rl_isac.tracking.dgnn.l2o import L2OAssociator
     from rl_isac.training.l2o import load_l2o

@@ -235,6 +235,7 @@ class BeamPatterns:
         diff = self.directions[:, None] - self.directions[None, :]
         self.phase = np.exp(0.5j * (self.num_antennas - 1) * self.scale * diff)
         self._half_scale = 0.5 * self.scale
+        self._n_ant = {np.float64: np.float64(self.num_antennas), np.float32: np.float32(self.num_antennas)}
         self._harmonics = np.array([1.0, self.num_antennas])[:, None, None, None]
         # q rows of pattern_sums: N r_k and 2 (dR_t R_r + R_t dR_r) -> r_k and dr_k/du.
         self._sum_scale = np.array([1.0 / self.num_antennas, self.scale / (2 * self.num_antennas)])[:, None]
@@ -271,12 +272,25 @@ class BeamPatterns:
         dr = (dratio[..., 0] * ratio[..., 1] + ratio[..., 0] * dratio[..., 1]) * (self.scale / n)
         return r, dr
 
-    def pattern_sums(self, u: np.ndarray, directions: np.ndarray) -> np.ndarray:
+    def pattern_shape(self, u: np.ndarray, directions: np.ndarray, dtype=np.float64) -> np.ndarray:
+        """``N r_k(u) = R(psi_t) R(psi_r)``: the real pattern up to its constant ``1 / N``, for
+        scale-free criteria (the angle search). Arguments as :meth:`real_pattern`; ``dtype``
+        float64 or float32 (the sines are then evaluated in float32)."""
+        half = (self._half_scale * (u[..., None, None] - directions)).astype(dtype, copy=False)  # psi / 2
+        sines = np.sin(half)
+        if np.abs(sines).min(initial=1.0) < 1e-9:  # on a beam centre: the guarded form
+            ratio = dirichlet_ratio(2 * half, self.num_antennas)
+        else:
+            ratio = np.sin(half * self._n_ant[dtype]) / sines
+        return ratio[..., 0] * ratio[..., 1]
+
+    def pattern_sums(self, u: np.ndarray, directions: np.ndarray, with_pattern: bool = False):
         """Sums over symbols of products of the real pattern and its slope, for the CRB.
 
         Args:
             u: ``(P,)`` spatial frequencies.
             directions: ``(P, K, 2)`` ``(u_tx, u_rx)`` per symbol (:meth:`beam_directions`).
+            with_pattern: also return the real pattern ``r_k(u)`` ``(P, K)``.
         Returns:
             ``(P, 2, 2)`` ``[[S_rr, S_rd], [S_rd, S_dd]]`` with ``S_rr = sum_k r_k^2``,
             ``S_rd = sum_k r_k r_k'``, ``S_dd = sum_k r_k'^2`` (``r' = dr/du``).
@@ -284,7 +298,7 @@ class BeamPatterns:
         half = self._half_scale * (u[:, None, None] - directions)  # psi / 2: (P, K, 2)
         angles = half * self._harmonics  # (2, P, K, 2): psi / 2 and N psi / 2
         sines = np.sin(angles)
-        if (np.abs(sines[0]) < 1e-9).any():  # on a beam centre: the guarded form
+        if np.abs(sines[0]).min(initial=1.0) < 1e-9:  # on a beam centre: the guarded form
             r, dr = self.real_pattern(u, directions, derivative=True)
             q = np.stack([r, dr], axis=1)
         else:
@@ -295,7 +309,8 @@ class BeamPatterns:
             np.multiply(ratio[..., 0], ratio[..., 1], out=q[:, 0])
             np.add(dratio[..., 0] * ratio[..., 1], ratio[..., 0] * dratio[..., 1], out=q[:, 1])
             q *= self._sum_scale  # rows r_k and dr_k/du
-        return np.matmul(q, q.transpose(0, 2, 1))
+        sums = np.matmul(q, q.transpose(0, 2, 1))
+        return (sums, q[:, 0]) if with_pattern else sums
 
     def pair_phase(self, beams: np.ndarray) -> np.ndarray:
         """``phase[tx_k, rx_k]`` for ``beams (..., K, 2)``: ``(..., K)`` complex, unit modulus."""

@@ -46,13 +46,14 @@ from rl_isac.scenario import SPEED_OF_LIGHT_MPS, ScenarioConfig
 
 FFT_OVERSAMPLING = 2
 NEWTON_STEPS = 3
-# Newton evaluates the DTFT and its derivatives by a Taylor series about the last exactly
-# evaluated point (orders 0 .. TAYLOR_TERMS - 1 from one matrix product) while it stays
-# within TAYLOR_RADIUS (in s = omega tau (L - 1) / 2, i.e. radians at the band edge):
-# truncation <= r^(T-2) / (T-2)! = 3e-11 (second derivative) and r^T / T! = 4e-14 (value)
-# relative to sum_l |z_l|, far below rounding of the samples. Farther, it re-evaluates exactly.
-TAYLOR_TERMS = 12
-TAYLOR_RADIUS = 0.4
+# Newton evaluates the DTFT and its derivatives by a Taylor series about an exactly evaluated
+# anchor (the peak FFT bin; orders 0 .. TAYLOR_TERMS - 1 from one matrix product) while it
+# stays within TAYLOR_RADIUS of it (in s = omega tau (L - 1) / 2, i.e. radians at the band
+# edge; one FFT bin is 2 pi (L - 1) / (2 nfft) = 1.6 here): truncation <= r^(T-2) / (T-2)! =
+# 1e-11 (second derivative) and r^T / T! = 5e-14 (value) relative to sum_l |z_l|, below the
+# rounding of the samples. Farther away it re-anchors at the current point.
+TAYLOR_TERMS = 16
+TAYLOR_RADIUS = 1.0
 ANGLE_GRID = 32
 DOPPLER_GRID = 5
 PARABOLIC_ROUNDS = 3
@@ -95,23 +96,39 @@ class PairEstimator:
         # minus one, so both neighbours of any bin inside are there) as one matrix product,
         # (z e^{j 2 pi start l / nfft}) @ gate_dtft with gate_dtft[l, j] = e^{j 2 pi j l / nfft}.
         self.gate_cols = int(np.floor(2 * cfg.range_gate_m / self.bin_m)) + 3
+        self._gate_col = np.arange(self.gate_cols)
+        self._inv_bin_m = 1.0 / self.bin_m
+        self._bin_phase = 2 * np.pi / self.nfft  # rad per subcarrier per bin
+        self._bin_s = 1.0 / (self.nfft * cfg.subcarrier_spacing_hz)  # delay of one bin, s
+        self._offsets_int = np.array([-1, 0, 1])
         l_idx = np.arange(num_l)
-        self._l_idx = l_idx
         self._gate_dtft = {np.complex128: np.exp(2j * np.pi * np.outer(l_idx, np.arange(self.gate_cols))
                                                  / self.nfft)}
-        # Newton in t = omega tau (rad per subcarrier): d^n/dt^n of e^{j t l_c} is (j l_c)^n e^{j t l_c}.
-        self._newton_weights = {np.complex128: (1j * self.lc)[:, None] ** np.arange(3)}  # (L, 3)
-        # ... and in s = t l_max (l_max = (L - 1) / 2) for the Taylor series: weights (j x_l)^n, |x_l| <= 1.
+        # Rows n = -1 .. of e^{j 2 pi n l_c / nfft} for every bin a gate inside the area can touch
+        # (row n + 1); bins beyond fall back to phase_ramp.
+        top_bin = int(np.ceil(cfg.max_range_m / self.bin_m)) + self.gate_cols + 2
+        self._bin_ramps = {np.complex128: np.exp(2j * np.pi * np.outer(np.arange(-1, top_bin), self.lc) / self.nfft)}
+        # Newton in s = omega tau l_max (l_max = (L - 1) / 2): d^n/ds^n of e^{j s x_l} is (j x_l)^n e^{j s x_l},
+        # x_l = l_c / l_max in [-1, 1].
         self._l_max = max((num_l - 1) / 2, 0.5)
         self._taylor_weights = {np.complex128: (1j * self.lc / self._l_max)[:, None] ** np.arange(TAYLOR_TERMS)}
         self._inv_factorial = 1.0 / np.cumprod(np.r_[1.0, np.arange(1.0, TAYLOR_TERMS)])  # 1 / n!
+        self._powers = np.arange(TAYLOR_TERMS, dtype=float)
+        # For _taylor_matrix: entry (n, j) takes coefficient n - j, or the trailing 0 where n < j.
+        self._taylor_index = {orders: np.array([[n - j if n >= j else TAYLOR_TERMS for j in range(orders)]
+                                                for n in range(TAYLOR_TERMS)]) for orders in (1, 3)}
         self._s_step_max = np.pi * self._l_max / self.nfft  # half an FFT bin in s
         # Angle search constants.
         self._frac = np.linspace(0, 1, ANGLE_GRID)
+        self._grid_steps = np.arange(ANGLE_GRID, dtype=float)
+        self._grid_margin = 1.5 * 2.0 / codebook.shape[1]  # 1.5 beam widths in u
         self._nu_grid = np.linspace(-self.nu_max_hz, self.nu_max_hz, DOPPLER_GRID)  # (H,)
+        self._nu_step = 2 * self.nu_max_hz / (DOPPLER_GRID - 1)
         self._k_t0 = 2 * np.pi * np.arange(cfg.num_tracking_symbols) * cfg.symbol_duration_s  # (K,)
+        self._minus_j_k_t0 = -1j * self._k_t0
         self._rot_grid = np.exp(-1j * self._k_t0[:, None] * self._nu_grid)  # (K, H)
         self._offsets = np.array([-1.0, 0.0, 1.0])
+        self._offsets4 = np.array([-1.0, 0.0, 1.0, 0.0])
 
     def _const(self, table: dict, dtype) -> np.ndarray:
         """``table`` cast to ``dtype`` (cached)."""
@@ -121,19 +138,9 @@ class PairEstimator:
         return table[dtype]
 
     # ------------------------------------------------------------------ range
-    def _dtft(self, z: np.ndarray, tau: np.ndarray, order: int = 0) -> list[np.ndarray]:
-        """``Y_k(tau)`` and its first ``order`` derivatives in tau, each ``(P, K)`` complex128."""
-        num, num_symbols, num_l = z.shape
-        t = self.omega * np.asarray(tau, float)
-        ramp = phase_ramp(t, num_l, (num_l - 1) / 2, z.dtype.type)  # (P, L) e^{j t l_c}
-        weights = self._const(self._newton_weights, z.dtype)[:, : order + 1]
-        out = np.matmul((z * ramp[:, None, :]).reshape(-1, num_l), weights).reshape(num, num_symbols, order + 1)
-        out = out.astype(np.complex128, copy=False)
-        return [out[..., j] * self.omega**j for j in range(order + 1)]
-
     def _coarse_peak(self, z: np.ndarray, gate_lo_m: np.ndarray, gate_hi_m: np.ndarray,
                      work: Workspace | None = None) -> np.ndarray:
-        """Delay of the strongest FFT bin inside each gate, refined by a parabola: ``(P,)`` seconds.
+        """The strongest FFT bin inside each gate ``(P,)`` int and its parabolic offset ``(P,)`` in bins.
 
         ``f(tau) = sum_k |Y_k(tau)|^2`` on the zero-padded FFT grid (bin ``tau_n = n / (nfft delta_f)``),
         bins outside the gate excluded (and counted as 0 for the parabola). Narrow gates
@@ -141,24 +148,20 @@ class PairEstimator:
         the full FFT. Both give the same grid values.
         """
         num, num_symbols, num_l = z.shape
-        lo_bin = np.ceil(np.asarray(gate_lo_m, float) / self.bin_m).astype(np.int64)
-        hi_bin = np.floor(np.asarray(gate_hi_m, float) / self.bin_m).astype(np.int64)
-        count = np.broadcast_to(hi_bin - lo_bin + 1, (num,))
         rows = np.arange(num)
-        if count.max() <= self.gate_cols - 2 and count.min() >= 1:
-            start = np.broadcast_to(lo_bin - 1, (num,))  # bin of column 0
-            # (P, L): e^{j 2 pi start l / nfft}
-            ramp = phase_ramp(2 * np.pi / self.nfft * start, num_l, 0.0, z.dtype.type, work=work, name="gate_ramp")
-            shifted = np.multiply(z, ramp[:, None, :], out=scratch(work, "shifted", z.shape, z.dtype))
-            spec = np.matmul(shifted.reshape(-1, num_l), self._const(self._gate_dtft, z.dtype))
-            spec = spec.reshape(num, num_symbols, -1)
-            power = (spec.real**2 + spec.imag**2).sum(axis=1).astype(float)  # (P, cols)
-            col = np.arange(self.gate_cols)
-            power = np.where((col >= 1) & (col <= count[:, None]), power, -1.0)
+        lo_bin = np.ceil(np.asarray(gate_lo_m, float) * self._inv_bin_m)  # first bin inside the gate
+        count = np.floor(np.asarray(gate_hi_m, float) * self._inv_bin_m) - lo_bin + 1  # bins inside
+        if np.ndim(count) == 1 and count.max() <= self.gate_cols - 2 and count.min() >= 1:
+            start = lo_bin.astype(np.int64) - 1  # bin of column 0
+            shifted = np.multiply(z, self._bin_ramp(start, z.dtype, work)[:, None, :],
+                                  out=scratch(work, "shifted", z.shape, z.dtype))
+            spec = np.matmul(shifted.reshape(-1, num_l), self._const(self._gate_dtft, z.dtype))  # (P K, cols)
+            power = np.square(np.abs(spec)).reshape(num, num_symbols, -1).sum(axis=1)  # (P, cols)
+            outside = self._gate_col > count[:, None]
+            outside[:, 0] = True
+            power[outside] = -1.0
             peak = power.argmax(axis=1)
-            p0 = power[rows, peak]
-            pm = np.maximum(power[rows, peak - 1], 0)
-            pp = np.maximum(power[rows, peak + 1], 0)
+            around = power[rows[:, None], peak[:, None] + self._offsets_int].astype(float)  # (P, 3)
             peak = peak + start
         else:
             spectrum = scipy.fft.ifft(z, n=self.nfft, axis=-1)
@@ -167,13 +170,19 @@ class PairEstimator:
             inside = (bins >= np.asarray(gate_lo_m, float)[..., None]) & (bins <= np.asarray(gate_hi_m, float)[..., None])
             power = np.where(inside, power, -1.0)
             peak = np.argmax(power, axis=1)
-            # Parabolic interpolation on the three bins around the peak (cyclic neighbours).
-            p0 = power[rows, peak]
-            pm = np.maximum(power[rows, (peak - 1) % self.nfft], 0)
-            pp = np.maximum(power[rows, (peak + 1) % self.nfft], 0)
-        denom = pm - 2 * p0 + pp
-        offset = np.where(denom < 0, 0.5 * (pm - pp) / np.where(denom < 0, denom, -1), 0.0)
-        return (peak + np.clip(offset, -0.5, 0.5)) / (self.nfft * self.cfg.subcarrier_spacing_hz)
+            around = power[rows[:, None], (peak[:, None] + self._offsets_int) % self.nfft]  # cyclic neighbours
+        # Parabolic interpolation on the three bins around the peak (bins outside the gate count as 0).
+        fit = np.maximum(around, 0.0) @ _PARABOLA  # 0.5 (p_- - p_+), p_- - 2 p_0 + p_+
+        offset = np.divide(fit[:, 0], fit[:, 1], out=np.zeros(num), where=fit[:, 1] < 0)
+        return peak, np.minimum(np.maximum(offset, -0.5), 0.5)
+
+    def _bin_ramp(self, bins: np.ndarray, dtype, work: Workspace | None) -> np.ndarray:
+        """``e^{j 2 pi n l_c / nfft}`` for integer bins ``n (P,)``: ``(P, L)`` of ``dtype`` (table rows)."""
+        table = self._const(self._bin_ramps, dtype)
+        if bins.min() >= -1 and bins.max() < len(table) - 1:
+            return np.take(table, bins + 1, axis=0, out=scratch(work, "bin_ramp", (len(bins), table.shape[1]), dtype))
+        num_l = table.shape[1]
+        return phase_ramp(self._bin_phase * bins, num_l, (num_l - 1) / 2, dtype, work=work, name="bin_ramp")
 
     def estimate_range(self, z: np.ndarray, gate_lo_m: np.ndarray, gate_hi_m: np.ndarray, *,
                        work: Workspace | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -190,41 +199,50 @@ class PairEstimator:
         # Newton on f(s) = sum_k |Y_k(s)|^2, s = omega tau l_max, with exact DTFT derivatives
         # Y^(n)_k(s) = sum_l z[k, l] (j x_l)^n e^{j s x_l}, x_l = l_c / l_max: all from the
         # Taylor series about an anchor s_a, Y^(n)(s_a + d) = sum_i d^i / i! Y^(n + i)(s_a).
+        # In real arithmetic: the rows of X = D C (P, 2K, 3) are the real and imaginary parts of
+        # (Y, Y', Y'') per symbol, so with G = X^T X: f' = 2 G_01, f'' = 2 (G_11 + G_02).
         scale = self.omega * self._l_max  # s per second of delay
-        s = scale * self._coarse_peak(z, gate_lo_m, gate_hi_m, work)
-        anchor, derivs = s, self._derivatives(z, s, work)
+        peak, offset = self._coarse_peak(z, gate_lo_m, gate_hi_m, work)
+        bin_s = self._bin_phase * self._l_max  # one FFT bin in s
+        anchor = peak * bin_s
+        derivs = self._derivatives(z, self._bin_ramp(peak, z.dtype, work), work)
+        s = anchor + offset * bin_s
         for _ in range(NEWTON_STEPS):
             if np.abs(s - anchor).max() > TAYLOR_RADIUS:
-                anchor, derivs = s, self._derivatives(z, s, work)
-            y = self._taylor(derivs, s - anchor, 3)  # (P, K, 3)
-            y0c = y[..., 0].conj()
-            grad = 2 * (y0c * y[..., 1]).real.sum(axis=1)
-            hess = 2 * (y[..., 1].real ** 2 + y[..., 1].imag ** 2 + (y0c * y[..., 2]).real).sum(axis=1)
-            step = np.where(hess < 0, -grad / np.where(hess < 0, hess, -1), 0.0)
-            s = s + np.minimum(np.maximum(step, -self._s_step_max), self._s_step_max)
+                anchor, derivs = s, self._derivatives(z, self._ramp(s, z.dtype, work), work)
+            x = np.matmul(derivs, self._taylor_matrix(s - anchor, 3))  # (P, 2K, 3)
+            gram = np.matmul(x.transpose(0, 2, 1), x)  # (P, 3, 3)
+            hess = gram[:, 1, 1] + gram[:, 0, 2]
+            step = np.divide(gram[:, 0, 1], hess, out=np.zeros(num), where=hess < 0)  # -f'/f'' where concave
+            s = s - np.minimum(np.maximum(step, -self._s_step_max), self._s_step_max)
         if np.abs(s - anchor).max() > TAYLOR_RADIUS:
-            anchor, derivs = s, self._derivatives(z, s, work)
-        y0 = self._taylor(derivs, s - anchor, 1)[..., 0]  # (P, K)
-        stat = (y0.real**2 + y0.imag**2).sum(axis=1) / (num_l * self.cfg.noise_power_w)
-        return SPEED_OF_LIGHT_MPS * s / (2 * scale), stat, y0 / num_l
+            anchor, derivs = s, self._derivatives(z, self._ramp(s, z.dtype, work), work)
+        y0 = np.matmul(derivs, self._taylor_matrix(s - anchor, 1))[..., 0]  # (P, 2K): Re Y_k, Im Y_k
+        stat = np.square(y0).sum(axis=1) * (1.0 / (num_l * self.cfg.noise_power_w))
+        c = (y0[:, :num_symbols] + 1j * y0[:, num_symbols:]) * (1.0 / num_l)
+        return SPEED_OF_LIGHT_MPS * s / (2 * scale), stat, c
 
-    def _derivatives(self, z: np.ndarray, s: np.ndarray, work: Workspace | None = None) -> np.ndarray:
-        """``Y^(n)_k(s)`` for ``n = 0 .. TAYLOR_TERMS - 1``: ``(P, K, TAYLOR_TERMS)`` complex128 (one matrix product)."""
+    def _ramp(self, s: np.ndarray, dtype, work: Workspace | None) -> np.ndarray:
+        """``e^{j s x_l}`` for ``s (P,)``: ``(P, L)``."""
+        num_l = len(self.lc)
+        return phase_ramp(s / self._l_max, num_l, (num_l - 1) / 2, dtype, work=work, name="newton_ramp")
+
+    def _derivatives(self, z: np.ndarray, ramp: np.ndarray, work: Workspace | None = None) -> np.ndarray:
+        """``Y^(n)_k(s) = sum_l z[k, l] (j x_l)^n e^{j s x_l}`` for ``n < TAYLOR_TERMS`` given the ramp
+        ``e^{j s x_l} (P, L)`` (one matrix product), as real rows: ``(P, 2K, TAYLOR_TERMS)`` float64,
+        rows ``k`` the real and rows ``K + k`` the imaginary parts."""
         num, num_symbols, num_l = z.shape
-        # (P, L): e^{j s x_l}
-        ramp = phase_ramp(s / self._l_max, num_l, (num_l - 1) / 2, z.dtype.type, work=work, name="newton_ramp")
         shifted = np.multiply(z, ramp[:, None, :], out=scratch(work, "shifted", z.shape, z.dtype))
-        out = np.matmul(shifted.reshape(-1, num_l), self._const(self._taylor_weights, z.dtype))
-        return out.reshape(num, num_symbols, TAYLOR_TERMS).astype(np.complex128, copy=False)
+        out = np.matmul(shifted.reshape(-1, num_l), self._const(self._taylor_weights, z.dtype))  # (P K, T)
+        out = out.view(out.real.dtype).reshape(num, num_symbols, TAYLOR_TERMS, 2)
+        return out.transpose(0, 3, 1, 2).reshape(num, 2 * num_symbols, TAYLOR_TERMS).astype(float)
 
-    def _taylor(self, derivs: np.ndarray, delta: np.ndarray, orders: int) -> np.ndarray:
-        """``Y^(j)(s_a + delta)`` for ``j < orders`` from the derivatives at ``s_a``: ``(P, K, orders)``."""
-        terms = derivs.shape[-1]
-        coef = delta[:, None] ** np.arange(terms) * self._inv_factorial  # (P, T): delta^i / i!
-        series = np.zeros((len(delta), terms, orders))
-        for j in range(orders):
-            series[:, j:, j] = coef[:, : terms - j]
-        return np.matmul(derivs, series)
+    def _taylor_matrix(self, delta: np.ndarray, orders: int) -> np.ndarray:
+        """``(P, T, orders)`` real: column ``j`` holds ``delta^i / i!`` at row ``j + i``, so that
+        ``derivs @ it`` gives ``Y^(j)(s_a + delta) = sum_i delta^i / i! Y^(j + i)(s_a)``."""
+        coef = np.zeros((len(delta), TAYLOR_TERMS + 1))  # delta^i / i! and a trailing 0
+        coef[:, :TAYLOR_TERMS] = np.power(delta[:, None], self._powers) * self._inv_factorial
+        return coef[:, self._taylor_index[orders]]
 
     # ------------------------------------------------------------------ angle
     def estimate_u(self, c: np.ndarray, beams: np.ndarray) -> np.ndarray:
@@ -245,41 +263,53 @@ class PairEstimator:
         return u
 
     def _search_u(self, c: np.ndarray, beams: np.ndarray, directions: np.ndarray):
+        """The angle search of :meth:`estimate_u`; also returns the Doppler estimate ``(P,)`` Hz.
+
+        The criterion does not depend on the scale of ``r``, so ``N r`` is used throughout;
+        the coarse grid is evaluated in float32 (it only picks the starting cell), the
+        parabolic refinement in float64.
+        """
         num = len(c)
         patterns = self.patterns
         c_real = c * patterns.pair_phase(beams).conj()  # c'_k: (P, K)
-        width = 2.0 / patterns.size
         u_beams = directions.reshape(num, -1)
-        lo = np.clip(u_beams.min(axis=1) - 1.5 * width, -1, 1)
-        hi = np.clip(u_beams.max(axis=1) + 1.5 * width, -1, 1)
-        u_grid = lo[:, None] + (hi - lo)[:, None] * self._frac  # (P, G)
-        r_grid = patterns.real_pattern(u_grid, directions[:, None])  # (P, G, K)
-        num_grid = np.matmul(r_grid, c_real[:, :, None] * self._rot_grid)  # (P, G, H)
+        lo = np.maximum(u_beams.min(axis=1) - self._grid_margin, -1.0)
+        hi = np.minimum(u_beams.max(axis=1) + self._grid_margin, 1.0)
+        h_u = (hi - lo) * (1.0 / (ANGLE_GRID - 1))
+        u_grid = lo[:, None] + h_u[:, None] * self._grid_steps  # (P, G)
+        r_grid = patterns.pattern_shape(u_grid, directions[:, None], np.float32)  # (P, G, K)
+        v_grid = (c_real[:, :, None] * self._rot_grid).astype(np.complex64)  # (P, K, H)
+        s_grid = np.matmul(r_grid, v_grid.view(np.float32)).view(np.complex64)  # (P, G, H)
         den = np.maximum((r_grid * r_grid).sum(axis=-1), 1e-30)  # (P, G)
-        crit = (num_grid.real**2 + num_grid.imag**2) / den[..., None]
-        flat = crit.reshape(num, -1).argmax(axis=1)
-        gi, hi_idx = np.divmod(flat, DOPPLER_GRID)
-        rows = np.arange(num)
-        u = u_grid[rows, gi]
+        crit = np.square(np.abs(s_grid)) / den[..., None]  # (P, G, H)
+        gi, hi_idx = np.divmod(crit.reshape(num, -1).argmax(axis=1), DOPPLER_GRID)
+        u = u_grid[np.arange(num), gi]
         nu = self._nu_grid[hi_idx]
-        h_u = (hi - lo) / (ANGLE_GRID - 1)
-        h_nu = np.full(num, 2 * self.nu_max_hz / (DOPPLER_GRID - 1))
+        h_nu = np.full(num, self._nu_step)
+        # Each round: a parabola along u at the current nu, then one along nu at the new u. The
+        # pattern at the new u and at the next round's three u points comes from one evaluation
+        # at (u - h_u, u, u + h_u) clipped to [-1, 1] and u itself. Along nu the denominator
+        # sum_k r_k^2 is common to the three points and so left out (the vertex does not change).
+        r4 = patterns.pattern_shape(self._u_points(u, h_u), directions[:, None])  # (P, 4, K)
         for _ in range(PARABOLIC_ROUNDS):
-            # along u at the current nu
-            pts = u[:, None] + h_u[:, None] * self._offsets  # (P, 3)
-            r3 = patterns.real_pattern(np.clip(pts, -1, 1), directions[:, None])  # (P, 3, K)
-            v = c_real * np.exp(-1j * nu[:, None] * self._k_t0)  # (P, K)
-            s = np.matmul(r3, v[:, :, None])[..., 0]
-            vals = (s.real**2 + s.imag**2) / np.maximum((r3 * r3).sum(axis=-1), 1e-30)
-            u, h_u = _parabolic_step(pts, vals, h_u)
-            # along nu at the current u
-            pts = nu[:, None] + h_nu[:, None] * self._offsets
-            r1 = patterns.real_pattern(u, directions)  # (P, K)
-            rot = np.exp(-1j * pts[:, :, None] * self._k_t0)  # (P, 3, K)
-            s = np.matmul(rot, (r1 * c_real)[:, :, None])[..., 0]
-            vals = (s.real**2 + s.imag**2) / np.maximum((r1 * r1).sum(axis=-1), 1e-30)[:, None]
-            nu, h_nu = _parabolic_step(pts, vals, h_nu)
-        return np.clip(u, -1, 1), nu
+            # along u at the current nu: three points u + h_u (-1, 0, 1)
+            r3 = r4[:, :3]
+            v = c_real * np.exp(nu[:, None] * self._minus_j_k_t0)  # (P, K) complex
+            s3 = np.matmul(r3, v.view(float).reshape(num, -1, 2)).view(complex)[..., 0]  # (P, 3)
+            vals = np.square(np.abs(s3)) / np.maximum((r3 * r3).sum(axis=-1), 1e-30)
+            u, h_u = _parabolic_step(u, vals, h_u)
+            r4 = patterns.pattern_shape(self._u_points(u, h_u), directions[:, None])
+            # along nu at the new u: three points nu + h_nu (-1, 0, 1)
+            rot = np.exp((nu[:, None] + h_nu[:, None] * self._offsets)[:, :, None] * self._minus_j_k_t0)  # (P, 3, K)
+            s3 = np.matmul(rot, (r4[:, 3] * c_real)[:, :, None])[..., 0]  # (P, 3)
+            nu, h_nu = _parabolic_step(nu, np.square(np.abs(s3)), h_nu)
+        return np.minimum(np.maximum(u, -1.0), 1.0), nu
+
+    def _u_points(self, u: np.ndarray, h_u: np.ndarray) -> np.ndarray:
+        """``(P, 4)``: ``u - h_u, u, u + h_u`` clipped to ``[-1, 1]``, and ``u`` as is."""
+        pts = u[:, None] + h_u[:, None] * self._offsets4
+        np.minimum(np.maximum(pts[:, :3], -1.0), 1.0, out=pts[:, :3])
+        return pts
 
     # ------------------------------------------------------------------ all together
     def estimate(self, z: np.ndarray, beams: np.ndarray, side: np.ndarray, gate_lo_m: np.ndarray,
@@ -322,27 +352,33 @@ class PairEstimator:
         u, _ = self._search_u(c, beams, directions)
         angle = side * np.arccos(u)
         snr_lin = np.maximum(stat - self.cfg.num_tracking_symbols, 1e-3)
-        # Covariance: CRB at the estimated amplitude and angle.
-        r, dr = self.patterns.real_pattern(u, directions, derivative=True)
-        energy = np.maximum((r * r).sum(axis=-1), 1e-30)
-        amp_sq = snr_lin * (self.cfg.noise_power_w / self.cfg.num_subcarriers) / energy
-        var_r, var_u = self.bound.from_pattern(amp_sq, r, dr)
-        var_a = var_u / np.maximum(np.sin(angle) ** 2, 1e-12)
-        detected &= np.isfinite(var_r) & np.isfinite(var_a)
-        return (np.where(detected, range_m, 0.0), np.where(detected, angle, 0.0), 10 * np.log10(snr_lin), detected,
-                np.where(detected, var_r, 0.0), np.where(detected, var_a, 0.0))
+        # Covariance: CRB at the estimated amplitude and angle (rho^2 = SNR sigma^2 / (L sum_k r_k^2)).
+        sums = self.patterns.pattern_sums(u, directions)  # (P, 2, 2)
+        amp_sq = snr_lin * (self.cfg.noise_power_w / self.cfg.num_subcarriers) / np.maximum(sums[:, 0, 0], 1e-30)
+        out = np.empty((4, num))  # range, angle, var_range, var_angle
+        with np.errstate(divide="ignore", invalid="ignore"):
+            _, informative = self.bound.from_sums(amp_sq, sums, out=out[2:])
+            out[3] /= np.maximum(np.sin(angle) ** 2, 1e-12)  # var(theta) = var(u) / sin^2(theta)
+            detected &= informative
+            out[0] = range_m
+            out[1] = angle
+            out = np.where(detected, out, 0.0)
+        return out[0], out[1], 10 * np.log10(snr_lin), detected, out[2], out[3]
 
 
-def _parabolic_step(pts: np.ndarray, vals: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """One parabolic fit through ``vals`` at ``pts = centre + h (-1, 0, 1)`` (each ``(P, 3)``).
+def _parabolic_step(centre: np.ndarray, vals: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One parabolic fit through ``vals (P, 3)`` at ``centre + h (-1, 0, 1)``.
 
     Returns the new centre (the vertex, limited to one step; one step uphill where the
     three points are not concave) and the next step (``0.35 h`` where concave, else ``h``).
     """
-    fm, f0, fp = vals[:, 0], vals[:, 1], vals[:, 2]
-    denom = fm - 2 * f0 + fp
-    concave = denom < 0
-    best_side = np.where(fp > fm, 1.0, -1.0)
-    offset = np.where(concave, 0.5 * (fm - fp) / np.where(concave, denom, -1.0), best_side)
-    offset = np.clip(offset, -1.0, 1.0)
-    return pts[:, 1] + offset * h, h * np.where(concave, 0.35, 1.0)
+    fit = vals @ _PARABOLA  # (P, 2): 0.5 (f_- - f_+) and f_- - 2 f_0 + f_+
+    half_diff, curvature = fit[:, 0], fit[:, 1]
+    concave = curvature < 0
+    uphill = np.where(half_diff < 0, 1.0, -1.0)  # toward the larger end point (f_- on a tie)
+    offset = np.divide(half_diff, curvature, out=uphill, where=concave)
+    offset = np.minimum(np.maximum(offset, -1.0), 1.0)
+    return centre + offset * h, np.where(concave, 0.35 * h, h)
+
+
+_PARABOLA = np.array([[0.5, 1.0], [0.0, -2.0], [-0.5, 1.0]])

@@ -75,31 +75,41 @@ class PairBound:
         ``inf`` where the beams carry no information (zero pattern, or ``u`` not separable from ``rho``).
         """
         r2 = r * r
-        s_rr = r2.sum(axis=-1)
-        s_rd = (r * dr).sum(axis=-1)
-        s_dd = (dr * dr).sum(axis=-1)
-        s_nn = r2 @ self.nu_weight
+        sums = np.empty((*r.shape[:-1], 2, 2))
+        sums[..., 0, 0] = r2.sum(axis=-1)
+        sums[..., 0, 1] = (r * dr).sum(axis=-1)
+        sums[..., 1, 1] = (dr * dr).sum(axis=-1)
         with np.errstate(divide="ignore", invalid="ignore"):
-            var_range, var_u, informative = self.from_sums(amplitude_sq, s_rr, s_rd, s_dd, s_nn)
-        return np.where(var_range > 0, var_range, np.inf), np.where(informative, var_u, np.inf)
+            var, informative = self.from_sums(amplitude_sq, sums, r2 @ self.nu_weight)
+        return np.where(var[0] > 0, var[0], np.inf), np.where(informative, var[1], np.inf)
 
-    def from_sums(self, amplitude_sq, s_rr, s_rd, s_dd, s_nn=0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def from_sums(self, amplitude_sq, sums: np.ndarray, s_nn=0.0, out: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
         """The bounds from the pattern sums (:meth:`rl_isac.physics.arrays.BeamPatterns.pattern_sums`).
 
         Args:
-            amplitude_sq: ``rho^2``; ``s_rr, s_rd, s_dd``: the sums; ``s_nn = sum_k (2 pi k T_0)^2 r_k^2``
-                (only in the ``1e-12`` regularisation; 0 changes ``var_u`` by < 1e-20 relative).
+            amplitude_sq: ``rho^2 (...)``.
+            sums: ``(..., 2, 2)`` ``[[S_rr, S_rd], [S_rd, S_dd]]`` (only the upper triangle is read).
+            s_nn: ``sum_k (2 pi k T_0)^2 r_k^2``; only in the ``1e-12`` regularisation, where leaving it
+                out changes ``var_u`` by less than ``1e-8 rho^2`` relative.
+            out: optional ``(2, ...)`` array for the result.
         Returns:
-            ``var_range_m2``, ``var_u`` and ``informative`` (both bounds finite and positive). Where
-            not informative the variances are ``inf``, negative or NaN (with numpy warnings, so call
-            it under ``np.errstate`` when that can happen).
+            ``[var_range_m2, var_u]`` as ``(2, ...)`` and ``informative (...)`` (both bounds finite and
+            positive). Where not informative the variances are ``inf``, negative or NaN, with numpy
+            warnings, so call it under ``np.errstate`` when that can happen.
         """
+        s_rr, s_rd, s_dd = sums[..., 0, 0], sums[..., 0, 1], sums[..., 1, 1]
         # Nuisance (rho) information, regularised as in the general solve: J'_rr + 1e-12 trace(J'_nn).
-        j_rr = s_rr + 1e-12 * (s_rr * (1.0 + amplitude_sq) + amplitude_sq * s_nn)
+        j_rr = s_rr * (1.0 + 1e-12 * (1.0 + amplitude_sq))
+        if not np.isscalar(s_nn) or s_nn != 0.0:
+            j_rr = j_rr + 1e-12 * amplitude_sq * s_nn
         eff_u = (self.info_scale * amplitude_sq) * (s_dd - s_rd * s_rd / j_rr)
         j_tau = (self.tau_scale * amplitude_sq) * s_rr
-        informative = (eff_u > 0) & (j_tau > 0)
-        return self.range_scale / j_tau, 1.0 / eff_u, informative
+        if out is None:
+            out = np.empty((2, *np.shape(j_tau)))
+        np.divide(self.range_scale, j_tau, out=out[0])
+        np.divide(1.0, eff_u, out=out[1])
+        return out, (eff_u > 0) & (j_tau > 0)
 
 
 def range_angle_crb(cfg: ScenarioConfig, codebook: np.ndarray, amplitude: np.ndarray, u: np.ndarray,

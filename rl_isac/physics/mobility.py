@@ -11,6 +11,8 @@ speed is preserved and no target ever reaches a BS's array axis (``y = 0`` or
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from rl_isac.scenario import ScenarioConfig
@@ -51,28 +53,47 @@ def step(cfg: ScenarioConfig, pos: np.ndarray, heading: np.ndarray, *, rng: np.r
     return new, heading
 
 
-def advance(cfg: ScenarioConfig, pos: np.ndarray, heading: np.ndarray, *, rng: np.random.Generator
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def advance(cfg: ScenarioConfig, pos: np.ndarray, heading: np.ndarray, *, rng: np.random.Generator | None,
+            turns: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`step`, also returning the velocity ``(I, 2)`` m/s of the move just made (before reflection).
 
     Both axes are folded at once: with ``rel = (x - lo) mod 2 span`` the position is
     ``lo + rel`` or, past the far wall (``rel > span``), ``lo + 2 span - rel``, and the
-    velocity component along that axis flips.
+    velocity component along that axis flips. ``turns`` (``(I,)``, radians) replaces the
+    heading steps drawn from ``rng`` (several environments advanced at once, each with its
+    own generator).
     """
     margin = cfg.edge_margin_m
-    width, height = cfg.area_size_m
-    span = np.array((width - 2 * margin, height - 2 * margin))
+    span, period = _box(margin, *cfg.area_size_m)
     direction = np.empty((len(heading), 2))
     np.cos(heading, out=direction[:, 0])
     np.sin(heading, out=direction[:, 1])
     velocity = cfg.speed_mps * direction
     new = pos + velocity * cfg.block_duration_s
-    rel = np.mod(new - margin, 2 * span)
+    rel = np.mod(new - margin, period)
     flipped = rel > span
-    new = margin + np.where(flipped, 2 * span - rel, rel)
-    # Mirror the heading where a wall was hit: vx -> -vx (vertical wall), vy -> -vy (horizontal wall).
-    np.negative(direction, out=direction, where=flipped)
+    if flipped.any():
+        new = margin + np.where(flipped, period - rel, rel)
+        # Mirror the heading where a wall was hit: vx -> -vx (vertical wall), vy -> -vy (horizontal wall).
+        np.negative(direction, out=direction, where=flipped)
+    else:
+        new = margin + rel
     heading = np.arctan2(direction[:, 1], direction[:, 0])
-    heading += rng.uniform(-cfg.heading_step_rad, cfg.heading_step_rad, len(heading))
+    heading += heading_turns(cfg, len(heading), rng) if turns is None else turns
     heading = np.mod(heading + np.pi, 2 * np.pi) - np.pi
     return new, heading, velocity
+
+
+def heading_turns(cfg: ScenarioConfig, num: int, rng: np.random.Generator) -> np.ndarray:
+    """The heading steps ``U(-h, h)`` of ``num`` targets for one block, radians."""
+    return rng.uniform(-cfg.heading_step_rad, cfg.heading_step_rad, num)
+
+
+@functools.lru_cache(maxsize=16)
+def _box(margin: float, width: float, height: float) -> tuple[np.ndarray, np.ndarray]:
+    """Side lengths ``span`` of the reflecting box and the folding period ``2 span``, each ``(2,)``."""
+    span = np.array((width - 2 * margin, height - 2 * margin))
+    span.flags.writeable = False
+    period = 2 * span
+    period.flags.writeable = False
+    return span, period

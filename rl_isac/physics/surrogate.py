@@ -20,6 +20,10 @@ Model, per assigned pair with true range ``d``, ``u = cos(theta)`` and beams:
 Not modelled: interference from other targets and from the other RF chain
 (below ``1/L`` after matched filtering unless a second target sits in the same
 beam and range gate), and ML outliers at low SNR.
+
+Random draws per call, in this order: the RCS phases ``U(0, 2 pi) (P,)``, then one vector of
+``N(0, 1)``: the real and the imaginary parts of the noise of ``c`` ``(P, K)`` each, and the
+range and ``u`` errors ``(2, P)``.
 """
 
 from __future__ import annotations
@@ -43,50 +47,63 @@ class SurrogateFrontEnd:
         self.patterns = beam_patterns(codebook.shape[0], codebook.shape[1], cfg.antenna_spacing_wavelengths)
         self.bound = PairBound(cfg)
         self.num_symbols = cfg.num_tracking_symbols
-        self.num_subcarriers = cfg.num_subcarriers
         self.sigma2 = cfg.noise_power_w
-        self.noise_std = np.sqrt(self.sigma2 / (2 * self.num_subcarriers))  # per real part of c_k
+        self.noise_std = np.sqrt(self.sigma2 / (2 * cfg.num_subcarriers))  # per real part of c_k
+        self.amp_sq_per_snr = cfg.noise_power_w / cfg.num_subcarriers  # rho^2 sum_k r_k^2 per unit SNR
         self.doppler_phase = 2 * np.pi * cfg.symbol_duration_s * np.arange(self.num_symbols)  # (K,) rad per Hz
 
     def draw(self, range_m: np.ndarray, u: np.ndarray, side: np.ndarray, amplitude: np.ndarray,
              beams: np.ndarray, doppler_hz: np.ndarray, gate_lo_m, gate_hi_m, threshold, *,
-             rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+             rng) -> tuple[np.ndarray, ...]:
         """Draw ``P`` pairs (arguments as :func:`surrogate_measure`; gates and threshold may be scalars).
+
+        ``rng`` is one generator, or ``[(generator, count), ...]``: consecutive runs of pairs
+        (several environments), each drawn from its own generator exactly as one call per run.
 
         Returns:
             ``range_m, angle_rad, snr_db, detected, var_range_m2, var_angle_rad2``, each ``(P,)``;
             range, angle and variances are 0 where not detected.
         """
         num, num_symbols = beams.shape[:2]
-        directions = self.patterns.directions[beams]  # (P, K, 2)
-        r, dr = self.patterns.real_pattern(u, directions, derivative=True)  # (P, K)
-        g = self.patterns.pair_phase(beams) * r  # g_k(u), (P, K)
-        # Random draws, in this order: RCS phase (P,), then one normal vector for the noise of c
-        # (real parts (P, K), imaginary parts (P, K)) and the two estimate errors (2, P).
+        patterns = self.patterns
+        directions = patterns.directions[beams]  # (P, K, 2)
+        sums, r = patterns.pattern_sums(u, directions, with_pattern=True)  # at the truth
+        rcs_phase, noise, err = _draws(rng, num, num_symbols)
+        # c_k / std with std = sqrt(sigma^2 / (2 L)) per real part, so that T = sum_k |c_k / std|^2 / 2.
+        c = ((amplitude / self.noise_std)[:, None] * patterns.pair_phase(beams) * r
+             * np.exp(1j * (rcs_phase[:, None] + doppler_hz[:, None] * self.doppler_phase))
+             + (noise[0] + 1j * noise[1]))
+        stat = 0.5 * np.square(c.view(float)).sum(axis=1)
+        out = np.empty((4, num))  # range, angle, var_range, var_angle of the estimate
+        with np.errstate(divide="ignore", invalid="ignore"):
+            var, informative = self.bound.from_sums(amplitude * amplitude, sums)  # CRB at the truth
+            detected = (stat > threshold) & (range_m >= gate_lo_m) & (range_m <= gate_hi_m) & informative
+            spread = np.sqrt(np.where(detected, var, 0.0))
+            spread *= err
+            r_hat = np.add(range_m, spread[0], out=out[0])
+            u_hat = np.minimum(np.maximum(u + spread[1], -1.0), 1.0)
+            angle = np.multiply(side, np.arccos(u_hat), out=out[1])
+            snr_lin = np.maximum(stat - num_symbols, 1e-3)
+            # Reported quality: the CRB at the estimated SNR and angle, as the signal-level estimator reports.
+            sums = patterns.pattern_sums(u_hat, directions)
+            amp_sq = snr_lin * self.amp_sq_per_snr / np.maximum(sums[:, 0, 0], 1e-30)
+            _, informative = self.bound.from_sums(amp_sq, sums, out=out[2:])
+            out[3] /= np.maximum(np.sin(angle) ** 2, 1e-12)  # var(theta) = var(u) / sin^2(theta)
+            detected &= informative & (r_hat > 0)
+            out = np.where(detected, out, 0.0)
+        return out[0], out[1], 10 * np.log10(snr_lin), detected, out[2], out[3]
+
+
+def _draws(rng, num: int, num_symbols: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """RCS phases ``(P,)``, noise of ``c`` ``(2, P, K)`` (real, imaginary) and estimate errors ``(2, P)``."""
+    if isinstance(rng, np.random.Generator):
         rcs_phase = rng.uniform(0, 2 * np.pi, num)
-        normal = rng.standard_normal(2 * num * num_symbols + 2 * num)
-        noise_re = normal[: num * num_symbols].reshape(num, num_symbols)
-        noise_im = normal[num * num_symbols: 2 * num * num_symbols].reshape(num, num_symbols)
-        err = normal[2 * num * num_symbols:].reshape(2, num)
-        phase = rcs_phase[:, None] + doppler_hz[:, None] * self.doppler_phase
-        c = amplitude[:, None] * g * np.exp(1j * phase) + (noise_re + 1j * noise_im) * self.noise_std
-        stat = (c.real**2 + c.imag**2).sum(axis=1) * (self.num_subcarriers / self.sigma2)
-        in_gate = (range_m >= gate_lo_m) & (range_m <= gate_hi_m)
-        var_r, var_u = self.bound.from_pattern(amplitude * amplitude, r, dr)
-        detected = (stat > threshold) & in_gate & np.isfinite(var_r) & np.isfinite(var_u)
-        r_hat = range_m + np.sqrt(np.where(detected, var_r, 0.0)) * err[0]
-        u_hat = np.clip(u + np.sqrt(np.where(detected, var_u, 0.0)) * err[1], -1.0, 1.0)
-        angle = side * np.arccos(u_hat)
-        snr_lin = np.maximum(stat - num_symbols, 1e-3)
-        # Reported quality: the CRB at the estimated SNR and angle, as the signal-level estimator reports.
-        r_hat_pat, dr_hat_pat = self.patterns.real_pattern(u_hat, directions, derivative=True)
-        energy = np.maximum((r_hat_pat * r_hat_pat).sum(axis=1), 1e-30)
-        amp_sq = snr_lin * (self.sigma2 / self.num_subcarriers) / energy
-        var_r_hat, var_u_hat = self.bound.from_pattern(amp_sq, r_hat_pat, dr_hat_pat)
-        var_a_hat = var_u_hat / np.maximum(np.sin(angle) ** 2, 1e-12)
-        detected &= np.isfinite(var_r_hat) & np.isfinite(var_a_hat) & (r_hat > 0)
-        return (np.where(detected, r_hat, 0.0), np.where(detected, angle, 0.0), 10 * np.log10(snr_lin), detected,
-                np.where(detected, var_r_hat, 0.0), np.where(detected, var_a_hat, 0.0))
+        normal = rng.standard_normal(2 * num * (num_symbols + 1))
+        return (rcs_phase, normal[: 2 * num * num_symbols].reshape(2, num, num_symbols),
+                normal[2 * num * num_symbols:].reshape(2, num))
+    parts = [_draws(gen, count, num_symbols) for gen, count in rng]
+    return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts], axis=1),
+            np.concatenate([p[2] for p in parts], axis=1))
 
 
 def surrogate_measure(cfg: ScenarioConfig, codebook: np.ndarray, range_m: np.ndarray, u: np.ndarray,
@@ -100,6 +117,7 @@ def surrogate_measure(cfg: ScenarioConfig, codebook: np.ndarray, range_m: np.nda
         beams: ``(P, K, 2)`` int.
     Returns:
         dict as :meth:`rl_isac.physics.estimation.PairEstimator.estimate`.
+
     """
     args = [np.asarray(a, dtype=float) for a in (range_m, u, side, amplitude)]
     rng_m, ang, snr_db, detected, var_r, var_a = SurrogateFrontEnd(cfg, codebook).draw(

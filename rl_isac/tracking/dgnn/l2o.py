@@ -61,6 +61,9 @@ from rl_isac.errors import ConfigError
 L2O_KEYS = ("target_embedding", "u_tilde", "bs_positions", "scales_m", "anchor_log_std", "anchor_age")
 """Inputs of :class:`L2OHead`: two DGNN outputs and four window arrays (batch axis leading)."""
 
+OBJECTIVE_KEYS = ("info", "prior_info")
+"""Extra inputs with ``objective_features``: ``(B, M, I, 2, 2)`` and ``(B, I, 2, 2)``, 1/m^2."""
+
 _DIST_REF_M = 100.0
 _GEOM_FEATURES = 2 + 2 + 2 + 1 + 1 + 1 + 1  # p_m, u_i, direction, distance, log distance, log std, age
 
@@ -75,12 +78,23 @@ class L2OConfig:
     """Width of the pair MLPs."""
     context_layers: int = 2
     """Rounds of the bipartite DeepSets update (0 = independent per-pair scores)."""
+    objective_features: bool = False
+    """Also feed the objective's parameters (an ablation, not the paper's Benchmark II): per target
+    ``log10 tr(P_i^-1)`` (prior cost) and per pair ``log10(tr(P_i^-1) / tr((P_i + J_mi)^-1))`` (the cost
+    decrease of that BS alone), from the ``info`` / ``prior_info`` the associator receives."""
 
     def __post_init__(self) -> None:
         for name, lo in (("embedding_dim", 1), ("hidden_dim", 1), ("context_layers", 0)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ConfigError(name, v, f"must be an integer >= {lo}")
+        if not isinstance(self.objective_features, bool):
+            raise ConfigError("objective_features", self.objective_features, "must be a bool")
+
+    @property
+    def input_keys(self) -> tuple[str, ...]:
+        """Keys :meth:`L2OHead.forward` reads: :data:`L2O_KEYS` (+ ``info``, ``prior_info``)."""
+        return L2O_KEYS + (OBJECTIVE_KEYS if self.objective_features else ())
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of builtins."""
@@ -94,6 +108,12 @@ class L2OConfig:
             if key not in known:
                 raise ConfigError(key, data[key], f"unknown field; known fields: {sorted(known)}")
         return cls(**data)
+
+
+def _trace_inv(mat: Tensor) -> Tensor:
+    """``tr(inv(X))`` of symmetric 2x2 matrices ``(..., 2, 2)``."""
+    a, b, d = mat[..., 0, 0], mat[..., 0, 1], mat[..., 1, 1]
+    return (a + d) / (a * d - b * b)
 
 
 def _mlp(n_in: int, n_hidden: int, n_out: int) -> nn.Sequential:
@@ -115,7 +135,8 @@ class L2OHead(nn.Module):
         super().__init__()
         self.cfg = cfg
         H = cfg.hidden_dim
-        self.encode = nn.Sequential(_mlp(_GEOM_FEATURES + cfg.embedding_dim, H, H), nn.LayerNorm(H))
+        n_in = _GEOM_FEATURES + cfg.embedding_dim + (2 if cfg.objective_features else 0)
+        self.encode = nn.Sequential(_mlp(n_in, H, H), nn.LayerNorm(H))
         self.context = nn.ModuleList([_mlp(3 * H, H, H) for _ in range(cfg.context_layers)])
         self.norms = nn.ModuleList([nn.LayerNorm(H) for _ in range(cfg.context_layers)])
         self.out = nn.Linear(H, 1)
@@ -136,6 +157,11 @@ class L2OHead(nn.Module):
         parts = [p[:, :, None].expand(B, M, I, 2), rel / dist, dist / scales[:, 2, None, None, None],
                  torch.log10(dist / _DIST_REF_M), per_target[:, None].expand(B, M, I, 4),
                  z[:, None].expand(B, M, I, z.shape[-1])]
+        if self.cfg.objective_features:
+            prior = inputs["prior_info"][:, None].double()            # (B, 1, I, 2, 2), float64: 2x2 inverses
+            c0 = _trace_inv(prior)                                    # (B, 1, I)
+            c1 = _trace_inv(prior + inputs["info"].double())          # (B, M, I)
+            parts += [torch.log10(c0).float()[..., None].expand(B, M, I, 1), torch.log10(c0 / c1).float()[..., None]]
         return torch.cat(parts, dim=-1)
 
     def forward(self, inputs: dict[str, Tensor]) -> Tensor:
@@ -147,7 +173,8 @@ class L2OHead(nn.Module):
         return self.out(h).squeeze(-1)
 
     @torch.no_grad()
-    def scores(self, dgnn_out: dict[str, np.ndarray], obs: dict[str, np.ndarray]) -> np.ndarray:
+    def scores(self, dgnn_out: dict[str, np.ndarray], obs: dict[str, np.ndarray],
+               objective: dict[str, np.ndarray] | None = None) -> np.ndarray:
         """Scores on numpy inputs (one observation or a batch), eval mode.
 
         Args:
@@ -155,12 +182,13 @@ class L2OHead(nn.Module):
                 ``u_tilde``).
             obs: the window arrays the DGNN read (``bs_positions``, ``scales_m``, ``anchor_log_std``,
                 ``anchor_age``).
+            objective: ``info`` and ``prior_info`` (needed with ``objective_features`` only).
         Returns:
             ``(M, I)`` or ``(B, M, I)`` float32.
         """
         batched = np.ndim(dgnn_out["u_tilde"]) == 3
-        src = {**{k: obs[k] for k in L2O_KEYS[2:]}, **{k: dgnn_out[k] for k in L2O_KEYS[:2]}}
-        t = {k: torch.as_tensor(np.asarray(src[k]), dtype=torch.float32) for k in L2O_KEYS}
+        src = {**{k: obs[k] for k in L2O_KEYS[2:]}, **{k: dgnn_out[k] for k in L2O_KEYS[:2]}, **(objective or {})}
+        t = {k: torch.as_tensor(np.asarray(src[k]), dtype=torch.float32) for k in self.cfg.input_keys}
         if not batched:
             t = {k: v.unsqueeze(0) for k, v in t.items()}
         was = self.training
@@ -203,7 +231,10 @@ def repair(scores: np.ndarray, num_rf: int) -> np.ndarray:
 
 
 class L2OAssociator:
-    """The ``dgnn-l2o`` associator: ``solve(info, prior_info, num_rf)`` ignores the objective.
+    """The ``dgnn-l2o`` associator: ``solve(info, prior_info, num_rf)`` optimises nothing.
+
+    ``info`` / ``prior_info`` are only read as input features when the head was trained with
+    ``objective_features`` (an ablation), and by the first-block fallback.
 
     It scores the pairs with :class:`L2OHead` on the estimator's last DGNN output
     (``estimator.last``) and the window it read (``estimator.window``), then :func:`repair`.
@@ -228,10 +259,11 @@ class L2OAssociator:
         if last is None:
             self.last_scores = None
             return self.fallback.solve(info, prior_info, num_rf)
-        self.last_scores = self.head.scores(last, self.estimator.window.as_arrays())
+        self.last_scores = self.head.scores(last, self.estimator.window.as_arrays(),
+                                            {"info": info, "prior_info": prior_info})
         if self.last_scores.shape != np.shape(info)[:2]:
             raise ConfigError("l2o", self.last_scores.shape, f"scores do not match the problem {np.shape(info)[:2]}")
         return repair(self.last_scores, num_rf)
 
 
-__all__ = ["L2OAssociator", "L2OConfig", "L2OHead", "L2O_KEYS", "repair"]
+__all__ = ["L2OAssociator", "L2OConfig", "L2OHead", "L2O_KEYS", "OBJECTIVE_KEYS", "repair"]
