@@ -310,21 +310,22 @@ class _FrontEnd:
         symbols = work.get("symbols", (num_env * num_bs, *shape[1:]), SIGNAL_DTYPE)
         for e, rng in enumerate(rngs):
             qpsk_symbols(shape, rng=rng, dtype=SIGNAL_DTYPE, work=work, out=symbols[e * num_bs:(e + 1) * num_bs])
-        y = synthesize_echo(cfg, self.codebook, batch.chain_active, chain_beams, gains, u,
-                            (2.0 / SPEED_OF_LIGHT_MPS) * range_m, nu, symbols, rng=None, dtype=SIGNAL_DTYPE, work=work)
-        noise = work.get("noise", y.shape, SIGNAL_DTYPE)
+        # Beam-space noise F^H n first (drawn into the echo buffer), then the echoes of eq. (2) added to it.
+        y = work.get("echo", symbols.shape, SIGNAL_DTYPE)
         for e, rng in enumerate(rngs):
             complex_normal(rng, shape, SIGNAL_DTYPE, scale=self.noise_std, work=work,
-                           out=noise[e * num_bs:(e + 1) * num_bs])
-        y += colour_noise(noise, cfg, self.codebook, batch.chain_active, chain_beams[..., 1])
+                           out=y[e * num_bs:(e + 1) * num_bs])
+        colour_noise(y, cfg, self.codebook, batch.chain_active, chain_beams[..., 1])
+        y = synthesize_echo(cfg, self.codebook, batch.chain_active, chain_beams, gains, u,
+                            (2.0 / SPEED_OF_LIGHT_MPS) * range_m, nu, symbols, rng=None, dtype=SIGNAL_DTYPE, work=work,
+                            add_to=y)
         # Matched filter: pair p uses its own chain's samples and symbols, z = v conj(s): (P, K, L).
         y = y.reshape(-1, *y.shape[2:])
-        symbols = symbols.reshape(y.shape)
+        symbols = np.conjugate(symbols, out=symbols).reshape(y.shape)
         if batch.all_chains:
-            conj = np.conjugate(symbols, out=work.get("conj", symbols.shape, symbols.dtype))
-            z = np.multiply(y, conj, out=work.get("matched", y.shape, y.dtype))
+            z = np.multiply(y, symbols, out=y)
         else:
-            z = y[batch.chain_flat] * symbols[batch.chain_flat].conj()
+            z = y[batch.chain_flat] * symbols[batch.chain_flat]
         return self.estimator.estimate_pairs(z, pair_beams, batch.side, gate_lo, gate_hi, threshold, work=work)
 
     def _collect(self, batch, est, block: int) -> list[Measurements]:

@@ -496,9 +496,12 @@ class MilpSolver(AssociationSolver):
        exact loads (5c), pruning partial values that cannot finish
        ``<= T``. A solution found is optimal: any solution using a dropped
        column is worse than ``T``. If none is found ``T - L`` grows 4x and
-       the DP repeats. ``T`` starts at ``L + dp_initial_gap * |b^T y|``.
+       the DP repeats (:func:`_reduced_cost_search`). ``T`` starts at
+       ``L + dp_initial_gap * |b^T y|`` (or the rounded LP point's value).
     4. **MILP fallback**, only if the DP state space exceeds
-       ``dp_max_entries`` (or the load vector does not fit 62 bits): an upper
+       ``dp_max_entries`` (or the load vector does not fit 62 bits; HiGHS's
+       MIP on all columns takes tens of ms at ``M = 6, I = 8`` and minutes
+       at ``M = I = 12``, hence the reductions): an upper
        bound from a MILP restricted to the ``restricted_columns`` columns of
        smallest ``rc`` plus the greedy association's, then reduced-cost fixing
        (keep ``bound_j <= UB`` with a 1e-9 relative margin) and, if a column
@@ -609,27 +612,17 @@ class MilpSolver(AssociationSolver):
             self.last_stats.update(path="lp", kept=int(np.count_nonzero(rounded)))
             return _finish(shape.decode(rounded), num_rf)
         # 3. reduced-cost DP with a growing threshold T (a feasible rounded LP point bounds the first T)
-        bound = reduced + (floor - row_min)[:, None]  # least rc^T x of a solution using the column
         margin = 1e-9 * abs(lp_value) + 1e-300
-        ceiling = float(reduced.max(axis=1).sum())  # every feasible x has rc^T x <= ceiling
-        threshold = min(floor + self.dp_initial_gap * abs(lp_value), rounded_value)
-        rounds = 0
-        while shape.packing is not None:
-            rounds += 1
-            keep = bound <= threshold + margin
-            found = _subset_dp(reduced, keep, shape, threshold + margin, self.dp_max_entries)
-            if found is None:  # state space too large: MILP fallback
-                break
-            if found is not False:
-                self.last_stats.update(path="dp", dp_rounds=rounds, kept=int(np.count_nonzero(keep)))
-                chosen = np.zeros(reduced.shape, dtype=bool)
-                chosen[np.arange(num_targets), found] = True
-                return _finish(shape.decode(chosen), num_rf)
-            if threshold >= ceiling:  # pragma: no cover - nothing pruned, yet (5c)-(5d) are satisfiable
-                raise RlIsacError("association DP found no feasible association")
-            threshold = min(floor + 4.0 * (threshold - floor), ceiling)
+        found, rounds, kept = _reduced_cost_search(
+            reduced, shape, min(floor + self.dp_initial_gap * abs(lp_value), rounded_value), margin,
+            self.dp_max_entries)
+        if found is not None:
+            self.last_stats.update(path="dp", dp_rounds=rounds, kept=kept)
+            chosen = np.zeros(reduced.shape, dtype=bool)
+            chosen[np.arange(num_targets), found] = True
+            return _finish(shape.decode(chosen), num_rf)
         # 4. MILP fallback: restricted MILP for an upper bound, reduced-cost fixing, MILP on the survivors
-        flat_cost, flat_bound = cost.ravel(), bound.ravel()
+        flat_cost, flat_bound = cost.ravel(), (reduced + (floor - row_min)[:, None]).ravel()
         restricted = np.zeros(flat_cost.size, dtype=bool)
         restricted[np.argsort(reduced.ravel(), kind="stable")[: self.restricted_columns]] = True
         restricted[shape.columns_of(GreedySolver().solve(info, prior_info, num_rf))] = True
@@ -805,6 +798,47 @@ class _SubsetLp:
         x[self.pool] = solution.col_value
         self.support = np.flatnonzero(x > 1e-9)
         return x.reshape(cost.shape), y, reduced
+
+
+def _reduced_cost_search(reduced: np.ndarray, shape: _SubsetShape, threshold: float, margin: float,
+                         max_entries: int) -> tuple[np.ndarray | None, int, int]:
+    """Exact ``argmin rc^T x`` over all feasible ``x`` by the DP on a growing threshold ``T``.
+
+    Valid for *any* ``reduced`` (I, K): every target takes one column, so a
+    solution using column ``j`` of target ``i`` has ``rc^T x >= bound_j =
+    rc_j + L - min_k rc[i, k]`` with ``L = sum_i min_k rc[i, k]``. Only
+    columns with ``bound_j <= T`` can be in a solution with ``rc^T x <=
+    T``, so a DP optimum over them (which is ``<= T``) is a global
+    optimum. Without one ``T - L`` grows 4x, up to ``sum_i max_k rc[i, k]``
+    (no pruning at all). ``margin`` (absolute) widens every comparison
+    against rounding.
+
+    Returns
+    -------
+    (chosen, rounds, kept)
+        ``chosen``: the set ``k`` of each target (I,), or None when the
+        state space exceeds ``max_entries`` or the loads do not fit the
+        packing; ``rounds``: DP runs; ``kept``: columns kept in the last.
+    """
+    if shape.packing is None:
+        return None, 0, 0
+    row_min = reduced.min(axis=1)
+    floor = float(row_min.sum())
+    bound = reduced + (floor - row_min)[:, None]  # least rc^T x of a solution using the column
+    ceiling = float(reduced.max(axis=1).sum())  # every feasible x has rc^T x <= ceiling
+    threshold = min(max(threshold, floor), ceiling)
+    rounds = 0
+    while True:
+        rounds += 1
+        keep = bound <= threshold + margin
+        found = _subset_dp(reduced, keep, shape, threshold + margin, max_entries)
+        if found is None:
+            return None, rounds, int(np.count_nonzero(keep))
+        if found is not False:
+            return found, rounds, int(np.count_nonzero(keep))
+        if threshold >= ceiling:  # pragma: no cover - nothing pruned, yet (5c)-(5d) are satisfiable
+            raise RlIsacError("association DP found no feasible association")
+        threshold = min(floor + max(4.0 * (threshold - floor), margin), ceiling)
 
 
 def _subset_dp(reduced: np.ndarray, keep: np.ndarray, shape: _SubsetShape, threshold: float,

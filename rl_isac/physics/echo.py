@@ -165,7 +165,7 @@ _QPSK_BYTE = {np.dtype(np.complex128): _QPSK[(np.arange(256)[:, None] >> (2 * np
 def synthesize_echo(cfg: ScenarioConfig, codebook: np.ndarray, chain_active: np.ndarray, chain_beams: np.ndarray,
                     gains: np.ndarray, u: np.ndarray, tau_s: np.ndarray, doppler_hz: np.ndarray,
                     symbols: np.ndarray, *, rng: np.random.Generator | None, dtype=np.complex128,
-                    work: Workspace | None = None) -> np.ndarray:
+                    work: Workspace | None = None, add_to: np.ndarray | None = None) -> np.ndarray:
     """Received samples of eq. (2) for all BSs.
 
     The beam responses use the closed form of the DFT codebook
@@ -193,6 +193,8 @@ def synthesize_echo(cfg: ScenarioConfig, codebook: np.ndarray, chain_active: np.
             strongest echo, far below the thermal noise).
         work: optional :class:`Workspace` for the large arrays; the result then lives in
             it (name ``"echo"``) until the next call.
+        add_to: optional ``(M, R, K, L)`` array of ``dtype`` (e.g. noise drawn beforehand) the
+            echo is added to, in place; it is returned.
     Returns:
         ``(M, R, K, L)`` received samples ``v`` (rx chain ``R``) of ``dtype``.
     """
@@ -215,16 +217,18 @@ def synthesize_echo(cfg: ScenarioConfig, codebook: np.ndarray, chain_active: np.
     omega = 2 * np.pi * cfg.subcarrier_spacing_hz
     # (M, I, L): e^{-j 2 pi delta_f l_c tau}
     phasor = phase_ramp(-omega * tau_s, num_l, (num_l - 1) / 2, dtype, work=work, name="echo_phasor")
-    x = scratch(work, "echo_x", (num_bs, num_rf * num_rf * num_symbols, num_l), dtype)
-    np.matmul(coef.reshape(num_bs, -1, coef.shape[-1]), phasor, out=x)  # (M, T*R*K, L)
-    x = x.reshape(num_bs, num_rf, num_rf, num_symbols, num_l)
     symbols = symbols.astype(dtype, copy=False)
-    # y[m, r, k, l] = sum_t x[m, t, r, k, l] s[m, t, k, l]
-    y = scratch(work, "echo", (num_bs, num_rf, num_symbols, num_l), dtype)
-    np.multiply(x[:, 0], symbols[:, 0, None], out=y)
-    for t in range(1, num_rf):
-        np.multiply(x[:, t], symbols[:, t, None], out=x[:, t])
-        y += x[:, t]
+    # y[m, r, k, l] = sum_t s[m, t, k, l] x_t[m, r, k, l], x_t = C[:, t] @ phasor (one product per tx chain).
+    y = scratch(work, "echo", (num_bs, num_rf, num_symbols, num_l), dtype) if add_to is None else add_to
+    for t in range(num_rf):
+        x = scratch(work, "echo_x", (num_bs, num_rf * num_symbols, num_l), dtype)
+        np.matmul(coef[:, t].reshape(num_bs, num_rf * num_symbols, -1), phasor, out=x)
+        x = x.reshape(num_bs, num_rf, num_symbols, num_l)
+        if t == 0 and add_to is None:
+            np.multiply(x, symbols[:, 0, None], out=y)
+        else:
+            x *= symbols[:, t, None]
+            y += x
     if rng is not None:
         y += beam_noise(cfg, codebook, chain_active, chain_beams[..., 1], rng=rng, dtype=dtype, work=work)
     return y

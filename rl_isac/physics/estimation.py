@@ -31,6 +31,17 @@ range span is searched and the strongest echo wins.
 
 Quality: the integrated SNR estimate ``T - K`` and the covariance of
 ``(range, angle)`` from the CRB evaluated at the estimated amplitude and angle.
+
+Implementation (same estimates as the plain formulation, to rounding):
+
+* the FFT grid inside a narrow gate is a pruned DTFT (one matrix product over the
+  gate's bins, ``gate_cols`` of them, instead of an ``nfft``-point FFT per symbol);
+* Newton's DTFT and derivatives come from one matrix product at the peak bin
+  (``TAYLOR_TERMS`` derivatives) and a Taylor series from there, exact to ~1e-11;
+* the angle criterion uses the real factor of the two-way pattern (its constant phase
+  applied to ``c_k`` once), the coarse ``(u, nu)`` grid in float32 (it only picks the
+  starting cell), the parabolic rounds in float64;
+* samples may be complex64 (the network's choice); per-pair quantities are float64.
 """
 
 from __future__ import annotations
@@ -99,15 +110,14 @@ class PairEstimator:
         self._gate_col = np.arange(self.gate_cols)
         self._inv_bin_m = 1.0 / self.bin_m
         self._bin_phase = 2 * np.pi / self.nfft  # rad per subcarrier per bin
-        self._bin_s = 1.0 / (self.nfft * cfg.subcarrier_spacing_hz)  # delay of one bin, s
         self._offsets_int = np.array([-1, 0, 1])
         l_idx = np.arange(num_l)
         self._gate_dtft = {np.complex128: np.exp(2j * np.pi * np.outer(l_idx, np.arange(self.gate_cols))
                                                  / self.nfft)}
-        # Rows n = -1 .. of e^{j 2 pi n l_c / nfft} for every bin a gate inside the area can touch
-        # (row n + 1); bins beyond fall back to phase_ramp.
-        top_bin = int(np.ceil(cfg.max_range_m / self.bin_m)) + self.gate_cols + 2
-        self._bin_ramps = {np.complex128: np.exp(2j * np.pi * np.outer(np.arange(-1, top_bin), self.lc) / self.nfft)}
+        # Rows n = -1 .. top_bin - 1 of e^{j 2 pi n l_c / nfft}: every bin a gate inside the area can
+        # touch (row n + 1), built per dtype on first use; bins beyond fall back to phase_ramp.
+        self._top_bin = int(np.ceil(cfg.max_range_m / self.bin_m)) + self.gate_cols + 2
+        self._bin_ramps: dict = {}
         # Newton in s = omega tau l_max (l_max = (L - 1) / 2): d^n/ds^n of e^{j s x_l} is (j x_l)^n e^{j s x_l},
         # x_l = l_c / l_max in [-1, 1].
         self._l_max = max((num_l - 1) / 2, 0.5)
@@ -119,7 +129,6 @@ class PairEstimator:
                                                 for n in range(TAYLOR_TERMS)]) for orders in (1, 3)}
         self._s_step_max = np.pi * self._l_max / self.nfft  # half an FFT bin in s
         # Angle search constants.
-        self._frac = np.linspace(0, 1, ANGLE_GRID)
         self._grid_steps = np.arange(ANGLE_GRID, dtype=float)
         self._grid_margin = 1.5 * 2.0 / codebook.shape[1]  # 1.5 beam widths in u
         self._nu_grid = np.linspace(-self.nu_max_hz, self.nu_max_hz, DOPPLER_GRID)  # (H,)
@@ -167,7 +176,8 @@ class PairEstimator:
             spectrum = scipy.fft.ifft(z, n=self.nfft, axis=-1)
             power = (spectrum.real**2 + spectrum.imag**2).sum(axis=1).astype(float)  # (P, nfft)
             bins = np.arange(self.nfft) * self.bin_m
-            inside = (bins >= np.asarray(gate_lo_m, float)[..., None]) & (bins <= np.asarray(gate_hi_m, float)[..., None])
+            lo_m, hi_m = np.asarray(gate_lo_m, float)[..., None], np.asarray(gate_hi_m, float)[..., None]
+            inside = (bins >= lo_m) & (bins <= hi_m)
             power = np.where(inside, power, -1.0)
             peak = np.argmax(power, axis=1)
             around = power[rows[:, None], (peak[:, None] + self._offsets_int) % self.nfft]  # cyclic neighbours
@@ -178,7 +188,10 @@ class PairEstimator:
 
     def _bin_ramp(self, bins: np.ndarray, dtype, work: Workspace | None) -> np.ndarray:
         """``e^{j 2 pi n l_c / nfft}`` for integer bins ``n (P,)``: ``(P, L)`` of ``dtype`` (table rows)."""
-        table = self._const(self._bin_ramps, dtype)
+        table = self._bin_ramps.get(dtype)
+        if table is None:
+            rows = np.arange(-1, self._top_bin)
+            table = self._bin_ramps[dtype] = np.exp(2j * np.pi / self.nfft * np.outer(rows, self.lc)).astype(dtype)
         if bins.min() >= -1 and bins.max() < len(table) - 1:
             return np.take(table, bins + 1, axis=0, out=scratch(work, "bin_ramp", (len(bins), table.shape[1]), dtype))
         num_l = table.shape[1]

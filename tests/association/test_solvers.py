@@ -223,3 +223,170 @@ def test_association_package_imports_neither_torch_nor_ray():
             "assert 'torch' not in sys.modules and 'ray' not in sys.modules, "
             "[m for m in ('torch', 'ray') if m in sys.modules]")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _fractional_instances(make_instance, rng, count, shapes=((4, 6, 2), (5, 6, 2), (5, 5, 2))):
+    """Instances whose LP relaxation is fractional (found with a fresh MilpSolver)."""
+    found = []
+    probe = MilpSolver()
+    for draw in range(3000):
+        num_bs, num_targets, num_rf = shapes[draw % len(shapes)]
+        info, prior = make_instance(rng, num_bs, num_targets)
+        probe.solve(info, prior, num_rf)
+        if not probe.last_stats["lp_integral"]:
+            found.append((info, prior, num_rf))
+            if len(found) == count:
+                break
+    assert found, "no instance with a fractional LP relaxation was drawn"
+    return found
+
+
+def test_milp_dp_and_milp_fallback_agree_with_exhaustive_on_fractional_lps(make_instance):
+    """Fractional LPs go through the reduced-cost DP; with the DP disabled, through the MILP fallback."""
+    instances = _fractional_instances(make_instance, np.random.default_rng(30), 4)
+    exhaustive = ExhaustiveSolver()
+    dp, slow_dp, fallback = MilpSolver(), MilpSolver(), MilpSolver()
+    slow_dp.dp_initial_gap = 1e-12  # first thresholds far too low: the DP must grow T and retry
+    fallback.dp_max_entries = 0
+    fallback.restricted_columns = 1  # survivors outside the restricted set: the final MILP runs
+    rounds = []
+    for info, prior, num_rf in instances:
+        best = association_cost(exhaustive.solve(info, prior, num_rf), info, prior)
+        for solver, path in ((dp, "dp"), (slow_dp, "dp"), (fallback, "milp")):
+            a = solver.solve(info, prior, num_rf)
+            assert solver.last_stats["path"] == path
+            assert_full_feasible(a, *info.shape[:2], num_rf)
+            assert association_cost(a, info, prior) == pytest.approx(best, rel=1e-9)
+        rounds.append(slow_dp.last_stats["dp_rounds"])
+    assert max(rounds) > 1
+
+
+def test_milp_warm_start_on_perturbed_sequences_matches_exhaustive(make_instance):
+    """One solver over a slowly changing sequence (warm LP basis each block) stays exact every block."""
+    rng = np.random.default_rng(31)
+    milp, exhaustive = MilpSolver(), ExhaustiveSolver()
+    num_bs, num_targets, num_rf = 5, 5, 2
+    info, prior = make_instance(rng, num_bs, num_targets)
+    paths = set()
+    for block in range(60):
+        if block % 20 == 19:  # a new episode: unrelated costs
+            info, prior = make_instance(rng, num_bs, num_targets)
+        else:
+            scale = np.exp(0.3 * rng.standard_normal((num_bs, num_targets)))
+            info = info * scale[..., None, None]
+            prior = prior * np.exp(0.1 * rng.standard_normal(num_targets))[:, None, None]
+        a = milp.solve(info, prior, num_rf)
+        paths.add(milp.last_stats["path"])
+        best = association_cost(exhaustive.solve(info, prior, num_rf), info, prior)
+        assert association_cost(a, info, prior) == pytest.approx(best, rel=1e-9)
+    assert "lp" in paths
+
+
+def test_milp_reused_across_shapes_and_lp_modes_stays_exact(make_instance):
+    """Persistent LP models are per shape; switching shapes (and full LP vs column generation) is exact."""
+    rng = np.random.default_rng(32)
+    milp, exhaustive = MilpSolver(), ExhaustiveSolver()
+    shapes = [(4, 3, 2), (5, 5, 2), (3, 4, 2), (5, 4, 1), (6, 4, 2), (2, 1, 3)]
+    for step in range(36):
+        num_bs, num_targets, num_rf = shapes[step % len(shapes)]
+        milp.full_lp_columns = 10 if step % 4 == 3 else MilpSolver.full_lp_columns  # column generation sometimes
+        info, prior = make_instance(rng, num_bs, num_targets)
+        a = milp.solve(info, prior, num_rf)
+        assert_full_feasible(a, num_bs, num_targets, num_rf)
+        best = association_cost(exhaustive.solve(info, prior, num_rf), info, prior)
+        assert association_cost(a, info, prior) == pytest.approx(best, rel=1e-9)
+    assert len(milp._models) <= MilpSolver.max_cached_models
+
+
+def test_milp_column_generation_pool_persists_and_stays_exact(make_instance):
+    """Generated columns stay in the model between calls; results match the full LP on a sequence."""
+    rng = np.random.default_rng(33)
+    full, generated = MilpSolver(), MilpSolver()
+    generated.full_lp_columns = 10
+    info, prior = make_instance(rng, 7, 6)
+    pools = []
+    for _ in range(8):
+        info = info * np.exp(0.3 * rng.standard_normal((7, 6)))[..., None, None]
+        a_full, a_gen = full.solve(info, prior, 2), generated.solve(info, prior, 2)
+        assert association_cost(a_gen, info, prior) == pytest.approx(association_cost(a_full, info, prior), rel=1e-9)
+        assert generated.last_stats["lp_columns"] < generated.last_stats["columns"] == 6 * 127
+        pools.append(generated.last_stats["lp_columns"])
+    assert pools == sorted(pools)  # the pool only grows
+
+
+def test_milp_solver_pickles_without_its_highs_models(make_instance):
+    import pickle
+
+    info, prior = make_instance(np.random.default_rng(34), 5, 6)
+    solver = MilpSolver()
+    a = solver.solve(info, prior, 2)
+    clone = pickle.loads(pickle.dumps(solver))
+    assert clone._models == {}
+    np.testing.assert_array_equal(clone.solve(info, prior, 2), a)
+
+
+def test_subset_dp_matches_brute_force_over_the_kept_columns():
+    """The DP core: least reduced cost over kept columns with exact per-BS loads, if <= the threshold."""
+    from rl_isac.association.solvers import _subset_dp, _SubsetShape
+
+    rng = np.random.default_rng(35)
+    for num_bs, num_targets, per_bs, s_max in [(3, 4, 2, 3), (4, 3, 1, 2), (3, 3, 3, 3), (4, 4, 2, 3), (2, 1, 1, 2)]:
+        shape = _SubsetShape(num_bs, num_targets, per_bs, s_max)
+        combos = np.indices((shape.num_sets,) * num_targets).reshape(num_targets, -1).T  # (K^I, I) set per target
+        feasible = np.all(shape.member_int[:, combos].sum(axis=2) == per_bs, axis=0)  # exact loads (5c)
+        targets = np.arange(num_targets)
+        for _ in range(25):
+            reduced = rng.exponential(1.0, (num_targets, shape.num_sets)) - 0.05
+            keep = rng.random(reduced.shape) < 0.7
+            threshold = float(rng.uniform(0.0, 3.0))
+            ok = feasible & keep[targets, combos].all(axis=1)
+            values = np.where(ok, reduced[targets, combos].sum(axis=1), np.inf)
+            got = _subset_dp(reduced, keep, shape, threshold, 1 << 20)
+            if values.min() <= threshold:
+                assert got is not False and got is not None
+                assert keep[targets, got].all() and feasible[np.flatnonzero((combos == got).all(axis=1))[0]]
+                assert reduced[targets, got].sum() == pytest.approx(values.min(), rel=1e-12, abs=1e-12)
+            else:
+                assert got is False
+        assert _subset_dp(reduced, np.ones_like(keep), shape, np.inf, 0) is None  # over budget
+
+
+def test_milp_finds_an_optimum_that_needs_a_column_of_large_reduced_cost():
+    """Fractional LPs from a tiny first DP threshold: many filter rounds, each must keep the optimum's columns."""
+    rng = np.random.default_rng(36)
+    solver, exhaustive = MilpSolver(), ExhaustiveSolver()
+    solver.dp_initial_gap = 1e-12
+    num_bs, num_targets, num_rf = 4, 6, 2
+    checked = 0
+    for _ in range(800):
+        direction = rng.normal(size=(num_bs, num_targets, 2))  # rank-1 pair information: one BS cannot localise
+        info = np.einsum("...i,...j->...ij", direction, direction)
+        info *= 10.0 ** rng.uniform(0, 2, (num_bs, num_targets))[..., None, None]
+        prior = np.tile(np.eye(2) * 1e-2, (num_targets, 1, 1))
+        a = solver.solve(info, prior, num_rf)
+        if solver.last_stats["path"] != "dp":
+            continue
+        checked += 1
+        best = association_cost(exhaustive.solve(info, prior, num_rf), info, prior)
+        assert association_cost(a, info, prior) == pytest.approx(best, rel=1e-9)
+    assert checked >= 10
+
+
+def test_reduced_cost_search_is_exact_for_any_prices():
+    """The filter + DP loop returns the exact optimum for arbitrary reduced costs, from any first threshold."""
+    from rl_isac.association.solvers import _reduced_cost_search, _SubsetShape
+
+    rng = np.random.default_rng(37)
+    for num_bs, num_targets, per_bs, s_max in [(3, 4, 2, 3), (4, 3, 1, 2), (4, 4, 2, 3), (3, 5, 2, 2)]:
+        shape = _SubsetShape(num_bs, num_targets, per_bs, s_max)
+        combos = np.indices((shape.num_sets,) * num_targets).reshape(num_targets, -1).T
+        feasible = np.all(shape.member_int[:, combos].sum(axis=2) == per_bs, axis=0)
+        targets = np.arange(num_targets)
+        for trial in range(30):
+            reduced = rng.normal(size=(num_targets, shape.num_sets)) * 10.0 ** rng.uniform(-1, 1)
+            best = np.where(feasible, reduced[targets, combos].sum(axis=1), np.inf).min()
+            first = reduced.min(axis=1).sum() + (1e-9, 0.1, 1e9)[trial % 3]
+            chosen, rounds, _ = _reduced_cost_search(reduced, shape, first, 1e-12, 1 << 20)
+            assert chosen is not None and rounds >= 1
+            assert feasible[np.flatnonzero((combos == chosen).all(axis=1))[0]]
+            assert reduced[targets, chosen].sum() == pytest.approx(best, rel=1e-12, abs=1e-12)
