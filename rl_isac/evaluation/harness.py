@@ -2,7 +2,7 @@
 
 Seeds: episode ``e`` of an evaluation with seed ``s`` resets the world with
 ``EVAL_SEED_BASE + 1000 * s + e``. Training code draws its episode seeds below
-``EVAL_SEED_BASE`` (see :func:`rl_isac.evaluation.harness.is_evaluation_seed`), so
+``EVAL_SEED_BASE`` (:mod:`rl_isac.seeds`), so
 evaluation episodes are never trained on.
 
 Metrics (all RMSEs are per target: the root of the mean over targets, blocks and
@@ -39,20 +39,7 @@ from rl_isac.errors import ConfigError
 from rl_isac.evaluation.bounds import position_pcrb
 from rl_isac.network import CellFreeNetwork, check_action
 from rl_isac.scenario import ScenarioConfig
-
-EVAL_SEED_BASE = 1_000_000_000
-
-
-def evaluation_seeds(seed: int, episodes: int) -> list[int]:
-    """World seeds of the evaluation episodes (disjoint from every training seed)."""
-    if seed < 0 or episodes < 1:
-        raise ConfigError("seed/episodes", (seed, episodes), "seed must be >= 0 and episodes >= 1")
-    return [EVAL_SEED_BASE + 1000 * seed + e for e in range(episodes)]
-
-
-def is_evaluation_seed(world_seed: int) -> bool:
-    """True for seeds reserved to evaluation; training must not use them."""
-    return world_seed >= EVAL_SEED_BASE
+from rl_isac.seeds import evaluation_seeds
 
 
 def git_revision() -> str:

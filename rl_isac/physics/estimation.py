@@ -148,7 +148,7 @@ class PairEstimator:
 
     # ------------------------------------------------------------------ range
     def _coarse_peak(self, z: np.ndarray, gate_lo_m: np.ndarray, gate_hi_m: np.ndarray,
-                     work: Workspace | None = None) -> np.ndarray:
+                     work: Workspace | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The strongest FFT bin inside each gate ``(P,)`` int and its parabolic offset ``(P,)`` in bins.
 
         ``f(tau) = sum_k |Y_k(tau)|^2`` on the zero-padded FFT grid (bin ``tau_n = n / (nfft delta_f)``),

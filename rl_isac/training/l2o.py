@@ -103,6 +103,7 @@ from rl_isac.association import (
 )
 from rl_isac.errors import ConfigError
 from rl_isac.scenario import FIDELITIES, ScenarioConfig
+from rl_isac.seeds import training_world_seed
 from rl_isac.tracking.dgnn.l2o import L2O_KEYS, L2OConfig, L2OHead, repair
 from rl_isac.tracking.window import OBS_KEYS
 
@@ -174,14 +175,6 @@ class L2OTrainConfig:
 
 
 # ---------------------------------------------------------------------------------------------- dataset
-def training_world_seed(seed: int, split: int, episode: int) -> int:
-    """World seed of a training (split 0) or validation (split 1) episode; always below ``EVAL_SEED_BASE``."""
-    from rl_isac.evaluation.harness import EVAL_SEED_BASE
-
-    state = np.random.SeedSequence([int(seed), int(split), int(episode)]).generate_state(2, dtype=np.uint64)
-    return int(state[0] % np.uint64(EVAL_SEED_BASE))
-
-
 def scenario_for(ckpt_dir: str | Path, fidelity: str = "surrogate", num_targets: int | None = None) -> ScenarioConfig:
     """The DGNN checkpoint's scenario at ``fidelity`` (and ``num_targets`` when given)."""
     from rl_isac.training.pretrain import load_configs
@@ -204,7 +197,6 @@ def generate_l2o_dataset(cfg: ScenarioConfig, ckpt_dir: str | Path, *, seed: int
         float64 (the objective, 1/m^2), ``world_seed (num_episodes,)`` int64.
     """
     from rl_isac.controllers import make_controller
-    from rl_isac.evaluation.harness import is_evaluation_seed
     from rl_isac.network import CellFreeNetwork
     from rl_isac.physics.fisher import expected_position_information
 
@@ -217,7 +209,6 @@ def generate_l2o_dataset(cfg: ScenarioConfig, ckpt_dir: str | Path, *, seed: int
     t0 = time.perf_counter()
     for ep in range(num_episodes):
         world_seed = training_world_seed(seed, split, ep)
-        assert not is_evaluation_seed(world_seed)
         seeds.append(world_seed)
         action = cu.reset(net.reset(world_seed))
         for _ in range(blocks):

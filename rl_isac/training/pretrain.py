@@ -65,6 +65,7 @@ from torch import Tensor
 
 from rl_isac.errors import ConfigError
 from rl_isac.scenario import ScenarioConfig
+from rl_isac.seeds import training_world_seed
 from rl_isac.tracking.dgnn.model import DGNN, DGNNConfig, to_tensors
 from rl_isac.tracking.window import OBS_KEYS, MeasurementWindow
 
@@ -182,9 +183,8 @@ def random_association(num_bs: int, num_targets: int, num_rf: int, *, rng: np.ra
 
 
 def _episode_rngs(seed: int, split: int, episode: int) -> tuple[int, np.random.Generator]:
-    ss = np.random.SeedSequence([int(seed), split, episode])
-    world_ss, policy_ss = ss.spawn(2)
-    return int(world_ss.generate_state(1)[0]), np.random.default_rng(policy_ss)
+    policy_ss = np.random.SeedSequence([int(seed), split, episode]).spawn(2)[1]
+    return training_world_seed(seed, split, episode), np.random.default_rng(policy_ss)
 
 
 def generate_dataset(cfg: ScenarioConfig, train_cfg: PretrainConfig, *, seed: int, split: int, num_episodes: int,
