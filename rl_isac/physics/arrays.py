@@ -223,6 +223,7 @@ class BeamPatterns:
         scale: ``2 pi d_s``, so ``psi = scale (u - u_b)``.
         phase: ``(B, B)`` complex ``phase[t, r]``.
         gram: ``(B, B)`` complex ``w_r^H w_s`` (beam-space noise covariance / sigma^2).
+        orthonormal: whether ``gram`` is the identity (``B = N``): distinct rx beams give white noise.
     """
 
     def __init__(self, num_antennas: int, codebook_size: int, spacing_wl: float = 0.5) -> None:
@@ -240,6 +241,7 @@ class BeamPatterns:
         self._sum_scale = np.array([1.0 / self.num_antennas, self.scale / (2 * self.num_antennas)])[:, None]
         codebook = dft_codebook(self.num_antennas, self.size, self.spacing)
         self.gram = codebook.conj().T @ codebook
+        self.orthonormal = bool(np.allclose(self.gram, np.eye(self.size), atol=1e-12))
 
     @classmethod
     def of(cls, codebook: np.ndarray, spacing_wl: float = 0.5) -> BeamPatterns:

@@ -122,8 +122,7 @@ class PairEstimator:
         # x_l = l_c / l_max in [-1, 1].
         self._l_max = max((num_l - 1) / 2, 0.5)
         self._taylor_weights = {np.complex128: (1j * self.lc / self._l_max)[:, None] ** np.arange(TAYLOR_TERMS)}
-        self._inv_factorial = 1.0 / np.cumprod(np.r_[1.0, np.arange(1.0, TAYLOR_TERMS)])  # 1 / n!
-        self._powers = np.arange(TAYLOR_TERMS, dtype=float)
+        self._taylor_factors = np.r_[0.0, 1.0 / np.arange(1.0, TAYLOR_TERMS), 0.0]  # (T + 1,)
         # For _taylor_matrix: entry (n, j) takes coefficient n - j, or the trailing 0 where n < j.
         self._taylor_index = {orders: np.array([[n - j if n >= j else TAYLOR_TERMS for j in range(orders)]
                                                 for n in range(TAYLOR_TERMS)]) for orders in (1, 3)}
@@ -253,9 +252,10 @@ class PairEstimator:
     def _taylor_matrix(self, delta: np.ndarray, orders: int) -> np.ndarray:
         """``(P, T, orders)`` real: column ``j`` holds ``delta^i / i!`` at row ``j + i``, so that
         ``derivs @ it`` gives ``Y^(j)(s_a + delta) = sum_i delta^i / i! Y^(j + i)(s_a)``."""
-        coef = np.zeros((len(delta), TAYLOR_TERMS + 1))  # delta^i / i! and a trailing 0
-        coef[:, :TAYLOR_TERMS] = np.power(delta[:, None], self._powers) * self._inv_factorial
-        return coef[:, self._taylor_index[orders]]
+        # Running products of (1, delta / 1, delta / 2, ..., delta / (T - 1), 0): delta^i / i! and a trailing 0.
+        coef = delta[:, None] * self._taylor_factors
+        coef[:, 0] = 1.0
+        return np.cumprod(coef, axis=1)[:, self._taylor_index[orders]]
 
     # ------------------------------------------------------------------ angle
     def estimate_u(self, c: np.ndarray, beams: np.ndarray) -> np.ndarray:
