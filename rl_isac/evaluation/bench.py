@@ -9,6 +9,9 @@ Keys of the JSON:
     world_blocks_per_s[fidelity][I]: ``CellFreeNetwork.step`` calls per second with a
         fixed baseline association (nearest BS at the start) and beams toward the
         true positions, so every pair is really estimated;
+    vector_world_blocks_per_s[fidelity][I]: the same per environment with
+        :class:`~rl_isac.vector_network.VectorCellFreeNetwork` stepping ``num_envs`` worlds per call
+        (16 at the signal level, 64 for the surrogate): the path RL rollouts use;
     milp_ms[size] / exhaustive_ms[size]: median solve time on the Fisher-information
         objective of random episodes' first blocks, sizes ``I4``, ``I6``, ``I8`` (paper,
         M = 6) and ``large-I24`` (M = 12); a refused exhaustive search stores its error;
@@ -48,6 +51,25 @@ def world_throughput(cfg: ScenarioConfig, blocks: int, seed: int = 0) -> float:
     return blocks / elapsed
 
 
+def vector_world_throughput(cfg: ScenarioConfig, blocks: int, num_envs: int, seed: int = 0) -> float:
+    """Environment-blocks per second of ``VectorCellFreeNetwork`` with fixed associations."""
+    from rl_isac.vector_network import VectorCellFreeNetwork
+
+    vec = VectorCellFreeNetwork(cfg, num_envs)
+    acq = vec.reset(seeds=[seed + e for e in range(num_envs)])
+    assoc = vec.nearest_association(acq)
+    for _ in range(2):
+        vec.step(assoc, vec.beams_toward(vec.positions_m), predicted_positions_m=vec.positions_m)
+    elapsed = 0.0
+    for _ in range(blocks):
+        beams = vec.beams_toward(vec.positions_m)
+        pred = vec.positions_m + vec.velocities_mps * cfg.block_duration_s
+        t0 = time.perf_counter()
+        vec.step(assoc, beams, predicted_positions_m=pred)
+        elapsed += time.perf_counter() - t0
+    return blocks * num_envs / elapsed
+
+
 def solver_instances(cfg: ScenarioConfig, count: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     """Objective instances ``(info, prior_info)`` from random initial scenes of ``cfg``."""
     net = CellFreeNetwork(cfg)
@@ -85,12 +107,14 @@ def decision_latency(method: str, targets: int, blocks: int) -> dict:
 
 
 def run_bench(blocks: int = 300, solver_trials: int = 30, quick: bool = False,
-              methods=("ls-nearest", "ekf-nearest", "ekf-greedy", "ekf-convex", "ekf-milp", "ekf-exhaustive"),
+              methods=("ls-nearest", "ekf-nearest", "ekf-greedy", "ekf-convex", "ekf-convex-ls", "ekf-milp",
+                       "ekf-exhaustive"),
               echo=print) -> dict:
     """Run every benchmark on one core; print a line per figure and return the JSON dict."""
     if quick:
         blocks, solver_trials = min(blocks, 20), min(solver_trials, 3)
-    out: dict = {"world_blocks_per_s": {}, "milp_ms": {}, "exhaustive_ms": {}, "decision_ms": {},
+    out: dict = {"world_blocks_per_s": {}, "vector_world_blocks_per_s": {}, "milp_ms": {}, "exhaustive_ms": {},
+                 "decision_ms": {},
                  "settings": {"blocks": blocks, "solver_trials": solver_trials, "threads": 1}}
     with threadpool_limits(limits=1):
         try:
@@ -107,6 +131,14 @@ def run_bench(blocks: int = 300, solver_trials: int = 30, quick: bool = False,
                 rate = world_throughput(cfg, n)
                 out["world_blocks_per_s"][fidelity][str(num)] = rate
                 echo(f"world {fidelity:<9} I={num}: {rate:9.0f} blocks/s")
+            out["vector_world_blocks_per_s"][fidelity] = {}
+            envs = 16 if fidelity == "signal" else 64
+            for num in PAPER_SIZES:
+                cfg = ScenarioConfig.paper(num, fidelity=fidelity)
+                rate = vector_world_throughput(cfg, max(2, (blocks if fidelity == "signal" else blocks * 10) // envs),
+                                               envs)
+                out["vector_world_blocks_per_s"][fidelity][str(num)] = rate
+                echo(f"world {fidelity:<9} I={num}: {rate:9.0f} blocks/s per env ({envs} envs per call)")
         sizes = {f"I{n}": ScenarioConfig.paper(n) for n in PAPER_SIZES}
         sizes["large-I24"] = ScenarioConfig.large()
         for key, cfg in sizes.items():
