@@ -10,8 +10,9 @@ import pytest
 from rl_isac.cli import main
 from rl_isac.controllers import CUAction, make_controller
 from rl_isac.errors import ConfigError, ConstraintViolation
-from rl_isac.evaluation.harness import EVAL_SEED_BASE, evaluate, evaluation_seeds, write_json_atomic
+from rl_isac.evaluation.harness import evaluate, write_json_atomic
 from rl_isac.scenario import ScenarioConfig
+from rl_isac.seeds import EVAL_SEED_BASE, evaluation_seeds
 
 REQUIRED = {"method", "targets", "episodes", "blocks", "seed", "fidelity", "rmse_m", "rmse_per_block_m",
             "pcrb_rmse_m", "violations", "missed_fraction", "decision_ms_p50", "decision_ms_p99"}

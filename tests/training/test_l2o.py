@@ -13,8 +13,8 @@ import yaml
 from rl_isac.cli import build_parser, main
 from rl_isac.controllers import make_controller
 from rl_isac.errors import ConfigError
-from rl_isac.evaluation.harness import EVAL_SEED_BASE
 from rl_isac.scenario import ScenarioConfig
+from rl_isac.seeds import EVAL_SEED_BASE
 from rl_isac.tracking.dgnn import DGNNConfig
 from rl_isac.training.l2o import (
     L2OTrainConfig,
