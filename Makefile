@@ -18,10 +18,12 @@ $(STAMP): $(PY) pyproject.toml
 
 install: $(STAMP)
 
-# The main job: a short simulation of the world with a baseline CU, then the classical benchmarks.
+# The main job: a short simulation of the world with the baseline CU, then the exact classical
+# reference and the DGNN + MILP method (committed reference checkpoint) on the same evaluation seeds.
 run: $(STAMP)
 	$(VENV)/bin/rl-isac simulate --targets 4 --blocks 100 --seed 0 --fidelity signal --json results/simulate.json
-	$(VENV)/bin/rl-isac evaluate --method ekf-milp --targets 4 --episodes 2 --blocks 100 --fidelity signal --json results/evaluate-ekf-milp-I4.json
+	$(VENV)/bin/rl-isac evaluate --method ekf-milp --targets 4 --episodes 2 --blocks 100 --fidelity signal --json results/run/ekf-milp-I4.json
+	$(VENV)/bin/rl-isac evaluate --method dgnn-milp --checkpoint results/checkpoints/dgnn-I4 --targets 4 --episodes 2 --blocks 100 --fidelity signal --json results/run/dgnn-milp-I4.json
 
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider tests
