@@ -26,7 +26,7 @@ run: $(STAMP)
 	$(VENV)/bin/rl-isac evaluate --method dgnn-milp --checkpoint results/checkpoints/dgnn-I4 --targets 4 --episodes 2 --blocks 100 --fidelity signal --json results/run/dgnn-milp-I4.json
 
 test: $(STAMP)
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -p no:cacheprovider tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check rl_isac tests tuning
