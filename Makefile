@@ -29,7 +29,7 @@ test: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -p no:cacheprovider tests
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check rl_isac tests tuning
+	$(VENV)/bin/ruff check rl_isac tests
 
 bench: $(STAMP)
 	OMP_NUM_THREADS=1 $(VENV)/bin/rl-isac bench --json results/bench.json
