@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from rl_isac.config import ConfigMixin
 from rl_isac.errors import ConfigError
 
 SPEED_OF_LIGHT_MPS = 299_792_458.0
@@ -44,7 +45,7 @@ PAPER_BS_POSITIONS_M = ((0.0, 0.0), (150.0, 0.0), (300.0, 0.0), (0.0, 100.0), (1
 
 
 @dataclass(frozen=True)
-class ScenarioConfig:
+class ScenarioConfig(ConfigMixin):
     """Everything the simulated cell-free ISAC network needs.
 
     Geometry (paper, Sec. 4).
@@ -311,22 +312,6 @@ class ScenarioConfig:
         return getattr(cls, name)(**overrides)
 
     # ------------------------------------------------------------------ round trip
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict of builtins (lists for tuples): travels to YAML/JSON and Ray workers."""
-        out = dataclasses.asdict(self)
-        out["bs_positions_m"] = [list(p) for p in self.bs_positions_m]
-        out["area_size_m"] = list(self.area_size_m)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ScenarioConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise :class:`ConfigError`."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        for key in data:
-            if key not in known:
-                raise ConfigError(key, data[key], f"unknown field; known fields: {sorted(known)}")
-        return cls(**data)
-
     def to_yaml(self, path: str | Path | None = None) -> str:
         """YAML text of :meth:`to_dict`; also written to ``path`` when given."""
         import yaml
@@ -346,10 +331,6 @@ class ScenarioConfig:
         if not isinstance(data, dict):
             raise ConfigError("yaml", source, "must hold a mapping of config fields")
         return cls.from_dict(data)
-
-    def replace(self, **changes: Any) -> ScenarioConfig:
-        """A validated copy with ``changes`` applied."""
-        return dataclasses.replace(self, **changes)
 
 
 PRESETS = ("paper", "large")

@@ -18,6 +18,7 @@ import numpy as np
 
 from rl_isac.association import AssociationSolver, check_association
 from rl_isac.controllers.base import Controller, CUAction, Estimator
+from rl_isac.network import nearest_association
 from rl_isac.physics.arrays import beams_toward, dft_codebook
 from rl_isac.physics.channel import geometry
 from rl_isac.physics.fisher import expected_position_information
@@ -52,22 +53,8 @@ class NearestAssociation:
         self.bs_positions_m = np.asarray(cfg.bs_positions_m, float)
 
     def associate(self, prediction_m: np.ndarray) -> np.ndarray:
-        cfg = self.cfg
-        range_m, _ = geometry(self.bs_positions_m, prediction_m)
-        assoc = np.zeros((cfg.num_bs, cfg.num_targets), bool)
-        free = np.full(cfg.num_bs, cfg.num_rf)
-        for i in np.argsort(range_m.min(axis=0)):
-            m = next(m for m in np.argsort(range_m[:, i]) if free[m] > 0)
-            assoc[m, i] = True
-            free[m] -= 1
-        for m in range(cfg.num_bs):
-            for i in np.argsort(range_m[m])[: cfg.num_targets]:
-                if free[m] == 0:
-                    break
-                if not assoc[m, i]:
-                    assoc[m, i] = True
-                    free[m] -= 1
-        return assoc
+        """``(M, I)`` bool from the predicted positions ``(I, 2)`` metres."""
+        return nearest_association(self.cfg, self.bs_positions_m, prediction_m)
 
 
 class ComposedCU(Controller):

@@ -44,11 +44,11 @@ the heading is resolved.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
+from rl_isac.config import ConfigMixin
 from rl_isac.errors import ConfigError, MeasurementError
 from rl_isac.tracking.motion import (
     PROCESS_NOISE_MODELS,
@@ -201,7 +201,7 @@ def update_speed(x: np.ndarray, P: np.ndarray, speed_mps: float, std_mps: float)
 
 # ---------------------------------------------------------------------------------------------- settings
 @dataclass(frozen=True)
-class EKFSettings:
+class EKFSettings(ConfigMixin):
     """Options of :class:`EKFEstimator`; round-trips through :meth:`to_dict` / :meth:`from_dict`."""
 
     process_noise_model: str = "heading"
@@ -238,16 +238,6 @@ class EKFSettings:
             raise ConfigError("speed_gate", self.speed_gate, "must be in [0, 1]")
         if not (math.isfinite(self.speed_max_std) and self.speed_max_std > 0):
             raise ConfigError("speed_max_std", self.speed_max_std, "must be a finite number > 0")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict of builtins."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> EKFSettings:
-        """Inverse of :meth:`to_dict`."""
-        return cls(**data)
-
 
 # ---------------------------------------------------------------------------------------------- estimator
 class EKFEstimator:

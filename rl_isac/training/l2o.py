@@ -101,6 +101,7 @@ from rl_isac.association import (
     make_solver,
     mask_from_state,
 )
+from rl_isac.config import ConfigMixin
 from rl_isac.errors import ConfigError
 from rl_isac.scenario import FIDELITIES, ScenarioConfig
 from rl_isac.seeds import training_world_seed
@@ -113,7 +114,7 @@ DGNN_FILES = ("model.pt", "config.yaml", "metrics.json")
 
 
 @dataclass(frozen=True)
-class L2OTrainConfig:
+class L2OTrainConfig(ConfigMixin):
     """Settings of :func:`train_l2o`."""
 
     episodes: int = 128
@@ -159,20 +160,6 @@ class L2OTrainConfig:
         if self.num_targets is not None and (isinstance(self.num_targets, bool)
                                              or not isinstance(self.num_targets, int) or self.num_targets < 1):
             raise ConfigError("num_targets", self.num_targets, "must be None or an integer >= 1")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict of builtins."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> L2OTrainConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise :class:`ConfigError`."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        for key in data:
-            if key not in known:
-                raise ConfigError(key, data[key], f"unknown field; known fields: {sorted(known)}")
-        return cls(**data)
-
 
 # ---------------------------------------------------------------------------------------------- dataset
 def scenario_for(ckpt_dir: str | Path, fidelity: str = "surrogate", num_targets: int | None = None) -> ScenarioConfig:

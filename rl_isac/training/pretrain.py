@@ -49,7 +49,6 @@ losses, also across a resume.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -63,6 +62,7 @@ import torch
 import yaml
 from torch import Tensor
 
+from rl_isac.config import ConfigMixin
 from rl_isac.errors import ConfigError
 from rl_isac.scenario import ScenarioConfig
 from rl_isac.seeds import training_world_seed
@@ -73,7 +73,7 @@ BASE_POLICIES = ("random", "nearest")
 
 
 @dataclass(frozen=True)
-class PretrainConfig:
+class PretrainConfig(ConfigMixin):
     """Phase-1 pre-training settings."""
 
     train_episodes: int = 48
@@ -135,27 +135,6 @@ class PretrainConfig:
             if name not in BASE_POLICIES and name not in SOLVERS:
                 raise ConfigError("association_policies", name,
                                   f"must be one of {BASE_POLICIES + tuple(sorted(SOLVERS))}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict of builtins (lists for tuples)."""
-        out = dataclasses.asdict(self)
-        out["association_policies"] = list(self.association_policies)
-        out["association_weights"] = list(self.association_weights)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PretrainConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise :class:`ConfigError`."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        for key in data:
-            if key not in known:
-                raise ConfigError(key, data[key], f"unknown field; known fields: {sorted(known)}")
-        return cls(**data)
-
-    def replace(self, **changes: Any) -> PretrainConfig:
-        """A validated copy with ``changes`` applied."""
-        return dataclasses.replace(self, **changes)
-
 
 # ---------------------------------------------------------------------------------------------- dataset
 def random_association(num_bs: int, num_targets: int, num_rf: int, *, rng: np.random.Generator) -> np.ndarray:

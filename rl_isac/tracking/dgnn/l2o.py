@@ -39,7 +39,6 @@ a permutation of the targets permutes the scores):
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +55,7 @@ from rl_isac.association import (
     make_solver,
     mask_from_state,
 )
+from rl_isac.config import ConfigMixin
 from rl_isac.errors import ConfigError
 
 L2O_KEYS = ("target_embedding", "u_tilde", "bs_positions", "scales_m", "anchor_log_std", "anchor_age")
@@ -69,7 +69,7 @@ _GEOM_FEATURES = 2 + 2 + 2 + 1 + 1 + 1 + 1  # p_m, u_i, direction, distance, log
 
 
 @dataclass(frozen=True)
-class L2OConfig:
+class L2OConfig(ConfigMixin):
     """Hyper-parameters of :class:`L2OHead`."""
 
     embedding_dim: int = 64
@@ -95,20 +95,6 @@ class L2OConfig:
     def input_keys(self) -> tuple[str, ...]:
         """Keys :meth:`L2OHead.forward` reads: :data:`L2O_KEYS` (+ ``info``, ``prior_info``)."""
         return L2O_KEYS + (OBJECTIVE_KEYS if self.objective_features else ())
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict of builtins."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> L2OConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise :class:`ConfigError`."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        for key in data:
-            if key not in known:
-                raise ConfigError(key, data[key], f"unknown field; known fields: {sorted(known)}")
-        return cls(**data)
-
 
 def _trace_inv(mat: Tensor) -> Tensor:
     """``tr(inv(X))`` of symmetric 2x2 matrices ``(..., 2, 2)``."""

@@ -77,7 +77,6 @@ estimation errors are heavy-tailed and the learned correction cuts the RMSE by 1
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -86,6 +85,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from rl_isac.config import ConfigMixin
 from rl_isac.errors import ConfigError
 from rl_isac.tracking.dgnn.layers import SpatialAttentionLayer, dense_to_edges, mlp
 from rl_isac.tracking.window import ANCHORS, FEATURE_INDEX, NUM_FEATURES, OBS_KEYS, PAPER_FEATURES
@@ -97,7 +97,7 @@ PAIRINGS = ("distinct", "grid")
 
 
 @dataclass(frozen=True)
-class DGNNConfig:
+class DGNNConfig(ConfigMixin):
     """Hyper-parameters of :class:`DGNN`."""
 
     hidden_dim: int = 64
@@ -181,24 +181,6 @@ class DGNNConfig:
                                   num_targets=num_targets, beam_input="paper")
         kw.update(overrides)
         return cls(**kw)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict of builtins (YAML/JSON/Ray)."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DGNNConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise :class:`ConfigError`."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        for key in data:
-            if key not in known:
-                raise ConfigError(key, data[key], f"unknown field; known fields: {sorted(known)}")
-        return cls(**data)
-
-    def replace(self, **changes: Any) -> DGNNConfig:
-        """A validated copy with ``changes`` applied."""
-        return dataclasses.replace(self, **changes)
-
 
 def sinusoidal_encoding(length: int, dim: int, device: torch.device | None = None) -> Tensor:
     """Positional encoding ``P`` of eq. (9) (Vaswani et al.), row ``a`` for age ``a``.
