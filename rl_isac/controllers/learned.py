@@ -71,6 +71,9 @@ class DGNNEstimator(Estimator):
     """
 
     def __init__(self, cfg: ScenarioConfig, model, fallback_rmse_m: float = 1.0) -> None:
+        # One block is a batch of one small graph: intra-op threads only contend (on a shared 2-core
+        # machine a second thread made a forward 100x slower), so a CU runs torch on one thread.
+        torch.set_num_threads(1)
         self.cfg = cfg
         self.model = model
         self.window = MeasurementWindow(cfg, anchor=model.cfg.window_anchor)

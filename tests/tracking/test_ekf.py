@@ -30,7 +30,7 @@ from rl_isac.tracking import (
 )
 
 PLAIN = EKFSettings(process_noise_model="isotropic", velocity_decay=False, speed_std_mps=None,
-                    reflect_at_edges=False)
+                    reflect_at_edges=False, innovation_gate=None)
 """Textbook EKF: constant velocity, isotropic velocity noise, no extras."""
 
 
@@ -362,7 +362,7 @@ def test_iterated_update_reaches_the_map_fixed_point_near_a_bs():
 
 
 # ---------------------------------------------------------------------------------------------- estimator vs filterpy
-@pytest.mark.parametrize("settings", [PLAIN, EKFSettings()], ids=["plain", "default"])
+@pytest.mark.parametrize("settings", [PLAIN, EKFSettings(innovation_gate=None)], ids=["plain", "default"])
 def test_estimator_matches_independent_filterpy_ekf(settings):
     cfg = ScenarioConfig.paper(num_targets=6)
     truth, acquisition, meas = episode(cfg, 100, seed=11)
@@ -527,3 +527,33 @@ def test_tracking_package_imports_neither_torch_nor_ray():
     code = ("import sys, rl_isac.tracking, rl_isac.tracking.ekf, rl_isac.tracking.motion; "
             "bad = [m for m in ('torch', 'ray') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_innovation_gate_rejects_a_gross_outlier_that_would_pull_the_track():
+    from rl_isac.physics.measurements import Measurements
+
+    cfg = ScenarioConfig.paper(4)
+    bs = np.asarray(cfg.bs_positions_m)
+    truth = np.array([[50.0, 40.0], [120.0, 60.0], [200.0, 30.0], [260.0, 70.0]])
+
+    def block(offset_m):
+        delta = truth[None] - bs[:, None]
+        rng_m = np.hypot(delta[..., 0], delta[..., 1])
+        ang = np.arctan2(delta[..., 1], delta[..., 0])
+        det = np.zeros((cfg.num_bs, 4), bool)
+        det[0] = True
+        rng_m[0, 0] += offset_m  # BS 0's range to target 0 is off by offset_m
+        cov = np.zeros((cfg.num_bs, 4, 2, 2))
+        cov[..., 0, 0], cov[..., 1, 1] = 0.01, 1e-6
+        return Measurements(det.copy(), det, np.where(det, rng_m, 0), np.where(det, ang, 0), np.zeros_like(rng_m),
+                            np.where(det[..., None, None], cov, 0))
+
+    gated, plain = EKFEstimator(cfg), EKFEstimator(cfg, EKFSettings(innovation_gate=None))
+    for est in (gated, plain):
+        est.reset(truth)
+        for _ in range(3):
+            est.update(block(0.0))
+    u_gated, _ = gated.update(block(50.0))
+    u_plain, _ = plain.update(block(50.0))
+    assert gated.rejected == 1
+    assert np.linalg.norm(u_gated[0] - truth[0]) < 1.0 < np.linalg.norm(u_plain[0] - truth[0])
