@@ -32,14 +32,16 @@ def compare(methods: list[str], targets: list[int], episodes: int, blocks: int, 
                 continue
             results.append(r)
             echo(f"{method:<16} I={num}: rmse {r['rmse_m']:.4f} m  pcrb {r['pcrb_rmse_m']:.4f} m  "
-                 f"missed {r['missed_fraction']:.3f}  decision p50 {r['decision_ms_p50']:.2f} ms")
+                 f"missed {r['missed_fraction']:.3f}  lost {r['lost_fraction']:.3f}  "
+                 f"decision p50 {r['decision_ms_p50']:.2f} ms")
     table = markdown_table(results, refused, methods, targets)
     return {"results": results, "refused": refused, "table_md": table, "episodes": episodes, "blocks": blocks,
             "seed": seed, "fidelity": fidelity, "git_revision": git_revision()}
 
 
 def markdown_table(results: list[dict], refused: list[dict], methods: list[str], targets: list[int]) -> str:
-    cell = {(r["method"], r["targets"]): f"{r['rmse_m']:.4f} ({r['pcrb_rmse_m']:.4f})" for r in results}
+    cell = {(r["method"], r["targets"]): f"{r['rmse_m']:.3f} ({r['pcrb_rmse_m']:.3f}; lost {r['lost_fraction']:.3f})"
+            for r in results}
     for r in refused:
         cell[(r["method"], r["targets"])] = "refused (too large)"
     lines = ["| method | " + " | ".join(f"I = {n}" for n in targets) + " |",
@@ -48,7 +50,8 @@ def markdown_table(results: list[dict], refused: list[dict], methods: list[str],
         lines.append(f"| {m} | " + " | ".join(cell.get((m, n), "-") for n in targets) + " |")
     lines.append("")
     lines.append("Per-target RMSE in metres over targets, blocks and episodes; in brackets the PCRB of the "
-                 "associations and beams each method used.")
+                 "associations and beams each method used and the fraction of target-blocks with an error above "
+                 "5 m (lost tracks).")
     return "\n".join(lines)
 
 
