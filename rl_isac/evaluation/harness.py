@@ -45,7 +45,6 @@ from rl_isac.network import CellFreeNetwork, check_action
 from rl_isac.scenario import ScenarioConfig
 from rl_isac.seeds import evaluation_seeds
 
-
 LOST_M = 5.0
 """Position error above which a target-block counts as lost (``lost_fraction``), metres."""
 
