@@ -15,7 +15,10 @@ Keys of the JSON:
     milp_ms[size] / exhaustive_ms[size]: median solve time on the Fisher-information
         objective of random episodes' first blocks, sizes ``I4``, ``I6``, ``I8`` (paper,
         M = 6) and ``large-I24`` (M = 12); a refused exhaustive search stores its error;
-    decision_ms[method][I]: p50/p99 of the per-block decision of each CU (surrogate world).
+    decision_ms[method][I]: p50/p99 of the per-block decision of each CU (surrogate world);
+    dgnn_ms: with a reference checkpoint (``results/checkpoints/dgnn-I8``), the DGNN at I = 8 per block:
+        ``forward`` (the model on one window, torch, one thread) and ``update`` (window push +
+        featurisation incl. its EKF anchor + forward + beam decoding).
 """
 
 from __future__ import annotations
@@ -106,6 +109,36 @@ def decision_latency(method: str, targets: int, blocks: int) -> dict:
     return {"p50": r["decision_ms_p50"], "p99": r["decision_ms_p99"], "rmse_m": r["rmse_m"]}
 
 
+def dgnn_latency(checkpoint: str, blocks: int) -> dict:
+    """Per-block DGNN timings at the checkpoint's scenario (surrogate world for the inputs)."""
+    import torch
+
+    from rl_isac.controllers.learned import DGNNEstimator, load_dgnn
+    from rl_isac.tracking.dgnn.model import to_tensors
+
+    cfg = ScenarioConfig.paper(8, fidelity="surrogate")
+    model, _, _ = load_dgnn(checkpoint, cfg)
+    est = DGNNEstimator(cfg, model)
+    net = CellFreeNetwork(cfg)
+    acq = net.reset(0)
+    est.reset(acq)
+    assoc = net.nearest_association(acq)
+    fwd, upd = [], []
+    for _ in range(blocks):
+        meas = net.step(assoc, net.beams_toward(net.positions_m), predicted_positions_m=net.positions_m)
+        t0 = time.perf_counter()
+        est.update(meas)
+        upd.append(time.perf_counter() - t0)
+        obs = to_tensors(est.window.as_arrays())
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            model(obs)
+            fwd.append(time.perf_counter() - t0)
+    return {"forward_p50": float(1e3 * np.median(fwd)), "forward_p99": float(1e3 * np.percentile(fwd, 99)),
+            "update_p50": float(1e3 * np.median(upd)), "update_p99": float(1e3 * np.percentile(upd, 99)),
+            "checkpoint": checkpoint}
+
+
 def run_bench(blocks: int = 300, solver_trials: int = 30, quick: bool = False,
               methods=("ls-nearest", "ekf-nearest", "ekf-greedy", "ekf-convex", "ekf-convex-ls", "ekf-milp",
                        "ekf-exhaustive"),
@@ -147,6 +180,12 @@ def run_bench(blocks: int = 300, solver_trials: int = 30, quick: bool = False,
             out["exhaustive_ms"][key] = solver_ms("exhaustive", inst[: max(1, min(3, solver_trials))], cfg.num_rf)
             echo(f"milp {key}: {out['milp_ms'][key]}  exhaustive {key}: "
                  f"{str(out['exhaustive_ms'][key])[:120]}")
+        from pathlib import Path
+
+        ckpt = Path(__file__).resolve().parents[2] / "results" / "checkpoints" / "dgnn-I8"
+        if (ckpt / "model.pt").is_file():
+            out["dgnn_ms"] = dgnn_latency(str(ckpt), 20 if quick else 200)
+            echo(f"dgnn I=8: {out['dgnn_ms']}")
         dec_blocks = 10 if quick else 50
         for method in methods:
             out["decision_ms"][method] = {}

@@ -5,12 +5,15 @@ How to run::
     rl-isac dgnn-report --checkpoint results/checkpoints/dgnn-I4 --targets 4 --episodes 5 --blocks 100 \\
         --fidelity signal --json results/dgnn_report_I4.json
 
-The world is driven by one fixed CU (``ekf-greedy`` by default) on the evaluation
+The world is driven by one fixed CU (``ekf-milp`` by default) on the evaluation
 seeds; after every block the same :class:`~rl_isac.physics.measurements.Measurements`
 go to a standalone EKF and to the DGNN, so both see the same associations, beams
 and noise. Reported, per target (RMSE over targets, blocks and episodes):
 
 * ``rmse_now_m`` / ``rmse_next_m`` for ``dgnn`` and ``ekf``: ``u_hat_q`` and ``u_tilde_{q+1}``;
+  the same over the target-blocks where neither estimator is lost (error below
+  :data:`~rl_isac.evaluation.harness.LOST_M`), ``*_tracked``, with that fraction: the world's
+  lost tracks (targets within one range cell, never re-acquired) otherwise dominate both;
 * ``beam_top1`` / ``beam_top2``: how often the best codebook beam toward the true
   next position (from every BS, for every target) is the head's first / among its
   first two tx beams;
@@ -27,14 +30,15 @@ import numpy as np
 
 from rl_isac.controllers import make_controller
 from rl_isac.controllers.learned import DGNNEstimator, load_dgnn
-from rl_isac.evaluation.harness import evaluation_seeds, git_revision
+from rl_isac.evaluation.harness import LOST_M, git_revision
 from rl_isac.network import CellFreeNetwork
 from rl_isac.scenario import ScenarioConfig
+from rl_isac.seeds import evaluation_seeds
 from rl_isac.tracking.ekf import EKFEstimator
 
 
 def dgnn_report(checkpoint: str, targets: int, episodes: int, blocks: int, seed: int = 0,
-                fidelity: str = "signal", driver: str = "ekf-greedy", progress: bool = True) -> dict:
+                fidelity: str = "signal", driver: str = "ekf-milp", progress: bool = True) -> dict:
     import torch
 
     torch.set_num_threads(1)
@@ -76,12 +80,22 @@ def dgnn_report(checkpoint: str, targets: int, episodes: int, blocks: int, seed:
             print(f"  episode {e + 1}/{episodes}: dgnn {np.sqrt(np.mean(se['dgnn_now'])):.3f} m, "
                   f"ekf {np.sqrt(np.mean(se['ekf_now'])):.3f} m (u_hat, per target)", flush=True)
     rmse = {k: float(np.sqrt(np.mean(v))) for k, v in se.items()}
+    arr = {k: np.concatenate(v) for k, v in se.items()}
+    tracked = {}
+    for kind in ("now", "next"):
+        ok = (arr[f"dgnn_{kind}"] < LOST_M**2) & (arr[f"ekf_{kind}"] < LOST_M**2)
+        tracked[kind] = float(ok.mean())
+        for est in ("dgnn", "ekf"):
+            rmse[f"{est}_{kind}_tracked"] = float(np.sqrt(np.mean(arr[f"{est}_{kind}"][ok])))
     ms = 1e3 * np.asarray(times)
     return {
         "checkpoint": str(checkpoint), "targets": targets, "episodes": episodes, "blocks": blocks, "seed": seed,
         "fidelity": fidelity, "driver": driver,
-        "dgnn": {"rmse_now_m": rmse["dgnn_now"], "rmse_next_m": rmse["dgnn_next"]},
-        "ekf": {"rmse_now_m": rmse["ekf_now"], "rmse_next_m": rmse["ekf_next"]},
+        "dgnn": {"rmse_now_m": rmse["dgnn_now"], "rmse_next_m": rmse["dgnn_next"],
+                 "rmse_now_m_tracked": rmse["dgnn_now_tracked"], "rmse_next_m_tracked": rmse["dgnn_next_tracked"]},
+        "ekf": {"rmse_now_m": rmse["ekf_now"], "rmse_next_m": rmse["ekf_next"],
+                "rmse_now_m_tracked": rmse["ekf_now_tracked"], "rmse_next_m_tracked": rmse["ekf_next_tracked"]},
+        "tracked_fraction": tracked,
         "beam_top1": top1 / max(total, 1), "beam_top2": top2 / max(total, 1),
         "dgnn_ms_p50": float(np.percentile(ms, 50)), "dgnn_ms_p99": float(np.percentile(ms, 99)),
         "pretrain_wall_time_s": metrics.get("wall_time_s"),
