@@ -363,8 +363,6 @@ class CellFreeNetwork:
         self.cfg = cfg
         self.bs_positions_m = np.asarray(cfg.bs_positions_m, dtype=float)
         self.codebook = dft_codebook(cfg.num_tx_antennas, cfg.codebook_size, cfg.antenna_spacing_wavelengths)
-        if cfg.num_rx_antennas != cfg.num_tx_antennas:
-            raise NotImplementedError("different tx and rx array sizes: the echo model assumes N_T = N_R")
         # +1: BS on the bottom edge sees targets at theta in (0, pi); -1: top edge, theta in (-pi, 0).
         self.side = np.where(self.bs_positions_m[:, 1] == 0.0, 1.0, -1.0)
         self._front = _FrontEnd(cfg, self.codebook, self.bs_positions_m)

@@ -177,6 +177,10 @@ class ScenarioConfig(ConfigMixin):
             raise ConfigError("detection_pfa", self.detection_pfa, "a probability strictly between 0 and 1")
         if self.fidelity not in FIDELITIES:
             raise ConfigError("fidelity", self.fidelity, f"must be one of {FIDELITIES}")
+        if self.num_rx_antennas != self.num_tx_antennas:
+            raise ConfigError("num_rx_antennas", self.num_rx_antennas,
+                              f"must equal num_tx_antennas={self.num_tx_antennas}: the monostatic echo model and "
+                              "the shared DFT codebook assume N_T = N_R")
         if self.antenna_spacing_wavelengths > 0.5:
             raise ConfigError("antenna_spacing_wavelengths", self.antenna_spacing_wavelengths,
                               "must be <= 0.5 so the ULA has no grating lobes")

@@ -157,6 +157,7 @@ INVALID_FIELDS = [
     ({"num_targets": 4, "num_rf": 1, "bs_positions_m": ((0.0, 0.0), (300.0, 100.0))}, "num_targets", "4"),
     ({"num_tx_antennas": -4}, "num_tx_antennas", "-4"),
     ({"num_rx_antennas": 0}, "num_rx_antennas", "0"),
+    ({"num_rx_antennas": 16}, "num_rx_antennas", "16"),
     ({"num_tracking_symbols": 0}, "num_tracking_symbols", "0"),
     ({"num_blocks": 0}, "num_blocks", "0"),
     ({"window": 1.5}, "window", "1.5"),
