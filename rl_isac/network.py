@@ -40,7 +40,7 @@ import numpy as np
 
 from rl_isac.errors import ConstraintViolation
 from rl_isac.physics import mobility
-from rl_isac.physics.arrays import beams_toward, dft_codebook, nearest_beams
+from rl_isac.physics.arrays import beams_toward, codebook_directions, dft_codebook, nearest_beams
 from rl_isac.physics.channel import geometry, path_amplitude
 from rl_isac.physics.echo import Workspace, colour_noise, complex_normal, qpsk_symbols, synthesize_echo
 from rl_isac.physics.estimation import PairEstimator
@@ -439,8 +439,6 @@ class CellFreeNetwork:
         """Codebook beam nearest to each position from every BS, ``(M, I)`` int."""
         u = self.spatial_frequency(positions_m)
         lo, hi = nearest_beams(u, self.cfg.codebook_size)
-        from rl_isac.physics.arrays import codebook_directions
-
         dirs = codebook_directions(self.cfg.codebook_size)
         return np.where(np.abs(u - dirs[lo]) <= np.abs(u - dirs[hi]), lo, hi)
 

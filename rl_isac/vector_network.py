@@ -31,8 +31,6 @@ import numpy as np
 
 from rl_isac.network import CellFreeNetwork, _ActionChecker, _episode_generators, _FrontEnd, nearest_association
 from rl_isac.physics import mobility
-from rl_isac.physics.arrays import beams_toward
-from rl_isac.physics.channel import geometry
 from rl_isac.physics.measurements import Measurements
 from rl_isac.scenario import ScenarioConfig
 
@@ -136,15 +134,10 @@ class VectorCellFreeNetwork:
         return self._checker.batch([c[0] for c in checked]), np.concatenate([c[1] for c in checked])
 
     # ------------------------------------------------------------------ helpers for CUs and labels
-    def spatial_frequency(self, positions_m: np.ndarray) -> np.ndarray:
-        """``u = cos(theta)`` of positions ``(E, I, 2)`` from every BS: ``(E, M, I)``."""
-        _, angle = geometry(self.bs_positions_m, np.asarray(positions_m, float))
-        return np.cos(angle)
-
-    def beams_toward(self, positions_m: np.ndarray) -> np.ndarray:
-        """Well-placed beams toward positions ``(E, I, 2)``: ``(E, M, I, K, 2)`` int."""
-        return beams_toward(self.spatial_frequency(positions_m), self.cfg.codebook_size,
-                            self.cfg.num_tracking_symbols)
+    # The single network's helpers broadcast over leading axes: positions ``(E, I, 2)`` give
+    # ``u (E, M, I)`` and beams ``(E, M, I, K, 2)``.
+    spatial_frequency = CellFreeNetwork.spatial_frequency
+    beams_toward = CellFreeNetwork.beams_toward
 
     def nearest_association(self, positions_m: np.ndarray) -> np.ndarray:
         """:meth:`CellFreeNetwork.nearest_association` per environment: ``(E, M, I)`` bool."""

@@ -36,22 +36,28 @@ from rl_isac.scenario import ScenarioConfig
 PAPER_SIZES = (4, 6, 8)
 
 
+def _timed_steps(world, assoc: np.ndarray, blocks: int, dt_s: float) -> float:
+    """Seconds spent in ``world.step`` over ``blocks`` blocks (after a short warm-up), beams toward the
+    truth and predictions one block ahead computed outside the timing. ``world`` is a
+    :class:`CellFreeNetwork` or a :class:`~rl_isac.vector_network.VectorCellFreeNetwork`."""
+    for _ in range(2):  # warm up caches and allocators
+        world.step(assoc, world.beams_toward(world.positions_m), predicted_positions_m=world.positions_m)
+    elapsed = 0.0
+    for _ in range(blocks):
+        beams = world.beams_toward(world.positions_m)
+        pred = world.positions_m + world.velocities_mps * dt_s
+        t0 = time.perf_counter()
+        world.step(assoc, beams, predicted_positions_m=pred)
+        elapsed += time.perf_counter() - t0
+    return elapsed
+
+
 def world_throughput(cfg: ScenarioConfig, blocks: int, seed: int = 0) -> float:
     """``step`` calls per second with a fixed association and beams toward the truth."""
     net = CellFreeNetwork(cfg)
     net.reset(seed)
     assoc = net.nearest_association(net.positions_m)
-    # Warm up caches and allocators.
-    for _ in range(3):
-        net.step(assoc, net.beams_toward(net.positions_m), predicted_positions_m=net.positions_m)
-    elapsed = 0.0
-    for _ in range(blocks):
-        beams = net.beams_toward(net.positions_m)
-        pred = net.positions_m + net.velocities_mps * cfg.block_duration_s
-        t0 = time.perf_counter()
-        net.step(assoc, beams, predicted_positions_m=pred)
-        elapsed += time.perf_counter() - t0
-    return blocks / elapsed
+    return blocks / _timed_steps(net, assoc, blocks, cfg.block_duration_s)
 
 
 def vector_world_throughput(cfg: ScenarioConfig, blocks: int, num_envs: int, seed: int = 0) -> float:
@@ -59,18 +65,8 @@ def vector_world_throughput(cfg: ScenarioConfig, blocks: int, num_envs: int, see
     from rl_isac.vector_network import VectorCellFreeNetwork
 
     vec = VectorCellFreeNetwork(cfg, num_envs)
-    acq = vec.reset(seeds=[seed + e for e in range(num_envs)])
-    assoc = vec.nearest_association(acq)
-    for _ in range(2):
-        vec.step(assoc, vec.beams_toward(vec.positions_m), predicted_positions_m=vec.positions_m)
-    elapsed = 0.0
-    for _ in range(blocks):
-        beams = vec.beams_toward(vec.positions_m)
-        pred = vec.positions_m + vec.velocities_mps * cfg.block_duration_s
-        t0 = time.perf_counter()
-        vec.step(assoc, beams, predicted_positions_m=pred)
-        elapsed += time.perf_counter() - t0
-    return blocks * num_envs / elapsed
+    assoc = vec.nearest_association(vec.reset(seeds=[seed + e for e in range(num_envs)]))
+    return blocks * num_envs / _timed_steps(vec, assoc, blocks, cfg.block_duration_s)
 
 
 def solver_instances(cfg: ScenarioConfig, count: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
