@@ -22,6 +22,16 @@ The flat pair index is ``k = bs * num_targets + target`` (the paper's
 ``k = (m - 1) I + i`` with zero-based indices), i.e. ``mask.reshape(-1)`` in C
 order.
 
+Idle RF chains and the STOP token (shared interface 1). (5c) is an
+inequality, so an association may leave chains idle. The action form of the
+policy (:func:`valid_action_mask`, :func:`apply_action`,
+:func:`sub_actions_to_association`, :func:`association_to_sub_actions`) has
+``J = M * N_RF`` steps, each an integer in ``[0, M * I]``: ``k < M * I`` is the
+flat pair above, ``k == M * I`` is STOP. STOP is sticky (after a STOP every
+later step is STOP) and allowed iff every target is already covered (5d) (or
+a STOP was already chosen); a pair is allowed iff no STOP was chosen and the
+pair rules above hold. In pair-list form a STOP step is the row ``[-1, -1]``.
+
 Why the mask is never all-False (given ``num_rf <= num_targets <= num_bs *
 num_rf``): let ``R`` be the remaining sub-actions (the sum of remaining
 chains) and ``U`` the uncovered targets; ``U <= R`` holds at the start and is
@@ -41,8 +51,15 @@ import numpy as np
 from rl_isac.errors import ConfigError, ConstraintViolation
 
 __all__ = [
+    "ActionState",
     "MaskState",
+    "apply_action",
     "apply_pair",
+    "association_to_sub_actions",
+    "initial_action_state",
+    "stop_action",
+    "sub_actions_to_association",
+    "valid_action_mask",
     "association_to_pairs",
     "check_association",
     "check_problem_size",
@@ -393,3 +410,270 @@ def valid_pair_mask(chosen_pairs: object, num_bs: int, num_targets: int, num_rf:
     _check_chains(chosen, num_rf)
     remaining = num_rf - chosen.sum(axis=1).astype(np.int64)
     return mask_from_state(remaining, chosen.any(axis=0), chosen)
+
+
+# --------------------------------------------------------------------------- STOP token (interface 1)
+
+
+def stop_action(num_bs: int, num_targets: int) -> int:
+    """The STOP sub-action ``M * I`` (one past the last flat pair ``k = bs * I + target``)."""
+    return int(num_bs) * int(num_targets)
+
+
+class ActionState(NamedTuple):
+    """State of the auto-regressive construction with the STOP token (batch dims ``...``).
+
+    Attributes
+    ----------
+    remaining_chains : np.ndarray of int64, shape (..., num_bs)
+        RF chains still free per BS. Before a STOP its sum is the number of
+        remaining steps ``J - j``.
+    covered : np.ndarray of bool, shape (..., num_targets)
+        Target already has at least one BS.
+    chosen : np.ndarray of bool, shape (..., num_bs, num_targets)
+        Pairs chosen so far.
+    stopped : np.ndarray of bool, shape (...)
+        A STOP was chosen; every later step is STOP.
+    """
+
+    remaining_chains: np.ndarray
+    covered: np.ndarray
+    chosen: np.ndarray
+    stopped: np.ndarray
+
+
+def initial_action_state(num_bs: int, num_targets: int, num_rf: int,
+                         batch_shape: tuple[int, ...] = ()) -> ActionState:
+    """State before the first step: all chains free, nothing covered, chosen or stopped.
+
+    Raises
+    ------
+    ConfigError
+        A size is not a positive integer or ``num_targets > num_bs * num_rf``
+        (see :func:`check_problem_size`). ``num_targets < num_rf`` is allowed:
+        idle chains end with STOP.
+    """
+    check_problem_size(num_bs, num_targets, num_rf)
+    batch_shape = tuple(batch_shape)
+    return ActionState(
+        remaining_chains=np.full(batch_shape + (num_bs,), num_rf, dtype=np.int64),
+        covered=np.zeros(batch_shape + (num_targets,), dtype=bool),
+        chosen=np.zeros(batch_shape + (num_bs, num_targets), dtype=bool),
+        stopped=np.zeros(batch_shape, dtype=bool),
+    )
+
+
+def valid_action_mask(remaining_chains: np.ndarray, covered: np.ndarray, chosen: np.ndarray,
+                      stopped: np.ndarray) -> np.ndarray:
+    """Mask of the next step over the ``M * I`` pairs and STOP (batched; the torch twin mirrors it).
+
+    Parameters
+    ----------
+    remaining_chains : array_like of int, shape (..., num_bs)
+        RF chains still free per BS.
+    covered : array_like of bool, shape (..., num_targets)
+        Targets that already have a BS.
+    chosen : array_like of bool, shape (..., num_bs, num_targets)
+        Pairs already chosen.
+    stopped : array_like of bool, shape (...)
+        A STOP was already chosen.
+
+    Returns
+    -------
+    np.ndarray of bool, shape (..., num_bs * num_targets + 1)
+        Entry ``k = bs * I + target`` for the pair, the last entry for STOP.
+        After a STOP only STOP is allowed (sticky). Before it, STOP is allowed
+        iff every target is covered (5d), and a pair iff its BS has a chain
+        left (5c), it is new (5e) and, once the uncovered targets equal the
+        remaining chains, its target is uncovered (5d).
+
+    The mask is exact (a step is allowed iff some completion by later pairs
+    and STOPs satisfies (5c)-(5e)) and never all-False: with ``U`` uncovered
+    targets and ``R`` free chains, ``U <= R`` holds at the start and is kept;
+    ``U == 0`` allows STOP, and ``U > 0`` allows every uncovered target
+    (unchosen by every BS) at every BS with a chain left. When ``U < R`` a
+    pair with a covered target keeps ``U <= R - 1``, and the ``U`` uncovered
+    targets can still be spread over the ``R - 1`` free chains (each is
+    unchosen everywhere), then STOP.
+
+    Raises
+    ------
+    ConstraintViolation
+        ``"(5e)"`` if the leading shapes of the four inputs do not agree.
+    """
+    remaining_chains = np.asarray(remaining_chains)
+    covered = np.asarray(covered, dtype=bool)
+    chosen = np.asarray(chosen, dtype=bool)
+    stopped = np.asarray(stopped, dtype=bool)
+    batch = chosen.shape[:-2]
+    if (remaining_chains.shape != batch + chosen.shape[-2:-1] or covered.shape != batch + chosen.shape[-1:]
+            or stopped.shape != batch):
+        raise ConstraintViolation("(5e)", f"state shapes disagree: remaining_chains {remaining_chains.shape}, "
+                                  f"covered {covered.shape}, chosen {chosen.shape}, stopped {stopped.shape}; "
+                                  f"expected (..., M), (..., I), (..., M, I), (...)")
+    pairs = mask_from_state(remaining_chains, covered, chosen) & ~stopped[..., None, None]
+    stop = stopped | covered.all(axis=-1)
+    return np.concatenate([pairs.reshape(batch + (-1,)), stop[..., None]], axis=-1)
+
+
+def apply_action(state: ActionState, action: object) -> ActionState:
+    """State after step ``action`` (flat pair ``bs * I + target`` or STOP ``M * I``) in every batch element.
+
+    Parameters
+    ----------
+    state : ActionState
+        Batch shape ``...``.
+    action : array_like of int, shape (...)
+        Not checked against the mask (use :func:`valid_action_mask`), only
+        against the range ``[0, M * I]``.
+
+    Returns
+    -------
+    ActionState
+        A new state (inputs are not modified). A STOP (or any step after one)
+        only sets ``stopped``.
+
+    Raises
+    ------
+    ConstraintViolation
+        ``"(5e)"`` if an action lies outside ``[0, M * I]``.
+    """
+    remaining, covered, chosen, stopped = (np.array(x) for x in state)
+    num_bs, num_targets = chosen.shape[-2:]
+    stop = num_bs * num_targets
+    batch = chosen.shape[:-2]
+    act = np.broadcast_to(np.asarray(action, dtype=np.int64), batch)
+    bad = (act < 0) | (act > stop)
+    if bad.any():
+        raise ConstraintViolation("(5e)", f"action(s) {_list(act[bad])} outside [0, M * I] = [0, {stop}] "
+                                  f"(pairs k = bs * I + target, STOP = {stop})")
+    is_pair = (act < stop) & ~stopped
+    idx = tuple(np.indices(batch)) if batch else ()
+    sel = tuple(ix[is_pair] for ix in idx) if batch else ()
+    if is_pair.any():
+        k = act[is_pair] if batch else act
+        bs, tg = k // num_targets, k % num_targets
+        remaining[sel + (bs,)] -= 1
+        covered[sel + (tg,)] = True
+        chosen[sel + (bs, tg)] = True
+    stopped = stopped | (act == stop)
+    return ActionState(remaining, covered, chosen, np.asarray(stopped))
+
+
+def sub_actions_to_association(sub_actions: object, num_bs: int, num_targets: int) -> np.ndarray:
+    """Association matrices from the policy's step sequences (pairs, then sticky STOPs).
+
+    Parameters
+    ----------
+    sub_actions : array_like of int, shape (..., J)
+        ``J = num_bs * num_rf`` steps per sequence, each in ``[0, M * I]``
+        (flat pair ``bs * I + target`` or STOP ``M * I``).
+    num_bs, num_targets : int
+        ``M`` and ``I``.
+
+    Returns
+    -------
+    np.ndarray of bool, shape (..., num_bs, num_targets)
+        ``A[..., m, i] = True`` iff pair ``(m, i)`` is a step of the sequence.
+
+    Raises
+    ------
+    ConfigError
+        ``J`` is not a positive multiple of ``num_bs`` (``num_rf = J / M``).
+    ConstraintViolation
+        ``"(5e)"`` for a non-integer or out-of-range step, a pair after a
+        STOP (STOP is sticky) or a pair chosen twice; ``"(5c)"`` if a BS has
+        more than ``num_rf`` pairs; ``"(5d)"`` if a target has no BS. The
+        message names the first offending sequence (flat batch index).
+    """
+    for name, value in (("num_bs", num_bs), ("num_targets", num_targets)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ConfigError(name, value, "must be a positive integer")
+    a = np.asarray(sub_actions)
+    if a.ndim < 1:
+        raise ConstraintViolation("(5e)", f"sub_actions must have shape (..., J), got a scalar {a!r}")
+    if a.dtype.kind not in "iu":
+        if a.dtype.kind == "f" and np.all(np.isfinite(a)) and np.all(a == np.round(a)):
+            a = a.astype(np.int64)
+        else:
+            raise ConstraintViolation("(5e)", f"sub_actions must hold integer steps, got dtype {a.dtype}")
+    a = a.astype(np.int64)
+    num_steps = a.shape[-1]
+    if num_steps < 1 or num_steps % num_bs:
+        raise ConfigError("sub_actions.shape[-1]", num_steps,
+                          f"must be J = num_bs * num_rf, a positive multiple of num_bs = {num_bs}")
+    num_rf = num_steps // num_bs
+    check_problem_size(num_bs, num_targets, num_rf)
+    stop = num_bs * num_targets
+    batch = a.shape[:-1]
+    flat = a.reshape(-1, num_steps)
+
+    def first(bad_rows: np.ndarray) -> int:
+        return int(np.flatnonzero(bad_rows)[0])
+
+    bad = ((flat < 0) | (flat > stop)).any(axis=1)
+    if bad.any():
+        b = first(bad)
+        raise ConstraintViolation("(5e)", f"sequence {b} {flat[b].tolist()} has a step outside [0, M * I] = "
+                                  f"[0, {stop}] (pairs k = bs * I + target, STOP = {stop})")
+    is_stop = flat == stop
+    bad = (is_stop[:, :-1] & ~is_stop[:, 1:]).any(axis=1)
+    if bad.any():
+        b = first(bad)
+        raise ConstraintViolation("(5e)", f"sequence {b} {flat[b].tolist()} has a pair after STOP = {stop} "
+                                  f"(STOP is sticky)")
+    counts = np.zeros((flat.shape[0], stop + 1), dtype=np.int64)
+    np.add.at(counts, (np.arange(flat.shape[0])[:, None], flat), 1)
+    counts = counts[:, :stop].reshape(-1, num_bs, num_targets)
+    bad = (counts > 1).any(axis=(1, 2))
+    if bad.any():
+        b = first(bad)
+        dup = np.argwhere(counts[b] > 1)
+        raise ConstraintViolation("(5e)", f"sequence {b} chooses (bs, target) pair(s) "
+                                  f"{[tuple(int(v) for v in r) for r in dup[:_MAX_LISTED]]} more than once")
+    assoc = counts.astype(bool)
+    load = assoc.sum(axis=2)
+    bad = (load > num_rf).any(axis=1)
+    if bad.any():
+        b = first(bad)
+        m = int(np.flatnonzero(load[b] > num_rf)[0])
+        raise ConstraintViolation("(5c)", f"sequence {b}: BS {m} tracks {int(load[b, m])} targets, but each BS has "
+                                  f"only num_rf = J / num_bs = {num_rf} RF chains")
+    bad = ~assoc.any(axis=1).all(axis=1)
+    if bad.any():
+        b = first(bad)
+        raise ConstraintViolation("(5d)", f"sequence {b}: target(s) {_list(np.flatnonzero(~assoc[b].any(axis=0)))} "
+                                  f"have no BS")
+    return assoc.reshape(batch + (num_bs, num_targets))
+
+
+def association_to_sub_actions(association: object, num_rf: int) -> np.ndarray:
+    """Canonical step sequence of an association: its pairs in BS-major order, then STOPs.
+
+    Parameters
+    ----------
+    association : array_like, shape (num_bs, num_targets)
+        Must satisfy (5c)-(5e) (checked).
+    num_rf : int
+        RF chains per BS ``N_RF``.
+
+    Returns
+    -------
+    np.ndarray of int64, shape (num_bs * num_rf,)
+        ``bs * I + target`` for each chosen pair (by BS, then by target),
+        followed by STOP ``= M * I`` for every idle chain. The same order as
+        :func:`association_to_pairs` (whose ``[-1, -1]`` rows are the STOPs);
+        :func:`sub_actions_to_association` inverts it exactly.
+
+    Raises
+    ------
+    ConstraintViolation
+        As :func:`check_association`.
+    """
+    a = check_association(association, num_rf)
+    num_bs, num_targets = a.shape
+    pairs = association_to_pairs(a, num_rf)
+    out = np.full(num_bs * num_rf, num_bs * num_targets, dtype=np.int64)
+    used = pairs[:, 0] >= 0
+    out[used] = pairs[used, 0] * num_targets + pairs[used, 1]
+    return out
