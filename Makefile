@@ -18,12 +18,14 @@ $(STAMP): $(PY) pyproject.toml
 
 install: $(STAMP)
 
-# The main job: a short simulation of the world with the baseline CU, then the exact classical
-# reference and the DGNN + MILP method (committed reference checkpoint) on the same evaluation seeds.
+# The main job: PPO-train dgnn-ppo at I = 6 (short) and compare every method on the same evaluation
+# seeds -> results/quick/ (table1.md/json, fig3.png, fig4.png, training.png); resumes where it stopped.
 run: $(STAMP)
-	$(VENV)/bin/rl-isac simulate --targets 4 --blocks 100 --seed 0 --fidelity signal --json results/simulate.json
-	$(VENV)/bin/rl-isac evaluate --method ekf-milp --targets 4 --episodes 2 --blocks 100 --fidelity signal --json results/run/ekf-milp-I4.json
-	$(VENV)/bin/rl-isac evaluate --method dgnn-milp --checkpoint results/checkpoints/dgnn-I4 --targets 4 --episodes 2 --blocks 100 --fidelity signal --json results/run/dgnn-milp-I4.json
+	OMP_NUM_THREADS=1 $(VENV)/bin/rl-isac reproduce --profile quick --out results/quick
+
+# The whole study (I = 4, 6, 8, >= 50 episodes x 100 blocks, long training) -> results/full/; resumable.
+reproduce: $(STAMP)
+	OMP_NUM_THREADS=1 $(VENV)/bin/rl-isac reproduce --profile full --out results/full
 
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -p no:cacheprovider tests

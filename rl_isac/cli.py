@@ -6,6 +6,7 @@ Verbs:
     crb-check   Monte Carlo of the BS-local estimators against the CRB
     bench       throughput of the world and solver / decision latencies
     pretrain    phase-1 supervised pre-training of the DGNN estimator and beam head
+    reproduce   the paper's Table 1 and figures (profiles tiny / quick / full), resumable
 
 Every verb that writes ``--json PATH`` writes it atomically and only on success.
 """
@@ -118,7 +119,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fidelity", choices=FIDELITIES, default="surrogate", help="world fidelity (default surrogate)")
     p.add_argument("--objective-features", action="store_true",
                    help="ablation: also feed the objective's per-pair information to the head (not the paper's)")
+    _add_reproduce_parser(sub)
     return parser
+
+
+def _add_reproduce_parser(sub) -> None:
+    p = sub.add_parser("reproduce", help="the paper's Table 1, Fig. 3, Fig. 4 and the PPO curve (resumable pipeline)")
+    p.add_argument("--profile", choices=("tiny", "quick", "full"), default="quick",
+                   help="tiny (seconds, tests), quick (make run, I = 6), full (I = 4, 6, 8; default quick)")
+    p.add_argument("--quick", dest="profile", action="store_const", const="quick", help="same as --profile quick")
+    p.add_argument("--full", dest="profile", action="store_const", const="full", help="same as --profile full")
+    p.add_argument("--out", help="output folder (default results/<profile>)")
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="reuse finished cells and training runs in --out (default on)")
+    p.add_argument("--dgnn-checkpoints", default="results/checkpoints/dgnn-I{I}",
+                   help="phase-1 DGNN checkpoints; '{I}' is the target count (default results/checkpoints/dgnn-I{I})")
+    p.add_argument("--ppo-checkpoint", help="evaluate this dgnn-ppo checkpoint ('{I}' allowed) instead of training")
+
+
+def _cmd_reproduce(args) -> int:
+    from rl_isac.evaluation.reproduce import PROFILES, reproduce, terminal_table
+
+    res = reproduce(args.profile, out=args.out, resume=args.resume, dgnn_checkpoints=args.dgnn_checkpoints,
+                    ppo_checkpoint=args.ppo_checkpoint)
+    print()
+    print(terminal_table(PROFILES[args.profile], res.rows))
+    print()
+    print(f"table: {res.out / 'table1.md'} and {res.out / 'table1.json'}")
+    for name, path in res.figures.items():
+        print(f"{name}: {path}")
+    print(PROFILES[args.profile].summary)
+    return 0
 
 
 def _cmd_simulate(args) -> int:
@@ -243,6 +274,7 @@ COMMANDS = {"simulate": _cmd_simulate, "evaluate": _cmd_evaluate, "methods": _cm
             "dgnn-report": _cmd_dgnn_report}
 
 COMMANDS["train-l2o"] = _cmd_train_l2o
+COMMANDS["reproduce"] = _cmd_reproduce
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,517 @@
+"""``rl-isac reproduce``: the paper's Table 1, Fig. 3 and Fig. 4 from one rerunnable pipeline.
+
+Stages (each prints one progress line when it starts and one when it ends):
+
+1. ``setup``    resolve the profile; write ``run.json`` (profile, resolved scenario of every I,
+                evaluation world seeds, package versions, git revision).
+2. ``train``    PPO-train ``dgnn-ppo`` (the paper's Proposed) at each I of the profile through the
+                RLlib pipeline's training API (:mod:`rl_isac.training.ppo`). When that API is not in
+                the checkout, when the profile does not train (``tiny``) or when training fails,
+                the stage says so and ``dgnn-ppo`` is reported "not available": no number is made up.
+3. ``evaluate`` one cell per (method, I), each through the one harness
+                (:func:`rl_isac.evaluation.harness.evaluate`) on the same evaluation seeds
+                (:func:`rl_isac.seeds.evaluation_seeds`), so every method sees the same trajectories.
+                Each cell is written atomically to ``cells/<method>-I<I>.json``; with ``resume`` (the
+                default) a cell whose file exists and whose spec (method, I, episodes, blocks, seed,
+                fidelity, checkpoint fingerprint) matches is not recomputed. A half-written cell cannot
+                exist (temporary file + rename); a file that does not parse or whose spec differs is
+                recomputed, and the line says why. ``dgnn-exhaustive`` at I = 8 is "refused" with its
+                candidate count (the paper's OOM).
+4. ``table``    ``table1.json`` / ``table1.md``: per-target RMSE with a 95 % bootstrap interval over
+                episodes, PCRB of each method's own associations, lost fraction, and the paper's
+                Table 1 beside ours, labelled as the paper's.
+5. ``figures``  ``fig3.png`` (one episode at I = 6 where the profile has it: area, BSs, true and
+                estimated tracks, the association of one block as BS-target links), ``fig4.png``
+                (RMSE per block per method), ``training.png`` (the PPO learning curve, or a figure
+                that says dgnn-ppo was not trained and why).
+
+Profiles: ``tiny`` (seconds; the tests), ``quick`` (``make run``: I = 6, short PPO training,
+every method, a few episodes), ``full`` (I = 4, 6, 8, 50 episodes x 100 blocks, long training).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.metadata
+import json
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from rl_isac.errors import ConfigError
+from rl_isac.evaluation.harness import evaluate, git_revision, write_json_atomic
+from rl_isac.scenario import ScenarioConfig
+from rl_isac.seeds import evaluation_seeds
+
+Echo = Callable[[str], None]
+
+PROPOSED = "dgnn-ppo"
+
+# The paper's Table 1 (per-target tracking RMSE, metres, I = 4 / 6 / 8); "OOM" is the paper's entry.
+PAPER_TABLE1: dict[str, tuple[str, dict[int, float | str]]] = {
+    "dgnn-ppo": ("Proposed", {4: 0.2639, 6: 0.2984, 8: 0.4994}),
+    "ekf-convex": ("Benchmark I", {4: 0.9747, 6: 1.1764, 8: 1.5975}),
+    "dgnn-l2o": ("Benchmark II", {4: 1.1138, 6: 1.1346, 8: 1.1942}),
+    "dgnn-exhaustive": ("Benchmark III", {4: 0.2352, 6: 0.2502, 8: "OOM"}),
+}
+
+ALL_METHODS = ("dgnn-ppo", "ekf-convex", "dgnn-l2o", "dgnn-exhaustive", "ekf-greedy", "ekf-milp", "dgnn-milp")
+"""Table order: the paper's four, then ours."""
+
+DEFAULT_DGNN_CHECKPOINTS = "results/checkpoints/dgnn-I{I}"
+"""The committed phase-1 checkpoints (DGNN + beam head + L2O head); ``{I}`` is the target count."""
+
+PAPER_FIG3_BLOCK = 55
+"""The paper draws Fig. 3's association snapshot at block q = 55."""
+
+BOOTSTRAP_RESAMPLES = 2000
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What a reproduce run computes.
+
+    Attributes:
+        name: profile name (also the default output folder ``results/<name>``).
+        targets: the target counts I of the table.
+        methods: method names (table order).
+        episodes, blocks: evaluation episodes per cell and blocks Q per episode.
+        seed: evaluation seed index (world seeds from :func:`rl_isac.seeds.evaluation_seeds`).
+        fidelity: world fidelity.
+        train: keyword settings of the PPO training stage, or ``None``: this profile does not train.
+        fig3_targets: I of Fig. 3's episode (the paper's I = 6 where the profile evaluates it).
+        summary: one plain sentence on how this profile differs from ``full``.
+    """
+
+    name: str
+    targets: tuple[int, ...]
+    methods: tuple[str, ...]
+    episodes: int
+    blocks: int
+    seed: int = 0
+    fidelity: str = "signal"
+    train: dict | None = None
+    fig3_targets: int | None = None
+    summary: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.targets or any(int(n) < 1 for n in self.targets):
+            raise ConfigError("targets", self.targets, "need at least one target count, each >= 1")
+        if not self.methods:
+            raise ConfigError("methods", self.methods, "need at least one method")
+        if self.episodes < 1 or self.blocks < 1:
+            raise ConfigError("episodes/blocks", (self.episodes, self.blocks), "both must be >= 1")
+        unknown = [m for m in self.methods if m not in ALL_METHODS and not m.startswith(("ekf-", "dgnn-", "ls-"))]
+        if unknown:
+            raise ConfigError("methods", unknown, f"not methods of the study; known: {list(ALL_METHODS)}")
+        if self.fig3_targets is not None and self.fig3_targets not in self.targets:
+            raise ConfigError("fig3_targets", self.fig3_targets, f"must be one of targets {self.targets}")
+
+    @property
+    def fig3_i(self) -> int:
+        return self.fig3_targets if self.fig3_targets is not None else (6 if 6 in self.targets else self.targets[0])
+
+
+PROFILES: dict[str, Profile] = {
+    "tiny": Profile(
+        name="tiny", targets=(4,), methods=("dgnn-ppo", "ekf-convex", "ekf-greedy", "dgnn-milp"), episodes=2,
+        blocks=10, train=None,
+        summary="The tiny profile is a smoke test (I = 4, 2 episodes x 10 blocks, no PPO training): its numbers "
+                "say nothing about the methods."),
+    "quick": Profile(
+        name="quick", targets=(6,), methods=ALL_METHODS, episodes=4, blocks=100,
+        train={"iterations": 8, "warm_start": True},
+        summary="The quick profile evaluates only I = 6 on 4 episodes x 100 blocks (the full run: I = 4, 6, 8 on "
+                "50 episodes each) after a short PPO training of 8 iterations, so its intervals are wide and the "
+                "proposed method is far less trained than in results/full."),
+    "full": Profile(
+        name="full", targets=(4, 6, 8), methods=ALL_METHODS, episodes=50, blocks=100,
+        train={"iterations": 200, "warm_start": True},
+        summary="This is the full study; the quick profile evaluates only I = 6 on 4 episodes after a short "
+                "training."),
+}
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def package_versions() -> dict[str, str]:
+    """Versions of Python and of the packages the numbers depend on (``"not installed"`` where absent)."""
+    out = {"python": platform.python_version()}
+    for name in ("rl-isac", "numpy", "scipy", "torch", "torch-geometric", "ray", "cvxpy", "highspy", "matplotlib",
+                 "optuna"):
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def checkpoint_fingerprint(path: str | Path | None) -> str | None:
+    """SHA-256 over the relative paths and contents of a checkpoint's files (TensorBoard logs excluded)."""
+    if path is None:
+        return None
+    root = Path(path)
+    if not root.exists():
+        return "missing"
+    digest = hashlib.sha256()
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = file.relative_to(root)
+        if rel.parts[0].startswith("tb") or file.name.startswith("events.out.tfevents"):
+            continue
+        digest.update(str(rel).encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def bootstrap_ci95(per_episode_rmse_m: list[float], seed: int = 0) -> list[float]:
+    """95 % percentile-bootstrap interval of the RMSE over episodes, ``[low_m, high_m]``.
+
+    The RMSE is ``sqrt(mean over episodes of the episode MSE)`` (every episode has the same blocks and
+    targets), so episodes are resampled with replacement and the RMSE recomputed; fixed seed, so the
+    same cell gives the same interval.
+    """
+    mse = np.asarray(per_episode_rmse_m, float) ** 2
+    if mse.size == 1:
+        value = float(np.sqrt(mse[0]))
+        return [value, value]
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, mse.size, size=(BOOTSTRAP_RESAMPLES, mse.size))
+    stats = np.sqrt(mse[idx].mean(axis=1))
+    return [float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5))]
+
+
+def cell_path(out: Path, method: str, targets: int) -> Path:
+    return out / "cells" / f"{method}-I{targets}.json"
+
+
+# ----------------------------------------------------------------------------------------------- training
+def _ppo_api():
+    """The RLlib pipeline's training module, or ``(None, reason)`` when it is not in this checkout."""
+    try:
+        module = importlib.import_module("rl_isac.training.ppo")
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("rl_isac.training.ppo", "rl_isac.rllib"):
+            raise
+        return None, ("rl_isac.training.ppo is not in this checkout (the RLlib pipeline, issue 8, has not "
+                      "landed), so dgnn-ppo was not trained")
+    return module, ""
+
+
+def train_stage(profile: Profile, out: Path, dgnn_checkpoints: str, resume: bool, echo: Echo,
+                ppo_checkpoint: str | None = None) -> dict[int, dict]:
+    """PPO training of ``dgnn-ppo`` at every I of the profile.
+
+    Returns ``{I: {"trained": bool, "checkpoint": str | None, "reason": str, "curve": [...], ...}}``;
+    each entry is also written to ``training-I<I>.json``. ``ppo_checkpoint`` (``{I}`` allowed) skips
+    training and evaluates that checkpoint.
+    """
+    runs: dict[int, dict] = {}
+    if PROPOSED not in profile.methods:
+        return runs
+    for num in profile.targets:
+        if ppo_checkpoint is not None:
+            ckpt = ppo_checkpoint.replace("{I}", str(num))
+            runs[num] = {"trained": True, "checkpoint": ckpt, "reason": "given with --ppo-checkpoint",
+                         "curve": _curve_from_checkpoint(Path(ckpt)), "external": True}
+            echo(f"[train] I={num}: using the given PPO checkpoint {ckpt} (not trained here)")
+            continue
+        if profile.train is None:
+            runs[num] = {"trained": False, "checkpoint": None, "curve": [],
+                         "reason": f"the {profile.name} profile does not train PPO, so dgnn-ppo was not trained"}
+            echo(f"[train] I={num}: dgnn-ppo NOT trained: {runs[num]['reason']}")
+            continue
+        api, reason = _ppo_api()
+        if api is None:
+            runs[num] = {"trained": False, "checkpoint": None, "curve": [], "reason": reason}
+            echo(f"[train] I={num}: dgnn-ppo NOT trained: {reason}")
+            continue
+        runs[num] = _train_one(api, profile, num, out, dgnn_checkpoints, resume, echo)
+    return runs
+
+
+def _curve_from_checkpoint(path: Path) -> list[dict]:
+    """The learning curve stored beside a PPO checkpoint (``curve.json``), if any."""
+    curve = path / "curve.json"
+    return json.loads(curve.read_text()) if curve.is_file() else []
+
+
+def _train_one(api, profile: Profile, num: int, out: Path, dgnn_checkpoints: str, resume: bool, echo: Echo) -> dict:
+    """One PPO training run through the RLlib pipeline's API (resumable: a finished run is reused)."""
+    record_path = out / f"training-I{num}.json"
+    run_dir = out / f"ppo-I{num}"
+    warm = dgnn_checkpoints.replace("{I}", str(num))
+    spec = {"targets": num, "settings": profile.train, "dgnn_checkpoint": warm,
+            "dgnn_fingerprint": checkpoint_fingerprint(warm), "fidelity": profile.fidelity}
+    if resume and record_path.is_file():
+        record = json.loads(record_path.read_text())
+        if record.get("spec") == spec and record.get("trained") and Path(record["checkpoint"]).exists():
+            echo(f"[train] I={num}: finished run found in {run_dir}, not retrained")
+            return record
+    t0 = time.perf_counter()
+    echo(f"[train] I={num}: PPO training ({profile.train}) from {warm} into {run_dir}")
+    result = api.reproduce_training(targets=num, out_dir=run_dir, dgnn_checkpoint=warm, fidelity=profile.fidelity,
+                                    echo=echo, **profile.train)
+    record = {"trained": True, "checkpoint": str(result["checkpoint"]), "curve": list(result.get("curve", [])),
+              "reason": "", "spec": spec, "wall_time_s": time.perf_counter() - t0,
+              "config": result.get("config")}
+    write_json_atomic(record, record_path)
+    echo(f"[train] I={num}: done in {record['wall_time_s']:.0f} s, checkpoint {record['checkpoint']}")
+    return record
+
+
+# ----------------------------------------------------------------------------------------------- cells
+def _method_checkpoint(method: str, num: int, dgnn_checkpoints: str, training: dict[int, dict]) -> str | None:
+    if method == PROPOSED:
+        run = training.get(num)
+        return run["checkpoint"] if run and run.get("trained") else None
+    if method.startswith("dgnn-"):
+        return dgnn_checkpoints.replace("{I}", str(num))
+    return None
+
+
+def evaluate_cell(profile: Profile, method: str, num: int, checkpoint: str | None, out: Path, resume: bool,
+                  echo: Echo) -> tuple[dict, bool]:
+    """One (method, I) cell: from its file when resuming and its spec matches, else through the harness.
+
+    Returns ``(record, reused)``; the stored record is ``{"status": "ok", "spec": ..., "result": harness
+    result}`` or ``{"status": "refused", "spec": ..., "reason": ..., "candidate_count": int}``.
+    """
+    from rl_isac.association import ExhaustiveSearchTooLarge
+
+    path = cell_path(out, method, num)
+    spec = {"method": method, "targets": num, "episodes": profile.episodes, "blocks": profile.blocks,
+            "seed": profile.seed, "fidelity": profile.fidelity, "checkpoint": checkpoint,
+            "checkpoint_fingerprint": checkpoint_fingerprint(checkpoint)}
+    if resume and path.is_file():
+        try:
+            record = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            echo(f"[evaluate] {method} I={num}: {path} does not parse ({exc}); recomputing")
+        else:
+            if record.get("spec") == spec:
+                echo(f"[evaluate] {method} I={num}: finished cell {path} reused (not recomputed)")
+                return record, True
+            echo(f"[evaluate] {method} I={num}: {path} was computed with another spec; recomputing")
+    t0 = time.perf_counter()
+    try:
+        result = evaluate(method, targets=num, episodes=profile.episodes, blocks=profile.blocks, seed=profile.seed,
+                          fidelity=profile.fidelity, checkpoint=checkpoint, progress=True)
+    except ExhaustiveSearchTooLarge as exc:
+        record = {"status": "refused", "spec": spec, "reason": str(exc), "candidate_count": exc.count,
+                  "candidate_budget": exc.budget, "enumeration_bytes": exc.enumeration_bytes,
+                  "git_revision": git_revision()}
+        echo(f"[evaluate] {method} I={num}: refused: {exc.count} candidate associations "
+             f"(budget {exc.budget}; {exc.enumeration_bytes / 2**30:.3g} GiB to enumerate): the paper's OOM")
+    else:
+        record = {"status": "ok", "spec": spec, "wall_time_s": time.perf_counter() - t0, "result": result,
+                  "git_revision": result["git_revision"]}
+        echo(f"[evaluate] {method} I={num}: rmse {result['rmse_m']:.4f} m, pcrb {result['pcrb_rmse_m']:.4f} m, "
+             f"lost {result['lost_fraction']:.3f} ({record['wall_time_s']:.1f} s)")
+    write_json_atomic(record, path)
+    return record, False
+
+
+# ----------------------------------------------------------------------------------------------- table
+def table_rows(profile: Profile, cells: dict[tuple[str, int], dict], unavailable: dict[tuple[str, int], str]
+               ) -> list[dict]:
+    """The rows of ``table1.json``: one per (method, I) in table order."""
+    rows = []
+    for method in profile.methods:
+        label, paper = PAPER_TABLE1.get(method, ("ours", {}))
+        for num in profile.targets:
+            paper_entry = paper.get(num)
+            row = {"method": method, "paper_label": label, "targets": num, "status": None, "rmse_m": None,
+                   "ci95_m": None, "pcrb_rmse_m": None, "lost_fraction": None, "episodes": None, "blocks": None,
+                   "paper_rmse_m": paper_entry if isinstance(paper_entry, float) else None,
+                   "paper_entry": None if paper_entry is None else str(paper_entry), "reason": None}
+            if (method, num) in unavailable:
+                row.update(status="not available", reason=unavailable[(method, num)])
+            else:
+                rec = cells[(method, num)]
+                row["status"] = rec["status"]
+                if rec["status"] == "refused":
+                    row.update(reason=rec["reason"], candidate_count=rec["candidate_count"])
+                else:
+                    r = rec["result"]
+                    row.update(rmse_m=r["rmse_m"], ci95_m=bootstrap_ci95(r["rmse_per_episode_m"]),
+                               pcrb_rmse_m=r["pcrb_rmse_m"], lost_fraction=r["lost_fraction"],
+                               episodes=r["episodes"], blocks=r["blocks"], missed_fraction=r["missed_fraction"],
+                               decision_ms_p50=r["decision_ms_p50"], git_revision=rec["git_revision"])
+            rows.append(row)
+    return rows
+
+
+def verdicts(rows: list[dict], targets: tuple[int, ...]) -> list[str]:
+    """One sentence per I: does the proposed method beat every paper benchmark evaluated (mean and interval)?"""
+    lines = []
+    for num in targets:
+        prop = next((r for r in rows if r["method"] == PROPOSED and r["targets"] == num), None)
+        if prop is None:
+            continue
+        if prop["status"] != "ok":
+            lines.append(f"I = {num}: the proposed dgnn-ppo is not available ({prop['reason']}); no comparison.")
+            continue
+        others = [r for r in rows if r["targets"] == num and r["status"] == "ok" and r["method"] != PROPOSED]
+        if not others:
+            continue
+        best = min(others, key=lambda r: r["rmse_m"])
+        if prop["rmse_m"] <= best["rmse_m"]:
+            word = "beats" if prop["ci95_m"][1] < best["ci95_m"][0] else "is below (intervals overlap)"
+            lines.append(f"I = {num}: dgnn-ppo {prop['rmse_m']:.3f} m {word} the best other method "
+                         f"{best['method']} {best['rmse_m']:.3f} m.")
+        else:
+            word = "LOSES to" if prop["ci95_m"][0] > best["ci95_m"][1] else "is above (intervals overlap)"
+            lines.append(f"I = {num}: dgnn-ppo {prop['rmse_m']:.3f} m {word} {best['method']} "
+                         f"{best['rmse_m']:.3f} m.")
+    return lines
+
+
+def _fmt_cell(row: dict) -> str:
+    if row["status"] == "ok":
+        lo, hi = row["ci95_m"]
+        return (f"{row['rmse_m']:.3f} [{lo:.3f}, {hi:.3f}] (PCRB {row['pcrb_rmse_m']:.3f}; "
+                f"lost {row['lost_fraction']:.3f})")
+    if row["status"] == "refused":
+        return f"refused ({row['candidate_count']:.3g} candidates)"
+    return "not available"
+
+
+def markdown_table(profile: Profile, rows: list[dict]) -> str:
+    """``table1.md``: ours beside the paper's, then the verdicts and the notes."""
+    by = {(r["method"], r["targets"]): r for r in rows}
+    cols = [f"I = {n}" for n in profile.targets]
+    lines = [f"# Table 1 ({profile.name} profile: {profile.episodes} episodes x {profile.blocks} blocks per cell, "
+             f"{profile.fidelity}-level world, evaluation seed {profile.seed})", "",
+             "| method | paper's name | " + " | ".join(f"ours {c}" for c in cols) + " | "
+             + " | ".join(f"paper's {c}" for c in cols) + " |",
+             "|---|---|" + "---|" * (2 * len(cols))]
+    for method in profile.methods:
+        label = PAPER_TABLE1.get(method, ("(ours)", {}))[0]
+        ours = [_fmt_cell(by[(method, n)]) for n in profile.targets]
+        paper = [by[(method, n)]["paper_entry"] or "-" for n in profile.targets]
+        lines.append(f"| {method} | {label} | " + " | ".join(ours) + " | " + " | ".join(paper) + " |")
+    lines += ["", *verdicts(rows, profile.targets), "",
+              "Ours: per-target RMSE in metres over targets, blocks and episodes, with its 95 % bootstrap interval "
+              "over episodes; PCRB: the posterior CRB of the associations and beams the method itself used; lost: "
+              "fraction of target-blocks with an error above 5 m. \"paper's\": the numbers printed in the paper's "
+              "Table 1 (not recomputed; its world, parameters and training differ from ours). \"refused\": "
+              "exhaustive search over more candidate associations than its budget, the paper's OOM. \"not "
+              "available\": the method was not trained in this run (see table1.json's reason)."]
+    notes = {r["reason"] for r in rows if r["status"] == "not available"}
+    lines += [f"- not available: {n}" for n in sorted(notes)]
+    return "\n".join(lines) + "\n"
+
+
+def terminal_table(profile: Profile, rows: list[dict]) -> str:
+    head = f"{'method':<17}{'paper':<15}{'I':>3}{'rmse_m':>9}{'ci95_m':>18}{'pcrb_m':>9}{'lost':>7}{'paper_m':>9}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        paper = r["paper_entry"] or "-"
+        if r["status"] == "ok":
+            ci = f"[{r['ci95_m'][0]:.3f}, {r['ci95_m'][1]:.3f}]"
+            lines.append(f"{r['method']:<17}{r['paper_label']:<15}{r['targets']:>3}{r['rmse_m']:>9.4f}{ci:>18}"
+                         f"{r['pcrb_rmse_m']:>9.4f}{r['lost_fraction']:>7.3f}{paper:>9}")
+        else:
+            text = "refused" if r["status"] == "refused" else "not available"
+            lines.append(f"{r['method']:<17}{r['paper_label']:<15}{r['targets']:>3}{text:>27}{'':>16}{paper:>9}")
+    return "\n".join(lines + ["", *verdicts(rows, profile.targets)])
+
+
+# ----------------------------------------------------------------------------------------------- pipeline
+@dataclass
+class ReproduceResult:
+    out: Path
+    rows: list[dict]
+    figures: dict[str, Path]
+    training: dict[int, dict]
+    cells_computed: list[str] = field(default_factory=list)
+    cells_reused: list[str] = field(default_factory=list)
+
+
+def reproduce(profile: Profile | str, out: str | Path | None = None, resume: bool = True,
+              dgnn_checkpoints: str = DEFAULT_DGNN_CHECKPOINTS, ppo_checkpoint: str | None = None,
+              echo: Echo = print) -> ReproduceResult:
+    """Run the whole pipeline (see the module docstring); returns the rows and figure paths."""
+    if isinstance(profile, str):
+        if profile not in PROFILES:
+            raise ConfigError("profile", profile, f"unknown profile; known: {sorted(PROFILES)}")
+        profile = PROFILES[profile]
+    out = Path(out) if out is not None else Path("results") / profile.name
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+
+    echo(f"[setup] profile {profile.name}: I = {list(profile.targets)}, {len(profile.methods)} methods, "
+         f"{profile.episodes} episodes x {profile.blocks} blocks per cell, output {out}, "
+         f"resume {'on' if resume else 'off'}")
+    for method in profile.methods:
+        if method.startswith("dgnn-") and method != PROPOSED:
+            for num in profile.targets:
+                ckpt = Path(dgnn_checkpoints.replace("{I}", str(num)))
+                if not (ckpt / "model.pt").is_file():
+                    raise ConfigError("dgnn_checkpoints", str(ckpt), f"{method} at I={num} needs a phase-1 "
+                                      "checkpoint with model.pt (rl-isac pretrain / train-l2o)")
+    manifest = {
+        "profile": asdict(profile), "out": str(out), "git_revision": git_revision(),
+        "packages": package_versions(), "argv": sys.argv, "dgnn_checkpoints": dgnn_checkpoints,
+        "evaluation_world_seeds": evaluation_seeds(profile.seed, profile.episodes),
+        "scenarios": {str(n): ScenarioConfig.preset("paper", num_targets=n, fidelity=profile.fidelity)
+                      .replace(num_blocks=profile.blocks).to_dict() for n in profile.targets},
+    }
+    write_json_atomic(manifest, out / "run.json")
+
+    echo("[train] stage start")
+    training = train_stage(profile, out, dgnn_checkpoints, resume, echo, ppo_checkpoint=ppo_checkpoint)
+
+    echo(f"[evaluate] stage start: {len(profile.methods) * len(profile.targets)} cells")
+    cells: dict[tuple[str, int], dict] = {}
+    unavailable: dict[tuple[str, int], str] = {}
+    result = ReproduceResult(out=out, rows=[], figures={}, training=training)
+    for num in profile.targets:
+        for method in profile.methods:
+            ckpt = _method_checkpoint(method, num, dgnn_checkpoints, training)
+            if method == PROPOSED and ckpt is None:
+                unavailable[(method, num)] = training[num]["reason"]
+                echo(f"[evaluate] {method} I={num}: not available ({training[num]['reason']})")
+                continue
+            cells[(method, num)], reused = evaluate_cell(profile, method, num, ckpt, out, resume, echo)
+            (result.cells_reused if reused else result.cells_computed).append(f"{method}-I{num}")
+
+    echo("[table] stage start")
+    rows = table_rows(profile, cells, unavailable)
+    result.rows = rows
+    table = {"profile": profile.name, "episodes": profile.episodes, "blocks": profile.blocks,
+             "seed": profile.seed, "fidelity": profile.fidelity, "git_revision": git_revision(),
+             "evaluation_world_seeds": manifest["evaluation_world_seeds"], "rows": rows,
+             "verdicts": verdicts(rows, profile.targets), "paper_table1_source": "the paper's Table 1 (printed values)"}
+    write_json_atomic(table, out / "table1.json")
+    (out / "table1.md").write_text(markdown_table(profile, rows))
+    echo(f"[table] wrote {out / 'table1.json'} and {out / 'table1.md'}")
+
+    echo("[figures] stage start")
+    from rl_isac.evaluation import figures
+
+    fig3_method, fig3_ckpt = _fig3_method(profile, cells, training, dgnn_checkpoints)
+    episode = figures.record_episode(profile, fig3_method, profile.fig3_i, fig3_ckpt, out, resume, echo)
+    result.figures = {
+        "fig3": figures.fig3(episode, out / "fig3.png"),
+        "fig4": figures.fig4(profile, cells, out / "fig4.png"),
+        "training": figures.training_curve(training, out / "training.png"),
+    }
+    echo(f"[figures] wrote {', '.join(str(p) for p in result.figures.values())}")
+    echo(f"[done] {time.perf_counter() - t_start:.0f} s")
+    return result
+
+
+def _fig3_method(profile: Profile, cells: dict, training: dict, dgnn_checkpoints: str) -> tuple[str, str | None]:
+    """Fig. 3 shows the proposed method when it was trained, else the first other method evaluated OK."""
+    num = profile.fig3_i
+    for method in profile.methods:
+        rec = cells.get((method, num))
+        if rec is not None and rec["status"] == "ok":
+            return method, _method_checkpoint(method, num, dgnn_checkpoints, training)
+    raise ConfigError("methods", profile.methods, f"no method was evaluated at I={num}, nothing to draw in Fig. 3")

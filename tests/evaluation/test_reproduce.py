@@ -1,0 +1,119 @@
+"""`rl-isac reproduce`: the tiny profile end to end, resume, refusal and the not-trained path."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+
+import matplotlib.image as mpimg
+import pytest
+
+from rl_isac.cli import main
+from rl_isac.evaluation import reproduce as rep
+from rl_isac.seeds import evaluation_seeds
+
+ROW_KEYS = {"method", "targets", "rmse_m", "ci95_m", "pcrb_rmse_m", "lost_fraction", "episodes", "paper_rmse_m"}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("repro") / "tiny"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        rc = main(["reproduce", "--profile", "tiny", "--out", str(out)])
+    assert rc == 0
+    return out, printed.getvalue()
+
+
+def test_tiny_profile_writes_a_well_formed_table_and_three_figures(tiny_run):
+    tiny_run, printed = tiny_run
+    profile = rep.PROFILES["tiny"]
+    table = json.loads((tiny_run / "table1.json").read_text())
+    rows = table["rows"]
+    assert [(r["method"], r["targets"]) for r in rows] == [(m, 4) for m in profile.methods]
+    for row in rows:
+        assert ROW_KEYS <= set(row)
+    by = {r["method"]: r for r in rows}
+    # The tiny profile does not train: the proposed method is "not available", with no number.
+    assert by["dgnn-ppo"]["status"] == "not available" and by["dgnn-ppo"]["rmse_m"] is None
+    assert "not trained" in by["dgnn-ppo"]["reason"]
+    # The paper's numbers sit beside ours, labelled.
+    assert by["dgnn-ppo"]["paper_rmse_m"] == 0.2639 and by["dgnn-ppo"]["paper_label"] == "Proposed"
+    assert by["ekf-convex"]["paper_rmse_m"] == 0.9747 and by["ekf-convex"]["paper_label"] == "Benchmark I"
+    assert by["ekf-greedy"]["paper_rmse_m"] is None
+    for method in ("ekf-convex", "ekf-greedy", "dgnn-milp"):
+        r = by[method]
+        assert r["status"] == "ok" and r["episodes"] == 2 and r["blocks"] == 10
+        assert math.isfinite(r["rmse_m"]) and r["rmse_m"] > 0 and 0 <= r["lost_fraction"] <= 1
+        lo, hi = r["ci95_m"]
+        assert lo <= r["rmse_m"] <= hi
+        assert r["pcrb_rmse_m"] > 0
+    # Same evaluation seeds for every cell, from rl_isac.seeds.
+    assert table["evaluation_world_seeds"] == evaluation_seeds(0, 2)
+    for method in ("ekf-convex", "ekf-greedy", "dgnn-milp"):
+        cell = json.loads(rep.cell_path(tiny_run, method, 4).read_text())
+        assert cell["result"]["world_seeds"] == evaluation_seeds(0, 2)
+    md = (tiny_run / "table1.md").read_text()
+    for method in profile.methods:
+        assert f"| {method} |" in md
+    assert "not available" in md and "paper's" in md
+    manifest = json.loads((tiny_run / "run.json").read_text())
+    assert manifest["git_revision"] and manifest["packages"]["numpy"] and "4" in manifest["scenarios"]
+    for name in ("fig3.png", "fig4.png", "training.png"):
+        img = mpimg.imread(tiny_run / name)
+        assert img.ndim == 3 and img.shape[0] > 200 and img.shape[1] > 400
+    episode = json.loads((tiny_run / "cells" / "fig3-episode.json").read_text())
+    assert len(episode["truth_m"]) == 11 and len(episode["association"]) == 10
+    # The terminal ends with the table, the figure paths and the sentence on how the profile differs from full.
+    assert "not available" in printed and f"fig3: {tiny_run / 'fig3.png'}" in printed
+    assert printed.rstrip().endswith(profile.summary)
+
+
+def test_resume_skips_finished_cells_and_recomputes_only_a_broken_one(tiny_run):
+    tiny_run, _ = tiny_run
+    cells = [rep.cell_path(tiny_run, m, 4) for m in ("ekf-convex", "ekf-greedy", "dgnn-milp")]
+    before = {p: p.read_text() for p in cells}
+    res = rep.reproduce("tiny", out=tiny_run, echo=lambda s: None)
+    assert res.cells_computed == [] and sorted(res.cells_reused) == ["dgnn-milp-I4", "ekf-convex-I4", "ekf-greedy-I4"]
+    assert {p: p.read_text() for p in cells} == before
+    # A cell that does not parse (e.g. written by hand) never counts: it is recomputed, to the same numbers.
+    cells[1].write_text(before[cells[1]][: len(before[cells[1]]) // 2])
+    res = rep.reproduce("tiny", out=tiny_run, echo=lambda s: None)
+    assert res.cells_computed == ["ekf-greedy-I4"]
+    assert json.loads(cells[1].read_text())["result"]["rmse_m"] == json.loads(before[cells[1]])["result"]["rmse_m"]
+
+
+def test_exhaustive_at_i8_is_refused_with_its_count_and_untrained_ppo_is_not_available(tmp_path, monkeypatch):
+    monkeypatch.setattr(rep, "_ppo_api", lambda: (None, "no PPO training API in this test"))
+    profile = rep.Profile(name="t", targets=(8,), methods=("dgnn-ppo", "dgnn-exhaustive", "ekf-greedy"), episodes=1,
+                          blocks=2, train={"iterations": 1})
+    res = rep.reproduce(profile, out=tmp_path, echo=lambda s: None)
+    by = {r["method"]: r for r in res.rows}
+    assert by["dgnn-exhaustive"]["status"] == "refused" and by["dgnn-exhaustive"]["candidate_count"] == 481890304
+    assert by["dgnn-exhaustive"]["paper_entry"] == "OOM" and by["dgnn-exhaustive"]["rmse_m"] is None
+    assert by["dgnn-ppo"]["status"] == "not available"
+    assert by["dgnn-ppo"]["reason"] == "no PPO training API in this test"
+    assert by["ekf-greedy"]["status"] == "ok"
+    assert "refused (4.82e+08 candidates)" in (tmp_path / "table1.md").read_text()
+    assert res.training[8]["trained"] is False
+    assert all(p.is_file() for p in res.figures.values())
+
+
+def test_bad_profile_and_missing_checkpoint_are_clear_errors(tmp_path):
+    from rl_isac.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown profile"):
+        rep.reproduce("huge", out=tmp_path)
+    with pytest.raises(ConfigError, match="fig3_targets"):
+        rep.Profile(name="x", targets=(4,), methods=("ekf-greedy",), episodes=1, blocks=1, fig3_targets=6)
+    with pytest.raises(ConfigError, match="model.pt"):
+        rep.reproduce("tiny", out=tmp_path, dgnn_checkpoints=str(tmp_path / "none-I{I}"), echo=lambda s: None)
+
+
+def test_bootstrap_interval_is_deterministic_and_brackets_the_rmse():
+    per_episode = [0.1, 0.2, 0.15, 3.0]
+    lo, hi = rep.bootstrap_ci95(per_episode)
+    rmse = math.sqrt(sum(x * x for x in per_episode) / 4)
+    assert lo < rmse < hi and rep.bootstrap_ci95(per_episode) == [lo, hi]
