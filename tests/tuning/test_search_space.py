@@ -1,0 +1,55 @@
+"""tuning/search_space.py: every range is well formed, sampled configs validate, bad ones are refused."""
+
+from __future__ import annotations
+
+import pytest
+
+from rl_isac.errors import ConfigError
+from tuning import search_space as ss
+
+
+def test_every_param_has_a_reason_and_the_issue_list_is_covered():
+    names = {p.name for p in ss.SEARCH_SPACE}
+    assert names == {"lr", "entropy_coeff", "clip_param", "gamma", "lambda_", "minibatch_size", "num_epochs",
+                     "hidden_sizes", "warm_start", "reward"}
+    assert all(len(p.why) > 40 for p in ss.SEARCH_SPACE)
+    assert ss.TARGETS_GRID == (4, 6, 8)
+    assert "fixed grid" in ss.describe()
+
+
+def test_samples_of_the_tune_space_validate():
+    from ray.tune.search.sample import Domain
+
+    space = ss.tune_space()
+    assert set(space) == set(ss.PARAMS) and all(isinstance(v, Domain) for v in space.values())
+    for i in range(50):
+        config = {k: d.sample(random_state=i) for k, d in space.items()}
+        config = {k: (v.item() if hasattr(v, "item") else v) for k, v in config.items()}
+        assert ss.validate({**config, "targets": 6}) is not None
+        assert ss.parse_hidden_sizes(config["hidden_sizes"])[0] in (64, 128, 256)
+
+
+def _good():
+    return {"lr": 3e-4, "entropy_coeff": 1e-3, "clip_param": 0.2, "gamma": 0.99, "lambda_": 0.95,
+            "minibatch_size": 256, "num_epochs": 8, "hidden_sizes": "128x128", "warm_start": "bc", "reward": "fisher"}
+
+
+@pytest.mark.parametrize("key,value,rule", [
+    ("lr", 1e-2, r"\[1e-05, 0.001\]"), ("gamma", 1.0, "must lie in"), ("clip_param", float("nan"), "finite"),
+    ("minibatch_size", 100, "one of"), ("reward", "return", "one of"), ("targets", 5, "fixed grid"),
+])
+def test_out_of_range_values_name_the_key_value_and_rule(key, value, rule):
+    with pytest.raises(ConfigError, match=rule) as err:
+        ss.validate({**_good(), key: value})
+    assert key in str(err.value)
+
+
+def test_missing_keys_and_bad_param_definitions_are_refused():
+    bad = _good()
+    del bad["lr"]
+    with pytest.raises(ConfigError, match="missing"):
+        ss.validate(bad)
+    with pytest.raises(ConfigError, match="low > 0"):
+        ss.Param("x", "loguniform", why="", low=0.0, high=1.0)
+    with pytest.raises(ConfigError, match="hidden_sizes"):
+        ss.parse_hidden_sizes("wide")

@@ -1,0 +1,69 @@
+"""tuning/sweep.py without Ray running: resources from RLlib's own request, concurrency, placement errors."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from rl_isac.errors import ConfigError
+from tuning import sweep
+
+
+def test_bundles_come_from_rllibs_resource_request():
+    small = sweep.TrialResources(env_runners=1, cpus_per_env_runner=0.5, learner_cpus=0.5, main_cpus=0.5)
+    assert small.bundles() == [{"CPU": 0.5}, {"CPU": 0.5}]
+    gpu = sweep.TrialResources(env_runners=4, cpus_per_env_runner=1, learner_cpus=1, learner_gpus=1, main_cpus=1)
+    bundles = gpu.bundles()
+    assert {"CPU": 1.0, "GPU": 1.0} in bundles and sum(b["CPU"] for b in bundles) == 6
+
+
+def test_max_concurrent_trials_is_derived_from_the_nodes():
+    half = [{"CPU": 0.5}, {"CPU": 0.5}]
+    assert sweep.max_concurrent_trials(half, [{"CPU": 2.0}]) == 2  # this 2-core machine
+    assert sweep.max_concurrent_trials(half, [{"CPU": 2.0}], cap=1) == 1
+    # A cluster: 16-CPU rollout nodes and one GPU node; each GPU trial needs the GPU bundle.
+    gpu_trial = [{"CPU": 1.0}] * 4 + [{"CPU": 1.0, "GPU": 1.0}]
+    nodes = [{"CPU": 6.0}, {"CPU": 16.0}, {"CPU": 16.0}, {"CPU": 4.0, "GPU": 1.0}]
+    assert sweep.max_concurrent_trials(gpu_trial, nodes) == 1
+    assert sweep.max_concurrent_trials([{"CPU": 1.0}] * 5, nodes) == 8  # 42 CPUs / 5, packed node by node
+
+
+def test_a_trial_that_cannot_be_placed_is_an_error_saying_what_was_asked_and_what_exists():
+    with pytest.raises(sweep.PlacementError) as err:
+        sweep.max_concurrent_trials([{"CPU": 1.0, "GPU": 1.0}], [{"CPU": 2.0}])
+    text = str(err.value)
+    assert "'GPU': 1.0" in text and "{'CPU': 2.0}" in text and "wait forever" in text
+    # Enough CPUs in total, but no node holds the 3-CPU bundle.
+    with pytest.raises(sweep.PlacementError):
+        sweep.max_concurrent_trials([{"CPU": 3.0}], [{"CPU": 2.0}, {"CPU": 2.0}])
+
+
+def test_concurrency_flags():
+    args = sweep.build_parser().parse_args(["--trials", "3"])
+    res = sweep.TrialResources(env_runners=1, cpus_per_env_runner=0.5, learner_cpus=0.5, main_cpus=0.5)
+    assert sweep.resolve_concurrency(args, res, [{"CPU": 8.0}]) == 3  # capped by the number of trials
+    args = sweep.build_parser().parse_args(["--max-concurrent", "8", "--assume-autoscaling"])
+    assert sweep.resolve_concurrency(args, res, [{"CPU": 0.0}]) == 8
+    args = sweep.build_parser().parse_args(["--assume-autoscaling"])
+    with pytest.raises(ConfigError, match="needs --max-concurrent"):
+        sweep.resolve_concurrency(args, res, [{"CPU": 8.0}])
+    with pytest.raises(ConfigError, match="fixed grid"):
+        sweep.check_args(sweep.build_parser().parse_args(["--targets", "5"]))
+    with pytest.raises(ConfigError, match="cpus_per_env_runner"):
+        sweep.TrialResources(cpus_per_env_runner=0)
+
+
+def test_best_preset_round_trips_through_yaml_and_summary_lists_every_trial(tmp_path):
+    config = {"lr": 3e-4, "entropy_coeff": 1e-3, "clip_param": 0.2, "gamma": 0.99, "lambda_": 0.95,
+              "minibatch_size": 256, "num_epochs": 8, "hidden_sizes": "128x128", "warm_start": "bc",
+              "reward": "fisher", "unrelated": 1}
+    preset = sweep.best_preset(config, 4, 0.25, "abc", "exp-I4")
+    sweep.write_yaml(preset, tmp_path / "best-I4.yaml")
+    back = yaml.safe_load((tmp_path / "best-I4.yaml").read_text())
+    assert back == preset and back["model"]["hidden_sizes"] == [128, 128] and back["ppo"]["lr"] == 3e-4
+    with pytest.raises(ConfigError):
+        sweep.best_preset({**config, "lr": 1.0}, 4, 0.25, "abc", "exp-I4")
+    rows = [{"targets": 4, "trial_id": t, "iterations": 2, "metric": m, "config": config}
+            for t, m in (("a", 0.5), ("b", 0.3), ("c", None))]
+    table = sweep.summary_table(rows).splitlines()
+    assert len(table) == 5 and "| b |" in table[2] and "| c |" in table[4]

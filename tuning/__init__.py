@@ -1,0 +1,1 @@
+"""PPO hyperparameter sweeps (see sweep.py and search_space.py)."""

@@ -1,0 +1,154 @@
+"""The PPO sweep's search space: every range, and why it is that range (the one place to change them).
+
+Each :class:`Param` is a hyperparameter of phase 2 (PPO on the frozen DGNN encoder) with its
+distribution, its bounds and the reason for them. :func:`tune_space` turns them into Ray Tune
+search-space objects for :class:`ray.tune.search.optuna.OptunaSearch`; :func:`validate` checks a
+concrete config (a sampled trial, or a preset read back from YAML) against the same bounds, with
+an error naming the key, the value and the rule.
+
+The number of targets is not searched: it is a fixed grid dimension (``TARGETS_GRID``), one Optuna
+study per I, because the best settings may differ per size and OptunaSearch cannot mix a
+``grid_search`` into its space.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from rl_isac.errors import ConfigError
+
+TARGETS_GRID: tuple[int, ...] = (4, 6, 8)
+"""The paper's sizes I; ``sweep.py --targets`` picks a subset."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched hyperparameter.
+
+    kind: ``"loguniform"`` / ``"uniform"`` (``low``, ``high``) or ``"choice"`` (``choices``).
+    """
+
+    name: str
+    kind: str
+    why: str
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[Any, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind in ("loguniform", "uniform"):
+            if self.low is None or self.high is None or not self.low < self.high:
+                raise ConfigError(self.name, (self.low, self.high), "needs low < high")
+            if self.kind == "loguniform" and self.low <= 0:
+                raise ConfigError(self.name, self.low, "a log-uniform range needs low > 0")
+        elif self.kind == "choice":
+            if not self.choices:
+                raise ConfigError(self.name, self.choices, "a choice needs at least one option")
+        else:
+            raise ConfigError(self.name, self.kind, "kind must be loguniform, uniform or choice")
+
+    def check(self, value: Any) -> None:
+        """Raise :class:`ConfigError` unless ``value`` lies in this parameter's range."""
+        if self.kind == "choice":
+            if value not in self.choices:
+                raise ConfigError(self.name, value, f"must be one of {list(self.choices)}")
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(self.name, value, "must be a finite number")
+        if not self.low <= value <= self.high:
+            raise ConfigError(self.name, value, f"must lie in [{self.low:g}, {self.high:g}]")
+
+
+SEARCH_SPACE: tuple[Param, ...] = (
+    Param("lr", "loguniform", low=1e-5, high=1e-3,
+          why="Adam step of actor and critic on top of a pre-trained, frozen DGNN encoder: above 1e-3 the "
+              "auto-regressive pair scorer collapses onto one association within a few iterations; below 1e-5 "
+              "a short sweep cannot move a warm-started policy at all."),
+    Param("entropy_coeff", "loguniform", low=1e-4, high=3e-2,
+          why="Bonus on the joint entropy of the J = M * N_RF masked categoricals (up to about J log(M I) nats): "
+              "3e-2 already keeps the policy near uniform over valid pairs (random associations lose tracks), "
+              "1e-4 is practically none (a BC warm start needs a little to keep exploring)."),
+    Param("clip_param", "uniform", low=0.1, high=0.3,
+          why="PPO's ratio clip; Schulman et al. (2017) found 0.1-0.3 best; the joint log-prob sums J steps, "
+              "so the ratio moves faster than for a single categorical and large clips are risky."),
+    Param("gamma", "uniform", low=0.9, high=0.995,
+          why="Discount per 0.1 s block: the effective horizon 1 / (1 - gamma) spans 10 to 200 blocks, from "
+              "one second (about the myopic MILP's view plus a little) to a whole 100-block episode (a lost "
+              "track costs every later block, which only a long horizon sees)."),
+    Param("lambda_", "uniform", low=0.9, high=1.0,
+          why="GAE lambda: the per-block tracking reward is noisy (RLLIB_NOTES 'Learning signal'), so bias "
+              "(low lambda, trust the critic) trades against variance (lambda = 1, Monte Carlo)."),
+    Param("minibatch_size", "choice", choices=(128, 256, 512),
+          why="SGD minibatch in env steps; at most a quarter of the 2,000-step train batch so each epoch takes "
+              ">= 4 steps; 128 is the smallest that keeps the AR teacher-forced pass batched efficiently."),
+    Param("num_epochs", "choice", choices=(4, 8, 16),
+          why="Passes over each train batch: learning dominated the iteration time at 10 epochs in the probe; "
+              "16 risks over-fitting one batch (KL blow-up), 4 wastes samples."),
+    Param("hidden_sizes", "choice", choices=("64x64", "128x128", "256x256"),
+          why="Actor / critic MLP widths on the DGNN's embeddings (hidden_dim 64 in the shipped checkpoints); "
+              "written as 'WxW' strings because Optuna's categorical choices must be scalars."),
+    Param("warm_start", "choice", choices=("none", "bc", "bc+dagger"),
+          why="Issue 9's levers: 'none' is the paper's recipe (PPO from the phase-1 encoder only), 'bc' clones "
+              "dgnn-milp's pairs on training seeds first, 'bc+dagger' adds rounds on the policy's own states."),
+    Param("reward", "choice", choices=("5a", "fisher", "mixed"),
+          why="Issue 9's reward choices: eq. (5a) (negative squared position error, the paper's), 'fisher' (the "
+              "expected posterior error of the chosen pairs, the MILP's objective, far lower variance), 'mixed' "
+              "(their average)."),
+)
+
+PARAMS: dict[str, Param] = {p.name: p for p in SEARCH_SPACE}
+
+
+def parse_hidden_sizes(text: str) -> tuple[int, ...]:
+    """``"128x128"`` -> ``(128, 128)``."""
+    try:
+        sizes = tuple(int(part) for part in str(text).split("x"))
+    except ValueError as exc:
+        raise ConfigError("hidden_sizes", text, "must be widths joined by 'x', e.g. '128x128'") from exc
+    if not sizes or min(sizes) < 1:
+        raise ConfigError("hidden_sizes", text, "every width must be >= 1")
+    return sizes
+
+
+def tune_space() -> dict[str, Any]:
+    """The Ray Tune search space of :data:`SEARCH_SPACE` (without the target count)."""
+    from ray import tune
+
+    space: dict[str, Any] = {}
+    for p in SEARCH_SPACE:
+        if p.kind == "loguniform":
+            space[p.name] = tune.loguniform(p.low, p.high)
+        elif p.kind == "uniform":
+            space[p.name] = tune.uniform(p.low, p.high)
+        else:
+            space[p.name] = tune.choice(list(p.choices))
+    return space
+
+
+def validate(config: dict[str, Any], targets_grid: tuple[int, ...] = TARGETS_GRID) -> dict[str, Any]:
+    """Check a concrete trial config (every searched key present and in range, ``targets`` on the grid).
+
+    Returns the config unchanged; raises :class:`ConfigError` naming the key, the value and the rule.
+    """
+    missing = [name for name in PARAMS if name not in config]
+    if missing:
+        raise ConfigError("search config", missing, "missing searched hyperparameters")
+    for name, param in PARAMS.items():
+        param.check(config[name])
+    parse_hidden_sizes(config["hidden_sizes"])
+    if "targets" in config and config["targets"] not in targets_grid:
+        raise ConfigError("targets", config["targets"], f"must be on the fixed grid {list(targets_grid)}")
+    return config
+
+
+def describe() -> str:
+    """A Markdown table of the space (name, range, why), for the README and ``sweep.py --describe``."""
+    lines = ["| parameter | range | why |", "|---|---|---|"]
+    for p in SEARCH_SPACE:
+        rng = (f"{p.kind} [{p.low:g}, {p.high:g}]" if p.kind != "choice"
+               else "one of " + ", ".join(map(str, p.choices)))
+        lines.append(f"| `{p.name}` | {rng} | {p.why} |")
+    lines.append(f"| `targets` | fixed grid {list(TARGETS_GRID)} | one Optuna study per I (not searched) |")
+    return "\n".join(lines)

@@ -1,0 +1,385 @@
+"""PPO hyperparameter sweep of ``dgnn-ppo``: Ray Tune ``Tuner`` + ``OptunaSearch`` + ``ASHAScheduler``.
+
+How to run
+----------
+On this 2-core machine (a 4-trial sweep at I = 4, fractional CPUs so a trial fits twice)::
+
+    .venv/bin/python tuning/sweep.py --targets 4 --trials 4 --iterations 6 --eval-every 2 \\
+        --env-runners 1 --cpus-per-env-runner 0.5 --learner-cpus 0.5 --main-cpus 0.5
+
+On a cluster (cluster/README.md), the same script with other arguments only::
+
+    ray submit cluster/config.yaml tuning/sweep.py -- --address auto --targets 4 6 8 --trials 32 \\
+        --iterations 50 --env-runners 8 --cpus-per-env-runner 1 --learner-cpus 1 --learner-gpus 1 \\
+        --main-cpus 1 --eval-episodes 10 --eval-blocks 100 --max-concurrent 8 --assume-autoscaling
+
+An interrupted sweep continues with the same command plus ``--restore`` (``Tuner.restore``).
+``--describe`` prints the search space (tuning/search_space.py) with its ranges and reasons.
+
+Results to expect
+-----------------
+* ``<storage>/<name>-I<I>/``: Tune's experiment folder per target count (default storage
+  ``~/ray_results``), with TensorBoard event files of every trial (RLlib's metrics, our custom
+  ``tracking/*`` scalars and the sweep's ``val_rmse_m``): ``tensorboard --logdir ~/ray_results``.
+* ``<out>/best-I<I>.yaml``: the best trial's configuration as a preset for
+  ``rl-isac train --targets I --config <out>/best-I<I>.yaml``.
+* ``<out>/summary.md`` (also printed): every trial, its iterations, its metric and its settings.
+
+Metric: ``val_rmse_m``, the per-target tracking RMSE of the trial's current policy measured with the
+evaluation harness's episode runner (:func:`rl_isac.evaluation.harness.run_episode`) on *validation*
+world seeds (:func:`rl_isac.seeds.training_world_seed` with split 1): the harness's own evaluation
+seeds are never tuned on. Lower is better; it is reported every ``--eval-every`` iterations (the
+training return at every iteration beside it), and ASHA stops trials on it.
+
+Resources per trial are explicit (env runners, CPUs per runner, learner CPUs/GPUs, main-process
+CPUs); the bundles come from RLlib's own ``PPO.default_resource_request`` for exactly that layout.
+``max_concurrent_trials`` is how many such trials first-fit onto the nodes Ray reports (or
+``--max-concurrent``); a trial that fits on no node is an error naming what was asked and what
+exists, instead of a trial left PENDING forever.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# `ray submit` uploads only this file to the head's home folder; the repository itself is mounted at
+# ~/rl_isac (cluster/config.yaml, file_mounts). Find the repository to import the search space.
+_HERE = Path(__file__).resolve().parent
+for _root in (_HERE.parent, Path.home() / "rl_isac"):
+    if (_root / "tuning" / "search_space.py").is_file():
+        if str(_root) not in sys.path:
+            sys.path.insert(0, str(_root))
+        break
+
+from rl_isac.errors import ConfigError  # noqa: E402
+from tuning import search_space  # noqa: E402
+
+METRIC = "val_rmse_m"
+MODE = "min"
+
+
+class PlacementError(ConfigError):
+    """A trial's resource bundles fit on none of the cluster's nodes."""
+
+
+# ----------------------------------------------------------------------------------------------- resources
+@dataclass(frozen=True)
+class TrialResources:
+    """One trial's layout: RLlib env runners, learner and main process (CPUs may be fractional)."""
+
+    env_runners: int = 1
+    cpus_per_env_runner: float = 1.0
+    envs_per_env_runner: int = 8
+    learner_cpus: float = 1.0
+    learner_gpus: float = 0.0
+    main_cpus: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.env_runners < 0:
+            raise ConfigError("env_runners", self.env_runners, "must be >= 0")
+        if self.envs_per_env_runner < 1:
+            raise ConfigError("envs_per_env_runner", self.envs_per_env_runner, "must be >= 1")
+        for name in ("cpus_per_env_runner", "learner_cpus", "main_cpus"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(name, value, "must be a finite number > 0")
+        if not (math.isfinite(self.learner_gpus) and self.learner_gpus >= 0):
+            raise ConfigError("learner_gpus", self.learner_gpus, "must be a finite number >= 0")
+
+    @property
+    def num_learners(self) -> int:
+        """0 (the learner runs in the main process) on CPU; one remote learner actor per GPU trial."""
+        return 1 if self.learner_gpus > 0 else 0
+
+    def apply(self, config):
+        """Set this layout on an RLlib ``AlgorithmConfig`` (returns it)."""
+        return (config.env_runners(num_env_runners=self.env_runners, num_cpus_per_env_runner=self.cpus_per_env_runner,
+                                   num_envs_per_env_runner=self.envs_per_env_runner)
+                .learners(num_learners=self.num_learners, num_cpus_per_learner=self.learner_cpus,
+                          num_gpus_per_learner=self.learner_gpus)
+                .resources(num_cpus_for_main_process=self.main_cpus))
+
+    def bundles(self) -> list[dict[str, float]]:
+        """The placement-group bundles RLlib requests for this layout (``PPO.default_resource_request``)."""
+        from ray.rllib.algorithms.ppo import PPO, PPOConfig
+
+        pgf = PPO.default_resource_request(self.apply(PPOConfig()))
+        return [{k: float(v) for k, v in b.items() if v} for b in pgf.bundles]
+
+    def placement_group_factory(self):
+        from ray.tune import PlacementGroupFactory
+
+        return PlacementGroupFactory(self.bundles(), strategy="PACK")
+
+
+def _total(bundles: list[dict[str, float]]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for b in bundles:
+        for k, v in b.items():
+            out[k] = out.get(k, 0.0) + v
+    return out
+
+
+def _place(bundles: list[dict[str, float]], free: list[dict[str, float]]) -> bool:
+    """First-fit-decreasing of one trial's bundles onto the nodes' free resources (mutates ``free`` on success)."""
+    trial = [dict(node) for node in free]
+    for bundle in sorted(bundles, key=lambda b: (-b.get("GPU", 0.0), -b.get("CPU", 0.0))):
+        for node in trial:
+            if all(node.get(k, 0.0) + 1e-9 >= v for k, v in bundle.items()):
+                for k, v in bundle.items():
+                    node[k] = node.get(k, 0.0) - v
+                break
+        else:
+            return False
+    free[:] = trial
+    return True
+
+
+def max_concurrent_trials(bundles: list[dict[str, float]], nodes: list[dict[str, float]], cap: int | None = None
+                          ) -> int:
+    """How many trials with these bundles fit on these nodes at once (first fit, node by node).
+
+    Args:
+        bundles: one trial's bundles, e.g. ``[{"CPU": 0.5}, {"CPU": 0.5}]``.
+        nodes: each node's total resources, e.g. ``[{"CPU": 2.0, "GPU": 0.0}]``.
+        cap: upper bound (the number of trials).
+    Raises:
+        PlacementError: not even one trial fits; the message says what was asked and what exists.
+    """
+    free = [dict(n) for n in nodes]
+    count = 0
+    while (cap is None or count < cap) and _place(bundles, free):
+        count += 1
+    if count == 0:
+        raise PlacementError("trial resources", bundles,
+                             f"a trial asks for bundles {bundles} (total {_total(bundles)}) but the cluster's nodes "
+                             f"have {nodes} (total {_total(nodes)}): no node can hold them, so the trial would wait "
+                             f"forever; lower --env-runners / --cpus-per-env-runner / --learner-cpus / "
+                             f"--learner-gpus / --main-cpus or add nodes")
+    return count
+
+
+def cluster_nodes() -> list[dict[str, float]]:
+    """CPU/GPU (and other) resources of every alive node of the connected Ray cluster."""
+    import ray
+
+    return [{k: float(v) for k, v in n["Resources"].items() if not k.startswith(("node:", "memory",
+                                                                                 "object_store_memory"))}
+            for n in ray.nodes() if n.get("Alive")]
+
+
+# ----------------------------------------------------------------------------------------------- trial
+@dataclass(frozen=True)
+class SweepSettings:
+    """What every trial of one sweep shares (not searched)."""
+
+    targets: int
+    pretrained: str
+    iterations: int
+    eval_every: int
+    eval_episodes: int
+    eval_blocks: int
+    fidelity: str
+    eval_fidelity: str
+    seed: int
+    resources: TrialResources
+
+
+def validation_rmse(controller_factory, cfg, episodes: int, blocks: int, seed: int) -> float:
+    """Per-target RMSE of a CU with the harness's episode runner on validation seeds (never evaluation seeds)."""
+    import numpy as np
+
+    from rl_isac.evaluation.harness import run_episode
+    from rl_isac.seeds import training_world_seed
+
+    sq = [run_episode(controller_factory(), cfg, training_world_seed(seed, 1, e), blocks)["sq_err"]
+          for e in range(episodes)]
+    return float(np.sqrt(np.mean(sq)))
+
+
+def ppo_trial(config: dict[str, Any], settings: SweepSettings) -> None:
+    """Tune function trainable: PPO on the RLlib pipeline with one sampled config, reporting ``val_rmse_m``."""
+    from rl_isac.training import ppo as ppo_api  # the RLlib pipeline (issue 8)
+
+    search_space.validate({k: v for k, v in config.items() if k in search_space.PARAMS})
+    ppo_api.tune_trial(config, settings, report_metric=METRIC, validation_rmse=validation_rmse)
+
+
+# ----------------------------------------------------------------------------------------------- results
+def best_preset(config: dict[str, Any], targets: int, metric_value: float, trial_id: str, experiment: str
+                ) -> dict[str, Any]:
+    """The YAML preset of a trial's config for ``rl-isac train --config`` (searched keys, validated)."""
+    searched = search_space.validate({k: config[k] for k in search_space.PARAMS})
+    return {"targets": targets, "ppo": {k: searched[k] for k in ("lr", "entropy_coeff", "clip_param", "gamma",
+                                                                  "lambda_", "minibatch_size", "num_epochs")},
+            "model": {"hidden_sizes": list(search_space.parse_hidden_sizes(searched["hidden_sizes"]))},
+            "warm_start": searched["warm_start"], "reward": searched["reward"],
+            "sweep": {"metric": METRIC, "value": metric_value, "trial_id": trial_id, "experiment": experiment}}
+
+
+def write_yaml(data: dict, path: Path) -> None:
+    import yaml
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+    tmp.replace(path)
+
+
+def summary_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown table: one row per trial, best first per I."""
+    keys = [p.name for p in search_space.SEARCH_SPACE]
+    lines = ["| I | trial | iterations | " + METRIC + " | " + " | ".join(keys) + " |",
+             "|---|---|---|---|" + "---|" * len(keys)]
+    for r in sorted(rows, key=lambda r: (r["targets"], math.inf if r["metric"] is None else r["metric"])):
+        metric = "-" if r["metric"] is None else f"{r['metric']:.4f}"
+        vals = [f"{r['config'][k]:.3g}" if isinstance(r["config"].get(k), float) else str(r["config"].get(k))
+                for k in keys]
+        lines.append(f"| {r['targets']} | {r['trial_id']} | {r['iterations']} | {metric} | " + " | ".join(vals) + " |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------- driver
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Tune + Optuna + ASHA sweep of dgnn-ppo (see the module docstring)")
+    p.add_argument("--targets", type=int, nargs="+", default=[4], help="target counts, a fixed grid (default 4)")
+    p.add_argument("--trials", type=int, default=4, help="Optuna trials per target count (default 4)")
+    p.add_argument("--iterations", type=int, default=6, help="PPO iterations per trial at most (ASHA max_t)")
+    p.add_argument("--grace-iterations", type=int, default=2, help="ASHA grace period in iterations (default 2)")
+    p.add_argument("--eval-every", type=int, default=2, help="report val_rmse_m every N iterations (default 2)")
+    p.add_argument("--eval-episodes", type=int, default=2, help="validation episodes per report (default 2)")
+    p.add_argument("--eval-blocks", type=int, default=50, help="blocks per validation episode (default 50)")
+    p.add_argument("--pretrained", default="results/checkpoints/dgnn-I{I}", help="phase-1 checkpoints ('{I}')")
+    p.add_argument("--fidelity", default="surrogate", help="training world fidelity (default surrogate)")
+    p.add_argument("--eval-fidelity", default="signal", help="validation world fidelity (default signal)")
+    p.add_argument("--env-runners", type=int, default=1)
+    p.add_argument("--cpus-per-env-runner", type=float, default=0.5)
+    p.add_argument("--envs-per-env-runner", type=int, default=8)
+    p.add_argument("--learner-cpus", type=float, default=0.5)
+    p.add_argument("--learner-gpus", type=float, default=0.0)
+    p.add_argument("--main-cpus", type=float, default=0.5)
+    p.add_argument("--max-concurrent", type=int, help="concurrent trials (default: derived from the cluster)")
+    p.add_argument("--assume-autoscaling", action="store_true",
+                   help="with --max-concurrent: do not check placement on the nodes running now (an autoscaler "
+                        "adds nodes on demand)")
+    p.add_argument("--address", help="Ray address ('auto' on a cluster head; default: start a local Ray)")
+    p.add_argument("--storage", default=str(Path.home() / "ray_results"), help="Tune storage (default ~/ray_results)")
+    p.add_argument("--name", default="rl-isac-ppo-sweep", help="experiment name prefix")
+    p.add_argument("--out", default="tuning/out", help="where best-I<I>.yaml and summary.md go (default tuning/out)")
+    p.add_argument("--seed", type=int, default=0, help="Optuna and training seed (default 0)")
+    p.add_argument("--restore", action="store_true", help="continue the interrupted sweep of the same name")
+    p.add_argument("--describe", action="store_true", help="print the search space and exit")
+    return p
+
+
+def resolve_concurrency(args, resources: TrialResources, nodes: list[dict[str, float]]) -> int:
+    """``max_concurrent_trials``: ``--max-concurrent`` or what first-fits on ``nodes``; placement checked."""
+    bundles = resources.bundles()
+    if args.max_concurrent is not None:
+        if args.max_concurrent < 1:
+            raise ConfigError("--max-concurrent", args.max_concurrent, "must be >= 1")
+        if not args.assume_autoscaling:
+            max_concurrent_trials(bundles, nodes, cap=1)  # at least one must fit now
+        return args.max_concurrent
+    if args.assume_autoscaling:
+        raise ConfigError("--assume-autoscaling", True, "needs --max-concurrent (nodes running now say nothing "
+                                                        "about the nodes the autoscaler will add)")
+    return max_concurrent_trials(bundles, nodes, cap=args.trials)
+
+
+def check_args(args) -> None:
+    for name in ("trials", "iterations", "grace_iterations", "eval_every", "eval_episodes", "eval_blocks"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')}", getattr(args, name), "must be >= 1")
+    for num in args.targets:
+        if num not in search_space.TARGETS_GRID:
+            raise ConfigError("--targets", num, f"must be on the fixed grid {list(search_space.TARGETS_GRID)}")
+
+
+def run_sweep(args) -> list[dict[str, Any]]:
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    check_args(args)
+    resources = TrialResources(args.env_runners, args.cpus_per_env_runner, args.envs_per_env_runner,
+                               args.learner_cpus, args.learner_gpus, args.main_cpus)
+    if args.address:
+        ray.init(address=args.address)
+    else:
+        ray.init(include_dashboard=False)
+    nodes = cluster_nodes()
+    concurrent = resolve_concurrency(args, resources, nodes)
+    print(f"[sweep] trial bundles {resources.bundles()} on nodes {nodes}: {concurrent} concurrent trial(s)",
+          flush=True)
+    rows: list[dict[str, Any]] = []
+    out = Path(args.out)
+    for num in args.targets:
+        settings = SweepSettings(targets=num, pretrained=args.pretrained.replace("{I}", str(num)),
+                                 iterations=args.iterations, eval_every=args.eval_every,
+                                 eval_episodes=args.eval_episodes, eval_blocks=args.eval_blocks,
+                                 fidelity=args.fidelity, eval_fidelity=args.eval_fidelity, seed=args.seed,
+                                 resources=resources)
+        trainable = tune.with_resources(tune.with_parameters(ppo_trial, settings=settings),
+                                        resources.placement_group_factory())
+        name = f"{args.name}-I{num}"
+        path = str(Path(args.storage).expanduser() / name)
+        t0 = time.perf_counter()
+        if args.restore and tune.Tuner.can_restore(path):
+            print(f"[sweep] I={num}: restoring {path}", flush=True)
+            tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+        else:
+            searcher = ConcurrencyLimiter(OptunaSearch(seed=args.seed + num), max_concurrent=concurrent)
+            scheduler = ASHAScheduler(time_attr="training_iteration", max_t=args.iterations,
+                                      grace_period=min(args.grace_iterations, args.iterations), reduction_factor=2)
+            tuner = tune.Tuner(
+                trainable, param_space=search_space.tune_space(),
+                tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=searcher, scheduler=scheduler,
+                                            num_samples=args.trials, max_concurrent_trials=concurrent,
+                                            trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}"),
+                run_config=tune.RunConfig(name=name, storage_path=str(Path(args.storage).expanduser()),
+                                          checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
+        grid = tuner.fit()
+        wall = time.perf_counter() - t0
+        for res in grid:
+            metric = (res.metrics or {}).get(METRIC)
+            rows.append({"targets": num, "trial_id": (res.metrics or {}).get("trial_id", "?"),
+                         "iterations": (res.metrics or {}).get("training_iteration", 0), "metric": metric,
+                         "config": {k: v for k, v in (res.config or {}).items() if k in search_space.PARAMS},
+                         "error": None if res.error is None else str(res.error)})
+        best = grid.get_best_result(metric=METRIC, mode=MODE, scope="last")
+        preset = best_preset(best.config, num, float(best.metrics[METRIC]), str(best.metrics.get("trial_id")), name)
+        write_yaml(preset, out / f"best-I{num}.yaml")
+        print(f"[sweep] I={num}: {len(grid)} trials in {wall:.0f} s; best {METRIC} {best.metrics[METRIC]:.4f} m; "
+              f"preset {out / f'best-I{num}.yaml'}", flush=True)
+    table = summary_table(rows)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.md").write_text(table + "\n")
+    print(table)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.describe:
+        print(search_space.describe())
+        return 0
+    try:
+        run_sweep(args)
+    except ConfigError as exc:
+        print(f"sweep: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
