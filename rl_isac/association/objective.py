@@ -17,6 +17,42 @@ The objective is separable per target given its BS set, so one table
 target ``i``) serves every exact solver.
 
 For a symmetric 2x2 matrix ``[[a, b], [b, d]]``, ``trace(inv(.)) = (a + d) / (a d - b^2)``.
+
+Counting detection (issue 7). A pair only adds its information when its
+measurement arrives and is credited to its target: with probability
+``p[m, i]`` (``detection_prob``, :mod:`rl_isac.physics.detection`; the
+detector's P_d at the predicted position with the beams the CU will transmit,
+times the chance that the detection is not a neighbour's echo). Detections of
+different pairs are independent (independent noise per pair), so the
+objective is the *exact expectation over detection outcomes* of the per-target
+cost::
+
+    E cost_i(S) = sum_{D subset of S} prod_{m in D} p[m, i] prod_{m in S - D} (1 - p[m, i])
+                  * trace(inv(prior_info[i] + sum_{m in D} info[m, i]))
+
+It is still separable per target given its BS set ``S``, so the per-subset
+table and with it the exact MILP / exhaustive search stay exact; the table
+costs ``M`` extra vector operations (:func:`expected_subset_costs`). We chose
+it over the expected information ``trace(inv(prior + sum_m p J_m))``
+(also separable) because ``trace(inv(.))`` is convex, so by Jensen the
+expected-information form is optimistic exactly where it matters: it credits
+half of a large information to a pair detected half the time, while the track
+then coasts (prior-only cost) half the time. The exact expectation charges
+that coasting, which is what makes a second BS worth a free chain for a
+target whose single BS is unreliable (a neighbour in its beams, or a large
+predicted uncertainty that the beams may miss; see
+:mod:`rl_isac.physics.detection`). The convex relaxation (Benchmark I) keeps
+the expected-information form, its only convex surrogate, and rounds on this
+objective.
+
+Idle chains ((5c) is an inequality). Adding a pair never increases the
+expected cost, so without a price on a chain the solvers' full-chain form
+stays optimal. With ``chain_price = c > 0`` every pair of target ``i`` costs
+``c * trace(inv(prior_info[i]))`` (m^2, ``c`` of the target's prior-only
+error): a pair is worth a chain only if it lowers the expected error by at
+least that much, so a pair with ``p < c`` never is, and its chain stays idle
+(it then adds no interference to the BS's other chain and no false track
+candidate). The same table serves every exact solver.
 """
 
 from __future__ import annotations
@@ -29,6 +65,10 @@ from rl_isac.errors import ConstraintViolation, RlIsacError
 __all__ = [
     "MAX_TABLE_ENTRIES",
     "association_cost",
+    "chain_prices",
+    "expected_association_cost",
+    "expected_subset_costs",
+    "validate_detection",
     "max_bs_per_target",
     "subset_costs",
     "subset_sizes",
@@ -237,3 +277,102 @@ def subset_costs(info: object, prior_info: object, max_subset_size: int | None =
     if max_subset_size is not None and max_subset_size < num_bs:
         cost[:, subset_sizes(num_bs) > max_subset_size] = np.inf
     return np.ascontiguousarray(cost)
+
+
+def validate_detection(detection_prob: object, shape: tuple[int, int]) -> np.ndarray:
+    """``detection_prob (num_bs, num_targets)`` as float64 in ``[0, 1]``.
+
+    Raises
+    ------
+    RlIsacError
+        Wrong shape, or a value outside ``[0, 1]`` / not finite (the message names the first pair).
+    """
+    p = np.asarray(detection_prob, dtype=np.float64)
+    if p.shape != tuple(shape):
+        raise RlIsacError(f"detection_prob must have shape (num_bs, num_targets) = {tuple(shape)}, got {p.shape}")
+    bad = ~((p >= 0.0) & (p <= 1.0))
+    if bad.any():
+        m, i = np.argwhere(bad)[0]
+        raise RlIsacError(f"detection_prob[{m}, {i}] = {float(p[m, i])!r} is not a probability in [0, 1]; "
+                          f"{int(bad.sum())} pair(s) affected")
+    return p
+
+
+def chain_prices(prior_info: np.ndarray, chain_price: float) -> np.ndarray:
+    """Price of one chain on each target, ``chain_price * trace(inv(prior_info[i]))`` (m^2), shape (num_targets,).
+
+    Raises
+    ------
+    RlIsacError
+        ``chain_price`` negative or not finite.
+    """
+    if not (np.isfinite(chain_price) and chain_price >= 0):
+        raise RlIsacError(f"chain_price = {chain_price!r} must be a finite number >= 0 (a fraction of the "
+                          f"target's prior-only error)")
+    return float(chain_price) * trace_inv_2x2(*_entries(np.asarray(prior_info, dtype=np.float64)))
+
+
+def expected_subset_costs(info: object, prior_info: object, detection_prob: object | None = None,
+                          chain_price: float = 0.0, max_subset_size: int | None = None) -> np.ndarray:
+    """Expected cost over detection outcomes (+ chain prices) of every target with every BS set.
+
+    Parameters
+    ----------
+    info, prior_info, max_subset_size
+        As :func:`subset_costs`.
+    detection_prob : array_like, shape (num_bs, num_targets), optional
+        Probability that pair ``(m, i)`` yields a measurement credited to
+        target ``i``; default 1 (detection assumed: the plain table).
+    chain_price : float
+        Price of one RF chain as a fraction of the target's prior-only error
+        (see the module docstring); default 0.
+
+    Returns
+    -------
+    np.ndarray of float64, shape (num_targets, 2**num_bs)
+        ``table[i, S] = E_D[trace(inv(prior_i + sum_{m in D} info[m, i]))]
+        + |S| * chain_price * trace(inv(prior_i))`` over the detected subset
+        ``D`` of ``S`` (m^2); ``inf`` beyond ``max_subset_size``.
+
+    The expectation is a product transform over the bits: after processing
+    BSs ``0 .. m - 1``, ``h[S]`` is the expectation over the outcomes of
+    those BSs in ``S`` with the others in ``S`` fixed as detected; BS ``m``
+    then maps ``h[S] <- p_m h[S] + (1 - p_m) h[S - m]`` for every ``S``
+    containing ``m`` (``M`` vector operations on the table).
+    """
+    table = subset_costs(info, prior_info)  # validates; cost of every detected set D
+    num_targets, size = table.shape
+    num_bs = size.bit_length() - 1
+    if detection_prob is not None:
+        p = validate_detection(detection_prob, (num_bs, num_targets))
+        h = table.T.copy()  # (2^M, I)
+        for m in range(num_bs):
+            lo = 1 << m
+            view = h.reshape(-1, 2, lo, num_targets)  # [..., bit m, lower bits, target]
+            view[:, 1] = p[m] * view[:, 1] + (1.0 - p[m]) * view[:, 0]
+        # a set with a BS of p = 0 gets exactly the value without it; inf only where every outcome is singular
+        table = np.ascontiguousarray(h.T)
+    if chain_price:
+        table = table + chain_prices(np.asarray(prior_info, dtype=np.float64), chain_price)[:, None] \
+            * subset_sizes(num_bs)[None, :]
+    if max_subset_size is not None and max_subset_size < num_bs:
+        table = table.copy() if table is not None else table
+        table[:, subset_sizes(num_bs) > max_subset_size] = np.inf
+    return table
+
+
+def expected_association_cost(association: object, info: object, prior_info: object,
+                              detection_prob: object | None = None, chain_price: float = 0.0) -> float:
+    """The solvers' objective of one association: ``sum_i table[i, S_i]`` of :func:`expected_subset_costs` (m^2).
+
+    Parameters
+    ----------
+    association : array_like, shape (num_bs, num_targets)
+        0/1 or bool ``A[bs, target]``; (5c)/(5d) are not required.
+    info, prior_info, detection_prob, chain_price
+        As :func:`expected_subset_costs`.
+    """
+    table = expected_subset_costs(info, prior_info, detection_prob, chain_price)
+    a = _as_binary(association, (table.shape[1].bit_length() - 1, table.shape[0]))
+    masks = (a.astype(np.int64) * (np.int64(1) << np.arange(a.shape[0], dtype=np.int64))[:, None]).sum(axis=0)
+    return float(table[np.arange(a.shape[1]), masks].sum())
