@@ -89,7 +89,7 @@ class _Pairs:
     Pairs ``p`` are the True entries of ``A`` in row-major order (``np.nonzero``). RF chain
     ``n`` of BS ``m`` serves its ``n``-th assigned target (ascending index); idle chains are off.
     The attributes shared with :class:`_Batch` (``num``, ``counts``, ``tgt``, ``bs_pos``, ``side``,
-    ``chain_active``, ``chain_flat``, ``all_chains``, ``out_index``, ``det_index``, ``members``)
+    ``chain_active``, ``chain_flat``, ``all_chains``, ``det_index``, ``members``)
     make one association a batch of one environment.
     """
 
@@ -108,12 +108,6 @@ class _Pairs:
         self.side = side[self.bs_idx]
         self.flat = self.bs_idx * num_targets + self.tgt_idx  # index into (M * I,)
         self.det_index = self.flat
-        # Where range, angle, snr, var_range, var_angle of each pair go in the flat buffer holding the
-        # (M, I) range, angle and snr arrays and the (M, I, 2, 2) covariances, one after the other.
-        size = num_bs * num_targets
-        self.out_parts = (self.flat, size + self.flat, 2 * size + self.flat, 3 * size + 4 * self.flat,
-                          3 * size + 4 * self.flat + 3)
-        self.out_index = np.concatenate(self.out_parts)
         # Chain of each pair: its rank among the BS's assigned targets.
         rank = np.cumsum(assoc, axis=1) - 1
         self.chain = rank[self.bs_idx, self.tgt_idx]  # (P,)
@@ -140,9 +134,6 @@ class _Batch:
         self.bs_pos = np.concatenate([p.bs_pos for p in members])
         self.side = np.concatenate([p.side for p in members])
         self.det_index = np.concatenate([p.flat + e * size for e, p in enumerate(members)])
-        # Quantity by quantity (as the results are concatenated), environment by environment within.
-        self.out_index = np.concatenate([p.out_parts[q] + e * 7 * size for q in range(5)
-                                         for e, p in enumerate(members)])
         self.chain_flat = np.concatenate([p.chain_flat + e * num_bs * num_rf for e, p in enumerate(members)])
         self.chain_active = np.concatenate([p.chain_active for p in members])
         self.all_chains = all(p.all_chains for p in members)
@@ -266,16 +257,42 @@ class _FrontEnd:
         return self._collect(batch, est, block)
 
     def _surrogate(self, batch, pair_beams, positions_m, velocities_mps, gate_lo, gate_hi, threshold, rngs):
-        """Surrogate draws for the assigned pairs only (geometry of eq. (1) per pair)."""
-        delta = positions_m.reshape(-1, 2)[batch.tgt] - batch.bs_pos  # (P, 2)
+        """Surrogate draws for the assigned pairs (geometry of eq. (1) per pair), with every other target
+        of the same environment whose true range lies inside the pair's gate as a candidate peak."""
+        cfg = self.cfg
+        num_targets = cfg.num_targets
+        flat_pos = positions_m.reshape(-1, 2)
+        flat_vel = velocities_mps.reshape(-1, 2)
+        delta = flat_pos[batch.tgt] - batch.bs_pos  # (P, 2)
         range_m = np.hypot(delta[:, 0], delta[:, 1])
         u = delta[:, 0] / range_m  # cos(theta)
         # nu = 2 v_r / lambda with the closing speed v_r = -(unit vector . velocity).
-        nu = (delta * velocities_mps.reshape(-1, 2)[batch.tgt]).sum(axis=1) * (self.doppler_scale / range_m)
+        nu = (delta * flat_vel[batch.tgt]).sum(axis=1) * (self.doppler_scale / range_m)
         amplitude = self.amp_const / (range_m * range_m)
         rng = rngs[0] if len(rngs) == 1 else list(zip(rngs, batch.counts))
-        return self.surrogate.draw(range_m, u, batch.side, amplitude, pair_beams, nu, gate_lo, gate_hi, threshold,
-                                   rng=rng)
+        # Other targets of the pair's environment inside its gate: (P, I) candidates, own target excluded.
+        env_first = (batch.tgt // num_targets) * num_targets
+        others = env_first[:, None] + np.arange(num_targets)  # (P, I) flat target indices
+        d_all = flat_pos[others] - batch.bs_pos[:, None, :]
+        r_all = np.hypot(d_all[..., 0], d_all[..., 1])
+        lo = np.broadcast_to(np.asarray(gate_lo, float), range_m.shape)[:, None]
+        hi = np.broadcast_to(np.asarray(gate_hi, float), range_m.shape)[:, None]
+        inside = (r_all >= lo) & (r_all <= hi) & (others != batch.tgt[:, None])
+        pair_idx, tgt_slot = np.nonzero(inside)  # row-major: pairs in order, so environments in order
+        nb_range = r_all[pair_idx, tgt_slot]
+        nb_delta = d_all[pair_idx, tgt_slot]
+        nb_vel = flat_vel[others[pair_idx, tgt_slot]]
+        if len(rngs) == 1:
+            nb_rng = rngs[0]
+        else:
+            env_of_pair = np.repeat(np.arange(len(rngs)), batch.counts)
+            nb_rng = list(zip(rngs, np.bincount(env_of_pair[pair_idx], minlength=len(rngs))))
+        neighbours = {"pair": pair_idx, "range_m": nb_range, "u": nb_delta[:, 0] / nb_range,
+                      "amplitude": self.amp_const / (nb_range * nb_range),
+                      "doppler_hz": (nb_delta * nb_vel).sum(axis=1) * (self.doppler_scale / nb_range), "rng": nb_rng}
+        return self.surrogate.draw_peaks(range_m, u, batch.side, amplitude, pair_beams, nu, gate_lo, gate_hi,
+                                         threshold, rng=rng, neighbours=neighbours, num_peaks=cfg.num_peaks,
+                                         resolution_m=cfg.range_resolution_m)
 
     def _signal_level(self, batch, pair_beams, positions_m, velocities_mps, gate_lo, gate_hi, threshold, rngs):
         """Synthesise eq. (2) at every BS (all targets echo), matched-filter each pair, estimate.
@@ -326,23 +343,34 @@ class _FrontEnd:
             z = np.multiply(y, symbols, out=y)
         else:
             z = y[batch.chain_flat] * symbols[batch.chain_flat]
-        return self.estimator.estimate_pairs(z, pair_beams, batch.side, gate_lo, gate_hi, threshold, work=work)
+        return self.estimator.estimate_peaks(z, pair_beams, batch.side, gate_lo, gate_hi, threshold, cfg.num_peaks,
+                                             work=work)
 
     def _collect(self, batch, est, block: int) -> list[Measurements]:
-        """Scatter the per-pair results into the ``(M, I)`` arrays of one :class:`Measurements` per environment."""
+        """Scatter the per-pair, per-peak results ``(P, num_peaks)`` into one :class:`Measurements` per
+        environment: ``(M, I, num_peaks)`` peak arrays, and peak 0 as the ``(M, I)`` fields."""
         range_m, angle, snr_db, detected, var_range, var_angle = est
         cfg = self.cfg
         num_env = len(batch.members)
+        num_peaks = cfg.num_peaks
         shape = (cfg.num_bs, cfg.num_targets)
         size = cfg.num_bs * cfg.num_targets
-        buf = np.zeros((num_env, 7 * size))
-        buf.reshape(-1)[batch.out_index] = np.concatenate((range_m, angle, snr_db, var_range, var_angle))
-        det = np.zeros((num_env, *shape), bool)
-        det.reshape(-1)[batch.det_index] = detected
-        return [Measurements(assigned=pairs.assoc.copy(), detected=det[e], range_m=buf[e, :size].reshape(shape),
-                             angle_rad=buf[e, size:2 * size].reshape(shape),
-                             snr_db=buf[e, 2 * size:3 * size].reshape(shape),
-                             cov=buf[e, 3 * size:].reshape(*shape, 2, 2), block=block)
+        buf = np.zeros((5, num_env * size, num_peaks))
+        buf[:, batch.det_index] = np.stack((range_m, angle, snr_db, var_range, var_angle))
+        valid = np.zeros((num_env * size, num_peaks), bool)
+        valid[batch.det_index] = detected
+        cov = np.zeros((num_env * size, num_peaks, 2, 2))
+        cov[..., 0, 0] = buf[3]
+        cov[..., 1, 1] = buf[4]
+        pshape = (num_env, *shape, num_peaks)
+        buf = buf.reshape(5, *pshape)
+        valid = valid.reshape(pshape)
+        cov = cov.reshape(*pshape, 2, 2)
+        return [Measurements(assigned=pairs.assoc.copy(), detected=valid[e, ..., 0].copy(),
+                             range_m=buf[0, e, ..., 0].copy(), angle_rad=buf[1, e, ..., 0].copy(),
+                             snr_db=buf[2, e, ..., 0].copy(), cov=cov[e, ..., 0, :, :].copy(), block=block,
+                             peak_valid=valid[e], peak_range_m=buf[0, e], peak_angle_rad=buf[1, e],
+                             peak_snr_db=buf[2, e], peak_cov=cov[e])
                 for e, pairs in enumerate(batch.members)]
 
 

@@ -118,6 +118,11 @@ class ScenarioConfig(ConfigMixin):
     """Half-width of the range gate around the CU's predicted range, metres (used when a prediction is given)."""
     fidelity: str = "signal"
     """``"signal"``: synthesise eq. (2) and estimate; ``"surrogate"``: draw from the Fisher information."""
+    num_peaks: int = 2
+    """Range peaks ``P`` each pair's front end reports from its gate (strongest first, each resolved
+    from the others by at least ``range_resolution_m``): the extra axis of the ``peak_*`` arrays of
+    :class:`~rl_isac.physics.measurements.Measurements`, so the CU can tell its own target from a
+    neighbour inside the same beams and range gate."""
 
     def __post_init__(self) -> None:
         # Normalise sequences (lists from YAML/JSON) to tuples so the config stays hashable, and numpy
@@ -157,7 +162,7 @@ class ScenarioConfig(ConfigMixin):
                 raise ConfigError(name, value, "must be an integer >= 1")
 
         for name in ("num_targets", "num_tx_antennas", "num_rx_antennas", "num_rf", "codebook_size",
-                     "num_subcarriers", "num_tracking_symbols", "num_blocks", "window"):
+                     "num_subcarriers", "num_tracking_symbols", "num_blocks", "window", "num_peaks"):
             positive_int(name)
         for name in ("antenna_spacing_wavelengths", "carrier_hz", "subcarrier_spacing_hz", "sensing_cp_s",
                      "noise_temperature_k", "rcs_m2", "block_duration_s", "range_gate_m",

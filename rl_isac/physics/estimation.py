@@ -154,6 +154,8 @@ class PairEstimator:
         self._rot_grid = np.exp(-1j * self._k_t0[:, None] * self._nu_grid)  # (K, H)
         self._offsets = np.array([-1.0, 0.0, 1.0])
         self._offsets4 = np.array([-1.0, 0.0, 1.0, 0.0])
+        # f / (L sigma^2) is Gamma(K, 1) under noise alone: its median is the floor's unit.
+        self._floor_scale = 1.0 / (num_l * cfg.noise_power_w * stats.gamma.median(cfg.num_tracking_symbols))
 
     def _const(self, table: dict, dtype) -> np.ndarray:
         """``table`` cast to ``dtype`` (cached)."""
@@ -164,13 +166,22 @@ class PairEstimator:
 
     # ------------------------------------------------------------------ range
     def _coarse_peak(self, z: np.ndarray, gate_lo_m: np.ndarray, gate_hi_m: np.ndarray,
-                     work: Workspace | None = None) -> tuple[np.ndarray, np.ndarray]:
+                     work: Workspace | None = None, exclude_m: np.ndarray | None = None,
+                     floor: bool = False, keep: dict | None = None):
         """The strongest FFT bin inside each gate ``(P,)`` int and its parabolic offset ``(P,)`` in bins.
 
         ``f(tau) = sum_k |Y_k(tau)|^2`` on the zero-padded FFT grid (bin ``tau_n = n / (nfft delta_f)``),
         bins outside the gate excluded (and counted as 0 for the parabola). Narrow gates
         evaluate only their own bins (a pruned DTFT, one matrix product); wide ones take
         the full FFT. Both give the same grid values.
+
+        ``exclude_m`` ``(P, E)``: ranges whose resolution cell (``|d - d_e| < range_resolution_m``)
+        is left out of the search (peaks already found). With ``floor=True`` the median of ``f``
+        over the gate's bins in units of its noise-only median ``L sigma^2 median(Gamma(K, 1))``
+        is returned as a third value ``(P,)``: the noise-plus-interference floor of the gate.
+        ``keep``: a dict that receives, on the pruned path only, the gate's spectrum ``"spec"``
+        ``(P, K, cols)`` (column ``j`` = bin ``start + j``, phase reference as ``_gate_dtft``),
+        ``"start"`` ``(P,)`` and ``"outside"`` ``(P, cols)`` bool.
         """
         num, num_symbols, num_l = z.shape
         rows = np.arange(num)
@@ -184,6 +195,13 @@ class PairEstimator:
             power = np.square(np.abs(spec)).reshape(num, num_symbols, -1).sum(axis=1)  # (P, cols)
             outside = self._gate_col > count[:, None]
             outside[:, 0] = True
+            if keep is not None:
+                keep.update(spec=spec.reshape(num, num_symbols, -1), start=start, outside=outside.copy())
+            if floor:
+                level = np.nanmedian(np.where(outside, np.nan, power), axis=1) * self._floor_scale
+            if exclude_m is not None:
+                col_m = (start[:, None] + self._gate_col) * self.bin_m  # (P, cols)
+                outside |= (np.abs(col_m[:, :, None] - exclude_m[:, None, :]) < self.cfg.range_resolution_m).any(-1)
             power[outside] = -1.0
             peak = power.argmax(axis=1)
             around = power[rows[:, None], peak[:, None] + self._offsets_int].astype(float)  # (P, 3)
@@ -194,13 +212,20 @@ class PairEstimator:
             bins = np.arange(self.nfft) * self.bin_m
             lo_m, hi_m = np.asarray(gate_lo_m, float)[..., None], np.asarray(gate_hi_m, float)[..., None]
             inside = (bins >= lo_m) & (bins <= hi_m)
+            if floor:
+                level = np.nanmedian(np.where(inside, power, np.nan), axis=1) * (self._floor_scale * self.nfft**2)
+            if exclude_m is not None:
+                inside &= ~(np.abs(bins[None, :, None] - exclude_m[:, None, :]) < self.cfg.range_resolution_m).any(-1)
             power = np.where(inside, power, -1.0)
             peak = np.argmax(power, axis=1)
             around = power[rows[:, None], (peak[:, None] + self._offsets_int) % self.nfft]  # cyclic neighbours
         # Parabolic interpolation on the three bins around the peak (bins outside the gate count as 0).
         fit = np.maximum(around, 0.0) @ _PARABOLA  # 0.5 (p_- - p_+), p_- - 2 p_0 + p_+
         offset = np.divide(fit[:, 0], fit[:, 1], out=np.zeros(num), where=fit[:, 1] < 0)
-        return peak, np.minimum(np.maximum(offset, -0.5), 0.5)
+        offset = np.minimum(np.maximum(offset, -0.5), 0.5)
+        if floor:
+            return peak, offset, level
+        return peak, offset
 
     def _bin_ramp(self, bins: np.ndarray, dtype, work: Workspace | None) -> np.ndarray:
         """``e^{j 2 pi n l_c / nfft}`` for integer bins ``n (P,)``: ``(P, L)`` of ``dtype`` (table rows)."""
@@ -214,13 +239,16 @@ class PairEstimator:
         return phase_ramp(self._bin_phase * bins, num_l, (num_l - 1) / 2, dtype, work=work, name="bin_ramp")
 
     def estimate_range(self, z: np.ndarray, gate_lo_m: np.ndarray, gate_hi_m: np.ndarray, *,
-                       work: Workspace | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                       work: Workspace | None = None, exclude_m: np.ndarray | None = None,
+                       keep: dict | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Range by ML (non-coherent over symbols).
 
         Args:
             z: ``(P, K, L)`` matched samples (complex64 or complex128).
             gate_lo_m, gate_hi_m: ``(P,)`` range gate, metres (or scalars).
             work: optional :class:`rl_isac.physics.echo.Workspace` for the large temporaries.
+            exclude_m: optional ``(P, E)`` ranges whose resolution cells the coarse search skips.
+            keep: optional dict for the coarse search's gate spectrum (see :meth:`_coarse_peak`).
         Returns:
             ``range_m (P,)``, ``statistic (P,)`` = ``T``, ``amplitudes (P, K)`` = ``c_k``.
         """
@@ -231,7 +259,7 @@ class PairEstimator:
         # In real arithmetic: the rows of X = D C (P, 2K, 3) are the real and imaginary parts of
         # (Y, Y', Y'') per symbol, so with G = X^T X: f' = 2 G_01, f'' = 2 (G_11 + G_02).
         scale = self.omega * self._l_max  # s per second of delay
-        peak, offset = self._coarse_peak(z, gate_lo_m, gate_hi_m, work)
+        peak, offset = self._coarse_peak(z, gate_lo_m, gate_hi_m, work, exclude_m, keep=keep)
         bin_s = self._bin_phase * self._l_max  # one FFT bin in s
         anchor = peak * bin_s
         derivs = self._derivatives(z, self._bin_ramp(peak, z.dtype, work), work)
@@ -366,34 +394,213 @@ class PairEstimator:
     def estimate_pairs(self, z: np.ndarray, beams: np.ndarray, side: np.ndarray, gate_lo_m, gate_hi_m,
                        threshold, *, work: Workspace | None = None) -> tuple[np.ndarray, ...]:
         """:meth:`estimate` without the dict: gates and threshold may be scalars; ``work`` as
-        :meth:`estimate_range`.
+        :meth:`estimate_range`. The strongest peak of each gate only (:meth:`estimate_peaks` with one peak).
 
         Returns:
             ``range_m, angle_rad, snr_db, detected, var_range_m2, var_angle_rad2``, each ``(P,)``;
             range, angle and variances are 0 where not detected.
         """
+        return tuple(a[:, 0] for a in self.estimate_peaks(z, beams, side, gate_lo_m, gate_hi_m, threshold, 1,
+                                                          work=work))
+
+    def estimate_peaks(self, z: np.ndarray, beams: np.ndarray, side: np.ndarray, gate_lo_m, gate_hi_m,
+                       threshold, num_peaks: int = 1, *, work: Workspace | None = None) -> tuple[np.ndarray, ...]:
+        """The ``num_peaks`` strongest resolved range peaks of each gate, each with its angle and quality.
+
+        Successive cancellation (CLEAN): peak 0 is the strongest echo in the gate (exactly as with
+        one peak); the echo it implies, ``c_k e^{-j 2 pi delta_f l_c tau_hat}``, is subtracted from the
+        samples and the residual searched again outside the resolution cells (``range_resolution_m``)
+        of the peaks already found, and so on. Where peak 1 is detected, peak 0 is re-estimated on
+        the samples with peak 1's echo removed (its sidelobes no longer bias it), and peak 1 on the
+        samples with that peak 0 removed. A peak is
+        detected when its statistic ``T`` exceeds ``threshold``; a later peak only when the earlier
+        ones are. Peaks are returned sorted by ``T``, descending.
+
+        Reported covariance (honest rather than the bare CRB): the CRB at the estimated amplitude and
+        angle with the noise power scaled by the gate's measured floor (median of the residual range
+        profile over the gate, all detected peaks removed, in units of its noise-only median, at least
+        1): the other RF chain's echoes and any unresolved clutter raise it, and the bound then
+        covers them. The angle variance is further inflated at low SNR (:func:`angle_tail_factor`:
+        the ML angle's outliers below ~20 dB are not in the CRB).
+
+        Returns:
+            ``range_m, angle_rad, snr_db, detected, var_range_m2, var_angle_rad2``, each ``(P, num_peaks)``;
+            zeros where not detected (``snr_db`` is filled for every peak searched).
+        """
         num = len(z)
+        cfg = self.cfg
         if num == 0:
-            empty = np.zeros(0)
+            empty = np.zeros((0, num_peaks))
             return empty, empty, empty, empty.astype(bool), empty, empty
-        range_m, stat, c = self.estimate_range(z, gate_lo_m, gate_hi_m, work=work)
-        detected = stat > threshold
+        gate_lo = np.broadcast_to(np.asarray(gate_lo_m, float), (num,))
+        gate_hi = np.broadcast_to(np.asarray(gate_hi_m, float), (num,))
+        threshold = np.broadcast_to(np.asarray(threshold, float), (num,))
+        ranges = np.zeros((num, num_peaks))
+        stats_ = np.zeros((num, num_peaks))
+        amps = np.zeros((num, num_peaks, z.shape[1]), complex)
+        valid = np.zeros((num, num_peaks), bool)
+        keep: dict = {}
+        r0, t0, c0 = self.estimate_range(z, gate_lo, gate_hi, work=work, keep=keep)
+        ranges[:, 0], stats_[:, 0], amps[:, 0] = r0, t0, c0
+        valid[:, 0] = t0 > threshold
+        floor, candidate = self._residual_floor(z, keep, r0, c0, gate_lo, gate_hi, threshold, valid[:, 0])
+        residual = None
+        rows = np.flatnonzero(candidate) if num_peaks > 1 else np.zeros(0, np.int64)
+        for p in range(1, num_peaks):
+            if rows.size == 0:
+                break
+            if residual is None:
+                residual = z[rows] - self._echo(c0[rows], r0[rows], z.dtype)
+            rp, tp, cp = self.estimate_range(residual, gate_lo[rows], gate_hi[rows], exclude_m=ranges[rows, :p])
+            ok = (tp > threshold[rows]) & (np.abs(rp[:, None] - ranges[rows, :p])
+                                           >= 0.5 * cfg.range_resolution_m).all(axis=1)
+            ranges[rows, p], stats_[rows, p], amps[rows, p] = rp, tp, cp
+            valid[rows, p] = ok
+            residual = residual[ok] - self._echo(cp[ok], rp[ok], z.dtype)
+            rows = rows[ok]
+        if num_peaks > 1:
+            # Peak 0 again without peak 1's echo where it is close enough for its sidelobes to bias peak 0.
+            rows = np.flatnonzero(valid[:, 1] & (np.abs(ranges[:, 1] - ranges[:, 0])
+                                                 < REESTIMATE_CELLS * cfg.range_resolution_m))
+            if rows.size:
+                clean = z[rows] - self._echo(amps[rows, 1], ranges[rows, 1], z.dtype)
+                r0b, t0b, c0b = self.estimate_range(clean, gate_lo[rows], gate_hi[rows], exclude_m=ranges[rows, 1:2])
+                ranges[rows, 0], stats_[rows, 0], amps[rows, 0] = r0b, t0b, c0b
+                valid[rows, 0] = t0b > threshold[rows]
+                # ... and peak 1 again without the re-estimated peak 0 (one more round of cancellation).
+                clean = z[rows] - self._echo(c0b, r0b, z.dtype)
+                r1b, t1b, c1b = self.estimate_range(clean, gate_lo[rows], gate_hi[rows], exclude_m=r0b[:, None])
+                ranges[rows, 1], stats_[rows, 1], amps[rows, 1] = r1b, t1b, c1b
+                valid[rows, 1] &= t1b > threshold[rows]
+            # The floor of gates with a second echo, both echoes removed (peak 1's sidelobes were in it).
+            rows = np.flatnonzero(valid[:, 1])
+            if rows.size and "spec" in keep:
+                floor[rows] = self._spectral_floor(keep, rows, [(amps[rows, q], ranges[rows, q]) for q in range(2)])
+            elif rows.size:
+                clean = z[rows] - self._echo(amps[rows, 0], ranges[rows, 0], z.dtype)
+                clean -= self._echo(amps[rows, 1], ranges[rows, 1], z.dtype)
+                _, _, level = self._coarse_peak(clean, gate_lo[rows], gate_hi[rows], None, floor=True)
+                floor[rows] = np.maximum(np.nan_to_num(level, nan=1.0), 1.0)
         directions = self.patterns.directions[beams]  # (P, K, 2)
-        u, _ = self._search_u(c, beams, directions)
-        angle = side * np.arccos(u)
-        snr_lin = np.maximum(stat - self.cfg.num_tracking_symbols, 1e-3)
-        # Covariance: CRB at the estimated amplitude and angle (rho^2 = SNR sigma^2 / (L sum_k r_k^2)).
-        sums = self.patterns.pattern_sums(u, directions)  # (P, 2, 2)
-        amp_sq = snr_lin * (self.cfg.noise_power_w / self.cfg.num_subcarriers) / np.maximum(sums[:, 0, 0], 1e-30)
-        out = np.empty((4, num))  # range, angle, var_range, var_angle
+        out = np.zeros((6, num, num_peaks))  # range, angle, snr_db, detected, var_range, var_angle
+        num_symbols = cfg.num_tracking_symbols
+        # One angle search over every searched peak: peak 0 of every pair, later peaks where detected.
+        rows, peaks = np.arange(num), np.zeros(num, np.int64)
+        if num_peaks > 1 and valid[:, 1:].any():
+            extra_rows, extra_peaks = np.nonzero(valid[:, 1:])
+            rows = np.concatenate([rows, extra_rows])
+            peaks = np.concatenate([peaks, extra_peaks + 1])
+        u, _ = self._search_u(amps[rows, peaks], beams[rows], directions[rows])
+        angle = side[rows] * np.arccos(u)
+        stat = stats_[rows, peaks]
+        fl = floor[rows]
+        snr_lin = np.maximum(stat - num_symbols, 1e-3)  # thermal-referenced integrated SNR
+        snr_eff = np.maximum(stat - num_symbols * fl, 1e-3) / fl  # over noise + interference
+        sums = self.patterns.pattern_sums(u, directions[rows])  # (n, 2, 2)
+        amp_sq = snr_eff * (cfg.noise_power_w / cfg.num_subcarriers) / np.maximum(sums[:, 0, 0], 1e-30)
+        var = np.empty((2, rows.size))
         with np.errstate(divide="ignore", invalid="ignore"):
-            _, informative = self.bound.from_sums(amp_sq, sums, out=out[2:])
-            out[3] /= np.maximum(np.sin(angle) ** 2, 1e-12)  # var(theta) = var(u) / sin^2(theta)
-            detected &= informative
-            out[0] = range_m
-            out[1] = angle
-            out = np.where(detected, out, 0.0)
-        return out[0], out[1], 10 * np.log10(snr_lin), detected, out[2], out[3]
+            _, informative = self.bound.from_sums(amp_sq, sums, out=var)
+            var[1] *= angle_tail_factor(10 * np.log10(snr_eff))
+            var[1] /= np.maximum(np.sin(angle) ** 2, 1e-12)  # var(theta) = var(u) / sin^2(theta)
+        det = valid[rows, peaks] & informative
+        out[:, rows, peaks] = (np.where(det, ranges[rows, peaks], 0.0), np.where(det, angle, 0.0),
+                               10 * np.log10(snr_lin), det, np.where(det, var[0], 0.0), np.where(det, var[1], 0.0))
+        detected = out[3].astype(bool)
+        if num_peaks > 1:
+            # Later peaks valid only after valid earlier ones; sorted by statistic, descending.
+            detected = np.cumprod(detected, axis=1).astype(bool)
+            key = np.where(detected, stats_, -np.inf)
+            order = np.argsort(-key, axis=1, kind="stable")
+            out = np.take_along_axis(out, order[None], axis=2)
+            detected = np.take_along_axis(detected, order, axis=1)
+            out[:, ~detected] = np.where(np.arange(6)[:, None] == 2, out[:, ~detected], 0.0)
+        return out[0], out[1], out[2], detected, out[4], out[5]
+
+    def _echo(self, c: np.ndarray, range_m: np.ndarray, dtype) -> np.ndarray:
+        """The echo ``c_k e^{-j 2 pi delta_f l_c tau}`` of amplitudes ``c (P, K)`` at ``range_m (P,)``:
+        ``(P, K, L)``."""
+        num_l = len(self.lc)
+        tau = 2.0 * np.asarray(range_m, float) / SPEED_OF_LIGHT_MPS
+        ramp = phase_ramp(-self.omega * tau, num_l, (num_l - 1) / 2, dtype)  # (P, L)
+        return c.astype(dtype)[:, :, None] * ramp[:, None, :]
+
+    def _residual_floor(self, z, keep, r0, c0, gate_lo, gate_hi, threshold, detected):
+        """Floor of each gate with peak 0 removed ``(P,)`` (>= 1, noise units) and which pairs may hold a
+        second detectable peak ``(P,)`` bool.
+
+        On the pruned path the residual spectrum is ``spec - c_k e^{j pi j (L - 1) / nfft} D_L(x_j)`` with
+        ``x_j = 2 pi (start + j - d_hat / bin_m) / nfft`` and ``D_L(x) = sin(L x / 2) / sin(x / 2)`` (the echo of
+        peak 0 on the gate's bins, no new transform); otherwise (wide gates) the residual samples are
+        transformed. A pair is a candidate when the residual's largest grid value outside peak 0's
+        resolution cell exceeds ``0.9 threshold`` (on the 3.9x oversampled grid a peak is under-read by at
+        most ~0.25 dB).
+        """
+        num_l = len(self.lc)
+        noise_unit = 1.0 / (num_l * self.cfg.noise_power_w)
+        if "spec" not in keep:
+            residual = z - self._echo(c0, r0, z.dtype) * detected[:, None, None]
+            _, _, level = self._coarse_peak(residual, gate_lo, gate_hi, None, floor=True)
+            floor = np.maximum(np.nan_to_num(level, nan=1.0), 1.0)
+            return floor, detected.copy()
+        power, floor = self._spectral_residual(keep, slice(None), [(c0 * detected[:, None], r0)])
+        start, outside, cols = keep["start"], keep["outside"], self._gate_col
+        col_m = (start[:, None] + cols) * self.bin_m
+        search = ~outside & (np.abs(col_m - r0[:, None]) >= self.cfg.range_resolution_m)
+        best = np.where(search, power, 0.0).max(axis=1) * noise_unit
+        return floor, detected & (best > 0.9 * threshold)
+
+    def _spectral_floor(self, keep, rows, echoes) -> np.ndarray:
+        """Floor ``(n,)`` of the gates ``rows`` with the given echoes removed (see :meth:`_spectral_residual`)."""
+        return self._spectral_residual(keep, rows, echoes)[1]
+
+    def _spectral_residual(self, keep, rows, echoes) -> tuple[np.ndarray, np.ndarray]:
+        """Residual gate spectrum power ``(n, cols)`` of ``rows`` with ``echoes`` ``[(c (n, K), d (n,)), ...]``
+        removed, and its floor ``(n,)``: the median over the gate's bins in noise units, at least 1.
+
+        The echo of amplitudes ``c_k`` at range ``d`` on column ``j`` (bin ``start + j``) of the pruned DTFT
+        is ``c_k e^{j pi j (L - 1) / nfft} D_L(x_j)``, ``x_j = 2 pi (start + j - d / bin_m) / nfft``,
+        ``D_L(x) = sin(L x / 2) / sin(x / 2)``.
+        """
+        num_l = len(self.lc)
+        spec, start, outside = keep["spec"][rows], keep["start"][rows], keep["outside"][rows]
+        cols = self._gate_col
+        res = spec.copy()
+        col_phase = np.exp(1j * np.pi * (num_l - 1) / self.nfft * cols)
+        for c, d in echoes:
+            half = (np.pi / self.nfft) * (start[:, None] + cols - d[:, None] * self._inv_bin_m)  # x / 2: (n, cols)
+            sin_half = np.sin(half)
+            small = np.abs(sin_half) < 1e-9
+            dirichlet = np.where(small, float(num_l), np.sin(num_l * half) / np.where(small, 1.0, sin_half))
+            res -= c[:, :, None] * (dirichlet * col_phase)[:, None, :]
+        power = np.square(res.real).sum(axis=1) + np.square(res.imag).sum(axis=1)  # (n, cols)
+        # Median over the gate's bins (sorted, outside bins pushed to the end).
+        n_in = (~outside).sum(axis=1)
+        srt = np.sort(np.where(outside, np.inf, power), axis=1)
+        idx = np.arange(len(start))
+        median = 0.5 * (srt[idx, np.maximum((n_in - 1) // 2, 0)] + srt[idx, np.maximum(n_in // 2, 0)])
+        return power, np.maximum(median * self._floor_scale, 1.0)
+
+
+REESTIMATE_CELLS = 4.0
+"""Peak 0 is re-estimated without peak 1's echo when the two are closer than this many range
+resolution cells (farther, the range profile's sidelobes bias it by far less than its CRB)."""
+ANGLE_TAIL_SNR_DB = 18.0
+"""SNR (dB, integrated, over noise plus interference) below which the ML angle's outliers
+(a sidelobe or the wrong beam's lobe winning the criterion) are no longer negligible."""
+ANGLE_TAIL_GAIN = 1.0
+"""Size of the low-SNR inflation of the angle variance (:func:`angle_tail_factor`)."""
+
+
+def angle_tail_factor(snr_db: np.ndarray) -> np.ndarray:
+    """Inflation of the angle CRB that covers the ML threshold effect: ``1 + g 10^{(s0 - snr) / 10}``.
+
+    Above ``ANGLE_TAIL_SNR_DB`` the ML angle is efficient (factor -> 1); below it the error
+    distribution grows a tail the CRB does not see. ``g = ANGLE_TAIL_GAIN`` and ``s0`` were fitted so
+    that the fraction of signal-level detections outside the 99.9 % chi-square gate against the
+    truth is within twice nominal (``tests/physics/test_estimation.py`` measures it).
+    """
+    return 1.0 + ANGLE_TAIL_GAIN * 10.0 ** ((ANGLE_TAIL_SNR_DB - np.asarray(snr_db, float)) / 10.0)
 
 
 def _parabolic_step(centre: np.ndarray, vals: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

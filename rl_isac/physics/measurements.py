@@ -5,6 +5,13 @@ fixed-shape and indexed ``[bs, target]`` like the paper's association matrix;
 entries that carry no measurement (pair not assigned, or assigned but not
 detected) hold zeros and are flagged by the masks, never NaN, so the arrays can
 be fed to a network or an RLlib observation space as they are.
+
+Several peaks per gate (interface 2 of the shared design): the BS front end reports the
+``P`` strongest resolved range peaks of each assigned pair's gate (``ScenarioConfig.num_peaks``),
+each with its own angle, SNR and covariance, on a fixed extra axis. The ``(M, I)`` fields are
+peak 0, the strongest (which may be another target's echo: a measurement belongs to whichever
+track the CU's data association, :mod:`rl_isac.tracking.data_association`, gives it to, not
+to the pair's label). Peaks are sorted by SNR, descending; invalid peaks hold zeros.
 """
 
 from __future__ import annotations
@@ -31,6 +38,13 @@ class Measurements:
         cov: ``(M, I, 2, 2)`` float64, covariance of ``(range_m, angle_rad)`` (CRB at the
             estimated SNR and angle); zeros where not detected.
         block: index ``q`` of the block the measurements belong to.
+        peak_valid: ``(M, I, P)`` bool, peak ``p`` of the pair's gate was detected; ``peak_valid[..., 0]
+            == detected``, and a valid peak ``p > 0`` implies peak ``p - 1`` is valid.
+        peak_range_m, peak_angle_rad, peak_snr_db: ``(M, I, P)`` float64, as the ``(M, I)`` fields.
+        peak_cov: ``(M, I, P, 2, 2)`` float64, as ``cov``.
+
+    The peak arrays are optional when constructing: left out (None), they are built from the
+    ``(M, I)`` fields with ``P = 1``.
     """
 
     assigned: np.ndarray
@@ -40,6 +54,29 @@ class Measurements:
     snr_db: np.ndarray
     cov: np.ndarray
     block: int = 0
+    peak_valid: np.ndarray | None = None
+    peak_range_m: np.ndarray | None = None
+    peak_angle_rad: np.ndarray | None = None
+    peak_snr_db: np.ndarray | None = None
+    peak_cov: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        given = [getattr(self, n) is not None for n in PEAK_FIELDS]
+        if any(given) and not all(given):
+            missing = [n for n, g in zip(PEAK_FIELDS, given) if not g]
+            raise MeasurementError(f"peak arrays must be given all together or not at all; missing {missing}")
+        if not any(given):
+            # Views of the (M, I) fields (P = 1), so code that edits those in place stays consistent.
+            object.__setattr__(self, "peak_valid", np.asarray(self.detected, bool)[..., None])
+            for name, src in (("peak_range_m", "range_m"), ("peak_angle_rad", "angle_rad"),
+                              ("peak_snr_db", "snr_db")):
+                object.__setattr__(self, name, np.asarray(getattr(self, src), float)[..., None])
+            object.__setattr__(self, "peak_cov", np.asarray(self.cov, float)[..., None, :, :])
+
+    @property
+    def num_peaks(self) -> int:
+        """``P``: peaks reported per pair."""
+        return self.peak_valid.shape[-1]
 
     @property
     def num_bs(self) -> int:
@@ -68,6 +105,31 @@ class Measurements:
                 idx = tuple(int(v) for v in np.argwhere(~np.isfinite(arr))[0])
                 raise MeasurementError(f"{name}{list(idx)} = {arr[idx]}: measurements must be finite "
                                        "(a miss is detected=False, not NaN)")
+        num_peaks = self.peak_valid.shape[-1] if self.peak_valid.ndim == 3 else -1
+        for name in ("peak_valid", "peak_range_m", "peak_angle_rad", "peak_snr_db"):
+            if getattr(self, name).shape != (*shape, num_peaks) or num_peaks < 1:
+                raise MeasurementError(f"{name} has shape {getattr(self, name).shape}, expected (M, I, P) = "
+                                       f"{(*shape, max(num_peaks, 1))}")
+        if self.peak_cov.shape != (*shape, num_peaks, 2, 2):
+            raise MeasurementError(f"peak_cov has shape {self.peak_cov.shape}, expected {(*shape, num_peaks, 2, 2)}")
+        if not np.array_equal(self.peak_valid[..., 0], self.detected):
+            bs, tgt = np.argwhere(self.peak_valid[..., 0] != self.detected)[0]
+            raise MeasurementError(f"pair (bs={bs}, target={tgt}): peak_valid[..., 0] must equal detected")
+        if num_peaks > 1 and np.any(self.peak_valid[..., 1:] & ~self.peak_valid[..., :-1]):
+            bs, tgt, p = np.argwhere(self.peak_valid[..., 1:] & ~self.peak_valid[..., :-1])[0]
+            raise MeasurementError(f"pair (bs={bs}, target={tgt}): peak {p + 1} is valid but peak {p} is not "
+                                   "(peaks are sorted by SNR)")
+        for name in ("peak_range_m", "peak_angle_rad", "peak_snr_db", "peak_cov"):
+            arr = getattr(self, name)
+            if not np.all(np.isfinite(arr)):
+                idx = tuple(int(v) for v in np.argwhere(~np.isfinite(arr))[0])
+                raise MeasurementError(f"{name}{list(idx)} = {arr[idx]}: measurements must be finite")
+        pv = self.peak_valid
+        if np.any(self.peak_range_m[pv] <= 0):
+            raise MeasurementError("a valid peak has a range <= 0 m")
+        pvar = self.peak_cov[pv]
+        if pvar.size and (np.any(pvar[:, 0, 0] <= 0) or np.any(pvar[:, 1, 1] <= 0)):
+            raise MeasurementError("a valid peak has a non-positive variance in peak_cov")
         det = self.detected
         if np.any(self.range_m[det] <= 0):
             raise MeasurementError("a detected range is <= 0 m")
@@ -77,11 +139,19 @@ class Measurements:
         return self
 
     @classmethod
-    def empty(cls, num_bs: int, num_targets: int, block: int = 0) -> Measurements:
-        """No pair assigned, nothing detected."""
+    def empty(cls, num_bs: int, num_targets: int, block: int = 0, num_peaks: int = 1) -> Measurements:
+        """No pair assigned, nothing detected (``num_peaks`` = ``P`` of the peak arrays)."""
         z = np.zeros((num_bs, num_targets))
+        zp = np.zeros((num_bs, num_targets, num_peaks))
         return cls(np.zeros_like(z, bool), np.zeros_like(z, bool), z.copy(), z.copy(), z.copy(),
-                   np.zeros((num_bs, num_targets, 2, 2)), block)
+                   np.zeros((num_bs, num_targets, 2, 2)), block, zp.astype(bool), zp.copy(), zp.copy(), zp.copy(),
+                   np.zeros((num_bs, num_targets, num_peaks, 2, 2)))
+
+    def peak_positions_m(self, bs_positions_m: np.ndarray) -> np.ndarray:
+        """Cartesian position of every peak, ``(M, I, P, 2)`` metres; zeros where not valid."""
+        pos = bs_positions_m[:, None, None, :] + self.peak_range_m[..., None] * np.stack(
+            [np.cos(self.peak_angle_rad), np.sin(self.peak_angle_rad)], axis=-1)
+        return np.where(self.peak_valid[..., None], pos, 0.0)
 
     def positions_m(self, bs_positions_m: np.ndarray) -> np.ndarray:
         """Cartesian position implied by each measurement ``p_m + d [cos t, sin t]``.
@@ -94,3 +164,7 @@ class Measurements:
         pos = bs_positions_m[:, None, :] + self.range_m[..., None] * np.stack(
             [np.cos(self.angle_rad), np.sin(self.angle_rad)], axis=-1)
         return np.where(self.detected[..., None], pos, 0.0)
+
+
+PEAK_FIELDS = ("peak_valid", "peak_range_m", "peak_angle_rad", "peak_snr_db", "peak_cov")
+"""The optional per-peak arrays of :class:`Measurements`."""

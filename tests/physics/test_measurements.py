@@ -25,7 +25,7 @@ def _one_detection() -> Measurements:
     angle[0, 0] = np.pi / 2
     cov = m.cov.copy()
     cov[0, 0] = np.diag([0.01, 1e-6])
-    return dataclasses.replace(m, assigned=assigned, detected=detected, range_m=range_m, angle_rad=angle, cov=cov)
+    return Measurements(assigned, detected, range_m, angle, m.snr_db, cov, m.block)
 
 
 def test_empty_has_fixed_shapes_and_no_measurement():
