@@ -82,13 +82,20 @@ SEARCH_SPACE: tuple[Param, ...] = (
               "(low lambda, trust the critic) trades against variance (lambda = 1, Monte Carlo)."),
     Param("minibatch_size", "choice", choices=(128, 256, 512),
           why="SGD minibatch in env steps; at most a quarter of the 2,000-step train batch so each epoch takes "
-              ">= 4 steps; 128 is the smallest that keeps the AR teacher-forced pass batched efficiently."),
+              ">= 4 SGD steps; 128 is the smallest that keeps the AR teacher-forced pass batched efficiently."),
     Param("num_epochs", "choice", choices=(4, 8, 16),
           why="Passes over each train batch: learning dominated the iteration time at 10 epochs in the probe; "
               "16 risks over-fitting one batch (KL blow-up), 4 wastes samples."),
-    Param("hidden_sizes", "choice", choices=("64x64", "128x128", "256x256"),
-          why="Actor / critic MLP widths on the DGNN's embeddings (hidden_dim 64 in the shipped checkpoints); "
-              "written as 'WxW' strings because Optuna's categorical choices must be scalars."),
+    Param("hidden", "choice", choices=(32, 64, 128),
+          why="Actor width H of the pair embeddings and scorer (PPOTrainConfig.hidden, default 64): the AR "
+              "scorer runs J times per decision, so width costs decision latency (p99 goal 5 ms at I = 8)."),
+    Param("critic_hidden", "choice", choices=(64, 128, 256),
+          why="Critic width (PPOTrainConfig.critic_hidden, default 128): the per-block reward is noisy, so a "
+              "better value baseline is one of issue 9's levers; wider than the actor because it is run once."),
+    Param("reward_scale", "loguniform", low=0.1, high=10.0,
+          why="Reward = -reward_scale * sum_i ||u_i - u_hat_i||^2 in 1/m^2: per-target errors span 0.05-5 m, so "
+              "the raw reward spans four decades; the scale sets the critic's target range and the size of the "
+              "advantages against the entropy bonus."),
     Param("warm_start", "choice", choices=("none", "bc", "bc+dagger"),
           why="Issue 9's levers: 'none' is the paper's recipe (PPO from the phase-1 encoder only), 'bc' clones "
               "dgnn-milp's pairs on training seeds first, 'bc+dagger' adds rounds on the policy's own states."),
@@ -101,23 +108,21 @@ SEARCH_SPACE: tuple[Param, ...] = (
 PARAMS: dict[str, Param] = {p.name: p for p in SEARCH_SPACE}
 
 
-def parse_hidden_sizes(text: str) -> tuple[int, ...]:
-    """``"128x128"`` -> ``(128, 128)``."""
-    try:
-        sizes = tuple(int(part) for part in str(text).split("x"))
-    except ValueError as exc:
-        raise ConfigError("hidden_sizes", text, "must be widths joined by 'x', e.g. '128x128'") from exc
-    if not sizes or min(sizes) < 1:
-        raise ConfigError("hidden_sizes", text, "every width must be >= 1")
-    return sizes
+def searched(available_fields: set[str] | None = None) -> tuple[Param, ...]:
+    """The parameters the training config can take: those named in ``available_fields`` (all when None).
+
+    ``warm_start`` and ``reward`` are issue 9's levers; a checkout whose ``PPOTrainConfig`` has no such
+    field cannot apply them, so the sweep holds them out (and says so) instead of sampling a no-op.
+    """
+    return tuple(p for p in SEARCH_SPACE if available_fields is None or p.name in available_fields)
 
 
-def tune_space() -> dict[str, Any]:
-    """The Ray Tune search space of :data:`SEARCH_SPACE` (without the target count)."""
+def tune_space(available_fields: set[str] | None = None) -> dict[str, Any]:
+    """The Ray Tune search space of :func:`searched` (without the target count)."""
     from ray import tune
 
     space: dict[str, Any] = {}
-    for p in SEARCH_SPACE:
+    for p in searched(available_fields):
         if p.kind == "loguniform":
             space[p.name] = tune.loguniform(p.low, p.high)
         elif p.kind == "uniform":
@@ -127,17 +132,18 @@ def tune_space() -> dict[str, Any]:
     return space
 
 
-def validate(config: dict[str, Any], targets_grid: tuple[int, ...] = TARGETS_GRID) -> dict[str, Any]:
+def validate(config: dict[str, Any], targets_grid: tuple[int, ...] = TARGETS_GRID,
+             available_fields: set[str] | None = None) -> dict[str, Any]:
     """Check a concrete trial config (every searched key present and in range, ``targets`` on the grid).
 
     Returns the config unchanged; raises :class:`ConfigError` naming the key, the value and the rule.
     """
-    missing = [name for name in PARAMS if name not in config]
+    params = searched(available_fields)
+    missing = [p.name for p in params if p.name not in config]
     if missing:
         raise ConfigError("search config", missing, "missing searched hyperparameters")
-    for name, param in PARAMS.items():
-        param.check(config[name])
-    parse_hidden_sizes(config["hidden_sizes"])
+    for param in params:
+        param.check(config[param.name])
     if "targets" in config and config["targets"] not in targets_grid:
         raise ConfigError("targets", config["targets"], f"must be on the fixed grid {list(targets_grid)}")
     return config

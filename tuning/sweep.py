@@ -44,7 +44,7 @@ import argparse
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -189,53 +189,126 @@ class SweepSettings:
     eval_fidelity: str
     seed: int
     resources: TrialResources
+    train_overrides: dict = field(default_factory=dict)
+    """Fixed ``PPOTrainConfig`` fields of every trial (e.g. ``train_batch_size``, ``blocks``)."""
 
 
-def validation_rmse(controller_factory, cfg, episodes: int, blocks: int, seed: int) -> float:
+def validation_rmse(controller, cfg, episodes: int, blocks: int, seed: int) -> float:
     """Per-target RMSE of a CU with the harness's episode runner on validation seeds (never evaluation seeds)."""
     import numpy as np
 
     from rl_isac.evaluation.harness import run_episode
     from rl_isac.seeds import training_world_seed
 
-    sq = [run_episode(controller_factory(), cfg, training_world_seed(seed, 1, e), blocks)["sq_err"]
+    sq = [run_episode(controller, cfg, training_world_seed(seed, 1, e), blocks)["sq_err"]
           for e in range(episodes)]
     return float(np.sqrt(np.mean(sq)))
 
 
-def ppo_trial(config: dict[str, Any], settings: SweepSettings) -> None:
-    """Tune function trainable: PPO on the RLlib pipeline with one sampled config, reporting ``val_rmse_m``."""
-    from rl_isac.training import ppo as ppo_api  # the RLlib pipeline (issue 8)
+def train_fields() -> set[str]:
+    """Field names of the RLlib pipeline's ``PPOTrainConfig`` (what ``rl-isac train --config`` accepts)."""
+    import dataclasses
 
-    search_space.validate({k: v for k, v in config.items() if k in search_space.PARAMS})
-    ppo_api.tune_trial(config, settings, report_metric=METRIC, validation_rmse=validation_rmse)
+    try:
+        from rl_isac.rllib.config import PPOTrainConfig
+    except ModuleNotFoundError as exc:
+        raise ConfigError("rl_isac.rllib.config", exc.name, "the RLlib pipeline (issue 8) is not installed in this "
+                                                            "checkout; the sweep trains through it") from exc
+    return {f.name for f in dataclasses.fields(PPOTrainConfig)}
+
+
+def trial_train_config(config: dict[str, Any], settings: SweepSettings):
+    """The ``PPOTrainConfig`` of one trial: the searched values it has fields for + the sweep's fixed settings."""
+    from rl_isac.rllib.config import PPOTrainConfig
+
+    fields = train_fields()
+    data = {k: v for k, v in config.items() if k in search_space.PARAMS and k in fields}
+    data.update(fidelity=settings.fidelity, num_env_runners=settings.resources.env_runners,
+                num_envs_per_env_runner=settings.resources.envs_per_env_runner, **settings.train_overrides)
+    return PPOTrainConfig.from_dict(data)
+
+
+def ppo_trial(config: dict[str, Any], settings: SweepSettings) -> None:
+    """Tune function trainable: PPO through the RLlib pipeline's builder, reporting ``val_rmse_m``.
+
+    Reports every ``eval_every`` PPO iterations (and at the last): ``ppo_iteration`` (ASHA's time
+    attribute), the training return and RMSE of the exploration policy, and ``val_rmse_m`` of the
+    greedy policy through the harness's episode runner on validation seeds; each report carries a
+    checkpoint, and a restored trial continues from it (same config, iterations continue).
+    """
+    import json
+    import tempfile
+
+    import torch
+    from ray import tune
+
+    from rl_isac.controllers import make_controller
+    from rl_isac.rllib.config import build_ppo_config, check_pretrained, env_config_for
+    from rl_isac.scenario import ScenarioConfig
+    from rl_isac.training.ppo import _row
+
+    torch.set_num_threads(1)
+    search_space.validate(config, available_fields=train_fields())
+    train_cfg = trial_train_config(config, settings)
+    num = settings.targets
+    configs = check_pretrained(settings.pretrained, ScenarioConfig.paper(num, fidelity=train_cfg.fidelity,
+                                                                         num_blocks=train_cfg.blocks))
+    algo_cfg = build_ppo_config(train_cfg, env_config_for(train_cfg, num, settings.seed), configs["dgnn"].to_dict(),
+                                str(Path(settings.pretrained) / "model.pt"), settings.seed)
+    algo = settings.resources.apply(algo_cfg).build_algo()
+    eval_cfg = ScenarioConfig.preset("paper", num_targets=num, fidelity=settings.eval_fidelity).replace(
+        num_blocks=settings.eval_blocks)
+    start = 0
+    restored = tune.get_checkpoint()
+    if restored is not None:
+        with restored.as_directory() as d:
+            algo.restore_from_path(str(Path(d) / "algo"))
+            start = json.loads((Path(d) / "sweep_state.json").read_text())["ppo_iteration"]
+    t0 = time.perf_counter()
+    try:
+        for it in range(start + 1, settings.iterations + 1):
+            row = _row(algo.train(), it, time.perf_counter() - t0)
+            if it % settings.eval_every and it != settings.iterations:
+                continue
+            with tempfile.TemporaryDirectory() as d:
+                algo.save_to_path(str(Path(d) / "algo"))
+                module = Path(d) / "algo" / "learner_group" / "learner" / "rl_module" / "cu_policy"
+                cu = make_controller("dgnn-ppo", eval_cfg, checkpoint=str(module))
+                rmse = validation_rmse(cu, eval_cfg, settings.eval_episodes, settings.eval_blocks, settings.seed)
+                (Path(d) / "sweep_state.json").write_text(json.dumps({"ppo_iteration": it}))
+                metrics = {"ppo_iteration": it, METRIC: rmse, "return_mean": row["return_mean"],
+                           "train_rmse_m": row["rmse_m"], "env_steps": row["env_steps"],
+                           "entropy": row["entropy"], "kl": row["kl"]}
+                tune.report({k: float(v) for k, v in metrics.items()}, checkpoint=tune.Checkpoint.from_directory(d))
+    finally:
+        algo.stop()
 
 
 # ----------------------------------------------------------------------------------------------- results
-def best_preset(config: dict[str, Any], targets: int, metric_value: float, trial_id: str, experiment: str
-                ) -> dict[str, Any]:
-    """The YAML preset of a trial's config for ``rl-isac train --config`` (searched keys, validated)."""
-    searched = search_space.validate({k: config[k] for k in search_space.PARAMS})
-    return {"targets": targets, "ppo": {k: searched[k] for k in ("lr", "entropy_coeff", "clip_param", "gamma",
-                                                                  "lambda_", "minibatch_size", "num_epochs")},
-            "model": {"hidden_sizes": list(search_space.parse_hidden_sizes(searched["hidden_sizes"]))},
-            "warm_start": searched["warm_start"], "reward": searched["reward"],
-            "sweep": {"metric": METRIC, "value": metric_value, "trial_id": trial_id, "experiment": experiment}}
+def best_preset(config: dict[str, Any], settings_overrides: dict[str, Any] | None = None,
+                available_fields: set[str] | None = None) -> dict[str, Any]:
+    """The best trial's config as a flat mapping of ``PPOTrainConfig`` fields (``rl-isac train --config``)."""
+    fields = train_fields() if available_fields is None else available_fields
+    searched = search_space.validate(config, available_fields=fields)
+    preset = {p.name: searched[p.name] for p in search_space.searched(fields)}
+    preset.update(settings_overrides or {})
+    return preset
 
 
-def write_yaml(data: dict, path: Path) -> None:
+def write_preset(preset: dict[str, Any], path: Path, header: list[str]) -> None:
+    """Write the preset YAML (metadata as leading comments: the config loader accepts only its fields)."""
     import yaml
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+    tmp.write_text("".join(f"# {line}\n" for line in header) + yaml.safe_dump(preset, sort_keys=False))
     tmp.replace(path)
 
 
 def summary_table(rows: list[dict[str, Any]]) -> str:
     """Markdown table: one row per trial, best first per I."""
-    keys = [p.name for p in search_space.SEARCH_SPACE]
-    lines = ["| I | trial | iterations | " + METRIC + " | " + " | ".join(keys) + " |",
+    keys = [k for k in search_space.PARAMS if any(k in r["config"] for r in rows)]
+    lines = ["| I | trial | PPO iterations | " + METRIC + " | " + " | ".join(keys) + " |",
              "|---|---|---|---|" + "---|" * len(keys)]
     for r in sorted(rows, key=lambda r: (r["targets"], math.inf if r["metric"] is None else r["metric"])):
         metric = "-" if r["metric"] is None else f"{r['metric']:.4f}"
@@ -258,6 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained", default="results/checkpoints/dgnn-I{I}", help="phase-1 checkpoints ('{I}')")
     p.add_argument("--fidelity", default="surrogate", help="training world fidelity (default surrogate)")
     p.add_argument("--eval-fidelity", default="signal", help="validation world fidelity (default signal)")
+    p.add_argument("--train-batch-size", type=int, help="PPO train batch in env steps (default PPOTrainConfig's)")
+    p.add_argument("--train-blocks", type=int, help="blocks per training episode (default PPOTrainConfig's)")
     p.add_argument("--env-runners", type=int, default=1)
     p.add_argument("--cpus-per-env-runner", type=float, default=0.5)
     p.add_argument("--envs-per-env-runner", type=int, default=8)
@@ -310,6 +385,12 @@ def run_sweep(args) -> list[dict[str, Any]]:
     from ray.tune.search.optuna import OptunaSearch
 
     check_args(args)
+    fields = train_fields()
+    held_out = [p.name for p in search_space.SEARCH_SPACE if p.name not in fields]
+    if held_out:
+        print(f"[sweep] not searched: {held_out} (PPOTrainConfig has no such field in this checkout)", flush=True)
+    overrides = {k: v for k, v in (("train_batch_size", args.train_batch_size), ("blocks", args.train_blocks))
+                 if v is not None}
     resources = TrialResources(args.env_runners, args.cpus_per_env_runner, args.envs_per_env_runner,
                                args.learner_cpus, args.learner_gpus, args.main_cpus)
     if args.address:
@@ -322,44 +403,56 @@ def run_sweep(args) -> list[dict[str, Any]]:
           flush=True)
     rows: list[dict[str, Any]] = []
     out = Path(args.out)
+    storage = Path(args.storage).expanduser().resolve()
     for num in args.targets:
-        settings = SweepSettings(targets=num, pretrained=args.pretrained.replace("{I}", str(num)),
+        settings = SweepSettings(targets=num, pretrained=str(Path(args.pretrained.replace("{I}", str(num))).resolve()),
                                  iterations=args.iterations, eval_every=args.eval_every,
                                  eval_episodes=args.eval_episodes, eval_blocks=args.eval_blocks,
                                  fidelity=args.fidelity, eval_fidelity=args.eval_fidelity, seed=args.seed,
-                                 resources=resources)
+                                 resources=resources, train_overrides=overrides)
         trainable = tune.with_resources(tune.with_parameters(ppo_trial, settings=settings),
                                         resources.placement_group_factory())
         name = f"{args.name}-I{num}"
-        path = str(Path(args.storage).expanduser() / name)
+        path = storage / name
         t0 = time.perf_counter()
-        if args.restore and tune.Tuner.can_restore(path):
+        if args.restore and tune.Tuner.can_restore(str(path)):
             print(f"[sweep] I={num}: restoring {path}", flush=True)
-            tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+            tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
         else:
+            # The limiter is what caps concurrency (Tune ignores max_concurrent_trials beside it).
             searcher = ConcurrencyLimiter(OptunaSearch(seed=args.seed + num), max_concurrent=concurrent)
-            scheduler = ASHAScheduler(time_attr="training_iteration", max_t=args.iterations,
+            scheduler = ASHAScheduler(time_attr="ppo_iteration", max_t=args.iterations,
                                       grace_period=min(args.grace_iterations, args.iterations), reduction_factor=2)
             tuner = tune.Tuner(
-                trainable, param_space=search_space.tune_space(),
+                trainable, param_space=search_space.tune_space(fields),
                 tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=searcher, scheduler=scheduler,
-                                            num_samples=args.trials, max_concurrent_trials=concurrent,
+                                            num_samples=args.trials,
                                             trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}"),
-                run_config=tune.RunConfig(name=name, storage_path=str(Path(args.storage).expanduser()),
+                run_config=tune.RunConfig(name=name, storage_path=str(storage),
                                           checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
         grid = tuner.fit()
         wall = time.perf_counter() - t0
         for res in grid:
-            metric = (res.metrics or {}).get(METRIC)
-            rows.append({"targets": num, "trial_id": (res.metrics or {}).get("trial_id", "?"),
-                         "iterations": (res.metrics or {}).get("training_iteration", 0), "metric": metric,
-                         "config": {k: v for k, v in (res.config or {}).items() if k in search_space.PARAMS},
+            m = res.metrics or {}
+            rows.append({"targets": num, "trial_id": m.get("trial_id", "?"), "iterations": int(m.get("ppo_iteration", 0)),
+                         "metric": m.get(METRIC), "config": {k: v for k, v in (res.config or {}).items()
+                                                             if k in search_space.PARAMS},
                          "error": None if res.error is None else str(res.error)})
+        errors = [r for r in rows if r["targets"] == num and r["error"]]
+        for r in errors:
+            print(f"[sweep] I={num}: trial {r['trial_id']} failed: {r['error'][:300]}", flush=True)
+        if len(errors) == len(grid):
+            raise RuntimeError(f"every trial of {name} failed (first error above)")
         best = grid.get_best_result(metric=METRIC, mode=MODE, scope="last")
-        preset = best_preset(best.config, num, float(best.metrics[METRIC]), str(best.metrics.get("trial_id")), name)
-        write_yaml(preset, out / f"best-I{num}.yaml")
+        preset = best_preset(best.config, overrides, fields)
+        preset_path = out / f"best-I{num}.yaml"
+        write_preset(preset, preset_path, [
+            f"Best of {len(grid)} trials of {name} ({storage / name}): {METRIC} = {best.metrics[METRIC]:.4f} m",
+            f"(validation seeds, {args.eval_episodes} episodes x {args.eval_blocks} blocks, {args.eval_fidelity}), "
+            f"trial {best.metrics.get('trial_id')}.",
+            f"Use: rl-isac train --targets {num} --pretrained {settings.pretrained} --config {preset_path} ..."])
         print(f"[sweep] I={num}: {len(grid)} trials in {wall:.0f} s; best {METRIC} {best.metrics[METRIC]:.4f} m; "
-              f"preset {out / f'best-I{num}.yaml'}", flush=True)
+              f"preset {preset_path}", flush=True)
     table = summary_table(rows)
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.md").write_text(table + "\n")

@@ -11,7 +11,7 @@ from tuning import search_space as ss
 def test_every_param_has_a_reason_and_the_issue_list_is_covered():
     names = {p.name for p in ss.SEARCH_SPACE}
     assert names == {"lr", "entropy_coeff", "clip_param", "gamma", "lambda_", "minibatch_size", "num_epochs",
-                     "hidden_sizes", "warm_start", "reward"}
+                     "hidden", "critic_hidden", "reward_scale", "warm_start", "reward"}
     assert all(len(p.why) > 40 for p in ss.SEARCH_SPACE)
     assert ss.TARGETS_GRID == (4, 6, 8)
     assert "fixed grid" in ss.describe()
@@ -26,12 +26,17 @@ def test_samples_of_the_tune_space_validate():
         config = {k: d.sample(random_state=i) for k, d in space.items()}
         config = {k: (v.item() if hasattr(v, "item") else v) for k, v in config.items()}
         assert ss.validate({**config, "targets": 6}) is not None
-        assert ss.parse_hidden_sizes(config["hidden_sizes"])[0] in (64, 128, 256)
+    # A training config without the warm_start / reward fields: those dimensions are held out.
+    fields = set(ss.PARAMS) - {"warm_start", "reward"}
+    assert set(ss.tune_space(fields)) == fields
+    config = {k: d.sample(random_state=0) for k, d in ss.tune_space(fields).items()}
+    assert ss.validate(config, available_fields=fields) is config
 
 
 def _good():
     return {"lr": 3e-4, "entropy_coeff": 1e-3, "clip_param": 0.2, "gamma": 0.99, "lambda_": 0.95,
-            "minibatch_size": 256, "num_epochs": 8, "hidden_sizes": "128x128", "warm_start": "bc", "reward": "fisher"}
+            "minibatch_size": 256, "num_epochs": 8, "hidden": 64, "critic_hidden": 128, "reward_scale": 1.0,
+            "warm_start": "bc", "reward": "fisher"}
 
 
 @pytest.mark.parametrize("key,value,rule", [
@@ -51,5 +56,5 @@ def test_missing_keys_and_bad_param_definitions_are_refused():
         ss.validate(bad)
     with pytest.raises(ConfigError, match="low > 0"):
         ss.Param("x", "loguniform", why="", low=0.0, high=1.0)
-    with pytest.raises(ConfigError, match="hidden_sizes"):
-        ss.parse_hidden_sizes("wide")
+    with pytest.raises(ConfigError, match="one of"):
+        ss.validate({**_good(), "hidden": 100})

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import yaml
 
 from rl_isac.errors import ConfigError
 from tuning import sweep
@@ -53,16 +52,24 @@ def test_concurrency_flags():
         sweep.TrialResources(cpus_per_env_runner=0)
 
 
-def test_best_preset_round_trips_through_yaml_and_summary_lists_every_trial(tmp_path):
+def test_best_preset_is_a_train_config_yaml_and_summary_lists_every_trial(tmp_path):
+    pytest.importorskip("rl_isac.rllib.config")
+    from rl_isac.rllib.config import load_train_config
+
     config = {"lr": 3e-4, "entropy_coeff": 1e-3, "clip_param": 0.2, "gamma": 0.99, "lambda_": 0.95,
-              "minibatch_size": 256, "num_epochs": 8, "hidden_sizes": "128x128", "warm_start": "bc",
-              "reward": "fisher", "unrelated": 1}
-    preset = sweep.best_preset(config, 4, 0.25, "abc", "exp-I4")
-    sweep.write_yaml(preset, tmp_path / "best-I4.yaml")
-    back = yaml.safe_load((tmp_path / "best-I4.yaml").read_text())
-    assert back == preset and back["model"]["hidden_sizes"] == [128, 128] and back["ppo"]["lr"] == 3e-4
+              "minibatch_size": 256, "num_epochs": 8, "hidden": 64, "critic_hidden": 128, "reward_scale": 2.0,
+              "warm_start": "bc", "reward": "fisher", "unrelated": 1}
+    fields = sweep.train_fields()
+    preset = sweep.best_preset(config, {"train_batch_size": 1000}, fields)
+    assert "unrelated" not in preset and preset["train_batch_size"] == 1000
+    sweep.write_preset(preset, tmp_path / "best-I4.yaml", ["best of 4 trials", "val_rmse_m = 0.25 m"])
+    text = (tmp_path / "best-I4.yaml").read_text()
+    assert text.startswith("# best of 4 trials\n# val_rmse_m = 0.25 m\n")
+    # Exactly what `rl-isac train --config` loads.
+    loaded = load_train_config(str(tmp_path / "best-I4.yaml"))
+    assert loaded.lr == 3e-4 and loaded.critic_hidden == 128 and loaded.train_batch_size == 1000
     with pytest.raises(ConfigError):
-        sweep.best_preset({**config, "lr": 1.0}, 4, 0.25, "abc", "exp-I4")
+        sweep.best_preset({**config, "lr": 1.0}, None, fields)
     rows = [{"targets": 4, "trial_id": t, "iterations": 2, "metric": m, "config": config}
             for t, m in (("a", 0.5), ("b", 0.3), ("c", None))]
     table = sweep.summary_table(rows).splitlines()
