@@ -6,6 +6,7 @@ Verbs:
     crb-check   Monte Carlo of the BS-local estimators against the CRB
     bench       throughput of the world and solver / decision latencies
     pretrain    phase-1 supervised pre-training of the DGNN estimator and beam head
+    train       phase-2 PPO of the dgnn-ppo policy (RLlib)
     reproduce   the paper's Table 1 and figures (profiles tiny / quick / full), resumable
 
 Every verb that writes ``--json PATH`` writes it atomically and only on success.
@@ -120,7 +121,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objective-features", action="store_true",
                    help="ablation: also feed the objective's per-pair information to the head (not the paper's)")
     _add_reproduce_parser(sub)
+    _add_train_parser(sub)
     return parser
+
+
+def _add_train_parser(sub) -> None:
+    p = sub.add_parser("train", help="phase-2 PPO of the dgnn-ppo policy (RLlib; starts a local Ray)")
+    p.add_argument("--targets", type=_positive_int, default=4, help="number of targets I (default 4)")
+    p.add_argument("--pretrained", required=True, help="phase-1 DGNN checkpoint for this I (frozen encoder)")
+    p.add_argument("--out", required=True, help="run directory (checkpoint/, tb/, learning_curve.*)")
+    p.add_argument("--fidelity", choices=FIDELITIES, help="training world fidelity (default surrogate)")
+    p.add_argument("--num-env-runners", type=_non_negative_int, help="remote env runners (default 1)")
+    p.add_argument("--envs-per-runner", type=_positive_int, help="vectorised envs per runner (default 8)")
+    stop = p.add_mutually_exclusive_group(required=True)
+    stop.add_argument("--iterations", type=_positive_int, help="stop after this many iterations in total")
+    stop.add_argument("--time-budget-s", type=float, help="stop after this wall time (seconds)")
+    p.add_argument("--config", help="YAML mapping of PPOTrainConfig fields (rl_isac.rllib.config)")
+    p.add_argument("--seed", type=_non_negative_int, default=0, help="training seed (default 0)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+
+
+def _cmd_train(args) -> int:
+    from rl_isac.training.ppo import train
+
+    train(args.targets, args.pretrained, args.out, iterations=args.iterations, time_budget_s=args.time_budget_s,
+          fidelity=args.fidelity, num_env_runners=args.num_env_runners, envs_per_runner=args.envs_per_runner,
+          config=args.config, resume=args.resume, seed=args.seed)
+    return 0
 
 
 def _add_reproduce_parser(sub) -> None:
@@ -275,6 +302,7 @@ COMMANDS = {"simulate": _cmd_simulate, "evaluate": _cmd_evaluate, "methods": _cm
 
 COMMANDS["train-l2o"] = _cmd_train_l2o
 COMMANDS["reproduce"] = _cmd_reproduce
+COMMANDS["train"] = _cmd_train
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,9 @@ Classical methods (this module):
 ``ekf-exhaustive`` EKF, exhaustive search (the search of Benchmark III)
 =================  ===================================================================
 
-Learned methods register themselves with :func:`register` (they need ``checkpoint``).
+Learned methods register themselves with :func:`register` (they need ``checkpoint``);
+``dgnn-ppo`` (the trained PPO module, :mod:`rl_isac.rllib.controller`) is registered here with a
+factory that imports it lazily.
 """
 
 from __future__ import annotations
@@ -56,6 +58,16 @@ register("ekf-nearest", _ekf(None))
 for _solver in ("greedy", "convex", "milp", "exhaustive"):
     register(f"ekf-{_solver}", _ekf(_solver))
 register("ekf-convex-ls", _ekf("convex", name="ekf-convex-ls", local_search=True))
+
+
+def _dgnn_ppo(cfg: ScenarioConfig, checkpoint: str | None = None, **kwargs) -> Controller:
+    """Phase-2 PPO policy (``rl-isac train``); imports the RLlib application only when built (no ray.init)."""
+    from rl_isac.rllib.controller import make_ppo_controller
+
+    return make_ppo_controller(cfg, checkpoint=checkpoint, **kwargs)
+
+
+register("dgnn-ppo", _dgnn_ppo)
 
 
 def _load_learned() -> None:

@@ -1,0 +1,329 @@
+"""The cell-free ISAC network as an RLlib ``MultiAgentEnv``: one agent per CU cluster.
+
+One env step is one block ``q`` of the paper (Sec. 2). The agent ``cu_c`` sees the window
+observation of block ``q`` (never the truth), answers with the action
+
+==============  ===========================================  ==============================================
+key             space                                        meaning
+==============  ===========================================  ==============================================
+``pairs``       ``MultiDiscrete([M*I + 1] * J)``             the ``J = M * N_RF`` sub-actions of eq. (10) for
+                                                             block ``q+1``: flat pair ``k = bs * I + target``
+                                                             or STOP ``M * I`` (shared interface 1)
+``beams``       ``MultiDiscrete([C] * (M*I*K*2))``           ``(M, I, K, 2)`` tx/rx codebook indices for
+                                                             block ``q+1``, flattened C-order (5f)
+``estimate``    ``Box(-inf, inf, (I*2,), float32)``          ``u_hat_q`` (flattened ``(I, 2)``), metres
+==============  ===========================================  ==============================================
+
+and gets the reward of eq. (5a), ``-reward_scale * sum_i ||u_{i,q} - u_hat_{i,q}||^2`` (m^2), on the
+estimate of block ``q`` (the block of the observation it acted on). Then the targets move, the
+BSs probe block ``q+1`` with the chosen pairs and beams (range gates centred on the window's
+EKF prediction ``anchor_next``, computed env-side), the window is pushed and the next
+observation returned. An episode is ``blocks`` steps (``terminated`` after the last).
+
+Observation (``Dict`` of fixed-shape float32 ``Box``es): the arrays of
+:meth:`rl_isac.tracking.window.MeasurementWindow.as_arrays` (EKF anchor), plus
+
+* ``block (1,)``: ``q / blocks`` (the critic's time feature);
+* ``pair_info (M, I, 4)``: the expected position Fisher information ``J_{m,i}`` (1/m^2) each pair
+  would give at the window's predicted position with geometric beams (CU-side quantities only):
+  ``[log10(J_xx + 1e-6) / 4, log10(J_yy + 1e-6) / 4, J_xy / sqrt(J_xx J_yy), log10(g + 1e-6) / 4]``,
+  ``g = tr P - tr (P^-1 + J)^-1`` the variance (m^2) the pair alone removes from the prediction
+  covariance ``P`` (the myopic objective's per-pair term);
+* ``prior_cov (I, 3)``: ``[log10 P_xx / 4, log10 P_yy / 4, P_xy / sqrt(P_xx P_yy)]`` of ``P``.
+
+The mask needs nothing else: it is a function of the sub-actions chosen so far.
+
+Infos per step (per agent): ``sq_err_m2`` (sum over the agent's targets of the squared error
+of the scored block), ``pcrb_m2`` (sum of the posterior CRB traces of that block for the
+associations actually used, the harness's bound run incrementally), ``targets``, ``lost``
+(targets with error ``> LOST_M``), ``assigned`` / ``detected`` / ``missed`` (pairs of the block
+just measured), ``idle_chains``, ``violations`` (always 0: a violating action is refused).
+
+Refused actions: a wrong shape, a non-finite value, a broken (5c)-(5f) or STOP rule raises
+:class:`~rl_isac.errors.ConstraintViolation` naming the constraint, the pair and the value,
+before anything changes (world, window, counters).
+
+Several clusters (the scale-out case): spaces are built per agent from that agent's BSs
+(``M_c``) and targets, keyed by agent id in ``observation_spaces`` / ``action_spaces``; one
+shared policy module serves clusters of equal size. Today ``clusters=1`` (``cu_0`` owns every BS).
+
+Seeding: ``reset(seed=s)`` restarts the env's episode counter at base seed ``s``; episode ``e``
+then uses world seed ``rl_isac.seeds.training_world_seed(s, split, e)`` (always below the
+evaluation seeds). Without a seed the base comes from ``env_config["seed"]`` and the runner's
+worker/vector index.
+
+env_config keys (all optional): ``targets`` (4), ``preset`` ("paper"), ``fidelity``
+("surrogate"; "signal" for evaluation-like rollouts), ``blocks`` (100), ``seed`` (0),
+``split`` (0 = training), ``reward_scale`` (1.0), ``clusters`` (1), ``scenario`` (a dict
+overriding scenario fields).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from ray.rllib.env.multi_agent_env import MultiAgentEnv
+
+from rl_isac.association.constraints import stop_action, sub_actions_to_association, valid_action_mask
+from rl_isac.errors import ConfigError, ConstraintViolation
+from rl_isac.evaluation.bounds import heading_transition
+from rl_isac.evaluation.harness import LOST_M
+from rl_isac.network import CellFreeNetwork
+from rl_isac.rllib.observation import ObservationBuilder, observation_shapes_rl
+from rl_isac.scenario import FIDELITIES, PRESETS, ScenarioConfig
+from rl_isac.seeds import training_world_seed
+from rl_isac.tracking.window import MeasurementWindow
+
+ENV_DEFAULTS: dict[str, Any] = {"targets": 4, "preset": "paper", "fidelity": "surrogate", "blocks": 100, "seed": 0,
+                                "split": 0, "reward_scale": 1.0, "clusters": 1, "scenario": None}
+
+
+def agent_id(cluster: int) -> str:
+    """Agent id of CU cluster ``c``: ``"cu_c"``."""
+    return f"cu_{cluster}"
+
+
+def env_scenario(env_config: dict) -> ScenarioConfig:
+    """The scenario an env_config describes (validated; unknown keys are an error)."""
+    cfgd = dict(ENV_DEFAULTS)
+    unknown = set(env_config) - set(ENV_DEFAULTS)
+    if unknown:
+        raise ConfigError("env_config", sorted(unknown), f"unknown keys; known: {sorted(ENV_DEFAULTS)}")
+    cfgd.update({k: v for k, v in env_config.items()})
+    if cfgd["fidelity"] not in FIDELITIES:
+        raise ConfigError("env_config.fidelity", cfgd["fidelity"], f"must be one of {FIDELITIES}")
+    if cfgd["preset"] not in PRESETS:
+        raise ConfigError("env_config.preset", cfgd["preset"], f"must be one of {PRESETS}")
+    for key in ("targets", "blocks", "clusters"):
+        v = cfgd[key]
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ConfigError(f"env_config.{key}", v, "must be an integer >= 1")
+    if cfgd["clusters"] != 1:
+        raise ConfigError("env_config.clusters", cfgd["clusters"],
+                          "only 1 CU cluster is built so far (several clusters: the scale-out issue)")
+    scale = cfgd["reward_scale"]
+    if not (isinstance(scale, (int, float)) and np.isfinite(scale) and scale > 0):
+        raise ConfigError("env_config.reward_scale", scale, "must be a finite number > 0")
+    overrides = dict(cfgd["scenario"] or {})
+    overrides.update(fidelity=cfgd["fidelity"], num_blocks=int(cfgd["blocks"]))
+    return ScenarioConfig.preset(cfgd["preset"], num_targets=int(cfgd["targets"]), **overrides)
+
+
+def observation_space(cfg: ScenarioConfig) -> gym.spaces.Dict:
+    """The per-agent observation space: window arrays + :data:`EXTRA_OBS_KEYS` (float32 Boxes)."""
+    shapes = observation_shapes_rl(cfg)
+    return gym.spaces.Dict({k: gym.spaces.Box(-np.inf, np.inf, shape=s, dtype=np.float32)
+                            for k, s in shapes.items()})
+
+
+class PairsSpace(gym.spaces.MultiDiscrete):
+    """``MultiDiscrete([M*I + 1] * J)`` whose ``sample()`` draws a *feasible* step sequence.
+
+    Each step is uniform over the steps the exact mask allows, so random actions (RLlib's
+    env checker, random-action warm-up) satisfy (5c)-(5e); ``contains`` is MultiDiscrete's
+    (membership in the box of integers, not feasibility: the env checks that).
+    """
+
+    def __init__(self, num_bs: int, num_targets: int, num_rf: int, seed=None) -> None:
+        self.num_bs, self.num_targets, self.num_rf = num_bs, num_targets, num_rf
+        super().__init__([num_bs * num_targets + 1] * (num_bs * num_rf), dtype=np.int64, seed=seed)
+
+    def sample(self, mask=None, probability=None) -> np.ndarray:
+        if mask is not None or probability is not None:
+            raise NotImplementedError("PairsSpace.sample draws from the exact association mask; no custom mask")
+        M, I, R = self.num_bs, self.num_targets, self.num_rf
+        remaining = np.full(M, R, dtype=np.int64)
+        covered = np.zeros(I, bool)
+        chosen = np.zeros((M, I), bool)
+        stopped = False
+        out = np.empty(M * R, dtype=np.int64)
+        for j in range(M * R):
+            allowed = np.flatnonzero(valid_action_mask(remaining, covered, chosen, np.asarray(stopped)))
+            k = int(self.np_random.choice(allowed))
+            out[j] = k
+            if k == M * I:
+                stopped = True
+            elif not stopped:
+                remaining[k // I] -= 1
+                covered[k % I] = True
+                chosen[k // I, k % I] = True
+        return out
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, PairsSpace) and np.array_equal(self.nvec, other.nvec) and \
+            (self.num_bs, self.num_targets, self.num_rf) == (other.num_bs, other.num_targets, other.num_rf)
+
+    def __reduce__(self):
+        return (PairsSpace, (self.num_bs, self.num_targets, self.num_rf))
+
+
+def action_space(cfg: ScenarioConfig) -> gym.spaces.Dict:
+    """The per-agent action space ``{pairs, beams, estimate}`` (see the module docstring)."""
+    M, I, K = cfg.num_bs, cfg.num_targets, cfg.num_tracking_symbols
+    return gym.spaces.Dict({
+        "pairs": PairsSpace(M, I, cfg.num_rf),
+        "beams": gym.spaces.MultiDiscrete([cfg.codebook_size] * (M * I * K * 2), dtype=np.int64),
+        "estimate": gym.spaces.Box(-np.inf, np.inf, shape=(I * 2,), dtype=np.float32),
+    })
+
+
+class ISACMultiAgentEnv(MultiAgentEnv):
+    """The cell-free network (:class:`~rl_isac.network.CellFreeNetwork`) as a multi-agent env.
+
+    Args:
+        config: env_config (see the module docstring); RLlib passes an ``EnvContext`` (a dict
+            with ``worker_index`` / ``vector_index``).
+    """
+
+    def __init__(self, config: dict | None = None) -> None:
+        super().__init__()
+        raw = config if config is not None else {}
+        self._worker_index = int(getattr(raw, "worker_index", 0) or 0)
+        self._vector_index = int(getattr(raw, "vector_index", 0) or 0)
+        self.env_config = {**ENV_DEFAULTS, **dict(raw)}
+        self.cfg = env_scenario(dict(raw))
+        self.reward_scale = float(self.env_config["reward_scale"])
+        self.split = int(self.env_config["split"])
+        self.num_blocks = self.cfg.num_blocks
+        cfg = self.cfg
+        self.world = CellFreeNetwork(cfg)
+        self.window = MeasurementWindow(cfg, anchor="ekf")
+        self._obs_builder = ObservationBuilder(cfg)
+        self.agents = self.possible_agents = [agent_id(0)]
+        self._bs = {agent_id(0): np.arange(cfg.num_bs)}  # the BSs of each cluster
+        self.observation_spaces = {a: observation_space(cfg) for a in self.agents}
+        self.action_spaces = {a: action_space(cfg) for a in self.agents}
+        self.observation_space = self.observation_spaces[self.agents[0]]
+        self.action_space = self.action_spaces[self.agents[0]]
+        self._beam_shape = (cfg.num_bs, cfg.num_targets, cfg.num_tracking_symbols, 2)
+        self._seed_base: int | None = None
+        self._episode = 0
+        self.world_seed: int | None = None
+        self._q = 0
+        self._pcrb_cov: np.ndarray | None = None
+        self._pcrb_now: np.ndarray | None = None
+
+    # ------------------------------------------------------------------ gym API
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        if seed is not None:
+            self._seed_base, self._episode = int(seed), 0
+        elif self._seed_base is None:
+            base = np.random.SeedSequence([int(self.env_config["seed"]), self._worker_index, self._vector_index])
+            self._seed_base, self._episode = int(base.generate_state(1)[0]), 0
+        self.world_seed = training_world_seed(self._seed_base, self.split, self._episode)
+        self._episode += 1
+        acq = self.world.reset(self.world_seed)
+        self.window.reset(acq)
+        self._q = 0
+        cfg = self.cfg
+        std2 = cfg.acquisition_std_m**2
+        self._pcrb_cov = np.tile(np.diag([std2, std2, np.pi**2 / 3]), (cfg.num_targets, 1, 1))
+        self._pcrb_now = np.full(cfg.num_targets, 2 * std2)
+        aid = self.agents[0]
+        return {aid: self._observation()}, {aid: {"world_seed": self.world_seed}}
+
+    def step(self, action_dict: dict):
+        aid = self.agents[0]
+        if set(action_dict) != {aid}:
+            raise ConstraintViolation("(5c)", f"expected one action for agent(s) {self.agents}, got keys "
+                                      f"{sorted(map(str, action_dict))}")
+        assoc, beams, estimate = self.check_action(action_dict[aid])
+        cfg = self.cfg
+        # eq. (5a) on the estimate of block q (the observation's block), before the targets move.
+        err2 = np.sum((self.world.positions_m - estimate) ** 2, axis=1)                # (I,)
+        pcrb_scored = self._pcrb_now
+        headings = self.world.headings_rad.copy()
+        meas = self.world.step(assoc, beams, predicted_positions_m=self.window.anchor_next_m)
+        self.window.push(meas)
+        self._q += 1
+        # Posterior CRB of block q+1 for this association and beams (evaluation.bounds, one step).
+        info = self.world.expected_information(self.world.positions_m, beams)
+        f = heading_transition(cfg, headings)
+        pred = f @ self._pcrb_cov @ np.swapaxes(f, -1, -2) + np.diag([0.0, 0.0, cfg.heading_step_rad**2 / 3])
+        jinfo = np.linalg.inv(pred + 1e-12 * np.eye(3))
+        jinfo[:, :2, :2] += np.einsum("mi,mixy->ixy", assoc, info)
+        self._pcrb_cov = np.linalg.inv(jinfo)
+        self._pcrb_now = self._pcrb_cov[:, 0, 0] + self._pcrb_cov[:, 1, 1]
+        done = self._q >= self.num_blocks
+        assigned, detected = int(meas.assigned.sum()), int(meas.detected.sum())
+        infos = {"sq_err_m2": float(err2.sum()), "pcrb_m2": float(pcrb_scored.sum()), "targets": cfg.num_targets,
+                 "lost": int(np.sum(err2 > LOST_M**2)), "assigned": assigned, "detected": detected,
+                 "missed": assigned - detected, "idle_chains": int(cfg.num_pairs - assoc.sum()), "violations": 0,
+                 "block": self._q - 1}
+        reward = -self.reward_scale * float(err2.sum())
+        return ({aid: self._observation()}, {aid: reward}, {aid: done, "__all__": done},
+                {aid: False, "__all__": False}, {aid: infos})
+
+    # ------------------------------------------------------------------ helpers
+    def check_action(self, action: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Validate one agent's action; returns ``(association (M, I) bool, beams (M, I, K, 2) int64,
+        estimate (I, 2) float)``.
+
+        Raises:
+            ConstraintViolation: naming the constraint, the pair/entry and the value.
+        """
+        cfg = self.cfg
+        M, I, J = cfg.num_bs, cfg.num_targets, cfg.num_pairs
+        if not isinstance(action, dict) or set(action) != {"pairs", "beams", "estimate"}:
+            keys = sorted(action) if isinstance(action, dict) else type(action).__name__
+            raise ConstraintViolation("(5e)", f"the action must be a dict with keys beams, estimate, pairs; got {keys}")
+        pairs = np.asarray(action["pairs"])
+        if pairs.shape != (J,):
+            raise ConstraintViolation("(5e)", f"pairs must have shape (J,) = ({J},), got {pairs.shape}")
+        if pairs.dtype.kind == "f" and not np.all(np.isfinite(pairs)):
+            j = int(np.flatnonzero(~np.isfinite(pairs))[0])
+            raise ConstraintViolation("(5e)", f"pairs[{j}] = {pairs[j]!r} is not a finite integer step")
+        assoc = sub_actions_to_association(pairs, M, I)
+        beams = np.asarray(action["beams"])
+        size = int(np.prod(self._beam_shape))
+        if beams.shape != (size,):
+            raise ConstraintViolation("(5f)", f"beams must have shape (M*I*K*2,) = ({size},), got {beams.shape}")
+        if beams.dtype.kind not in "iu":
+            bad = ~np.isfinite(beams) | (beams != np.round(beams)) if beams.dtype.kind == "f" else np.ones(1, bool)
+            if bad.any():
+                e = int(np.flatnonzero(bad)[0])
+                m, i, k, s = np.unravel_index(e, self._beam_shape)
+                raise ConstraintViolation("(5f)", f"beam of pair (bs={m}, target={i}), symbol {k}, "
+                                          f"{'tx' if s == 0 else 'rx'} = {beams.reshape(-1)[e]!r} is not an integer "
+                                          f"codebook index")
+        beams = beams.astype(np.int64).reshape(self._beam_shape)
+        out = (beams < 0) | (beams >= cfg.codebook_size)
+        if out.any():
+            m, i, k, s = np.argwhere(out)[0]
+            raise ConstraintViolation("(5f)", f"beam of pair (bs={m}, target={i}), symbol {k}, "
+                                      f"{'tx' if s == 0 else 'rx'} = {int(beams[m, i, k, s])} is outside the codebook "
+                                      f"[0, {cfg.codebook_size - 1}]")
+        est = np.asarray(action["estimate"], dtype=float)
+        if est.shape != (2 * I,):
+            raise ConstraintViolation("(5a)", f"estimate must have shape (I*2,) = ({2 * I},), got {est.shape}")
+        if not np.all(np.isfinite(est)):
+            e = int(np.flatnonzero(~np.isfinite(est))[0])
+            raise ConstraintViolation("(5a)", f"estimate of target {e // 2} ({'xy'[e % 2]}) = {est[e]!r} is not finite")
+        return assoc, beams, est.reshape(I, 2)
+
+    def _observation(self) -> dict[str, np.ndarray]:
+        return self._obs_builder.build(self.window, self._q, self.num_blocks)
+
+    @property
+    def stop_token(self) -> int:
+        """The STOP step value ``M * I``."""
+        return stop_action(self.cfg.num_bs, self.cfg.num_targets)
+
+
+def make_env(env_config: dict) -> ISACMultiAgentEnv:
+    """Env creator for ``ray.tune.registry.register_env``."""
+    return ISACMultiAgentEnv(env_config)
+
+
+ENV_NAME = "rl_isac-cellfree-v0"
+"""Name the env is registered under in Ray (:func:`register`)."""
+
+
+def register() -> str:
+    """Register :func:`make_env` with Ray Tune's registry under :data:`ENV_NAME`; returns the name."""
+    from ray.tune.registry import register_env
+
+    register_env(ENV_NAME, make_env)
+    return ENV_NAME

@@ -1,0 +1,275 @@
+"""The PPO RLModule: frozen DGNN encoder, auto-regressive masked actor (eq. (11)), critic.
+
+Per observation (batch ``B``; ``M`` BSs, ``I`` targets, ``P = M * I`` pairs, ``J = M * N_RF`` steps):
+
+1. **Encoder** (frozen, phase 1 of the paper, Sec. 3.3): the DGNN of a phase-1 checkpoint
+   (:class:`rl_isac.tracking.dgnn.DGNN`) gives ``u_hat_q`` (the ``estimate``), ``u_tilde_{q+1}``,
+   the beam logits (decoded to the ``beams`` by :func:`~rl_isac.tracking.dgnn.model.beams_from_logits`,
+   the world's grid pairing) and the target embeddings ``z (B, I, D)``. Estimate and beams
+   are deterministic outputs; the distribution scores only the pairs. The encoder runs
+   once per observation: on the env runner, whose exploration pass also returns the
+   encodings (``enc_z``, ``enc_u``) as extra model outputs, which the learner's training
+   pass and the critic then read from the batch instead of re-running the DGNN (the
+   encoder is frozen, so they are the same numbers; a test checks it). Without them in
+   the batch the encoder runs again.
+2. **Pair embeddings** ``E (B, P, H)``, once per observation: an MLP of ``[z_i, pair_info_{m,i},
+   prior_cov_i, anchor_log_std_i, anchor_age_i, p_m, (u_tilde_i - p_m) / scale, |u_tilde_i - p_m| /
+   range_scale]``, and a pooled state ``g (B, H)``.
+3. **Auto-regressive actor**, eq. (11): step ``j`` scores every pair from its embedding, the
+   context vector ``v^(j)`` (remaining RF chains per BS, the paper's) with the coverage so far
+   and ``j / J``, and the pair's own state (chains left at its BS, target covered, pair
+   chosen): ``logit_{j,k} = w^T gelu(E_k + W_c c_j + W_s s_{j,k}) + b``; STOP is scored from ``[g,
+   W_c c_j]``. The exact mask (:mod:`rl_isac.rllib.mask`, the torch twin of
+   :func:`rl_isac.association.valid_action_mask`) sets invalid entries to
+   :data:`~rl_isac.rllib.mask.MASKED_LOGIT`. Exploration samples with Gumbel-max, inference
+   takes the argmax; both loop over the ``J`` steps with a cheap scorer over the precomputed
+   ``E``. Training recomputes all ``J`` steps' logits in one batched pass from the stored
+   steps (teacher forcing, :func:`~rl_isac.rllib.mask.states_from_actions`), never re-sampling.
+4. **Critic** (:class:`~ray.rllib.core.rl_module.apis.ValueFunctionAPI`): an MLP of the mean and
+   max over targets of ``MLP([z_i, anchor_log_std_i, anchor_age_i, prior_cov_i])``, the block
+   index ``q / Q`` and the mean/max anchor log-std.
+
+``model_config`` keys: ``dgnn`` (the :class:`~rl_isac.tracking.dgnn.DGNNConfig` dict, required),
+``dgnn_weights`` (path of the phase-1 ``model.pt`` loaded at construction; a module restored
+from an RLlib checkpoint gets the weights from its saved state instead, so the path may be
+absent there), ``hidden`` (``H``, 64), ``critic_hidden`` (128), ``pairing`` ("grid").
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from ray.rllib.core.columns import Columns
+from ray.rllib.core.rl_module.apis.value_function_api import ValueFunctionAPI
+from ray.rllib.core.rl_module.torch.torch_rl_module import TorchRLModule
+from torch import nn
+
+from rl_isac.rllib.distribution import MaskedARDistribution, dist_input_sizes
+from rl_isac.rllib.mask import MASKED_LOGIT, apply_step, initial_state, states_from_actions, valid_action_mask
+from rl_isac.tracking.dgnn.model import DGNN, DGNNConfig, beams_from_logits
+from rl_isac.tracking.window import OBS_KEYS
+
+ENC_Z = "enc_z"
+"""Extra model output: the frozen encoder's target embeddings ``(B, I * D)``."""
+ENC_U = "enc_u"
+"""Extra model output: the encoder's ``u_tilde_{q+1}`` ``(B, I * 2)`` metres."""
+
+
+def ar_decode(score, batch: int, num_bs: int, num_targets: int, num_rf: int, explore: bool,
+              device=None, generator: torch.Generator | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The auto-regressive decoder of eq. (11): ``J = M * N_RF`` steps, each masked exactly.
+
+    Args:
+        score: ``score(state, j) -> (B, M*I + 1)`` logits of step ``j`` for the construction state
+            ``(remaining, covered, chosen, stopped)`` (:mod:`rl_isac.rllib.mask`); entries the mask
+            forbids are replaced here by ``MASKED_LOGIT`` whatever ``score`` returns.
+        explore: Gumbel-max sampling (an exact sample of each masked categorical) or argmax.
+    Returns:
+        ``pairs (B, J)`` int64, joint ``logp (B,)`` and the masked logits ``(B, J, M*I + 1)``.
+    """
+    state = initial_state(batch, num_bs, num_targets, num_rf, device=device)
+    actions, logps, rows = [], [], []
+    for j in range(num_bs * num_rf):
+        logits = score(state, j)
+        logits = torch.where(valid_action_mask(*state), logits, torch.full_like(logits, MASKED_LOGIT))
+        if explore:
+            u = torch.rand(logits.shape, generator=generator, device=logits.device).clamp_(1e-12, 1.0 - 1e-7)
+            a = (logits - torch.log(-torch.log(u))).argmax(-1)
+        else:
+            a = logits.argmax(-1)
+        logps.append(torch.log_softmax(logits, -1).gather(-1, a[:, None]).squeeze(-1))
+        actions.append(a)
+        rows.append(logits)
+        state = apply_step(state, a, num_targets)
+    return torch.stack(actions, 1), torch.stack(logps, 1).sum(1), torch.stack(rows, 1)
+
+
+def _mlp(inp: int, hidden: int, out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(inp, hidden), nn.GELU(), nn.Linear(hidden, out))
+
+
+class ISACPPOModule(TorchRLModule, ValueFunctionAPI):
+    """See the module docstring. Spaces: :func:`rl_isac.rllib.env.observation_space` / ``action_space``."""
+
+    def setup(self) -> None:
+        mc: dict[str, Any] = dict(self.model_config or {})
+        if "dgnn" not in mc:
+            raise ValueError("ISACPPOModule needs model_config['dgnn'] (a DGNNConfig dict of the phase-1 checkpoint)")
+        obs_space, act_space = self.observation_space, self.action_space
+        W, M, I, F = obs_space["features"].shape
+        self.num_steps, self.num_choices, self.num_beam_entries, self.num_estimate = dist_input_sizes(act_space)
+        self.num_bs, self.num_targets = M, I
+        self.num_pairs = M * I
+        if self.num_choices != self.num_pairs + 1 or self.num_steps % M:
+            raise ValueError(f"action space pairs {act_space['pairs']} does not fit M={M}, I={I}")
+        self.num_rf = self.num_steps // M
+        self.num_symbols = self.num_beam_entries // (self.num_pairs * 2)
+        self.pairing = mc.get("pairing", "grid")
+        dgnn_cfg = DGNNConfig.from_dict(mc["dgnn"])
+        self.dgnn = DGNN(dgnn_cfg)
+        weights = mc.get("dgnn_weights")
+        self.dgnn_loaded_from = None
+        if weights is not None and Path(weights).is_file():
+            self.dgnn.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+            self.dgnn_loaded_from = str(weights)
+        for p in self.dgnn.parameters():
+            p.requires_grad_(False)
+        self.dgnn.eval()
+        D = dgnn_cfg.hidden_dim
+        H = int(mc.get("hidden", 64))
+        HC = int(mc.get("critic_hidden", 128))
+        self.hidden = H
+        self.pair_mlp = nn.Sequential(nn.Linear(D + 14, H), nn.GELU(), nn.Linear(H, H))
+        self.target_mlp = _mlp(D + 5, H, H)
+        self.ctx_lin = nn.Linear(M + I + 1, H)          # context v^(j), coverage, j / J
+        self.state_lin = nn.Linear(3, H, bias=False)    # per pair: chains left at its BS, covered, chosen
+        self.pair_out = nn.Linear(H, 1)
+        self.stop_mlp = _mlp(2 * H, H, 1)
+        self.critic_target = _mlp(D + 5, HC, HC)
+        self.critic_head = nn.Sequential(nn.Linear(2 * HC + 3, HC), nn.GELU(), nn.Linear(HC, HC), nn.GELU(),
+                                         nn.Linear(HC, 1))
+        bs_index = torch.arange(self.num_pairs) // I
+        self.register_buffer("pair_bs", bs_index, persistent=False)
+        self.register_buffer("pair_target", torch.arange(self.num_pairs) % I, persistent=False)
+        self._dist_cls = MaskedARDistribution.get_partial_dist_cls(
+            num_steps=self.num_steps, num_choices=self.num_choices, num_beams=self.num_beam_entries,
+            num_estimate=self.num_estimate)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.dgnn.eval()  # frozen: always in eval mode
+        return self
+
+    # ------------------------------------------------------------------ distributions
+    def get_inference_action_dist_cls(self):
+        return self._dist_cls
+
+    def get_exploration_action_dist_cls(self):
+        return self._dist_cls
+
+    def get_train_action_dist_cls(self):
+        return self._dist_cls
+
+    # ------------------------------------------------------------------ encoder
+    @torch.no_grad()
+    def encode(self, obs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The frozen DGNN on a batch of observations: ``u_hat (B, I, 2)``, ``u_tilde (B, I, 2)`` metres,
+        ``beams (B, M, I, K, 2)`` int64, ``z (B, I, D)``."""
+        out = self.dgnn({k: obs[k].float() for k in OBS_KEYS})
+        beams = beams_from_logits(out["beam_logits_tx"], out["beam_logits_rx"], self.num_symbols, self.pairing)
+        return {"u_hat": out["u_hat"], "u_tilde": out["u_tilde"], "beams": beams, "z": out["target_embedding"]}
+
+    def _encoding(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Encoder outputs the critic and actor need: from the batch's cached columns when present."""
+        obs = batch[Columns.OBS]
+        if ENC_Z in batch and ENC_U in batch:
+            B = obs["features"].shape[0]
+            return {"z": batch[ENC_Z].reshape(B, self.num_targets, -1),
+                    "u_tilde": batch[ENC_U].reshape(B, self.num_targets, 2)}
+        return self.encode(obs)
+
+    # ------------------------------------------------------------------ actor pieces
+    def pair_embeddings(self, obs: dict[str, torch.Tensor], enc: dict[str, torch.Tensor]
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``E (B, P, H)`` and the pooled state ``g (B, H)``."""
+        z, u_tilde = enc["z"], enc["u_tilde"]
+        B, I, D = z.shape
+        M = self.num_bs
+        scales = obs["scales_m"].float()
+        bs = obs["bs_positions"].float()                                                   # (B, M, 2) normalised
+        rel = (u_tilde[:, None] - bs[:, :, None] * scales[:, 0, None, None, None]) / scales[:, 0, None, None, None]
+        dist = rel.norm(dim=-1, keepdim=True) * (scales[:, 0] / scales[:, 2])[:, None, None, None]
+        tgt = torch.cat([z, obs["prior_cov"].float(), obs["anchor_log_std"].float()[..., None],
+                         obs["anchor_age"].float()[..., None]], dim=-1)                    # (B, I, D + 5)
+        x = torch.cat([tgt[:, None].expand(B, M, I, D + 5), obs["pair_info"].float(),
+                       bs[:, :, None].expand(B, M, I, 2), rel, dist], dim=-1)              # (B, M, I, D + 14)
+        E = self.pair_mlp(x).reshape(B, M * I, self.hidden)
+        g = self.target_mlp(tgt).mean(1)
+        return E, g
+
+    def step_logits(self, E: torch.Tensor, g: torch.Tensor, remaining: torch.Tensor, covered: torch.Tensor,
+                    chosen: torch.Tensor, stopped: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+        """Masked logits of eq. (11) for any leading shape ``L`` of states.
+
+        Shapes:
+            E ``(B, P, H)``, g ``(B, H)``; remaining ``(B, *L, M)``, covered ``(B, *L, I)``,
+            chosen ``(B, *L, M, I)``, stopped ``(B, *L)``, step ``(*L,)`` or scalar (index ``j``).
+            returns ``(B, *L, P + 1)`` (last entry: STOP), invalid entries = ``MASKED_LOGIT``.
+        """
+        extra = remaining.dim() - 2                        # number of L dims (0 or 1)
+        rem = remaining.float() / self.num_rf
+        step_f = (torch.as_tensor(step, dtype=torch.float32, device=E.device) / self.num_steps).expand(
+            remaining.shape[:-1])[..., None]
+        ctx = self.ctx_lin(torch.cat([rem, covered.float(), step_f], dim=-1))               # (B, *L, H)
+        s = torch.stack([rem[..., self.pair_bs], covered.float()[..., self.pair_target],
+                         chosen.flatten(-2).float()], dim=-1)                              # (B, *L, P, 3)
+        Eb = E.reshape(E.shape[0], *([1] * extra), *E.shape[1:])
+        h = torch.nn.functional.gelu(Eb + ctx[..., None, :] + self.state_lin(s))
+        pair_logits = self.pair_out(h).squeeze(-1)                                         # (B, *L, P)
+        gb = g.reshape(g.shape[0], *([1] * extra), g.shape[-1]).expand(*ctx.shape[:-1], g.shape[-1])
+        stop_logit = self.stop_mlp(torch.cat([gb, ctx], dim=-1))                          # (B, *L, 1)
+        logits = torch.cat([pair_logits, stop_logit], dim=-1)
+        mask = valid_action_mask(remaining, covered, chosen, stopped)
+        return torch.where(mask, logits, torch.full_like(logits, MASKED_LOGIT))
+
+    def _dist_inputs(self, logits: torch.Tensor, beams: torch.Tensor, estimate: torch.Tensor) -> torch.Tensor:
+        B = logits.shape[0]
+        return torch.cat([logits.reshape(B, -1), beams.reshape(B, -1).float(), estimate.reshape(B, -1).float()], -1)
+
+    def _act(self, batch: dict[str, Any], explore: bool) -> dict[str, Any]:
+        obs = batch[Columns.OBS]
+        enc = self.encode(obs)
+        E, g = self.pair_embeddings(obs, enc)
+        B = E.shape[0]
+        pairs, logp, logits = ar_decode(lambda state, j: self.step_logits(E, g, *state, step=j), B, self.num_bs,
+                                        self.num_targets, self.num_rf, explore, device=E.device)
+        beams = enc["beams"].reshape(B, -1)
+        estimate = enc["u_hat"].reshape(B, -1).float()
+        out = {Columns.ACTIONS: {"pairs": pairs, "beams": beams, "estimate": estimate},
+               Columns.ACTION_LOGP: logp,
+               Columns.ACTION_DIST_INPUTS: self._dist_inputs(logits, beams, estimate)}
+        if explore:
+            out[ENC_Z] = enc["z"].reshape(B, -1)
+            out[ENC_U] = enc["u_tilde"].reshape(B, -1)
+        return out
+
+    def _forward_exploration(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+        with torch.no_grad():
+            return self._act(batch, explore=True)
+
+    def _forward_inference(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+        with torch.no_grad():
+            return self._act(batch, explore=False)
+
+    def _forward(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+        return self._forward_inference(batch, **kwargs)
+
+    def _forward_train(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+        """Teacher forcing: all ``J`` steps' masked logits from the stored ``ACTIONS["pairs"]`` in one pass."""
+        obs = batch[Columns.OBS]
+        enc = self._encoding(batch)
+        E, g = self.pair_embeddings(obs, enc)
+        actions = batch[Columns.ACTIONS]
+        pairs = torch.as_tensor(actions["pairs"], device=E.device).long()
+        states = states_from_actions(pairs, self.num_bs, self.num_targets, self.num_rf)
+        steps = torch.arange(self.num_steps, device=E.device)
+        logits = self.step_logits(E, g, *states, step=steps)                                # (B, J, P + 1)
+        B = logits.shape[0]
+        beams = torch.as_tensor(actions["beams"], device=E.device).reshape(B, -1)
+        estimate = torch.as_tensor(actions["estimate"], device=E.device).reshape(B, -1)
+        return {Columns.ACTION_DIST_INPUTS: self._dist_inputs(logits, beams, estimate), Columns.EMBEDDINGS: enc}
+
+    # ------------------------------------------------------------------ critic
+    def compute_values(self, batch: dict[str, Any], embeddings: Any = None) -> torch.Tensor:
+        obs = batch[Columns.OBS]
+        enc = embeddings if isinstance(embeddings, dict) else self._encoding(batch)
+        z = enc["z"]
+        log_std = obs["anchor_log_std"].float()
+        tgt = torch.cat([z, obs["prior_cov"].float(), log_std[..., None], obs["anchor_age"].float()[..., None]], -1)
+        c = self.critic_target(tgt)
+        x = torch.cat([c.mean(1), c.amax(1), obs["block"].float().reshape(-1, 1), log_std.mean(1, keepdim=True),
+                       log_std.amax(1, keepdim=True)], dim=-1)
+        return self.critic_head(x).squeeze(-1)

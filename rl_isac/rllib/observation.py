@@ -1,0 +1,67 @@
+"""The policy's observation, built the same way by the env and by the ``dgnn-ppo`` CU (no Ray, no torch).
+
+``window arrays`` (:meth:`rl_isac.tracking.window.MeasurementWindow.as_arrays`, EKF anchor) plus
+:data:`EXTRA_OBS_KEYS`; see :mod:`rl_isac.rllib.env` for the meaning of each key.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rl_isac.physics.arrays import beams_toward, dft_codebook
+from rl_isac.physics.channel import geometry
+from rl_isac.physics.fisher import expected_position_information
+from rl_isac.scenario import ScenarioConfig
+from rl_isac.tracking.window import MeasurementWindow, observation_shapes
+
+EXTRA_OBS_KEYS = ("block", "pair_info", "prior_cov")
+"""Keys added to the window arrays."""
+
+
+def observation_shapes_rl(cfg: ScenarioConfig) -> dict[str, tuple[int, ...]]:
+    """Shapes of every observation key (window arrays + :data:`EXTRA_OBS_KEYS`), all float32."""
+    shapes = dict(observation_shapes(cfg))
+    shapes.update(block=(1,), pair_info=(cfg.num_bs, cfg.num_targets, 4), prior_cov=(cfg.num_targets, 3))
+    return shapes
+
+
+def _log4(x: np.ndarray) -> np.ndarray:
+    return np.log10(np.maximum(x, 0.0) + 1e-6) / 4.0
+
+
+def info_features(prior_cov_m2: np.ndarray, info: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``pair_info (M, I, 4)`` and ``prior_cov (I, 3)`` float32 from ``P (I, 2, 2)`` m^2 and ``J (M, I, 2, 2)`` 1/m^2.
+
+    ``pair_info = [log10(J_xx + 1e-6) / 4, log10(J_yy + 1e-6) / 4, J_xy / sqrt(J_xx J_yy), log10(g + 1e-6) / 4]``
+    with ``g = tr P - tr (P^-1 + J)^-1`` (m^2, what the pair alone removes from the prediction's
+    variance); ``prior_cov = [log10 P_xx / 4, log10 P_yy / 4, P_xy / sqrt(P_xx P_yy)]``.
+    """
+    jxx, jyy, jxy = info[..., 0, 0], info[..., 1, 1], info[..., 0, 1]
+    prior_info = np.linalg.inv(prior_cov_m2)                                       # (I, 2, 2)
+    post = np.linalg.inv(prior_info[None] + info)                                  # (M, I, 2, 2)
+    gain = np.trace(prior_cov_m2, axis1=-2, axis2=-1)[None] - np.trace(post, axis1=-2, axis2=-1)
+    pair = np.stack([_log4(jxx), _log4(jyy), jxy / np.sqrt(jxx * jyy + 1e-12), _log4(gain)], axis=-1)
+    pxx, pyy, pxy = prior_cov_m2[:, 0, 0], prior_cov_m2[:, 1, 1], prior_cov_m2[:, 0, 1]
+    prior = np.stack([np.log10(pxx) / 4.0, np.log10(pyy) / 4.0, pxy / np.sqrt(pxx * pyy)], axis=-1)
+    return pair.astype(np.float32), prior.astype(np.float32)
+
+
+class ObservationBuilder:
+    """Observation of one CU cluster from its window (the CU's view only, never the truth)."""
+
+    def __init__(self, cfg: ScenarioConfig) -> None:
+        self.cfg = cfg
+        self.bs_positions_m = np.asarray(cfg.bs_positions_m, dtype=float)
+        self.codebook = dft_codebook(cfg.num_tx_antennas, cfg.codebook_size, cfg.antenna_spacing_wavelengths)
+
+    def build(self, window: MeasurementWindow, block: int, num_blocks: int) -> dict[str, np.ndarray]:
+        """All keys of :func:`observation_shapes_rl` for block ``q = block`` of an episode of ``num_blocks``."""
+        cfg = self.cfg
+        obs = window.as_arrays()
+        pred = window.anchor_next_m
+        _, angle = geometry(self.bs_positions_m, pred)
+        beams = beams_toward(np.cos(angle), cfg.codebook_size, cfg.num_tracking_symbols)
+        info = expected_position_information(cfg, self.codebook, self.bs_positions_m, pred, beams)
+        obs["pair_info"], obs["prior_cov"] = info_features(window.anchor_predicted_covariance(), info)
+        obs["block"] = np.array([block / num_blocks], dtype=np.float32)
+        return obs

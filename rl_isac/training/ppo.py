@@ -1,0 +1,217 @@
+"""``rl-isac train``: phase-2 PPO (paper Sec. 3.2-3.3) on the RLlib new API stack.
+
+How to run::
+
+    rl-isac train --targets 4 --pretrained results/checkpoints/dgnn-I4 --out runs/ppo-I4 \\
+        --iterations 50            # or --time-budget-s 1800
+    tensorboard --logdir runs/ppo-I4/tb
+    rl-isac evaluate --method dgnn-ppo --checkpoint runs/ppo-I4 --targets 4
+
+What it does: validates everything first (``--pretrained`` exists and was trained for this
+``I`` and scenario, every setting in range: :mod:`rl_isac.rllib.config`), then starts a local
+Ray (``num_cpus = cores``, no dashboard), builds the PPO algorithm and trains, printing one
+line per iteration::
+
+    it   3  steps    6000  return  -31.2  rmse 0.412 m  pcrb 0.198 m  lost 0.000  H 12.31  KL 0.0042  312 steps/s
+
+Writes into ``--out``:
+
+* ``checkpoint/``: the RLlib algorithm checkpoint (every ``checkpoint_every`` iterations and at
+  the end); the module alone is ``checkpoint/learner_group/learner/rl_module/cu_policy``
+  (what ``rl-isac evaluate --method dgnn-ppo --checkpoint OUT`` loads, without Ray);
+* ``train_config.json``: the resolved :class:`~rl_isac.rllib.config.PPOTrainConfig`, env_config,
+  targets, seed, the phase-1 checkpoint, the git revision, iterations and env steps so far;
+* ``learning_curve.json`` and ``learning_curve.png``: per iteration the env steps, wall time,
+  return and the training RMSE (surrogate world, exploration policy);
+* ``tb/``: TensorBoard scalars (:mod:`rl_isac.rllib.callbacks`).
+
+``--resume`` reloads ``checkpoint/`` with the stored config (a changed setting is an error)
+and continues to ``--iterations`` in total (the learning curve continues too).
+Seeds: world seeds from :func:`rl_isac.seeds.training_world_seed` (never evaluation seeds).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from rl_isac.errors import ConfigError
+from rl_isac.rllib.config import PPOTrainConfig, check_pretrained, env_config_for, load_train_config
+from rl_isac.scenario import ScenarioConfig
+
+CHECKPOINT = "checkpoint"
+MODULE_SUBDIR = Path("learner_group") / "learner" / "rl_module"
+TRAIN_CONFIG = "train_config.json"
+CURVE = "learning_curve.json"
+
+
+def module_dir(out: str | os.PathLike) -> Path:
+    """Directory of the trained ``cu_policy`` module inside a training ``--out`` directory."""
+    from rl_isac.rllib.callbacks import MODULE_ID
+
+    return Path(out) / CHECKPOINT / MODULE_SUBDIR / MODULE_ID
+
+
+def _atomic_json(data: Any, path: Path) -> None:
+    from rl_isac.evaluation.harness import write_json_atomic
+
+    write_json_atomic(data, path)
+
+
+def plot_curve(curve: list[dict], path: Path) -> None:
+    """Learning curve PNG (return and training RMSE vs env steps), matplotlib Agg."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [row["env_steps"] for row in curve]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    axes[0].plot(steps, [row["return_mean"] for row in curve], marker=".")
+    axes[0].set_xlabel("env steps")
+    axes[0].set_ylabel("episode return (eq. (5a))")
+    axes[1].plot(steps, [row["rmse_m"] for row in curve], marker=".", label="training RMSE")
+    axes[1].plot(steps, [row["pcrb_m"] for row in curve], ls="--", label="PCRB")
+    axes[1].set_xlabel("env steps")
+    axes[1].set_ylabel("per-target RMSE (m)")
+    axes[1].set_yscale("log")
+    axes[1].legend()
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _row(result: dict, iteration: int, wall_s: float) -> dict[str, float]:
+    from rl_isac.rllib.callbacks import flat_scalars
+
+    s = flat_scalars(result)
+    return {"iteration": iteration, "env_steps": int(result.get("num_env_steps_sampled_lifetime", 0)),
+            "wall_s": wall_s, "return_mean": s.get("episode_return_mean", math.nan),
+            "rmse_m": s.get("tracking/rmse_m", math.nan), "pcrb_m": s.get("tracking/pcrb_m", math.nan),
+            "lost_fraction": s.get("tracking/lost_fraction", math.nan),
+            "entropy": s.get("assoc/entropy", math.nan), "kl": s.get("losses/kl", math.nan),
+            "env_steps_per_s": s.get("perf/env_steps_per_s", math.nan), "scalars": s}
+
+
+def prepare(targets: int, pretrained: str, out: str, fidelity: str | None = None,
+            num_env_runners: int | None = None, envs_per_runner: int | None = None, config: str | None = None,
+            resume: bool = False, seed: int = 0, **overrides: Any) -> dict[str, Any]:
+    """Every check before Ray starts; returns the resolved run description (what ``train_config.json`` holds)."""
+    out_dir = Path(out)
+    train_cfg = load_train_config(config, fidelity=fidelity, num_env_runners=num_env_runners,
+                                  num_envs_per_env_runner=envs_per_runner, **overrides)
+    cfg = ScenarioConfig.paper(targets, fidelity=train_cfg.fidelity, num_blocks=train_cfg.blocks)
+    configs = check_pretrained(pretrained, cfg)
+    run = {"targets": targets, "seed": seed, "pretrained": str(Path(pretrained).resolve()),
+           "train": train_cfg.to_dict(), "env_config": env_config_for(train_cfg, targets, seed),
+           "dgnn": configs["dgnn"].to_dict()}
+    stored_path = out_dir / TRAIN_CONFIG
+    if resume:
+        if not (out_dir / CHECKPOINT).is_dir() or not stored_path.is_file():
+            raise ConfigError("--resume", str(out_dir), f"no {CHECKPOINT}/ and {TRAIN_CONFIG} to resume from")
+        stored = json.loads(stored_path.read_text())
+        for key in ("targets", "seed", "train", "env_config", "dgnn"):
+            if stored[key] != run[key]:
+                raise ConfigError("--resume", key, f"differs from the stored run ({stored[key]!r} vs {run[key]!r}): "
+                                                   f"resume continues the same configuration")
+        run = stored
+    elif (out_dir / CHECKPOINT).exists():
+        raise ConfigError("--out", str(out_dir), f"already holds a {CHECKPOINT}/; pass --resume or another --out")
+    return run
+
+
+def train(targets: int, pretrained: str, out: str, iterations: int | None = None, time_budget_s: float | None = None,
+          echo=print, **kwargs: Any) -> dict[str, Any]:
+    """Run PPO (see the module docstring); returns the final ``train_config.json`` content.
+
+    Args:
+        iterations: stop when this many iterations are done in total (a resumed run counts its
+            earlier ones); ``time_budget_s``: stop after this wall time of this invocation.
+            At least one of the two is required.
+        kwargs: :func:`prepare`'s (``fidelity``, ``num_env_runners``, ``envs_per_runner``,
+            ``config``, ``resume``, ``seed``) and :class:`PPOTrainConfig` field overrides.
+    """
+    if iterations is None and time_budget_s is None:
+        raise ConfigError("--iterations/--time-budget-s", None, "give one of them")
+    if iterations is not None and iterations < 1:
+        raise ConfigError("--iterations", iterations, "must be >= 1")
+    if time_budget_s is not None and not time_budget_s > 0:
+        raise ConfigError("--time-budget-s", time_budget_s, "must be > 0")
+    resume = bool(kwargs.get("resume", False))
+    run = prepare(targets, pretrained, out, **kwargs)
+    train_cfg = PPOTrainConfig.from_dict(run["train"])
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    import torch
+
+    torch.set_num_threads(1)
+    import ray
+    from torch.utils.tensorboard import SummaryWriter
+
+    from rl_isac.evaluation.harness import git_revision
+    from rl_isac.rllib.config import build_ppo_config
+    from rl_isac.rllib.env import register
+
+    register()
+    started_ray = False
+    if not ray.is_initialized():
+        ray.init(num_cpus=train_cfg.cores, include_dashboard=False, log_to_driver=False,
+                 configure_logging=True, logging_level="ERROR")
+        started_ray = True
+    writer = SummaryWriter(str(out_dir / "tb"))
+    curve: list[dict] = []
+    try:
+        ckpt = (out_dir / CHECKPOINT).resolve()
+        if resume:
+            from ray.rllib.algorithms.algorithm import Algorithm
+
+            algo = Algorithm.from_checkpoint(str(ckpt))
+            if (out_dir / CURVE).is_file():
+                curve = json.loads((out_dir / CURVE).read_text())["iterations"]
+        else:
+            dgnn_weights = str(Path(run["pretrained"]) / "model.pt")
+            algo = build_ppo_config(train_cfg, run["env_config"], run["dgnn"], dgnn_weights, run["seed"]).build_algo()
+        wall0 = curve[-1]["wall_s"] if curve else 0.0
+        t0 = time.perf_counter()
+        done = len(curve)
+        run.update(git_revision=git_revision(), checkpoint=str(ckpt))
+
+        def save() -> None:
+            algo.save_to_path(str(ckpt))
+            run.update(iterations=len(curve), env_steps=curve[-1]["env_steps"] if curve else 0)
+            _atomic_json(run, out_dir / TRAIN_CONFIG)
+            _atomic_json({"targets": targets, "iterations": curve}, out_dir / CURVE)
+            if curve:
+                plot_curve(curve, out_dir / "learning_curve.png")
+
+        while True:
+            if iterations is not None and done >= iterations:
+                break
+            if time_budget_s is not None and time.perf_counter() - t0 >= time_budget_s:
+                break
+            result = algo.train()
+            done += 1
+            row = _row(result, done, wall0 + time.perf_counter() - t0)
+            curve.append(row)
+            for key, value in row["scalars"].items():
+                if math.isfinite(value):
+                    writer.add_scalar(key, value, row["env_steps"])
+            echo(f"it {done:>3}  steps {row['env_steps']:>7}  return {row['return_mean']:>9.3f}  "
+                 f"rmse {row['rmse_m']:.3f} m  pcrb {row['pcrb_m']:.3f} m  lost {row['lost_fraction']:.3f}  "
+                 f"H {row['entropy']:.3f}  KL {row['kl']:.4f}  {row['env_steps_per_s']:.0f} steps/s", flush=True)
+            if done % train_cfg.checkpoint_every == 0:
+                save()
+        save()
+        algo.stop()
+    finally:
+        writer.close()
+        if started_ray:
+            ray.shutdown()
+    return run

@@ -1,0 +1,42 @@
+"""Shared fixtures of the RLlib tests: a tiny env and a module built on the I = 4 reference checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("ray.rllib")
+
+REPO = Path(__file__).resolve().parents[2]
+DGNN_I4 = REPO / "results" / "checkpoints" / "dgnn-I4"
+
+
+@pytest.fixture(scope="session")
+def dgnn_i4() -> Path:
+    if not (DGNN_I4 / "model.pt").is_file():
+        pytest.skip(f"reference checkpoint {DGNN_I4} not in this checkout")
+    return DGNN_I4
+
+
+def make_module(env, ckpt: Path, hidden: int = 32):
+    from rl_isac.rllib.module import ISACPPOModule
+    from rl_isac.training.pretrain import load_configs
+
+    torch.manual_seed(0)
+    return ISACPPOModule(observation_space=env.observation_space, action_space=env.action_space,
+                         model_config={"dgnn": load_configs(ckpt)["dgnn"].to_dict(),
+                                       "dgnn_weights": str(ckpt / "model.pt"), "hidden": hidden, "critic_hidden": 32})
+
+
+@pytest.fixture(scope="module")
+def env4():
+    from rl_isac.rllib.env import ISACMultiAgentEnv
+
+    return ISACMultiAgentEnv({"targets": 4, "blocks": 6})
+
+
+@pytest.fixture(scope="module")
+def module4(env4, dgnn_i4):
+    return make_module(env4, dgnn_i4)

@@ -1,0 +1,119 @@
+"""The RLModule and its distribution, without Ray: teacher forcing, masks, finite entropy/KL, cached encoder."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ray.rllib.core.columns import Columns
+
+from rl_isac.association import sub_actions_to_association
+from rl_isac.rllib.distribution import MaskedARDistribution
+from rl_isac.rllib.mask import MASKED_LOGIT
+from rl_isac.rllib.module import ENC_U, ENC_Z, ISACPPOModule
+from rl_isac.tracking.window import stack_observations
+
+
+def rollout(env, module, steps: int, seed: int = 0):
+    """Exploration rollout: stacked observations, actions and the module's outputs per step."""
+    torch.manual_seed(seed)
+    obs, _ = env.reset(seed=seed)
+    rows = []
+    for _ in range(steps):
+        o = {k: torch.as_tensor(v)[None] for k, v in obs["cu_0"].items()}
+        out = module.forward_exploration({Columns.OBS: o}, t=0)
+        act = {k: v[0].numpy() for k, v in out[Columns.ACTIONS].items()}
+        rows.append((obs["cu_0"], act, out))
+        obs, _, term, _, _ = env.step({"cu_0": act})
+        if term["__all__"]:
+            obs, _ = env.reset()
+    ob = {k: torch.as_tensor(v) for k, v in stack_observations([r[0] for r in rows]).items()}
+    acts = {k: torch.as_tensor(np.stack([r[1][k] for r in rows])) for k in ("pairs", "beams", "estimate")}
+    cat = {k: torch.cat([r[2][k] for r in rows]) for k in (Columns.ACTION_LOGP, Columns.ACTION_DIST_INPUTS, ENC_Z,
+                                                            ENC_U)}
+    return ob, acts, cat
+
+
+def test_teacher_forced_logp_equals_exploration_logp(env4, module4):
+    ob, acts, cat = rollout(env4, module4, 12)
+    fo = module4.forward_train({Columns.OBS: ob, Columns.ACTIONS: acts})
+    dist = module4.get_train_action_dist_cls().from_logits(fo[Columns.ACTION_DIST_INPUTS])
+    torch.testing.assert_close(dist.logp(acts), cat[Columns.ACTION_LOGP], atol=1e-5, rtol=0)
+    torch.testing.assert_close(fo[Columns.ACTION_DIST_INPUTS], cat[Columns.ACTION_DIST_INPUTS], atol=1e-5, rtol=0)
+    # the exploration distribution rebuilt from the stored inputs scores the same
+    old = module4.get_exploration_action_dist_cls().from_logits(cat[Columns.ACTION_DIST_INPUTS])
+    torch.testing.assert_close(old.logp(acts), cat[Columns.ACTION_LOGP], atol=1e-5, rtol=0)
+    assert torch.isfinite(old.kl(dist)).all() and old.kl(dist).abs().max() < 1e-4
+    # gradients flow to the actor only (the encoder is frozen) and are finite
+    loss = -(dist.logp(acts).mean() + 0.01 * dist.entropy().mean())
+    loss.backward()
+    assert all(p.grad is None for p in module4.dgnn.parameters())
+    grads = [p.grad for n, p in module4.named_parameters() if not n.startswith("dgnn") and p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    module4.zero_grad(set_to_none=True)
+
+
+def test_cached_encoder_outputs_give_the_same_training_pass_and_values(env4, module4):
+    ob, acts, cat = rollout(env4, module4, 8, seed=3)
+    fresh = module4.forward_train({Columns.OBS: ob, Columns.ACTIONS: acts})
+    cached = module4.forward_train({Columns.OBS: ob, Columns.ACTIONS: acts, ENC_Z: cat[ENC_Z], ENC_U: cat[ENC_U]})
+    torch.testing.assert_close(cached[Columns.ACTION_DIST_INPUTS], fresh[Columns.ACTION_DIST_INPUTS])
+    with torch.no_grad():
+        v1 = module4.compute_values({Columns.OBS: ob})
+        v2 = module4.compute_values({Columns.OBS: ob, ENC_Z: cat[ENC_Z], ENC_U: cat[ENC_U]})
+        v3 = module4.compute_values({Columns.OBS: ob}, embeddings=fresh[Columns.EMBEDDINGS])
+    torch.testing.assert_close(v1, v2)
+    torch.testing.assert_close(v1, v3)
+    assert v1.shape == (8,)
+
+
+def test_actions_are_feasible_and_outputs_deterministic(env4, module4):
+    ob, acts, cat = rollout(env4, module4, 6)
+    sub_actions_to_association(acts["pairs"].numpy(), env4.cfg.num_bs, env4.cfg.num_targets)
+    with torch.no_grad():
+        a = module4.forward_inference({Columns.OBS: ob})[Columns.ACTIONS]
+        b = module4.forward_inference({Columns.OBS: ob})[Columns.ACTIONS]
+        enc = module4.encode(ob)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key])
+    # estimate and beams are the encoder's deterministic outputs, the same in exploration
+    torch.testing.assert_close(a["estimate"], enc["u_hat"].reshape(6, -1).float())
+    torch.testing.assert_close(acts["estimate"], a["estimate"])
+    torch.testing.assert_close(acts["beams"], a["beams"])
+
+
+def test_entropy_and_kl_finite_with_all_but_one_masked():
+    B, J, C = 5, 12, 25
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.full((B, J, C), MASKED_LOGIT)
+    keep = torch.randint(0, C, (B, J), generator=gen)
+    logits.scatter_(-1, keep[..., None], torch.randn(B, J, 1, generator=gen))
+    extra = torch.zeros(B, 48 * 8 + 8)
+    inp = torch.cat([logits.reshape(B, -1), extra], -1).requires_grad_(True)
+    kw = dict(num_steps=J, num_choices=C, num_beams=48 * 8, num_estimate=8)
+    d = MaskedARDistribution.from_logits(inp, **kw)
+    other = MaskedARDistribution.from_logits(inp.detach() + torch.randn(inp.shape, generator=gen), **kw)
+    ent, kl = d.entropy(), d.kl(other)
+    assert torch.isfinite(ent).all() and torch.isfinite(kl).all()
+    torch.testing.assert_close(ent, torch.zeros(B), atol=1e-6, rtol=0)
+    torch.testing.assert_close(kl, torch.zeros(B), atol=1e-6, rtol=0)
+    torch.testing.assert_close(d.logp({"pairs": keep}), torch.zeros(B), atol=1e-6, rtol=0)
+    (ent.sum() + kl.sum() + d.logp(keep).sum()).backward()
+    assert torch.isfinite(inp.grad).all()
+    # partially masked rows: entropy positive, finite, bounded by log(#allowed) per step
+    logits = torch.where(torch.rand(B, J, C, generator=gen) < 0.5, torch.randn(B, J, C, generator=gen),
+                         torch.full((B, J, C), MASKED_LOGIT))
+    logits[..., 0] = 0.0
+    d = MaskedARDistribution.from_logits(torch.cat([logits.reshape(B, -1), extra], -1), **kw)
+    allowed = (logits > MASKED_LOGIT / 2).sum(-1).float()
+    assert (d.entropy() <= torch.log(allowed).sum(-1) + 1e-5).all() and (d.entropy() > 0).all()
+    s = d.sample()
+    assert (logits.gather(-1, s["pairs"][..., None]) > MASKED_LOGIT / 2).all()  # samples never masked entries
+    assert (logits.gather(-1, d.deterministic_sample()["pairs"][..., None]) > MASKED_LOGIT / 2).all()
+    with pytest.raises(ValueError, match="columns"):
+        MaskedARDistribution.from_logits(inp[:, :-1], **kw)
+
+
+def test_module_needs_the_dgnn_config(env4):
+    with pytest.raises(ValueError, match="dgnn"):
+        ISACPPOModule(observation_space=env4.observation_space, action_space=env4.action_space, model_config={})
