@@ -434,9 +434,9 @@ def run_sweep(args) -> list[dict[str, Any]]:
         wall = time.perf_counter() - t0
         for res in grid:
             m = res.metrics or {}
+            config = {k: v for k, v in (res.config or {}).items() if k in search_space.PARAMS}
             rows.append({"targets": num, "trial_id": m.get("trial_id", "?"),
-                         "iterations": int(m.get("ppo_iteration", 0)), "metric": m.get(METRIC), "config": {k: v for k, v in (res.config or {}).items()
-                                                             if k in search_space.PARAMS},
+                         "iterations": int(m.get("ppo_iteration", 0)), "metric": m.get(METRIC), "config": config,
                          "error": None if res.error is None else str(res.error)})
         errors = [r for r in rows if r["targets"] == num and r["error"]]
         for r in errors:
