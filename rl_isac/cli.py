@@ -176,6 +176,11 @@ def _cmd_reproduce(args) -> int:
     for name, path in res.figures.items():
         print(f"{name}: {path}")
     print(PROFILES[args.profile].summary)
+    failed = {num: run["reason"] for num, run in res.training.items() if run.get("failed")}
+    if failed:
+        print(f"rl-isac reproduce: PPO training failed at I = {sorted(failed)} (dgnn-ppo reported not available): "
+              f"{failed}", file=sys.stderr)
+        return 3
     return 0
 
 

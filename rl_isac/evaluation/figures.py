@@ -182,20 +182,29 @@ def training_curve(training: dict[int, dict], path: Path) -> Path:
         ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=9, wrap=True)
         ax.set_title("PPO learning curve: not trained")
         return _save(fig, path)
-    keys = sorted({k for curve in curves.values() for point in curve for k, v in point.items()
-                   if k != "iteration" and isinstance(v, (int, float)) and not isinstance(v, bool)})
-    fig, axes = plt.subplots(1, max(len(keys), 1), figsize=(4.5 * max(len(keys), 1), 3.5), squeeze=False)
-    for ax, key in zip(axes[0], keys):
+    panels = [("return_mean", None, "episode return (eq. (5a))"),
+              ("rmse_m", "pcrb_m", "training RMSE / PCRB (m), exploration policy"),
+              ("entropy", None, "policy entropy (nats, J steps)")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(13, 3.6), squeeze=False)
+    for ax, (key, dashed, title) in zip(axes[0], panels):
         for num, curve in curves.items():
-            pts = [(p.get("iteration", j + 1), p[key]) for j, p in enumerate(curve) if key in p and p[key] is not None]
-            if pts:
-                x, y = zip(*pts)
-                ax.plot(x, y, ".-", label=f"I = {num}")
-        ax.set_xlabel("PPO iteration")
-        ax.set_title(key, fontsize=9)
+            x = [p.get("env_steps", p.get("iteration", j + 1)) for j, p in enumerate(curve)]
+            for k, style in ((key, ".-"), (dashed, "--")):
+                if k is None:
+                    continue
+                pts = [(xi, p[k]) for xi, p in zip(x, curve) if isinstance(p.get(k), (int, float))
+                       and np.isfinite(p[k])]
+                if pts:
+                    ax.plot(*zip(*pts), style, label=f"I = {num}" + (" PCRB" if k == dashed else ""))
+        if key == "rmse_m":
+            ax.set_yscale("log")
+        ax.set_xlabel("env steps")
+        ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle("dgnn-ppo training", fontsize=10)
+    iters = {num: len(curve) for num, curve in curves.items()}
+    fig.suptitle(f"dgnn-ppo training (PPO iterations per I: {iters}; training world, not the evaluation seeds)",
+                 fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 

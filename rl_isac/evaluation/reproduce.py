@@ -72,6 +72,9 @@ PAPER_FIG3_BLOCK = 55
 
 BOOTSTRAP_RESAMPLES = 2000
 
+TRAINING_SEED = 0
+"""Seed of the PPO training runs (their world seeds come from rl_isac.seeds.training_world_seed)."""
+
 
 @dataclass(frozen=True)
 class Profile:
@@ -126,13 +129,13 @@ PROFILES: dict[str, Profile] = {
                 "say nothing about the methods."),
     "quick": Profile(
         name="quick", targets=(6,), methods=ALL_METHODS, episodes=4, blocks=100,
-        train={"iterations": 8, "warm_start": True},
+        train={"iterations": 8},
         summary="The quick profile evaluates only I = 6 on 4 episodes x 100 blocks (the full run: I = 4, 6, 8 on "
                 "50 episodes each) after a short PPO training of 8 iterations, so its intervals are wide and the "
                 "proposed method is far less trained than in results/full."),
     "full": Profile(
         name="full", targets=(4, 6, 8), methods=ALL_METHODS, episodes=50, blocks=100,
-        train={"iterations": 200, "warm_start": True},
+        train={"iterations": 200},
         summary="This is the full study; the quick profile evaluates only I = 6 on 4 episodes after a short "
                 "training."),
 }
@@ -235,32 +238,62 @@ def train_stage(profile: Profile, out: Path, dgnn_checkpoints: str, resume: bool
 
 
 def _curve_from_checkpoint(path: Path) -> list[dict]:
-    """The learning curve stored beside a PPO checkpoint (``curve.json``), if any."""
-    curve = path / "curve.json"
-    return json.loads(curve.read_text()) if curve.is_file() else []
+    """The learning curve ``rl-isac train`` stored in its ``--out`` folder (``learning_curve.json``), if any."""
+    curve = path / "learning_curve.json"
+    rows = json.loads(curve.read_text())["iterations"] if curve.is_file() else []
+    return [{k: row[k] for k in CURVE_KEYS if k in row} for row in rows]
+
+
+CURVE_KEYS = ("iteration", "env_steps", "wall_s", "return_mean", "rmse_m", "pcrb_m", "lost_fraction", "entropy", "kl",
+              "env_steps_per_s")
 
 
 def _train_one(api, profile: Profile, num: int, out: Path, dgnn_checkpoints: str, resume: bool, echo: Echo) -> dict:
-    """One PPO training run through the RLlib pipeline's API (resumable: a finished run is reused)."""
+    """One PPO training run through :func:`rl_isac.training.ppo.train` (resumable: a finished run is reused).
+
+    The run lives in ``<out>/ppo-I<I>/`` (the ``rl-isac train --out`` layout); with ``resume`` an
+    unfinished run continues from its last checkpoint, without it the folder is trained afresh.
+    A failure is caught here only to be reported: the stage prints it, the record keeps the
+    error, the table says "not available" with it and ``rl-isac reproduce`` exits non-zero.
+    """
+    import shutil
+    import traceback
+
     record_path = out / f"training-I{num}.json"
     run_dir = out / f"ppo-I{num}"
     warm = dgnn_checkpoints.replace("{I}", str(num))
-    spec = {"targets": num, "settings": profile.train, "dgnn_checkpoint": warm,
-            "dgnn_fingerprint": checkpoint_fingerprint(warm), "fidelity": profile.fidelity}
+    settings = dict(profile.train or {})
+    iterations = int(settings.pop("iterations"))
+    spec = {"targets": num, "iterations": iterations, "settings": settings, "dgnn_checkpoint": warm,
+            "dgnn_fingerprint": checkpoint_fingerprint(warm), "seed": TRAINING_SEED}
     if resume and record_path.is_file():
         record = json.loads(record_path.read_text())
         if record.get("spec") == spec and record.get("trained") and Path(record["checkpoint"]).exists():
-            echo(f"[train] I={num}: finished run found in {run_dir}, not retrained")
+            echo(f"[train] I={num}: finished run found in {run_dir} ({iterations} iterations), not retrained")
             return record
+    continue_run = resume and (run_dir / api.CHECKPOINT).is_dir() and (run_dir / api.TRAIN_CONFIG).is_file()
+    if not continue_run and run_dir.exists():
+        shutil.rmtree(run_dir)
+    echo(f"[train] I={num}: PPO {iterations} iterations {settings or ''} from {warm} into {run_dir}"
+         f"{' (continuing its last checkpoint)' if continue_run else ''}")
     t0 = time.perf_counter()
-    echo(f"[train] I={num}: PPO training ({profile.train}) from {warm} into {run_dir}")
-    result = api.reproduce_training(targets=num, out_dir=run_dir, dgnn_checkpoint=warm, fidelity=profile.fidelity,
-                                    echo=echo, **profile.train)
-    record = {"trained": True, "checkpoint": str(result["checkpoint"]), "curve": list(result.get("curve", [])),
-              "reason": "", "spec": spec, "wall_time_s": time.perf_counter() - t0,
-              "config": result.get("config")}
+    try:
+        run = api.train(num, warm, str(run_dir), iterations=iterations, resume=continue_run, seed=TRAINING_SEED,
+                        echo=lambda msg, **_: echo(f"[train] I={num} {msg}"), **settings)
+    except Exception as exc:  # reported, never hidden: see the docstring
+        reason = f"PPO training failed: {type(exc).__name__}: {exc}"
+        echo(f"[train] I={num}: FAILED, dgnn-ppo not available: {reason}")
+        echo("".join(traceback.format_exception(exc)[-3:]).rstrip())
+        return {"trained": False, "checkpoint": None, "curve": [], "reason": reason, "failed": True, "spec": spec}
+    curve_path = run_dir / api.CURVE
+    curve = json.loads(curve_path.read_text())["iterations"] if curve_path.is_file() else []
+    record = {"trained": True, "checkpoint": str(run_dir), "reason": "", "spec": spec,
+              "wall_time_s": time.perf_counter() - t0, "iterations": run.get("iterations"),
+              "env_steps": run.get("env_steps"), "train_config": run.get("train"),
+              "curve": [{k: row[k] for k in CURVE_KEYS if k in row} for row in curve]}
     write_json_atomic(record, record_path)
-    echo(f"[train] I={num}: done in {record['wall_time_s']:.0f} s, checkpoint {record['checkpoint']}")
+    echo(f"[train] I={num}: done in {record['wall_time_s']:.0f} s ({record['iterations']} iterations, "
+         f"{record['env_steps']} env steps), checkpoint {run_dir}")
     return record
 
 
