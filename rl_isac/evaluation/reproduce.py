@@ -274,7 +274,7 @@ def _train_one(api, profile: Profile, num: int, out: Path, dgnn_checkpoints: str
     continue_run = resume and (run_dir / api.CHECKPOINT).is_dir() and (run_dir / api.TRAIN_CONFIG).is_file()
     if not continue_run and run_dir.exists():
         shutil.rmtree(run_dir)
-    echo(f"[train] I={num}: PPO {iterations} iterations {settings or ''} from {warm} into {run_dir}"
+    echo(f"[train] I={num}: PPO {iterations} iterations{f' {settings}' if settings else ''} from {warm} into {run_dir}"
          f"{' (continuing its last checkpoint)' if continue_run else ''}")
     t0 = time.perf_counter()
     try:

@@ -117,3 +117,54 @@ def test_bootstrap_interval_is_deterministic_and_brackets_the_rmse():
     lo, hi = rep.bootstrap_ci95(per_episode)
     rmse = math.sqrt(sum(x * x for x in per_episode) / 4)
     assert lo < rmse < hi and rep.bootstrap_ci95(per_episode) == [lo, hi]
+
+
+class _FakePPO:
+    """Stands in for rl_isac.training.ppo (same names, no Ray): records calls, writes the curve file."""
+
+    CHECKPOINT, TRAIN_CONFIG, CURVE = "checkpoint", "train_config.json", "learning_curve.json"
+
+    def __init__(self, fail: bool = False) -> None:
+        self.calls: list[dict] = []
+        self.fail = fail
+
+    def train(self, targets, pretrained, out, iterations, resume, seed, echo, **kwargs):
+        from pathlib import Path
+
+        self.calls.append({"targets": targets, "iterations": iterations, "resume": resume, **kwargs})
+        if self.fail:
+            raise RuntimeError("learner exploded")
+        out = Path(out)
+        (out / self.CHECKPOINT).mkdir(parents=True)
+        (out / self.TRAIN_CONFIG).write_text("{}")
+        rows = [{"iteration": i + 1, "env_steps": 2000 * (i + 1), "return_mean": -50.0 + i, "rmse_m": 1.0 / (i + 1),
+                 "pcrb_m": 0.1, "entropy": 30.0 - i, "scalars": {"x": 1.0}} for i in range(iterations)]
+        (out / self.CURVE).write_text(json.dumps({"targets": targets, "iterations": rows}))
+        echo("it   1 ...", flush=True)
+        return {"iterations": iterations, "env_steps": 2000 * iterations, "train": {"lr": 3e-4}}
+
+
+def test_train_stage_runs_once_reuses_the_finished_run_and_reports_a_failure(tmp_path, monkeypatch):
+    from rl_isac.evaluation import figures
+
+    profile = rep.Profile(name="t", targets=(4,), methods=("dgnn-ppo",), episodes=1, blocks=2,
+                          train={"iterations": 3, "num_epochs": 2})
+    fake = _FakePPO()
+    monkeypatch.setattr(rep, "_ppo_api", lambda: (fake, ""))
+    lines: list[str] = []
+    runs = rep.train_stage(profile, tmp_path, rep.DEFAULT_DGNN_CHECKPOINTS, True, lines.append)
+    assert fake.calls == [{"targets": 4, "iterations": 3, "resume": False, "num_epochs": 2}]
+    run = runs[4]
+    assert run["trained"] and run["checkpoint"] == str(tmp_path / "ppo-I4") and len(run["curve"]) == 3
+    assert "scalars" not in run["curve"][0] and any("[train] I=4 it   1" in s for s in lines)
+    assert json.loads((tmp_path / "training-I4.json").read_text())["iterations"] == 3
+    again = rep.train_stage(profile, tmp_path, rep.DEFAULT_DGNN_CHECKPOINTS, True, lines.append)
+    assert len(fake.calls) == 1 and again[4]["curve"] == run["curve"]  # finished run reused, not retrained
+    img = mpimg.imread(figures.training_curve(runs, tmp_path / "training.png"))
+    assert img.shape[1] > 1000
+    # Without resume the run is trained afresh; a failing run is reported, not hidden.
+    failing = _FakePPO(fail=True)
+    monkeypatch.setattr(rep, "_ppo_api", lambda: (failing, ""))
+    runs = rep.train_stage(profile, tmp_path, rep.DEFAULT_DGNN_CHECKPOINTS, False, lines.append)
+    assert runs[4]["failed"] and "learner exploded" in runs[4]["reason"] and not runs[4]["trained"]
+    assert any("FAILED" in s for s in lines) and not (tmp_path / "ppo-I4").exists()
