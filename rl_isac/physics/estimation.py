@@ -503,7 +503,7 @@ class PairEstimator:
             _, informative = self.bound.from_sums(amp_sq, sums, out=var)
             var[1] *= angle_tail_factor(10 * np.log10(snr_eff))
             var[1] /= np.maximum(np.sin(angle) ** 2, 1e-12)  # var(theta) = var(u) / sin^2(theta)
-        det = valid[rows, peaks] & informative
+        det = valid[rows, peaks] & informative & (ranges[rows, peaks] > 0)
         out[:, rows, peaks] = (np.where(det, ranges[rows, peaks], 0.0), np.where(det, angle, 0.0),
                                10 * np.log10(snr_lin), det, np.where(det, var[0], 0.0), np.where(det, var[1], 0.0))
         detected = out[3].astype(bool)

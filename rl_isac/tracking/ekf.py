@@ -50,6 +50,7 @@ import numpy as np
 
 from rl_isac.config import ConfigMixin
 from rl_isac.errors import ConfigError, MeasurementError
+from rl_isac.tracking.data_association import ASSOCIATION_RULES, collect_peaks
 from rl_isac.tracking.motion import (
     PROCESS_NOISE_MODELS,
     cv_transition,
@@ -243,6 +244,19 @@ class EKFSettings(ConfigMixin):
     """Mirror predicted states that leave ``[edge_margin, size - edge_margin]`` (position and that velocity
     component), as ``ScenarioConfig.edge_margin_m`` says the world reflects targets; switch off if the
     world's rule differs."""
+    data_association: str = "gnn"
+    """Which measurement feeds which track (:mod:`rl_isac.tracking.data_association`): ``"gnn"``, every
+    valid peak of the block against every track, global nearest neighbour per scan inside the
+    ``innovation_gate``; ``"label"``, the old rule (the strongest peak of a pair to the pair's own target,
+    gated). With ``innovation_gate=None`` the label rule fuses everything (a textbook EKF)."""
+    search_after_blocks: int | None = 3
+    """A track with no accepted measurement for this many consecutive blocks is *searching*: each further
+    block its predicted position covariance grows by ``search_growth_m^2`` per axis (so the association
+    objective, the beam selector and the gate see how little it knows) and the first peak the assignment
+    gives it re-initialises it at that peak (position from the measurement, velocity back to the uniform
+    heading prior). ``None``: never."""
+    search_growth_m: float = 2.0
+    """Extra position std per axis added (in quadrature) to a searching track's prediction each block, m."""
 
     def __post_init__(self) -> None:
         if self.process_noise_model not in PROCESS_NOISE_MODELS:
@@ -260,6 +274,14 @@ class EKFSettings(ConfigMixin):
         if self.innovation_gate is not None and not (math.isfinite(self.innovation_gate)
                                                      and self.innovation_gate > 0):
             raise ConfigError("innovation_gate", self.innovation_gate, "must be a finite number > 0, or None (off)")
+        if self.data_association not in ASSOCIATION_RULES:
+            raise ConfigError("data_association", self.data_association, f"must be one of {sorted(ASSOCIATION_RULES)}")
+        if self.search_after_blocks is not None and (isinstance(self.search_after_blocks, bool)
+                                                     or not isinstance(self.search_after_blocks, int)
+                                                     or self.search_after_blocks < 1):
+            raise ConfigError("search_after_blocks", self.search_after_blocks, "must be an integer >= 1, or None")
+        if not (math.isfinite(self.search_growth_m) and self.search_growth_m >= 0):
+            raise ConfigError("search_growth_m", self.search_growth_m, "must be a finite number >= 0")
 
 # ---------------------------------------------------------------------------------------------- estimator
 class EKFEstimator:
@@ -298,7 +320,14 @@ class EKFEstimator:
         self._pred: tuple[np.ndarray, np.ndarray] | None = None
         self.block = 0
         self.rejected = 0
-        """Measurements rejected by the innovation gate since the last reset."""
+        """Valid peaks fused into no track since the last reset (outside every gate, lost the assignment,
+        or failed the gate at the update)."""
+        self.missed = np.zeros(0, np.int64)
+        """``(I,)`` consecutive blocks without an accepted measurement, per track."""
+        self.losses = 0
+        """Tracks that became searching (:attr:`EKFSettings.search_after_blocks`) since the last reset."""
+        self.reacquired_after: list[int] = []
+        """Blocks without a measurement of each track re-initialised on a peak, since the last reset."""
 
     # ------------------------------------------------------------------ state
     @property
@@ -327,7 +356,20 @@ class EKFEstimator:
         x, P = predict(x, P, self._F, self.process_noise(x, P))
         if self.settings.reflect_at_edges:
             x, P = reflect_into_area(x, P, self._lower_m, self._upper_m)
+        searching = self.searching
+        if searching.any():
+            P = P.copy()
+            P[searching, 0, 0] += self.settings.search_growth_m**2
+            P[searching, 1, 1] += self.settings.search_growth_m**2
         return x, P
+
+    @property
+    def searching(self) -> np.ndarray:
+        """``(I,)`` bool: tracks without an accepted measurement for ``search_after_blocks`` blocks or more."""
+        after = self.settings.search_after_blocks
+        if after is None or self.missed.size == 0:
+            return np.zeros(self.missed.shape, bool)
+        return self.missed >= after
 
     def _prediction(self) -> tuple[np.ndarray, np.ndarray]:
         self._require_reset()
@@ -376,7 +418,23 @@ class EKFEstimator:
         self._pred = None
         self.block = 0
         self.rejected = 0
+        self.missed = np.zeros(num, np.int64)
+        self.losses = 0
+        self.reacquired_after = []
         return u0.copy()
+
+    def _initial_state(self, z: np.ndarray, R: np.ndarray, bs_pos_m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """State ``(4,)`` and covariance ``(4, 4)`` started from one range/angle peak ``z (2,)``, ``R (2, 2)``:
+        position ``p + d [cos t, sin t]`` with covariance ``J R J^T`` (``J = d(x, y)/d(d, t)``), velocity
+        the uniform-heading prior ``N(0, v^2 / 2 I)`` as at :meth:`reset`."""
+        d, t = z
+        c, s_ = math.cos(t), math.sin(t)
+        J = np.array([[c, -d * s_], [s_, d * c]])
+        x = np.array([bs_pos_m[0] + d * c, bs_pos_m[1] + d * s_, 0.0, 0.0])
+        P = np.zeros((4, 4))
+        P[:2, :2] = J @ R @ J.T
+        P[2, 2] = P[3, 3] = self.cfg.speed_mps**2 / 2.0
+        return x, P
 
     def _check(self, meas) -> None:
         num = self._x.shape[0]
@@ -397,8 +455,10 @@ class EKFEstimator:
         """Advance one block and fuse its measurements.
 
         Args:
-            meas: :class:`~rl_isac.physics.measurements.Measurements` of the new block, ``(M, I)``
-                arrays. Every ``detected`` pair is fused with ``R = meas.cov[bs, target]``.
+            meas: :class:`~rl_isac.physics.measurements.Measurements` of the new block. Every valid
+                peak (``peak_*`` arrays; the ``(M, I)`` fields when there is one peak per pair) is a
+                candidate for every track; :attr:`EKFSettings.data_association` decides which track
+                fuses it (``R = peak_cov``), and a peak no track takes is dropped (:attr:`rejected`).
         Returns:
             ``(u_hat, u_tilde_next)``: ``(num_targets, 2)`` posterior position ``u_hat_q`` and
             ``(num_targets, 2)`` predicted position ``u_tilde_{q+1}``, metres.
@@ -410,19 +470,44 @@ class EKFEstimator:
         self._check(meas)
         x, P = self._prediction()  # q-1 -> q
         x, P = x.copy(), P.copy()
-        z = np.stack([meas.range_m, meas.angle_rad], axis=-1)  # (M, I, 2)
-        for bs_idx in range(self.bs_positions_m.shape[0]):  # sequential per BS, in BS order
-            rows = np.flatnonzero(meas.detected[bs_idx])
-            if rows.size and self.settings.innovation_gate is not None:
-                nis = innovation_nis(x[rows], P[rows], z[bs_idx, rows], meas.cov[bs_idx, rows],
-                                     self.bs_positions_m[bs_idx])
-                self.rejected += int(np.sum(nis > self.settings.innovation_gate))
-                rows = rows[nis <= self.settings.innovation_gate]
-            if rows.size == 0:
+        peaks = collect_peaks(meas)
+        gate = self.settings.innovation_gate
+        if gate is None:
+            track, _ = ASSOCIATION_RULES["label"](x, P, peaks, self.bs_positions_m, gate=None)
+        else:
+            track, _ = ASSOCIATION_RULES[self.settings.data_association](x, P, peaks, self.bs_positions_m, gate)
+        accepted = np.zeros(x.shape[0], bool)
+        fused = np.zeros(len(peaks), bool)
+        # Searching tracks given a peak: re-initialise at the most precise one (its position covariance).
+        for i in np.flatnonzero(self.searching):
+            mine = np.flatnonzero(track == i)
+            if mine.size == 0:
                 continue
-            x[rows], P[rows] = update_range_angle(x[rows], P[rows], z[bs_idx, rows], meas.cov[bs_idx, rows],
-                                                  self.bs_positions_m[bs_idx],
-                                                  num_iterations=self.settings.num_iterations)
+            n = mine[np.argmin([np.linalg.det(peaks.R[k]) * peaks.z[k, 0] ** 2 for k in mine])]
+            x[i], P[i] = self._initial_state(peaks.z[n], peaks.R[n], self.bs_positions_m[peaks.bs[n]])
+            fused[n] = accepted[i] = True
+            self.reacquired_after.append(int(self.missed[i]))
+        # Sequential EKF updates, BS by BS (a track takes at most one peak per update round).
+        for bs_idx in range(self.bs_positions_m.shape[0]):
+            todo = np.flatnonzero((peaks.bs == bs_idx) & (track >= 0) & ~fused)
+            while todo.size:
+                _, first = np.unique(track[todo], return_index=True)
+                batch, todo = todo[first], np.delete(todo, first)
+                rows = track[batch]
+                z, R = peaks.z[batch], peaks.R[batch]
+                if gate is not None:  # the state may have moved since the assignment: gate again
+                    nis = innovation_nis(x[rows], P[rows], z, R, self.bs_positions_m[bs_idx])
+                    keep = nis <= gate
+                    batch, rows, z, R = batch[keep], rows[keep], z[keep], R[keep]
+                if rows.size == 0:
+                    continue
+                x[rows], P[rows] = update_range_angle(x[rows], P[rows], z, R, self.bs_positions_m[bs_idx],
+                                                      num_iterations=self.settings.num_iterations)
+                fused[batch] = accepted[rows] = True
+        self.rejected += int(len(peaks) - fused.sum())
+        was_searching = self.searching
+        self.missed = np.where(accepted, 0, self.missed + 1)
+        self.losses += int(np.sum(self.searching & ~was_searching))
         if self.settings.speed_std_mps is not None:
             v = self.cfg.speed_mps
             vel_std = np.sqrt(np.trace(P[:, 2:, 2:], axis1=-2, axis2=-1))

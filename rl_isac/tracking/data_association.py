@@ -1,0 +1,176 @@
+"""Measurement-to-track assignment of the CU: which detected peak belongs to which target.
+
+A pair ``[bs, target]`` of the association only says where the beams and the range gate
+pointed; the peaks its front end reports (``Measurements.peak_*``, several per gate) may be
+its own target, a neighbour inside the same beams and gate, or a merge of both. The CU
+therefore never trusts the label: every valid peak of the block is a candidate for every
+track, and a global-nearest-neighbour (GNN) assignment decides.
+
+Model and costs. Each valid peak ``n`` is a range/angle measurement ``z_n`` from BS ``m_n`` with
+reported covariance ``R_n``. Against track ``i`` with predicted state ``x_i``, covariance ``P_i``::
+
+    y_ni = z_n - h_m(x_i)                       (angle wrapped)
+    S_ni = H_mi P_i H_mi^T + R_n
+    d2_ni = y_ni^T S_ni^-1 y_ni                  (NIS; chi-square, 2 dof, if n is i's echo)
+    c_ni = d2_ni + ln det S_ni                   (negative log-likelihood up to a constant)
+
+``n`` may go to ``i`` only inside the gate ``d2_ni <= gate`` (13.8 = the 99.9 % point).
+
+Scans. The peaks of one pair form one *scan*: they are resolved echoes (different range cells)
+of different targets, so within a scan each peak goes to at most one track and each track
+gets at most one peak: a rectangular assignment problem (``scipy.optimize.linear_sum_assignment``
+on ``c`` with gated-out entries forbidden), solved scan by scan. Different scans are different
+looks (another BS, or another RF chain with other beams and symbols: independent noise), so a
+track may receive one peak from every scan. Because every track competes for every peak, a
+target whose echo is masked or merged cannot take its neighbour's peak while the neighbour's
+own track explains it better: the "gate lockout" of a per-pair gate (a stronger neighbour's
+echo accepted, the own echo then rejected for good) cannot start this way.
+
+Pure numpy/scipy; no state. :class:`rl_isac.tracking.ekf.EKFEstimator` calls :func:`gnn_assign`
+every block; the window's EKF anchor and every EKF-based CU inherit it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+CHI2_GATE_999 = 13.815510557964274
+"""99.9 % point of the chi-square distribution with 2 degrees of freedom, ``-2 ln(0.001)``."""
+
+
+@dataclass(frozen=True)
+class PeakSet:
+    """Every valid peak of one block, flattened (``N`` of them, in ``[bs, target, peak]`` order).
+
+    Attributes:
+        bs: ``(N,)`` int, measuring BS.
+        label: ``(N,)`` int, target of the pair whose gate the peak came from (not its owner).
+        peak: ``(N,)`` int, rank of the peak in its gate (0 = strongest).
+        scan: ``(N,)`` int, flat pair index ``bs * I + label`` (one scan per pair).
+        z: ``(N, 2)`` ``(range_m, angle_rad)``.
+        R: ``(N, 2, 2)`` reported covariance.
+        snr_db: ``(N,)``.
+    """
+
+    bs: np.ndarray
+    label: np.ndarray
+    peak: np.ndarray
+    scan: np.ndarray
+    z: np.ndarray
+    R: np.ndarray
+    snr_db: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.bs)
+
+
+def collect_peaks(meas) -> PeakSet:
+    """The valid peaks of a :class:`~rl_isac.physics.measurements.Measurements` as a :class:`PeakSet`."""
+    valid = np.asarray(meas.peak_valid, bool)  # (M, I, P)
+    bs, label, peak = np.nonzero(valid)
+    num_targets = valid.shape[1]
+    z = np.stack([meas.peak_range_m[bs, label, peak], meas.peak_angle_rad[bs, label, peak]], axis=-1)
+    return PeakSet(bs=bs, label=label, peak=peak, scan=bs * num_targets + label, z=z.reshape(-1, 2),
+                   R=np.asarray(meas.peak_cov)[bs, label, peak].reshape(-1, 2, 2),
+                   snr_db=np.asarray(meas.peak_snr_db)[bs, label, peak])
+
+
+def innovation_matrix(x: np.ndarray, P: np.ndarray, peaks: PeakSet, bs_positions_m: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """NIS ``d2 (N, I)`` and ``ln det S (N, I)`` of every peak against every track's prediction.
+
+    Args:
+        x: ``(I, 4)`` predicted states; P: ``(I, 4, 4)`` their covariances.
+        peaks: the block's :class:`PeakSet`.
+        bs_positions_m: ``(M, 2)``.
+    """
+    num = len(peaks)
+    if num == 0:
+        return np.zeros((0, len(x))), np.zeros((0, len(x)))
+    bs_pos = np.asarray(bs_positions_m, float)[peaks.bs]  # (N, 2)
+    delta = x[None, :, :2] - bs_pos[:, None, :]  # (N, I, 2)
+    dx, dy = delta[..., 0], delta[..., 1]
+    d2 = np.maximum(dx * dx + dy * dy, 1e-12)
+    d = np.sqrt(d2)
+    # H = [[dx/d, dy/d], [-dy/d^2, dx/d^2]] on the position (the velocity columns are 0).
+    H = np.stack([np.stack([dx / d, dy / d], -1), np.stack([-dy / d2, dx / d2], -1)], -2)  # (N, I, 2, 2)
+    S = H @ P[None, :, :2, :2] @ np.swapaxes(H, -1, -2) + peaks.R[:, None]  # S = H P H^T + R
+    y = np.stack([peaks.z[:, None, 0] - d, peaks.z[:, None, 1] - np.arctan2(dy, dx)], -1)  # (N, I, 2)
+    y[..., 1] = np.pi - np.mod(np.pi - y[..., 1], 2 * np.pi)  # wrap to (-pi, pi]
+    det = S[..., 0, 0] * S[..., 1, 1] - S[..., 0, 1] * S[..., 1, 0]
+    det = np.maximum(det, 1e-300)
+    # y^T S^-1 y for a 2x2 S, in closed form
+    y0, y1 = y[..., 0], y[..., 1]
+    nis = (S[..., 1, 1] * y0 * y0 - 2 * S[..., 0, 1] * y0 * y1 + S[..., 0, 0] * y1 * y1) / det
+    return nis, np.log(det)
+
+
+def gnn_assign(x: np.ndarray, P: np.ndarray, peaks: PeakSet, bs_positions_m: np.ndarray,
+               gate: float = CHI2_GATE_999) -> tuple[np.ndarray, np.ndarray]:
+    """Global nearest neighbour, scan by scan.
+
+    Args:
+        x, P: ``(I, 4)``, ``(I, 4, 4)`` predicted states and covariances of the tracks.
+        peaks: the block's :class:`PeakSet`.
+        bs_positions_m: ``(M, 2)``.
+        gate: NIS gate (chi-square, 2 dof).
+    Returns:
+        ``track (N,)`` int: the track each peak is assigned to, ``-1`` where none (outside every gate or
+        lost the assignment); ``nis (N,)``: its NIS against that track (``inf`` where unassigned).
+    """
+    num = len(peaks)
+    track = np.full(num, -1, np.int64)
+    nis_out = np.full(num, np.inf)
+    if num == 0:
+        return track, nis_out
+    nis, logdet = innovation_matrix(x, P, peaks, bs_positions_m)
+    gated = nis <= gate
+    cost = np.where(gated, nis + logdet, np.inf)
+    # Scans with a single peak: its cheapest gated track (no conflict possible).
+    order = np.argsort(peaks.scan, kind="stable")
+    _, first, counts = np.unique(peaks.scan[order], return_index=True, return_counts=True)
+    big = 1e12
+    for start, count in zip(first, counts):
+        rows = order[start:start + count]
+        sub = cost[rows]
+        if count == 1:
+            j = int(np.argmin(sub[0]))
+            if np.isfinite(sub[0, j]):
+                track[rows[0]] = j
+                nis_out[rows[0]] = nis[rows[0], j]
+            continue
+        finite = np.isfinite(sub)
+        if not finite.any():
+            continue
+        r, c = linear_sum_assignment(np.where(finite, sub, big))
+        ok = finite[r, c]
+        track[rows[r[ok]]] = c[ok]
+        nis_out[rows[r[ok]]] = nis[rows[r[ok]], c[ok]]
+    return track, nis_out
+
+
+def label_assign(x: np.ndarray, P: np.ndarray, peaks: PeakSet, bs_positions_m: np.ndarray,
+                 gate: float | None = CHI2_GATE_999) -> tuple[np.ndarray, np.ndarray]:
+    """The old rule, for comparison: the strongest peak of each pair goes to the pair's own target when
+    inside its gate (``gate=None``: always); other peaks are dropped. Same returns as :func:`gnn_assign`."""
+    num = len(peaks)
+    track = np.full(num, -1, np.int64)
+    nis_out = np.full(num, np.inf)
+    if num == 0:
+        return track, nis_out
+    nis, _ = innovation_matrix(x, P, peaks, bs_positions_m)
+    own = nis[np.arange(num), peaks.label]
+    ok = (peaks.peak == 0) & (True if gate is None else own <= gate)
+    track[ok] = peaks.label[ok]
+    nis_out[ok] = own[ok]
+    return track, nis_out
+
+
+ASSOCIATION_RULES = {"gnn": gnn_assign, "label": label_assign}
+"""Data-association rules by name (:attr:`rl_isac.tracking.ekf.EKFSettings.data_association`)."""
+
+__all__ = ["CHI2_GATE_999", "PeakSet", "collect_peaks", "innovation_matrix", "gnn_assign", "label_assign",
+           "ASSOCIATION_RULES"]
