@@ -26,6 +26,11 @@ class EKFCUEstimator(Estimator):
     def predicted_position_covariance(self) -> np.ndarray:
         return self.ekf.predicted_covariance()[:, :2, :2]
 
+    @property
+    def searching(self) -> np.ndarray:
+        """``(I,)`` bool: targets the EKF is searching for (see :attr:`EKFEstimator.searching`)."""
+        return self.ekf.searching
+
 
 class LeastSquaresEstimator(Estimator):
     """Memoryless fusion: the information-weighted mean of the positions implied by each

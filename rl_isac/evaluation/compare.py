@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from rl_isac.association import ExhaustiveSearchTooLarge
-from rl_isac.evaluation.harness import evaluate, git_revision, write_json_atomic
+from rl_isac.evaluation.harness import _frac, evaluate, git_revision, reacquire_text, write_json_atomic
 
 
 def compare(methods: list[str], targets: list[int], episodes: int, blocks: int, seed: int, fidelity: str,
@@ -32,15 +34,18 @@ def compare(methods: list[str], targets: list[int], episodes: int, blocks: int, 
                 continue
             results.append(r)
             echo(f"{method:<16} I={num}: rmse {r['rmse_m']:.4f} m  pcrb {r['pcrb_rmse_m']:.4f} m  "
-                 f"missed {r['missed_fraction']:.3f}  lost {r['lost_fraction']:.3f}  "
-                 f"decision p50 {r['decision_ms_p50']:.2f} ms")
+                 f"missed {r['missed_fraction']:.3f}  lost {r['lost_fraction']:.4f}  swaps {r['track_swaps']}  "
+                 f"reacq {reacquire_text(r)}  nis out {r['meas_nis_outside_fraction']:.4f} (meas) "
+                 f"{_frac(r['pred_nis_outside_fraction'])} (pred)  decision p50 {r['decision_ms_p50']:.2f} ms")
     table = markdown_table(results, refused, methods, targets)
     return {"results": results, "refused": refused, "table_md": table, "episodes": episodes, "blocks": blocks,
             "seed": seed, "fidelity": fidelity, "git_revision": git_revision()}
 
 
 def markdown_table(results: list[dict], refused: list[dict], methods: list[str], targets: list[int]) -> str:
-    cell = {(r["method"], r["targets"]): f"{r['rmse_m']:.3f} ({r['pcrb_rmse_m']:.3f}; lost {r['lost_fraction']:.3f})"
+    cell = {(r["method"], r["targets"]): f"{r['rmse_m']:.3f} ± {rmse_ci95(r):.3f} ({r['pcrb_rmse_m']:.3f}; "
+                                        f"lost {r['lost_fraction']:.4f}; reacq {reacquire_text(r)}; "
+                                        f"nis {r['meas_nis_outside_fraction']:.4f})"
             for r in results}
     for r in refused:
         cell[(r["method"], r["targets"])] = "refused (too large)"
@@ -49,10 +54,21 @@ def markdown_table(results: list[dict], refused: list[dict], methods: list[str],
     for m in methods:
         lines.append(f"| {m} | " + " | ".join(cell.get((m, n), "-") for n in targets) + " |")
     lines.append("")
-    lines.append("Per-target RMSE in metres over targets, blocks and episodes; in brackets the PCRB of the "
-                 "associations and beams each method used and the fraction of target-blocks with an error above "
-                 "5 m (lost tracks).")
+    lines.append("Per-target RMSE in metres over targets, blocks and episodes, ± the half-width of its 95 % "
+                 "interval over episodes (normal, on the mean squared error); in brackets the PCRB of the "
+                 "associations and beams each method used, the fraction of target-blocks with an error above "
+                 "5 m (lost tracks), the mean/max blocks to re-acquire a lost track (+n: never re-acquired) and the "
+                 "fraction of peaks outside the 99.9 % NIS gate against the truth (nominal 0.001).")
     return "\n".join(lines)
+
+
+def rmse_ci95(r: dict) -> float:
+    """Half-width of the 95 % interval of the RMSE over episodes: delta method on the episode means of the
+    squared error (``rmse_per_episode_m``), ``1.96 sd(mse_e) / sqrt(E) / (2 rmse)``."""
+    mse = np.square(np.asarray(r["rmse_per_episode_m"], float))
+    if len(mse) < 2 or r["rmse_m"] <= 0:
+        return float("nan")
+    return float(1.96 * mse.std(ddof=1) / np.sqrt(len(mse)) / (2 * r["rmse_m"]))
 
 
 def write_compare(data: dict, json_path: str) -> None:

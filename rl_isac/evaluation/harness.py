@@ -22,6 +22,19 @@ scale of the paper's Table 1):
   ``rmse_per_episode_m`` (a lost track dominates its episode's RMSE);
 * ``decision_ms_p50`` / ``decision_ms_p99``: wall time of the CU's decision per block.
 
+Track-holding metrics (issue 7), all against the truth:
+
+* ``track_losses``: runs of consecutive lost blocks of one target (error > ``LOST_M``);
+  ``reacquire_blocks_mean`` / ``reacquire_blocks_max``: lengths of the runs that ended before the
+  episode did (re-acquired; ``null`` when none), ``never_reacquired``: runs still open at the end;
+* ``track_swaps``: tracks that end the episode lost and nearer another target than their own
+  (a track that ends on another target);
+* NIS calibration: ``meas_nis_outside_fraction``, the fraction of valid peaks whose normalised
+  error against the nearest true target (``(z - h(u_i))^T R^-1 (z - h(u_i))`` with the reported
+  covariance ``R``) exceeds ``NIS_GATE`` (the 99.9 % point: nominal 0.001); and
+  ``pred_nis_outside_fraction``, the same for the CU's one-block prediction against the truth with its
+  predicted position covariance (when the CU has an estimator that reports one; ``null`` otherwise).
+
 The JSON is written atomically, only when the whole evaluation succeeded.
 """
 
@@ -44,9 +57,12 @@ from rl_isac.evaluation.bounds import position_pcrb
 from rl_isac.network import CellFreeNetwork, check_action
 from rl_isac.scenario import ScenarioConfig
 from rl_isac.seeds import evaluation_seeds
+from rl_isac.tracking.data_association import CHI2_GATE_999, collect_peaks, innovation_matrix
 
 LOST_M = 5.0
 """Position error above which a target-block counts as lost (``lost_fraction``), metres."""
+NIS_GATE = CHI2_GATE_999
+"""99.9 % point of chi-square with 2 degrees of freedom: the gate of the NIS calibration metrics."""
 
 
 def git_revision() -> str:
@@ -69,6 +85,9 @@ def run_episode(cu: Controller, cfg: ScenarioConfig, world_seed: int, blocks: in
     headings = np.zeros((blocks, cfg.num_targets))
     decision_s = np.zeros(blocks)
     assigned = detected = 0
+    peaks_total = peaks_outside = 0
+    pred_nis = []
+    pred_cov = _predicted_cov(cu)
     for q in range(blocks):
         check_action(action.association, action.beams, cfg.num_rf, cfg.codebook_size, cfg.num_tracking_symbols,
                      (cfg.num_bs, cfg.num_targets))
@@ -78,6 +97,11 @@ def run_episode(cu: Controller, cfg: ScenarioConfig, world_seed: int, blocks: in
         meas_info[q] = np.einsum("mi,mixy->ixy", action.association, info)
         assigned += int(meas.assigned.sum())
         detected += int(meas.detected.sum())
+        n_peaks, n_out = measurement_nis_outside(meas, net.bs_positions_m, net.positions_m)
+        peaks_total += n_peaks
+        peaks_outside += n_out
+        if pred_cov is not None:
+            pred_nis.append(_nees(net.positions_m - np.asarray(action.prediction_m), pred_cov))
         t0 = time.perf_counter()
         action = cu.act(meas)
         decision_s[q] = time.perf_counter() - t0
@@ -86,10 +110,67 @@ def run_episode(cu: Controller, cfg: ScenarioConfig, world_seed: int, blocks: in
             raise ValueError(f"{cu.name}: estimate must be finite with shape {(cfg.num_targets, 2)}, "
                              f"got shape {est.shape}")
         sq_err[q] = np.sum((net.positions_m - est) ** 2, axis=1)
+        final_truth, final_est = net.positions_m.copy(), est.copy()
+        pred_cov = _predicted_cov(cu)
         if on_block is not None:
             on_block()
     pcrb = position_pcrb(cfg, headings, meas_info)
-    return {"sq_err": sq_err, "pcrb": pcrb, "assigned": assigned, "detected": detected, "decision_s": decision_s}
+    return {"sq_err": sq_err, "pcrb": pcrb, "assigned": assigned, "detected": detected, "decision_s": decision_s,
+            "peaks": peaks_total, "peaks_outside": peaks_outside,
+            "pred_nis": np.concatenate(pred_nis) if pred_nis else None,
+            "swaps": track_swaps(final_truth, final_est)}
+
+
+def measurement_nis_outside(meas, bs_positions_m: np.ndarray, positions_m: np.ndarray) -> tuple[int, int]:
+    """Valid peaks of a block and how many are outside ``NIS_GATE`` against every true target.
+
+    A peak's NIS against target ``i`` is ``(z - h(u_i))^T R^-1 (z - h(u_i))`` with its reported covariance
+    ``R`` (the truth carries no uncertainty); the peak belongs to whichever target explains it best.
+    """
+    peaks = collect_peaks(meas)
+    if len(peaks) == 0:
+        return 0, 0
+    truth = np.zeros((len(positions_m), 4))
+    truth[:, :2] = positions_m
+    nis, _ = innovation_matrix(truth, np.zeros((len(positions_m), 4, 4)), peaks, bs_positions_m)
+    return len(peaks), int(np.sum(nis.min(axis=1) > NIS_GATE))
+
+
+def _predicted_cov(cu: Controller) -> np.ndarray | None:
+    """The CU's predicted position covariance ``(I, 2, 2)`` for the next block, if it has one."""
+    estimator = getattr(cu, "estimator", None)
+    if estimator is None or not hasattr(estimator, "predicted_position_covariance"):
+        return None
+    cov = estimator.predicted_position_covariance()
+    return None if cov is None else np.asarray(cov, float).copy()
+
+
+def _nees(err: np.ndarray, cov: np.ndarray) -> np.ndarray:
+    """``e^T C^-1 e`` per target: ``err (I, 2)``, ``cov (I, 2, 2)`` -> ``(I,)``."""
+    return np.einsum("ia,ia->i", err, np.linalg.solve(cov, err[..., None])[..., 0])
+
+
+def track_swaps(truth_m: np.ndarray, estimate_m: np.ndarray) -> int:
+    """Tracks that end lost (error > ``LOST_M``) and nearer another target than their own: ``(I, 2)`` each."""
+    dist = np.linalg.norm(estimate_m[:, None, :] - truth_m[None, :, :], axis=-1)  # (track, target)
+    own = np.diag(dist)
+    return int(np.sum((own > LOST_M) & (dist.argmin(axis=1) != np.arange(len(own)))))
+
+
+def loss_runs(lost: np.ndarray) -> tuple[list[int], int]:
+    """Runs of consecutive lost blocks per target, ``lost (Q, I)`` bool: the lengths of the runs that ended
+    before the last block (re-acquired) and the number still open at the end."""
+    closed, still_open = [], 0
+    for i in range(lost.shape[1]):
+        col = np.concatenate([[False], lost[:, i], [False]]).astype(np.int8)
+        edges = np.diff(col)
+        starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+        for a, b in zip(starts, ends):
+            if b == lost.shape[0]:
+                still_open += 1
+            else:
+                closed.append(int(b - a))
+    return closed, still_open
 
 
 def evaluate(method: str, targets: int = 4, episodes: int = 10, blocks: int = 100, seed: int = 0,
@@ -131,6 +212,13 @@ def evaluate(method: str, targets: int = 4, episodes: int = 10, blocks: int = 10
     dec_ms = 1e3 * np.concatenate([r["decision_s"] for r in results])
     assigned = sum(r["assigned"] for r in results)
     detected = sum(r["detected"] for r in results)
+    runs, still_open = [], 0
+    for r in results:
+        closed, open_ = loss_runs(r["sq_err"] > LOST_M**2)
+        runs += closed
+        still_open += open_
+    pred = [r["pred_nis"] for r in results if r["pred_nis"] is not None]
+    peaks = sum(r["peaks"] for r in results)
     return {
         "method": cu.name if controller is not None else method,
         "targets": cfg.num_targets,
@@ -146,6 +234,13 @@ def evaluate(method: str, targets: int = 4, episodes: int = 10, blocks: int = 10
         "violations": 0,
         "missed_fraction": float(1 - detected / max(assigned, 1)),
         "lost_fraction": float(np.mean(sq > LOST_M**2)),
+        "track_losses": len(runs) + still_open,
+        "reacquire_blocks_mean": float(np.mean(runs)) if runs else None,
+        "reacquire_blocks_max": int(max(runs)) if runs else None,
+        "never_reacquired": still_open,
+        "track_swaps": sum(r["swaps"] for r in results),
+        "meas_nis_outside_fraction": float(sum(r["peaks_outside"] for r in results) / max(peaks, 1)),
+        "pred_nis_outside_fraction": float(np.mean(np.concatenate(pred) > NIS_GATE)) if pred else None,
         "rmse_per_episode_m": np.sqrt(sq.mean(axis=(1, 2))).tolist(),
         "decision_ms_p50": float(np.percentile(dec_ms, 50)),
         "decision_ms_p99": float(np.percentile(dec_ms, 99)),
@@ -174,12 +269,30 @@ def write_json_atomic(data: dict, path: str | os.PathLike) -> None:
 
 def summary_table(rows: list[dict]) -> str:
     """A short fixed-width table of results (per-target RMSE, metres)."""
-    head = f"{'method':<18}{'I':>3}{'rmse_m':>10}{'pcrb_m':>10}{'missed':>8}{'lost':>7}{'p50_ms':>9}{'p99_ms':>9}"
+    head = (f"{'method':<18}{'I':>3}{'rmse_m':>10}{'pcrb_m':>10}{'missed':>8}{'lost':>7}{'swaps':>6}{'reacq':>10}"
+            f"{'nis_z':>7}{'nis_p':>7}{'p50_ms':>9}{'p99_ms':>9}")
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(f"{r['method']:<18}{r['targets']:>3}{r['rmse_m']:>10.4f}{r['pcrb_rmse_m']:>10.4f}"
-                     f"{r['missed_fraction']:>8.3f}{r['lost_fraction']:>7.3f}{r['decision_ms_p50']:>9.2f}"
+                     f"{r['missed_fraction']:>8.3f}{r['lost_fraction']:>7.3f}{r.get('track_swaps', 0):>6}"
+                     f"{reacquire_text(r):>10}{_frac(r.get('meas_nis_outside_fraction')):>7}"
+                     f"{_frac(r.get('pred_nis_outside_fraction')):>7}{r['decision_ms_p50']:>9.2f}"
                      f"{r['decision_ms_p99']:>9.2f}")
     lines.append("RMSE per target over targets, blocks and episodes; pcrb_m: posterior CRB of the associations used; "
-                 f"lost: target-blocks with error > {LOST_M:g} m.")
+                 f"lost: target-blocks with error > {LOST_M:g} m; swaps: tracks ending on another target; reacq: "
+                 "mean/max blocks to re-acquire (+ never re-acquired); nis_z / nis_p: fraction of peaks / predictions "
+                 "outside the 99.9 % gate against the truth (nominal 0.001).")
     return "\n".join(lines)
+
+
+def reacquire_text(r: dict) -> str:
+    """``mean/max`` blocks to re-acquire, ``+n`` never re-acquired; ``-`` without losses."""
+    if not r.get("track_losses"):
+        return "-"
+    mean = r.get("reacquire_blocks_mean")
+    text = "" if mean is None else f"{mean:.1f}/{r['reacquire_blocks_max']}"
+    return text + (f"+{r['never_reacquired']}" if r.get("never_reacquired") else "")
+
+
+def _frac(value) -> str:
+    return "-" if value is None else f"{value:.4f}"

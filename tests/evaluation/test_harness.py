@@ -10,12 +10,22 @@ import pytest
 from rl_isac.cli import main
 from rl_isac.controllers import CUAction, make_controller
 from rl_isac.errors import ConfigError, ConstraintViolation
-from rl_isac.evaluation.harness import evaluate, write_json_atomic
+from rl_isac.evaluation.harness import (
+    evaluate,
+    loss_runs,
+    measurement_nis_outside,
+    summary_table,
+    track_swaps,
+    write_json_atomic,
+)
+from rl_isac.physics.measurements import Measurements
 from rl_isac.scenario import ScenarioConfig
 from rl_isac.seeds import EVAL_SEED_BASE, evaluation_seeds
 
 REQUIRED = {"method", "targets", "episodes", "blocks", "seed", "fidelity", "rmse_m", "rmse_per_block_m",
-            "pcrb_rmse_m", "violations", "missed_fraction", "decision_ms_p50", "decision_ms_p99"}
+            "pcrb_rmse_m", "violations", "missed_fraction", "decision_ms_p50", "decision_ms_p99", "lost_fraction",
+            "track_losses", "reacquire_blocks_mean", "reacquire_blocks_max", "never_reacquired", "track_swaps",
+            "meas_nis_outside_fraction", "pred_nis_outside_fraction"}
 
 
 def test_evaluate_reports_every_required_field_with_one_rmse_per_block():
@@ -121,3 +131,39 @@ def test_cli_simulate_prints_per_target_rmse(tmp_path, capsys):
     assert main(["simulate", "--targets", "4", "--blocks", "5", "--fidelity", "signal", "--json", str(out)]) == 0
     assert "per target" in capsys.readouterr().out
     assert json.loads(out.read_text())["verb"] == "simulate"
+
+
+def test_loss_runs_count_reacquired_and_open_losses():
+    lost = np.zeros((10, 3), bool)
+    lost[2:5, 0] = True  # re-acquired after 3 blocks
+    lost[7:, 0] = True  # still lost at the end
+    lost[0:1, 1] = True  # 1 block
+    closed, still_open = loss_runs(lost)
+    assert sorted(closed) == [1, 3] and still_open == 1
+
+
+def test_track_swaps_counts_tracks_ending_on_another_target():
+    truth = np.array([[0.0, 0.0], [20.0, 0.0], [50.0, 50.0]])
+    est = np.array([[19.0, 0.0], [20.5, 0.0], [58.0, 50.0]])  # track 0 on target 1; track 2 lost, nearest own
+    assert track_swaps(truth, est) == 1
+
+
+def test_measurement_nis_uses_the_nearest_target_and_the_reported_covariance():
+    bs = np.array([[0.0, 0.0]])
+    truth = np.array([[30.0, 40.0], [60.0, 80.0]])  # ranges 50 and 100 m, same angle
+    m = Measurements.empty(1, 2, num_peaks=2)
+    valid, rng_, ang, cov = m.peak_valid.copy(), m.peak_range_m.copy(), m.peak_angle_rad.copy(), m.peak_cov.copy()
+    valid[0, 0, :] = True
+    rng_[0, 0] = [100.1, 50.0 + 1.0]  # peak 0: target 1's echo, 1 sigma; peak 1: target 0's, 10 sigma
+    ang[0, 0] = np.arctan2(40.0, 30.0)
+    cov[0, 0] = np.diag([0.1**2, 1e-4])
+    meas = Measurements(m.assigned | valid[..., 0], valid[..., 0].copy(), rng_[..., 0].copy(), ang[..., 0].copy(),
+                        m.snr_db, cov[..., 0, :, :].copy(), 1, valid, rng_, ang, m.peak_snr_db, cov)
+    assert measurement_nis_outside(meas, bs, truth) == (2, 1)
+
+
+def test_track_metrics_are_in_the_result_and_the_summary():
+    r = evaluate("ekf-milp", targets=4, episodes=2, blocks=15, seed=2, fidelity="surrogate", progress=False)
+    assert r["track_losses"] >= r["never_reacquired"] >= 0 and r["track_swaps"] >= 0
+    assert 0 <= r["meas_nis_outside_fraction"] < 0.05 and 0 <= r["pred_nis_outside_fraction"] < 0.05
+    assert "swaps" in summary_table([r]) and "nis_z" in summary_table([r])
