@@ -219,13 +219,70 @@ class ISACPPOModule(TorchRLModule, ValueFunctionAPI):
         B = logits.shape[0]
         return torch.cat([logits.reshape(B, -1), beams.reshape(B, -1).float(), estimate.reshape(B, -1).float()], -1)
 
+    def decode(self, E: torch.Tensor, g: torch.Tensor, explore: bool, generator: torch.Generator | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Fast auto-regressive decoding (exploration and inference): the same logits as :meth:`step_logits`
+        (the teacher-forcing pass; a test checks the log-probabilities agree), with the context and
+        per-pair state terms of the scorer expanded into a few fused ops per step and the mask
+        updated from a state this method owns.
+
+        Returns ``pairs (B, J)``, joint ``logp (B,)``, masked logits ``(B, J, P + 1)``.
+        """
+        B, P, H = E.shape
+        M, I, R, J = self.num_bs, self.num_targets, self.num_rf, self.num_steps
+        Wc, bc = self.ctx_lin.weight, self.ctx_lin.bias                                # (H, M + I + 1)
+        W_state = Wc[:, :M + I].t()                                                    # (M + I, H)
+        w_step = Wc[:, M + I]
+        ws = self.state_lin.weight                                                     # (H, 3)
+        w_rem, w_cov, w_cho = ws[:, 0], ws[:, 1], ws[:, 2]
+        w_out, b_out = self.pair_out.weight[0], self.pair_out.bias
+        s1, s2 = self.stop_mlp[0], self.stop_mlp[2]
+        stop_g = torch.addmm(s1.bias, g, s1.weight[:, :H].t())                          # (B, H) the g half, once
+        stop_ctx_w = s1.weight[:, H:].t()
+        rem = torch.full((B, M), 1.0, device=E.device)                                 # remaining / N_RF
+        cov = torch.zeros(B, I, device=E.device)
+        cho = torch.zeros(B, P, device=E.device)
+        stopped = torch.zeros(B, dtype=torch.bool, device=E.device)
+        rows_idx = torch.arange(B, device=E.device)
+        pb, pt = self.pair_bs, self.pair_target
+        if explore:  # Gumbel-max: logits + Gumbel noise, argmax = one exact sample of each masked categorical
+            u = torch.rand((J, B, P + 1), generator=generator, device=E.device).clamp_(1e-12, 1.0 - 1e-7)
+            gumbel = -torch.log(-torch.log(u))
+        actions, rows = [], []
+        for j in range(J):
+            ctx = torch.addmm(bc + (j / J) * w_step, torch.cat([rem, cov], 1), W_state)   # (B, H)
+            rem_p, cov_p = rem[:, pb], cov[:, pt]                                          # (B, P)
+            h = (E + ctx[:, None]).addcmul_(rem_p[..., None], w_rem).addcmul_(cov_p[..., None], w_cov)
+            h = torch.nn.functional.gelu(h.addcmul_(cho[..., None], w_cho))
+            stop = s2(torch.nn.functional.gelu(torch.addmm(stop_g, ctx, stop_ctx_w)))        # (B, 1)
+            logits = torch.cat([h @ w_out + b_out, stop], 1)                               # (B, P + 1)
+            # the exact mask (rl_isac.rllib.mask.valid_action_mask) from this state
+            covered_all = cov.sum(1) >= I
+            must_cover = (I - cov.sum(1)) >= rem.sum(1) * R - 0.5                         # (5d) lookahead
+            ok = (rem_p > 0) & (cho < 0.5) & (~must_cover[:, None] | (cov_p < 0.5)) & ~stopped[:, None]
+            mask = torch.cat([ok, (stopped | covered_all)[:, None]], 1)
+            logits = torch.where(mask, logits, MASKED_LOGIT)
+            a = (logits + gumbel[j]).argmax(-1) if explore else logits.argmax(-1)
+            actions.append(a)
+            rows.append(logits)
+            # state update; a chosen pair is valid, so it was neither chosen before nor past a STOP
+            k = a.clamp(max=P - 1)
+            f = ((a < P) & ~stopped).float()
+            rem[rows_idx, pb[k]] -= f / R
+            cho[rows_idx, k] += f
+            t = pt[k]
+            cov[rows_idx, t] = torch.maximum(cov[rows_idx, t], f)
+            stopped = stopped | (a == P)
+        pairs, logits = torch.stack(actions, 1), torch.stack(rows, 1)
+        logp = torch.log_softmax(logits, -1).gather(-1, pairs[..., None])[..., 0].sum(1)
+        return pairs, logp, logits
+
     def _act(self, batch: dict[str, Any], explore: bool) -> dict[str, Any]:
         obs = batch[Columns.OBS]
         enc = self.encode(obs)
         E, g = self.pair_embeddings(obs, enc)
         B = E.shape[0]
-        pairs, logp, logits = ar_decode(lambda state, j: self.step_logits(E, g, *state, step=j), B, self.num_bs,
-                                        self.num_targets, self.num_rf, explore, device=E.device)
+        pairs, logp, logits = self.decode(E, g, explore)
         beams = enc["beams"].reshape(B, -1)
         estimate = enc["u_hat"].reshape(B, -1).float()
         out = {Columns.ACTIONS: {"pairs": pairs, "beams": beams, "estimate": estimate},
@@ -237,11 +294,11 @@ class ISACPPOModule(TorchRLModule, ValueFunctionAPI):
         return out
 
     def _forward_exploration(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
-        with torch.no_grad():
+        with torch.inference_mode():
             return self._act(batch, explore=True)
 
     def _forward_inference(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
-        with torch.no_grad():
+        with torch.inference_mode():
             return self._act(batch, explore=False)
 
     def _forward(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
