@@ -34,8 +34,8 @@ from rl_isac.association.constraints import (
     valid_pair_mask,
 )
 from rl_isac.association.objective import (
+    DEFAULT_CHAIN_PRICE,
     association_cost,
-    chain_prices,
     expected_association_cost,
     expected_subset_costs,
     max_bs_per_target,
@@ -61,6 +61,7 @@ from rl_isac.association.solvers import (
 )
 
 __all__ = [
+    "DEFAULT_CHAIN_PRICE",
     "SOLVERS",
     "ActionState",
     "AssociationSolver",
@@ -76,7 +77,6 @@ __all__ = [
     "association_cost",
     "association_to_pairs",
     "association_to_sub_actions",
-    "chain_prices",
     "chains_per_bs",
     "check_association",
     "check_problem_size",

@@ -30,8 +30,8 @@ def check_chain_price(chain_price: object) -> float:
     """``chain_price`` as a float ``>= 0``; :class:`ConfigError` otherwise."""
     if isinstance(chain_price, bool) or not isinstance(chain_price, (int, float, np.floating, np.integer)) \
             or not np.isfinite(chain_price) or chain_price < 0:
-        raise ConfigError("chain_price", chain_price, "must be a finite number >= 0 (fraction of a target's "
-                                                      "prior-only error that one RF chain costs)")
+        raise ConfigError("chain_price", chain_price, "must be a finite number >= 0 (the relative cut of a "
+                                                      "target's expected error one RF chain must buy)")
     return float(chain_price)
 
 
@@ -43,7 +43,7 @@ class Problem:
         info: ``(M, I, 2, 2)`` pair information (1/m^2), symmetrised.
         prior_info: ``(I, 2, 2)`` predicted information (1/m^2), symmetrised.
         detection_prob: ``(M, I)`` in [0, 1], or None (detection assumed).
-        chain_price: price of a chain, fraction of the target's prior-only error.
+        chain_price: price of a chain (the target's cost is multiplied by ``1 + chain_price`` per BS).
         num_bs, num_targets, per_bs: ``M``, ``I`` and ``min(num_rf, I)``.
     """
 
@@ -103,7 +103,7 @@ class AssociationSolver(ABC):
         ``chain_price == 0``).
 
     Attributes:
-        chain_price: price of one chain as a fraction of the target's prior-only error
+        chain_price: price of one chain, the factor ``1 + chain_price`` on a target's cost per BS
             (:mod:`rl_isac.association.objective`); ``0`` keeps every chain in use.
     """
 

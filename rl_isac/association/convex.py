@@ -9,7 +9,7 @@ from scipy.optimize import linear_sum_assignment
 
 from rl_isac.association.base import AssociationSolver, Problem, check_chain_price, finish
 from rl_isac.association.local_search import swap_refine
-from rl_isac.association.objective import _entries, chain_prices, trace_inv_2x2
+from rl_isac.association.objective import _entries, trace_inv_2x2
 from rl_isac.errors import ConfigError, RlIsacError
 
 __all__ = ["ConvexSolver"]
@@ -21,13 +21,14 @@ class ConvexSolver(AssociationSolver):
     Relaxation (convex in ``a``: ``tr_inv`` is convex on PD matrices and its
     argument is affine in ``a``)::
 
-        min_a  sum_i tr_inv(prior_i + sum_m a[m, i] p[m, i] info[m, i]) + sum_{m,i} a[m, i] price_i
+        min_a  sum_i tr_inv(prior_i + sum_m a[m, i] p[m, i] info[m, i]) + sum_{m,i} a[m, i] price[m, i]
         s.t.   0 <= a <= 1,  sum_i a[m, i] = min(num_rf, I)  (5c, all chains; "<=" if chain_price > 0),
                sum_m a[m, i] >= 1                            (5d)
 
-    with ``p`` the detection probabilities (1 if not given) and ``price_i =
-    chain_price * tr(inv(prior_i))``: the expected-information form of the
-    objective, its convex surrogate (the exact expectation over detection
+    with ``p`` the detection probabilities (1 if not given) and ``price[m, i] =
+    chain_price * tr(inv(prior_i + p[m, i] info[m, i]))`` (the linear stand-in
+    for the factor ``(1 + chain_price)^|S|``): the expected-information form of
+    the objective, its convex surrogate (the exact expectation over detection
     outcomes of :mod:`rl_isac.association.objective` is not convex in ``a``).
 
     solved with cvxpy (CLARABEL if installed, else SCS) as a DPP problem
@@ -123,9 +124,10 @@ class ConvexSolver(AssociationSolver):
         par["pa"].value = pa * scale
         par["pb"].value = pb * scale
         par["pd"].value = pd * scale
-        # tr_inv(scale F) = tr_inv(F) / scale: prices (m^2) scale the same way
-        par["price"].value = np.broadcast_to(chain_prices(prob.prior_info, prob.chain_price) / scale,
-                                             (num_bs, num_targets)).copy()
+        # linear stand-in for the factor (1 + c)^|S|: c times the target's cost with that pair alone
+        par["price"].value = prob.chain_price * trace_inv_2x2(par["pa"].value + par["ia"].value,
+                                                              par["pb"].value + par["ib"].value,
+                                                              par["pd"].value + par["id"].value)
         try:
             problem.solve(solver=self.solver)
         except Exception as exc:  # cvxpy.SolverError and numerical failures

@@ -47,12 +47,15 @@ objective.
 
 Idle chains ((5c) is an inequality). Adding a pair never increases the
 expected cost, so without a price on a chain the solvers' full-chain form
-stays optimal. With ``chain_price = c > 0`` every pair of target ``i`` costs
-``c * trace(inv(prior_info[i]))`` (m^2, ``c`` of the target's prior-only
-error): a pair is worth a chain only if it lowers the expected error by at
-least that much, so a pair with ``p < c`` never is, and its chain stays idle
-(it then adds no interference to the BS's other chain and no false track
-candidate). The same table serves every exact solver.
+stays optimal. With ``chain_price = c > 0`` the cost of target ``i`` with the
+BS set ``S`` is ``E cost_i(S) * (1 + c)^|S|``: a pair is worth a chain only if
+it cuts the target's expected error by more than the fraction ``c / (1 + c)``
+(scale-free: the same rule for a fresh track with a metre of uncertainty as
+for a converged one with centimetres). A pair detected with probability
+``p`` cuts it by at most ``p``, so a pair with ``p <= c / (1 + c)`` never is,
+and its chain stays idle (it then adds no interference to the BS's other
+chain and no false track candidate). The table stays separable per target, so
+the same table serves every exact solver.
 """
 
 from __future__ import annotations
@@ -63,9 +66,10 @@ from rl_isac.association.constraints import _as_binary, chains_per_bs
 from rl_isac.errors import ConstraintViolation, RlIsacError
 
 __all__ = [
+    "DEFAULT_CHAIN_PRICE",
     "MAX_TABLE_ENTRIES",
     "association_cost",
-    "chain_prices",
+    "check_price",
     "expected_association_cost",
     "expected_subset_costs",
     "validate_detection",
@@ -76,6 +80,10 @@ __all__ = [
     "trace_inv_2x2",
     "validate_information",
 ]
+
+DEFAULT_CHAIN_PRICE = 0.05
+"""Chain price the CUs use (see above): a pair must cut its target's expected error by more than
+``0.05 / 1.05 = 4.8 %`` to get a chain, so a pair detected less often than that never gets one."""
 
 MAX_TABLE_ENTRIES = 1 << 26
 """Largest ``num_targets * 2**num_bs`` table :func:`subset_costs` builds (512 MiB of float64)."""
@@ -298,18 +306,12 @@ def validate_detection(detection_prob: object, shape: tuple[int, int]) -> np.nda
     return p
 
 
-def chain_prices(prior_info: np.ndarray, chain_price: float) -> np.ndarray:
-    """Price of one chain on each target, ``chain_price * trace(inv(prior_info[i]))`` (m^2), shape (num_targets,).
-
-    Raises
-    ------
-    RlIsacError
-        ``chain_price`` negative or not finite.
-    """
+def check_price(chain_price: float) -> float:
+    """``chain_price`` as a float ``>= 0``; :class:`RlIsacError` otherwise."""
     if not (np.isfinite(chain_price) and chain_price >= 0):
-        raise RlIsacError(f"chain_price = {chain_price!r} must be a finite number >= 0 (a fraction of the "
-                          f"target's prior-only error)")
-    return float(chain_price) * trace_inv_2x2(*_entries(np.asarray(prior_info, dtype=np.float64)))
+        raise RlIsacError(f"chain_price = {chain_price!r} must be a finite number >= 0 (the relative cut of a "
+                          f"target's expected error one RF chain must buy)")
+    return float(chain_price)
 
 
 def expected_subset_costs(info: object, prior_info: object, detection_prob: object | None = None,
@@ -324,15 +326,15 @@ def expected_subset_costs(info: object, prior_info: object, detection_prob: obje
         Probability that pair ``(m, i)`` yields a measurement credited to
         target ``i``; default 1 (detection assumed: the plain table).
     chain_price : float
-        Price of one RF chain as a fraction of the target's prior-only error
-        (see the module docstring); default 0.
+        Price of one RF chain: the cost is multiplied by ``(1 + chain_price)``
+        per BS in the set (see the module docstring); default 0.
 
     Returns
     -------
     np.ndarray of float64, shape (num_targets, 2**num_bs)
         ``table[i, S] = E_D[trace(inv(prior_i + sum_{m in D} info[m, i]))]
-        + |S| * chain_price * trace(inv(prior_i))`` over the detected subset
-        ``D`` of ``S`` (m^2); ``inf`` beyond ``max_subset_size``.
+        * (1 + chain_price)^|S|`` over the detected subset ``D`` of ``S``
+        (m^2); ``inf`` beyond ``max_subset_size``.
 
     The expectation is a product transform over the bits: after processing
     BSs ``0 .. m - 1``, ``h[S]`` is the expectation over the outcomes of
@@ -352,9 +354,8 @@ def expected_subset_costs(info: object, prior_info: object, detection_prob: obje
             view[:, 1] = p[m] * view[:, 1] + (1.0 - p[m]) * view[:, 0]
         # a set with a BS of p = 0 gets exactly the value without it; inf only where every outcome is singular
         table = np.ascontiguousarray(h.T)
-    if chain_price:
-        table = table + chain_prices(np.asarray(prior_info, dtype=np.float64), chain_price)[:, None] \
-            * subset_sizes(num_bs)[None, :]
+    if check_price(chain_price):
+        table = table * (1.0 + chain_price) ** subset_sizes(num_bs)[None, :]
     if max_subset_size is not None and max_subset_size < num_bs:
         table = table.copy() if table is not None else table
         table[:, subset_sizes(num_bs) > max_subset_size] = np.inf

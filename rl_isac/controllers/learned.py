@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rl_isac.association import make_solver
+from rl_isac.association import DEFAULT_CHAIN_PRICE, make_solver
 from rl_isac.controllers.base import Controller, Estimator
 from rl_isac.controllers.composed import ComposedCU, GeometricBeams
 from rl_isac.controllers.registry import register
@@ -115,7 +115,8 @@ def _dgnn_factory(solver: str):
         model, _, metrics = load_dgnn(checkpoint, cfg)
         fallback = metrics.get("best", {}).get("val_rmse_next_m", 1.0)
         estimator = DGNNEstimator(cfg, model, fallback_rmse_m=fallback)
-        return ComposedCU(cfg, estimator, make_solver(solver, **kwargs), beams=HeadBeams(cfg),
+        solver_args = {"chain_price": DEFAULT_CHAIN_PRICE, **kwargs}  # as the ekf-* methods (registry)
+        return ComposedCU(cfg, estimator, make_solver(solver, **solver_args), beams=HeadBeams(cfg),
                           name=f"dgnn-{solver}")
 
     return factory

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from rl_isac.association import make_solver
+from rl_isac.association import DEFAULT_CHAIN_PRICE, make_solver
 from rl_isac.controllers.base import Controller
 from rl_isac.errors import ConfigError
 from rl_isac.scenario import ScenarioConfig
@@ -40,7 +40,9 @@ def _ekf(solver: str | None, name: str | None = None, **solver_kwargs) -> Factor
         from rl_isac.controllers.composed import ComposedCU, NearestAssociation
         from rl_isac.controllers.estimators import EKFCUEstimator
 
-        assoc = NearestAssociation(cfg) if solver is None else make_solver(solver, **{**solver_kwargs, **kwargs})
+        # chain_price: idle chains where no pair is worth one (the objective counts detection, issue 7)
+        solver_args = {"chain_price": DEFAULT_CHAIN_PRICE, **solver_kwargs, **kwargs}
+        assoc = NearestAssociation(cfg) if solver is None else make_solver(solver, **solver_args)
         return ComposedCU(cfg, EKFCUEstimator(cfg), assoc, name=name or f"ekf-{solver or 'nearest'}")
 
     return factory

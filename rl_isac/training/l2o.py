@@ -94,12 +94,17 @@ import yaml
 from torch import Tensor
 
 from rl_isac.association import (
+    DEFAULT_CHAIN_PRICE,
+    apply_action,
     apply_pair,
-    association_cost,
     chains_per_bs,
+    expected_association_cost,
+    initial_action_state,
     initial_mask_state,
     make_solver,
     mask_from_state,
+    stop_action,
+    valid_action_mask,
 )
 from rl_isac.config import ConfigMixin
 from rl_isac.errors import ConfigError
@@ -181,17 +186,21 @@ def generate_l2o_dataset(cfg: ScenarioConfig, ckpt_dir: str | Path, *, seed: int
         ``N = num_episodes * blocks`` samples: the window arrays (:data:`OBS_KEYS`,
         ``features (N, W, M, I, F)``, ...), ``target_embedding (N, I, D)``, ``u_tilde (N, I, 2)`` float32,
         ``label (N, M, I)`` bool (the MILP optimum), ``info (N, M, I, 2, 2)`` and ``prior_info (N, I, 2, 2)``
-        float64 (the objective, 1/m^2), ``world_seed (num_episodes,)`` int64.
+        float64 (the objective, 1/m^2), ``detection_prob (N, M, I)`` float64 (the probability each pair is
+        detected and credited, :func:`rl_isac.physics.detection.credited_detection_probability`, as the CU
+        computed it), ``world_seed (num_episodes,)`` int64. The objective is the CU's:
+        :func:`rl_isac.association.expected_association_cost` with ``DEFAULT_CHAIN_PRICE``.
     """
     from rl_isac.controllers import make_controller
     from rl_isac.network import CellFreeNetwork
+    from rl_isac.physics.detection import credited_detection_probability
     from rl_isac.physics.fisher import expected_position_information
 
     cu = make_controller("dgnn-milp", cfg, checkpoint=str(ckpt_dir))
     net = CellFreeNetwork(cfg)
     bs = np.asarray(cfg.bs_positions_m, float)
     rec: dict[str, list[np.ndarray]] = {k: [] for k in (*OBS_KEYS, "target_embedding", "u_tilde", "label", "info",
-                                                        "prior_info")}
+                                                        "prior_info", "detection_prob")}
     seeds = []
     t0 = time.perf_counter()
     for ep in range(num_episodes):
@@ -210,7 +219,9 @@ def generate_l2o_dataset(cfg: ScenarioConfig, ckpt_dir: str | Path, *, seed: int
             # the objective ComposedCU solved for this action (same u_tilde, head beams, covariance)
             rec["info"].append(expected_position_information(cfg, cu.codebook, bs, action.prediction_m,
                                                              action.beams))
-            rec["prior_info"].append(np.linalg.inv(est.predicted_position_covariance()))
+            cov = est.predicted_position_covariance()
+            rec["prior_info"].append(np.linalg.inv(cov))
+            rec["detection_prob"].append(credited_detection_probability(cfg, action.prediction_m, action.beams, cov))
             rec["label"].append(action.association)
         if progress and (ep + 1) % max(1, num_episodes // 4) == 0:
             print(f"  data split {split}: {ep + 1}/{num_episodes} episodes ({time.perf_counter() - t0:.1f} s)",
@@ -233,22 +244,49 @@ def bce_loss(scores: Tensor, labels: Tensor) -> Tensor:
     return torch.nn.functional.binary_cross_entropy_with_logits(scores, labels.float())
 
 
-def sequential_loss(scores: Tensor, labels: np.ndarray, num_rf: int) -> Tensor:
+def sequential_loss(scores: Tensor, labels: np.ndarray, num_rf: int, stop_score: float | None = None) -> Tensor:
     """Listwise loss of the masked decoding with teacher forcing (see the module docstring).
 
+    With ``stop_score`` the decoding is the STOP-token one of :func:`~rl_isac.tracking.dgnn.l2o.repair`:
+    the softmax runs over the allowed pairs and STOP (fixed logit ``stop_score``), and once the
+    remaining ``A*`` pairs are exhausted the target is STOP (labels may leave chains idle).
+
     Shapes:
-        scores: ``(B, M, I)`` logits; labels: ``(B, M, I)`` bool, feasible, all chains used.
+        scores: ``(B, M, I)`` logits; labels: ``(B, M, I)`` bool, feasible (all chains used when
+        ``stop_score`` is None).
     Returns:
         scalar: mean over blocks and steps of ``-log sum_{p in A* remaining} softmax_valid(scores)_p``.
     """
     B, M, I = scores.shape
     per_bs = chains_per_bs(I, num_rf)
-    state = initial_mask_state(M, I, per_bs, batch_shape=(B,))
     flat = scores.reshape(B, M * I)
-    ranked = flat.detach().cpu().numpy()
     lab = np.asarray(labels, bool).reshape(B, M * I)
     total = flat.new_zeros(())
     count = 0
+    if stop_score is not None:
+        stop = stop_action(M, I)
+        flat = torch.cat([flat, flat.new_full((B, 1), float(stop_score))], dim=1)
+        ranked = flat.detach().cpu().numpy()
+        lab = np.concatenate([lab, np.zeros((B, 1), bool)], axis=1)
+        act = initial_action_state(M, I, per_bs, batch_shape=(B,))
+        for _ in range(M * per_bs):
+            valid = valid_action_mask(*act)
+            live = ~act.stopped
+            if not live.any():
+                break
+            target = valid & lab
+            done = ~target.any(axis=1)
+            target[done, stop] = True  # A* complete: STOP (allowed, every target is covered)
+            valid_t, target_t = torch.from_numpy(valid), torch.from_numpy(target)
+            logp = torch.log_softmax(flat.masked_fill(~valid_t, -torch.inf), dim=1)
+            step = -torch.logsumexp(logp.masked_fill(~target_t, -torch.inf), dim=1)
+            total = total + step[torch.from_numpy(live)].sum()
+            count += int(live.sum())
+            k = np.argmax(np.where(target, ranked, -np.inf), axis=1)  # teacher: best-ranked remaining A* step
+            act = apply_action(act, k)
+        return total / max(count, 1)
+    state = initial_mask_state(M, I, per_bs, batch_shape=(B,))
+    ranked = flat.detach().cpu().numpy()
     for _ in range(M * per_bs):
         valid = mask_from_state(*state).reshape(B, M * I)
         target = valid & lab
@@ -284,7 +322,7 @@ def evaluate_l2o(head: L2OHead, data: dict[str, np.ndarray], num_rf: int, batch_
     scores_t = torch.cat(scores)
     labels = data["label"]
     bce = float(bce_loss(scores_t, torch.from_numpy(labels)))
-    pred = np.stack([repair(s, num_rf) for s in scores_t.numpy()])
+    pred = np.stack([repair(s, num_rf, head.cfg.stop_score) for s in scores_t.numpy()])
     gaps = _gaps(pred, data)
     same = pred == labels
     return {"val_pair_acc": float(same.mean()), "val_exact": float(same.all(axis=(1, 2)).mean()),
@@ -292,17 +330,29 @@ def evaluate_l2o(head: L2OHead, data: dict[str, np.ndarray], num_rf: int, batch_
             "val_bce": bce}
 
 
+def _objective(data: dict[str, np.ndarray], n: int):
+    """``(info, prior_info, detection_prob or None)`` of sample ``n``."""
+    det = data.get("detection_prob")
+    return data["info"][n], data["prior_info"][n], None if det is None else det[n]
+
+
 def _gaps(pred: np.ndarray, data: dict[str, np.ndarray]) -> np.ndarray:
-    """``cost(pred) / cost(A*) - 1`` per sample."""
-    return np.array([association_cost(a, f, p) / association_cost(lab, f, p) - 1.0
-                     for a, lab, f, p in zip(pred, data["label"], data["info"], data["prior_info"])])
+    """``cost(pred) / cost(A*) - 1`` per sample, on the CU's objective (detection, chain price)."""
+    price = DEFAULT_CHAIN_PRICE if "detection_prob" in data else 0.0
+    out = []
+    for n, (a, lab) in enumerate(zip(pred, data["label"])):
+        f, p, det = _objective(data, n)
+        out.append(expected_association_cost(a, f, p, det, price) / expected_association_cost(lab, f, p, det, price)
+                   - 1.0)
+    return np.array(out)
 
 
 def greedy_reference(data: dict[str, np.ndarray], num_rf: int) -> dict[str, float]:
     """The greedy solver on the same objective: ``greedy_exact``, ``greedy_gap`` (mean, ``_median``, ``_max``),
     ``greedy_pair_acc``."""
-    greedy = make_solver("greedy")
-    pred = np.stack([greedy.solve(f, p, num_rf) for f, p in zip(data["info"], data["prior_info"])])
+    greedy = make_solver("greedy", chain_price=DEFAULT_CHAIN_PRICE if "detection_prob" in data else 0.0)
+    pred = np.stack([greedy.solve(*_objective(data, n)[:2], num_rf, _objective(data, n)[2])
+                     for n in range(len(data["label"]))])
     same = pred == data["label"]
     gaps = _gaps(pred, data)
     return {"greedy_pair_acc": float(same.mean()), "greedy_exact": float(same.all(axis=(1, 2)).mean()),
@@ -395,6 +445,8 @@ def train_l2o(dgnn_checkpoint_dir: str | Path, out_dir: str | Path | None = None
     cfg = scenario_for(ckpt, fidelity, num_targets)
     model, _, _ = load_dgnn(ckpt, cfg)  # validates the checkpoint against the scenario
     l2o_cfg = dataclasses.replace(l2o_cfg or L2OConfig(), embedding_dim=model.cfg.hidden_dim)
+    if l2o_cfg.stop_score is None:  # labels of the detection-counting objective may leave chains idle
+        l2o_cfg = dataclasses.replace(l2o_cfg, stop_score=0.0)
     dgnn_sha = file_sha256(ckpt / "model.pt")
     num_rf = cfg.num_rf
 
@@ -463,7 +515,7 @@ def train_l2o(dgnn_checkpoint_dir: str | Path, out_dir: str | Path | None = None
                     if loss == "bce":
                         value = bce_loss(scores, torch.from_numpy(train["label"][idx]))
                     else:
-                        value = sequential_loss(scores, train["label"][idx], num_rf)
+                        value = sequential_loss(scores, train["label"][idx], num_rf, l2o_cfg.stop_score)
                     opt.zero_grad(set_to_none=True)
                     value.backward()
                     if train_cfg.grad_clip > 0:

@@ -38,12 +38,12 @@ def brute_expected_cost(a, info, prior, p, price):
     total = 0.0
     for i in range(a.shape[1]):
         bss = np.flatnonzero(a[:, i])
-        prior_cost = np.trace(np.linalg.inv(prior[i]))
+        expected = 0.0
         for outcome in itertools.product([False, True], repeat=len(bss)):
             weight = np.prod([p[m, i] if d else 1 - p[m, i] for m, d in zip(bss, outcome)])
             fim = prior[i] + sum((info[m, i] for m, d in zip(bss, outcome) if d), np.zeros((2, 2)))
-            total += weight * np.trace(np.linalg.inv(fim))
-        total += price * prior_cost * len(bss)
+            expected += weight * np.trace(np.linalg.inv(fim))
+        total += expected * (1 + price) ** len(bss)
     return total
 
 
@@ -187,14 +187,18 @@ def test_a_hopeless_pair_gets_no_chain_and_the_chain_stays_idle():
 
 
 def test_an_unreliable_single_bs_makes_a_second_bs_worth_its_chain():
-    """Exact expectation: the coasting probability (1 - p) is charged at the prior-only error."""
-    info = np.tile(100.0 * np.eye(2), (2, 1, 1, 1))  # 2 BSs, 1 target
+    """Exact expectation: the chance that the strong BS misses (the track coasts) is charged at the prior."""
+    info = np.stack([100.0 * np.eye(2), 2.0 * np.eye(2)])[:, None]  # 2 BSs (strong, weak), 1 target
     prior = np.array([0.01 * np.eye(2)])
-    reliable = np.array([[1.0], [0.99]])
-    unreliable = np.array([[0.7], [0.8]])  # the second BS cuts the coasting chance 0.2 -> 0.06
-    solver = MilpSolver(chain_price=0.05)
-    assert solver.solve(info, prior, 1, detection_prob=reliable).sum() == 1
-    assert solver.solve(info, prior, 1, detection_prob=unreliable).sum() == 2
+    reliable = np.array([[1.0], [0.99]])  # the weak BS would cut the error by 2 %: not worth a chain
+    unreliable = np.array([[0.7], [0.99]])  # ... but it covers the 30 % the strong one misses
+    for name in ("milp", "exhaustive", "greedy"):
+        solver = make_solver(name, chain_price=0.05)
+        np.testing.assert_array_equal(solver.solve(info, prior, 1, detection_prob=reliable)[:, 0], [True, False])
+        np.testing.assert_array_equal(solver.solve(info, prior, 1, detection_prob=unreliable)[:, 0], [True, True])
+    # the expected-information form would not see it: 0.7 * 100 = 70 >> 2 (why the exact expectation is used)
+    optimistic = MilpSolver(chain_price=0.05).solve(info * unreliable[..., None, None], prior, 1)
+    np.testing.assert_array_equal(optimistic[:, 0], [True, False])
 
 
 @pytest.mark.parametrize("name", ["greedy", "convex", "convex-ls"])

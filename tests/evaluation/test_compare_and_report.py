@@ -30,7 +30,7 @@ def test_compare_reports_exhaustive_refusal_at_i8_as_the_papers_oom(tmp_path, ca
     data = json.loads(out.read_text())
     assert {(r["method"], r["targets"]) for r in data["results"]} == {("ekf-greedy", 4), ("ekf-greedy", 8),
                                                                       ("ekf-exhaustive", 4)}
-    assert data["refused"][0]["method"] == "ekf-exhaustive" and "481890304" in data["refused"][0]["reason"]
+    assert data["refused"][0]["method"] == "ekf-exhaustive" and "2565726409" in data["refused"][0]["reason"]
     assert "refused" in out.with_suffix(".md").read_text()
 
 

@@ -91,12 +91,12 @@ def test_exhaustive_at_i8_is_refused_with_its_count_and_untrained_ppo_is_not_ava
                           blocks=2, train={"iterations": 1})
     res = rep.reproduce(profile, out=tmp_path, echo=lambda s: None)
     by = {r["method"]: r for r in res.rows}
-    assert by["dgnn-exhaustive"]["status"] == "refused" and by["dgnn-exhaustive"]["candidate_count"] == 481890304
+    assert by["dgnn-exhaustive"]["status"] == "refused" and by["dgnn-exhaustive"]["candidate_count"] == 37**6
     assert by["dgnn-exhaustive"]["paper_entry"] == "OOM" and by["dgnn-exhaustive"]["rmse_m"] is None
     assert by["dgnn-ppo"]["status"] == "not available"
     assert by["dgnn-ppo"]["reason"] == "no PPO training API in this test"
     assert by["ekf-greedy"]["status"] == "ok"
-    assert "refused (4.82e+08 candidates)" in (tmp_path / "table1.md").read_text()
+    assert "refused (2.57e+09 candidates)" in (tmp_path / "table1.md").read_text()
     assert res.training[8]["trained"] is False
     assert all(p.is_file() for p in res.figures.values())
 

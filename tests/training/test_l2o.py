@@ -50,12 +50,13 @@ def test_dataset_holds_milp_labels_of_training_seeds_only(dgnn_dir: Path) -> Non
     assert data["target_embedding"].shape == (8, CFG.num_targets, 16)
     assert data["info"].shape == (8, CFG.num_bs, CFG.num_targets, 2, 2)
     assert (data["world_seed"] < EVAL_SEED_BASE).all() and len(set(data["world_seed"].tolist())) == 2
-    # each label is the exact optimum of its objective (the MILP dgnn-milp solves)
-    from rl_isac.association import make_solver
+    assert data["detection_prob"].shape == (8, CFG.num_bs, CFG.num_targets)
+    # each label is the exact optimum of its objective (the MILP dgnn-milp solves: detection, chain price)
+    from rl_isac.association import DEFAULT_CHAIN_PRICE, make_solver
 
-    milp = make_solver("milp")
-    for lab, f, p in zip(data["label"], data["info"], data["prior_info"]):
-        np.testing.assert_array_equal(milp.solve(f, p, CFG.num_rf), lab)
+    milp = make_solver("milp", chain_price=DEFAULT_CHAIN_PRICE)
+    for lab, f, p, det in zip(data["label"], data["info"], data["prior_info"], data["detection_prob"]):
+        np.testing.assert_array_equal(milp.solve(f, p, CFG.num_rf, det), lab)
 
 
 def test_tiny_training_lowers_the_loss_writes_its_files_and_is_reproducible(l2o_run, dgnn_dir: Path,

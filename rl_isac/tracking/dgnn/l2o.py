@@ -47,13 +47,18 @@ import torch
 from torch import Tensor, nn
 
 from rl_isac.association import (
+    DEFAULT_CHAIN_PRICE,
+    apply_action,
     apply_pair,
     chains_per_bs,
     check_association,
     check_problem_size,
+    initial_action_state,
     initial_mask_state,
     make_solver,
     mask_from_state,
+    stop_action,
+    valid_action_mask,
 )
 from rl_isac.config import ConfigMixin
 from rl_isac.errors import ConfigError
@@ -78,6 +83,10 @@ class L2OConfig(ConfigMixin):
     """Width of the pair MLPs."""
     context_layers: int = 2
     """Rounds of the bipartite DeepSets update (0 = independent per-pair scores)."""
+    stop_score: float | None = None
+    """Logit of the STOP token in the decoding (:func:`repair`): ``None`` decodes every RF chain (heads
+    trained on full-chain labels); a number (``0.0`` for logits trained to be ``> 0`` exactly on the
+    pairs of ``A*``) lets chains stay idle, as the labels of the detection-counting objective do."""
     objective_features: bool = False
     """Also feed the objective's parameters (an ablation, not the paper's Benchmark II): per target
     ``log10 tr(P_i^-1)`` (prior cost) and per pair ``log10(tr(P_i^-1) / tr((P_i + J_mi)^-1))`` (the cost
@@ -88,6 +97,9 @@ class L2OConfig(ConfigMixin):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ConfigError(name, v, f"must be an integer >= {lo}")
+        if self.stop_score is not None and (isinstance(self.stop_score, bool) or not isinstance(
+                self.stop_score, (int, float)) or not np.isfinite(self.stop_score)):
+            raise ConfigError("stop_score", self.stop_score, "must be None or a finite number (a logit)")
         if not isinstance(self.objective_features, bool):
             raise ConfigError("objective_features", self.objective_features, "must be a bool")
 
@@ -187,16 +199,20 @@ class L2OHead(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------- repair
-def repair(scores: np.ndarray, num_rf: int) -> np.ndarray:
+def repair(scores: np.ndarray, num_rf: int, stop_score: float | None = None) -> np.ndarray:
     """Feasible association from pair scores by masked greedy decoding (never breaks (5c)-(5e)).
 
     ``J = M * min(num_rf, I)`` times, take the highest-scoring pair allowed by the auto-regressive
     mask of :mod:`rl_isac.association.constraints` (ties: lowest flat index ``m * I + i``; NaN
-    scores count as ``-inf``).
+    scores count as ``-inf``). With ``stop_score`` the decoding runs over the ``J = M * num_rf``
+    steps of the STOP-token mask (:func:`rl_isac.association.valid_action_mask`) with STOP scored
+    ``stop_score``: once every target is covered, it stops at the first step where no allowed pair
+    scores above ``stop_score`` (the remaining chains stay idle). If the pairs of a feasible ``A*``
+    score above ``stop_score`` and every other pair below, the decoding returns ``A*``.
 
     Shapes:
-        scores: ``(M, I)`` float; returns ``(M, I)`` bool with exactly ``min(num_rf, I)`` targets per
-        BS and every target covered.
+        scores: ``(M, I)`` float; returns ``(M, I)`` bool with every target covered and at most
+        (without ``stop_score``: exactly) ``min(num_rf, I)`` targets per BS.
 
     Raises:
         ConfigError: ``I > M * num_rf`` (no feasible association exists).
@@ -208,6 +224,17 @@ def repair(scores: np.ndarray, num_rf: int) -> np.ndarray:
     check_problem_size(num_bs, num_targets, num_rf)
     per_bs = chains_per_bs(num_targets, num_rf)  # I < N_RF: each BS tracks every target (the solvers' form)
     flat_scores = np.nan_to_num(s.reshape(-1), nan=-np.inf, posinf=np.finfo(np.float64).max)
+    if stop_score is not None:
+        stop = stop_action(num_bs, num_targets)
+        with_stop = np.append(flat_scores, float(stop_score))
+        act_state = initial_action_state(num_bs, num_targets, per_bs)
+        for _ in range(num_bs * per_bs):
+            allowed = np.flatnonzero(valid_action_mask(*act_state))
+            k = int(allowed[np.argmax(with_stop[allowed])])
+            if k == stop:
+                break
+            act_state = apply_action(act_state, k)
+        return check_association(act_state.chosen, num_rf, shape=(num_bs, num_targets))
     state = initial_mask_state(num_bs, num_targets, per_bs)
     for _ in range(num_bs * per_bs):
         allowed = np.flatnonzero(mask_from_state(*state).reshape(-1))
@@ -217,7 +244,7 @@ def repair(scores: np.ndarray, num_rf: int) -> np.ndarray:
 
 
 class L2OAssociator:
-    """The ``dgnn-l2o`` associator: ``solve(info, prior_info, num_rf)`` optimises nothing.
+    """The ``dgnn-l2o`` associator: ``solve(info, prior_info, num_rf, detection_prob)`` optimises nothing.
 
     ``info`` / ``prior_info`` are only read as input features when the head was trained with
     ``objective_features`` (an ablation), and by the first-block fallback.
@@ -237,19 +264,21 @@ class L2OAssociator:
     def __init__(self, head: L2OHead, estimator: Any) -> None:
         self.head = head
         self.estimator = estimator
-        self.fallback = make_solver("greedy")
+        idle = head.cfg.stop_score is not None
+        self.fallback = make_solver("greedy", chain_price=DEFAULT_CHAIN_PRICE if idle else 0.0)
         self.last_scores: np.ndarray | None = None
 
-    def solve(self, info: np.ndarray, prior_info: np.ndarray, num_rf: int) -> np.ndarray:
+    def solve(self, info: np.ndarray, prior_info: np.ndarray, num_rf: int,
+              detection_prob: np.ndarray | None = None) -> np.ndarray:
         last = getattr(self.estimator, "last", None)
         if last is None:
             self.last_scores = None
-            return self.fallback.solve(info, prior_info, num_rf)
+            return self.fallback.solve(info, prior_info, num_rf, detection_prob)
         self.last_scores = self.head.scores(last, self.estimator.window.as_arrays(),
                                             {"info": info, "prior_info": prior_info})
         if self.last_scores.shape != np.shape(info)[:2]:
             raise ConfigError("l2o", self.last_scores.shape, f"scores do not match the problem {np.shape(info)[:2]}")
-        return repair(self.last_scores, num_rf)
+        return repair(self.last_scores, num_rf, self.head.cfg.stop_score)
 
 
 __all__ = ["L2OAssociator", "L2OConfig", "L2OHead", "L2O_KEYS", "OBJECTIVE_KEYS", "repair"]
