@@ -40,11 +40,8 @@ The JSON is written atomically, only when the whole evaluation succeeded.
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -54,6 +51,7 @@ from rl_isac.controllers import make_controller
 from rl_isac.controllers.base import Controller
 from rl_isac.errors import ConfigError
 from rl_isac.evaluation.bounds import position_pcrb
+from rl_isac.io import write_json_atomic  # noqa: F401  (re-exported: callers import it from here)
 from rl_isac.network import CellFreeNetwork, check_action
 from rl_isac.scenario import ScenarioConfig
 from rl_isac.seeds import evaluation_seeds
@@ -249,22 +247,6 @@ def evaluate(method: str, targets: int = 4, episodes: int = 10, blocks: int = 10
         "scenario": cfg.to_dict(),
         "git_revision": git_revision(),
     }
-
-
-def write_json_atomic(data: dict, path: str | os.PathLike) -> None:
-    """Write ``data`` as JSON to ``path`` via a temporary file and a rename (never a partial file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def summary_table(rows: list[dict]) -> str:

@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +63,8 @@ from torch import Tensor
 
 from rl_isac.config import ConfigMixin
 from rl_isac.errors import ConfigError
+from rl_isac.io import atomic_torch_save as _atomic_save
+from rl_isac.io import atomic_write_text as _atomic_text
 from rl_isac.scenario import ScenarioConfig
 from rl_isac.seeds import training_world_seed
 from rl_isac.tracking.dgnn.model import DGNN, DGNNConfig, to_tensors
@@ -309,18 +310,6 @@ def evaluate(model: DGNN, data: dict[str, np.ndarray], batch_size: int = 256,
 # ---------------------------------------------------------------------------------------------- checkpoints
 def _configs_dict(cfg: ScenarioConfig, dgnn_cfg: DGNNConfig, train_cfg: PretrainConfig, seed: int) -> dict[str, Any]:
     return {"scenario": cfg.to_dict(), "dgnn": dgnn_cfg.to_dict(), "train": train_cfg.to_dict(), "seed": int(seed)}
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_text(text: str, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def load_configs(ckpt_dir: str | Path) -> dict[str, Any]:
