@@ -38,14 +38,14 @@ from rl_isac.tracking.window import MeasurementWindow
 
 def load_dgnn(checkpoint: str | Path | None, cfg: ScenarioConfig):
     """Load a phase-1 checkpoint and check it fits the scenario; returns ``(model, configs, metrics)``."""
-    from rl_isac.training.pretrain import load_checkpoint
+    from rl_isac.tracking.dgnn.checkpoint import load_dgnn_checkpoint
 
     if checkpoint is None:
         raise ConfigError("checkpoint", None, "DGNN-based methods need --checkpoint DIR (a phase-1 checkpoint)")
     path = Path(checkpoint)
     if not (path / "model.pt").is_file():
         raise ConfigError("checkpoint", str(path), "no model.pt in this directory")
-    model, configs = load_checkpoint(path)
+    model, configs = load_dgnn_checkpoint(path)
     dgnn_cfg = configs["dgnn"]
     if dgnn_cfg.codebook_size != cfg.codebook_size:
         raise ConfigError("checkpoint", str(path), f"trained for codebook_size={dgnn_cfg.codebook_size}, "
@@ -135,11 +135,11 @@ def _dgnn_l2o(cfg: ScenarioConfig, checkpoint: str | None = None, **kwargs) -> C
     before the first block (no DGNN output yet) it falls back to the greedy solver. Needs ``l2o.pt``
     in the checkpoint (``rl-isac train-l2o --checkpoint DIR``).
     """
+    from rl_isac.tracking.dgnn.checkpoint import load_l2o_head
     from rl_isac.tracking.dgnn.l2o import L2OAssociator
-    from rl_isac.training.l2o import load_l2o
 
     model, _, metrics = load_dgnn(checkpoint, cfg)
-    head, _ = load_l2o(checkpoint)
+    head, _ = load_l2o_head(checkpoint)
     if head.cfg.embedding_dim != model.cfg.hidden_dim:
         raise ConfigError("checkpoint", str(checkpoint), f"l2o.pt expects embeddings of size "
                                                          f"{head.cfg.embedding_dim}, the DGNN gives "

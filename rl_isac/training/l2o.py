@@ -78,11 +78,8 @@ the MILP of the driving CU), training about 2 s per epoch on 6400 blocks.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
-import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,8 +105,13 @@ from rl_isac.association import (
 )
 from rl_isac.config import ConfigMixin
 from rl_isac.errors import ConfigError
+from rl_isac.io import atomic_copy as _atomic_copy
+from rl_isac.io import atomic_torch_save as _atomic_save
+from rl_isac.io import atomic_write_text as _atomic_text
+from rl_isac.io import file_sha256
 from rl_isac.scenario import FIDELITIES, ScenarioConfig
 from rl_isac.seeds import training_world_seed
+from rl_isac.tracking.dgnn.checkpoint import load_l2o_head
 from rl_isac.tracking.dgnn.l2o import L2O_KEYS, L2OConfig, L2OHead, repair
 from rl_isac.tracking.window import OBS_KEYS
 
@@ -361,49 +363,16 @@ def greedy_reference(data: dict[str, np.ndarray], num_rf: int) -> dict[str, floa
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_text(text: str, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _atomic_copy(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file (ties ``l2o.pt`` to the ``model.pt`` it was trained on)."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def load_l2o(ckpt_dir: str | Path, map_location: str | torch.device = "cpu") -> tuple[L2OHead, dict[str, Any]]:
     """Head (eval mode) and configs (``{"l2o": L2OConfig, "train": L2OTrainConfig, "seed": int,
-    "dgnn_sha256": str, ...}``) of a checkpoint directory.
+    "dgnn_sha256": str, ...}``) of a checkpoint directory
+    (:func:`rl_isac.tracking.dgnn.checkpoint.load_l2o_head` with the training section parsed).
 
     Raises:
         ConfigError: no ``l2o.pt`` (train it first) or it was trained on another ``model.pt``.
     """
-    d = Path(ckpt_dir)
-    if not (d / "l2o.pt").is_file() or not (d / "l2o_config.yaml").is_file():
-        raise ConfigError("checkpoint", str(d), "no l2o.pt (the dgnn-l2o association head) in this directory; "
-                                                f"train it with rl-isac train-l2o --checkpoint {d}")
-    data = yaml.safe_load((d / "l2o_config.yaml").read_text())
-    if (d / "model.pt").is_file() and data.get("dgnn_sha256") != file_sha256(d / "model.pt"):
-        raise ConfigError("checkpoint", str(d), "l2o.pt was trained on another model.pt (the DGNN changed); "
-                                                f"retrain it with rl-isac train-l2o --checkpoint {d}")
-    configs = {**data, "l2o": L2OConfig.from_dict(data["l2o"]), "train": L2OTrainConfig.from_dict(data["train"])}
-    head = L2OHead(configs["l2o"])
-    head.load_state_dict(torch.load(d / "l2o.pt", map_location=map_location, weights_only=True))
-    head.eval()
-    return head, configs
+    head, configs = load_l2o_head(ckpt_dir, map_location)
+    return head, {**configs, "train": L2OTrainConfig.from_dict(configs["train"])}
 
 
 # ---------------------------------------------------------------------------------------------- training
