@@ -380,7 +380,10 @@ def table_rows(profile: Profile, cells: dict[tuple[str, int], dict], unavailable
 
 
 def verdicts(rows: list[dict], targets: tuple[int, ...]) -> list[str]:
-    """One sentence per I: does the proposed method beat every paper benchmark evaluated (mean and interval)?"""
+    """One sentence per I: where the proposed method wins, loses or ties, by the 95 % intervals.
+
+    "beats" / "loses to": the intervals do not overlap; "ties with": they overlap (no claim either way).
+    """
     lines = []
     for num in targets:
         prop = next((r for r in rows if r["method"] == PROPOSED and r["targets"] == num), None)
@@ -389,18 +392,19 @@ def verdicts(rows: list[dict], targets: tuple[int, ...]) -> list[str]:
         if prop["status"] != "ok":
             lines.append(f"I = {num}: the proposed dgnn-ppo is not available ({prop['reason']}); no comparison.")
             continue
-        others = [r for r in rows if r["targets"] == num and r["status"] == "ok" and r["method"] != PROPOSED]
-        if not others:
-            continue
-        best = min(others, key=lambda r: r["rmse_m"])
-        if prop["rmse_m"] <= best["rmse_m"]:
-            word = "beats" if prop["ci95_m"][1] < best["ci95_m"][0] else "is below (intervals overlap)"
-            lines.append(f"I = {num}: dgnn-ppo {prop['rmse_m']:.3f} m {word} the best other method "
-                         f"{best['method']} {best['rmse_m']:.3f} m.")
-        else:
-            word = "LOSES to" if prop["ci95_m"][0] > best["ci95_m"][1] else "is above (intervals overlap)"
-            lines.append(f"I = {num}: dgnn-ppo {prop['rmse_m']:.3f} m {word} {best['method']} "
-                         f"{best['rmse_m']:.3f} m.")
+        groups: dict[str, list[str]] = {"beats": [], "LOSES to": [], "ties with": []}
+        for r in rows:
+            if r["targets"] != num or r["status"] != "ok" or r["method"] == PROPOSED:
+                continue
+            if prop["ci95_m"][1] < r["ci95_m"][0]:
+                key = "beats"
+            elif prop["ci95_m"][0] > r["ci95_m"][1]:
+                key = "LOSES to"
+            else:
+                key = "ties with"
+            groups[key].append(f"{r['method']} ({r['rmse_m']:.3f} m)")
+        parts = [f"{k} {', '.join(v)}" for k, v in groups.items() if v]
+        lines.append(f"I = {num}: dgnn-ppo ({prop['rmse_m']:.3f} m) " + "; ".join(parts) + ".")
     return lines
 
 

@@ -168,3 +168,13 @@ def test_train_stage_runs_once_reuses_the_finished_run_and_reports_a_failure(tmp
     runs = rep.train_stage(profile, tmp_path, rep.DEFAULT_DGNN_CHECKPOINTS, False, lines.append)
     assert runs[4]["failed"] and "learner exploded" in runs[4]["reason"] and not runs[4]["trained"]
     assert any("FAILED" in s for s in lines) and not (tmp_path / "ppo-I4").exists()
+
+
+def test_verdicts_say_where_the_proposed_method_loses():
+    def row(method, rmse, lo, hi):
+        return {"method": method, "targets": 6, "status": "ok", "rmse_m": rmse, "ci95_m": [lo, hi]}
+
+    rows = [row("dgnn-ppo", 1.0, 0.9, 1.1), row("ekf-milp", 0.5, 0.4, 0.6), row("ekf-convex", 2.0, 1.8, 2.2),
+            row("dgnn-l2o", 1.05, 0.95, 1.2)]
+    (line,) = rep.verdicts(rows, (6,))
+    assert "LOSES to ekf-milp (0.500 m)" in line and "beats ekf-convex" in line and "ties with dgnn-l2o" in line
