@@ -19,7 +19,7 @@ For the association (:func:`credited_detection_probability`) two effects the CU 
 lower the chance that a pair yields a measurement credited to its own target:
 
 * **prediction uncertainty**: the target is somewhere in ``N(u_pred, P_pred)``, not at
-  ``u_pred``; ``P_d`` is averaged over it (3 x 3 Gauss-Hermite points; the gate term in
+  ``u_pred``; ``P_d`` is averaged over it (a 5-point cubature; the gate term in
   closed form with the predicted range spread ``sigma_d^2 = h^T P_pred h``), so a large
   predicted uncertainty that the narrow beams may miss lowers ``P_d``;
 * **a neighbour in the same beams and range gate**: target ``j``'s echo, seen through
@@ -47,9 +47,12 @@ from rl_isac.scenario import ScenarioConfig
 
 __all__ = ["DetectionModel", "credited_detection_probability", "detection_model", "detection_probability"]
 
-# 3-point Gauss-Hermite rule for N(0, 1): nodes 0, +-sqrt(3), weights 2/3, 1/6, 1/6 (exact to degree 5)
-_GH_NODES = np.array([-np.sqrt(3.0), 0.0, np.sqrt(3.0)])
-_GH_WEIGHTS = np.array([1 / 6, 2 / 3, 1 / 6])
+# 5-point symmetric cubature for N(0, I_2): the mean (weight 1/3) and +-sqrt(3) along each axis (1/6 each);
+# exact for every polynomial of degree <= 3 and for z_k^4
+_CUBATURE_POINTS = np.array([[0.0, 0.0], [np.sqrt(3.0), 0.0], [-np.sqrt(3.0), 0.0], [0.0, np.sqrt(3.0)],
+                             [0.0, -np.sqrt(3.0)]])
+_CUBATURE_WEIGHTS = np.array([1 / 3, 1 / 6, 1 / 6, 1 / 6, 1 / 6])
+_TABLE_POINTS = 4097
 
 
 class DetectionModel:
@@ -68,6 +71,14 @@ class DetectionModel:
         self.threshold = detection_threshold(cfg, 2 * cfg.range_gate_m)  # the gated detector's
         self.range_gate_m = float(cfg.range_gate_m)
         self.bs_positions_m = np.asarray(cfg.bs_positions_m, dtype=float)
+        # P_d is a smooth increasing function of sqrt(lambda): tabulated once (4097 points up to where it is
+        # 1 - 1e-12), then linear interpolation (|error| < 1e-5, a test checks it) -- the CU calls it every block
+        dof = 2 * self.num_symbols
+        hi = 1.0
+        while stats.ncx2.sf(2 * self.threshold, dof, hi * hi) < 1 - 1e-12:
+            hi *= 1.5
+        self._sqrt_lam = np.linspace(0.0, hi, _TABLE_POINTS)
+        self._pd_table = stats.ncx2.sf(2 * self.threshold, dof, self._sqrt_lam ** 2)
 
     def noncentrality(self, range_m: np.ndarray, u: np.ndarray, beams: np.ndarray) -> np.ndarray:
         """``lambda = (2 L / sigma^2) rho(d)^2 sum_k r_k(u)^2`` of echoes at ``(range_m, u)`` through ``beams``.
@@ -82,10 +93,15 @@ class DetectionModel:
         amp_sq = received_amplitude(self.cfg, range_m) ** 2
         return self.info_scale * amp_sq * np.sum(r * r, axis=-1)
 
-    def probability_from_noncentrality(self, lam: np.ndarray) -> np.ndarray:
-        """``P(chi2'_{2K}(lambda) > 2 u)``, the detector's P_d at non-centrality ``lambda`` (same shape)."""
+    def probability_from_noncentrality(self, lam: np.ndarray, exact: bool = False) -> np.ndarray:
+        """``P(chi2'_{2K}(lambda) > 2 u)``, the detector's P_d at non-centrality ``lambda`` (same shape).
+
+        ``exact=False`` interpolates the table built at construction (``|error| < 1e-5``).
+        """
         lam = np.maximum(np.asarray(lam, float), 0.0)
-        return stats.ncx2.sf(2 * self.threshold, 2 * self.num_symbols, lam)
+        if exact:
+            return stats.ncx2.sf(2 * self.threshold, 2 * self.num_symbols, lam)
+        return np.interp(np.sqrt(lam), self._sqrt_lam, self._pd_table, right=1.0)
 
     def probability(self, positions_m: np.ndarray, beams: np.ndarray,
                     position_cov_m2: np.ndarray | None = None,
@@ -96,7 +112,7 @@ class DetectionModel:
             positions_m: ``(I, 2)`` where the targets are (or are predicted to be).
             beams: ``(M, I, K, 2)`` int, the beams each pair transmits.
             position_cov_m2: ``(I, 2, 2)`` predicted covariance; when given, ``P_d`` is averaged
-                over ``N(positions_m, cov)`` and the gate term is the probability that the
+                over ``N(positions_m, cov)`` (5-point cubature) and the gate term is the probability that the
                 range falls in ``+-range_gate_m`` of the predicted range.
             predicted_m: ``(I, 2)`` centre of the range gates (default ``positions_m``); without a
                 covariance the gate term is ``|d - d_pred| <= range_gate_m``.
@@ -112,12 +128,10 @@ class DetectionModel:
             return pd * (np.abs(range_m - pred_range) <= self.range_gate_m)
         cov = np.asarray(position_cov_m2, float)
         chol = np.linalg.cholesky(0.5 * (cov + np.swapaxes(cov, -1, -2)) + 1e-12 * np.eye(2))  # (I, 2, 2)
-        z = np.stack(np.meshgrid(_GH_NODES, _GH_NODES, indexing="ij"), axis=-1).reshape(-1, 2)  # (9, 2)
-        w = np.outer(_GH_WEIGHTS, _GH_WEIGHTS).reshape(-1)  # (9,)
-        points = positions_m[None] + np.einsum("ixy,ny->nix", chol, z)  # (9, I, 2)
-        range_m, angle = geometry(self.bs_positions_m, points)  # (9, M, I)
+        points = positions_m[None] + np.einsum("ixy,ny->nix", chol, _CUBATURE_POINTS)  # (5, I, 2)
+        range_m, angle = geometry(self.bs_positions_m, points)  # (5, M, I)
         pd = self.probability_from_noncentrality(self.noncentrality(range_m, np.cos(angle), beams[None]))
-        pd = np.einsum("n,nmi->mi", w, pd)
+        pd = np.einsum("n,nmi->mi", _CUBATURE_WEIGHTS, pd)
         # gate: d ~ N(d(mean), h^T P h) with h the unit vector BS -> target
         mean_range, mean_angle = geometry(self.bs_positions_m, positions_m)
         h = np.stack([np.cos(mean_angle), np.sin(mean_angle)], axis=-1)  # (M, I, 2)

@@ -43,6 +43,13 @@ def test_pd_matches_the_surrogate_detectors_frequency(cfg):
         assert abs(freq - pd) <= tol, (range_m, offset, freq, pd)
 
 
+def test_tabulated_pd_equals_the_exact_non_central_chi_square(cfg):
+    model = detection_model(cfg)
+    lam = np.concatenate([np.linspace(0.0, 200.0, 20001), 10.0 ** np.linspace(-6, 5, 500)])
+    err = np.abs(model.probability_from_noncentrality(lam) - model.probability_from_noncentrality(lam, exact=True))
+    assert err.max() < 1e-5
+
+
 def test_pd_of_every_pair_has_the_network_shape_and_falls_with_range(cfg):
     bs = np.asarray(cfg.bs_positions_m, float)
     targets = np.array([[50.0, 60.0], [120.0, 80.0], [20.0, 30.0], [180.0, 100.0]])
