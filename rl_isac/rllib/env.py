@@ -30,6 +30,8 @@ Observation (``Dict`` of fixed-shape float32 ``Box``es): the arrays of
   ``g = tr P - tr (P^-1 + J)^-1`` the variance (m^2) the pair alone removes from the prediction
   covariance ``P`` (the myopic objective's per-pair term);
 * ``prior_cov (I, 3)``: ``[log10 P_xx / 4, log10 P_yy / 4, P_xy / sqrt(P_xx P_yy)]`` of ``P``.
+* ``pair_fim (M, I, 3)`` and ``prior_fim (I, 3)``: the raw ``[xx, xy, yy]`` entries (1/m^2) of ``J_{m,i}``
+  and of ``P^-1`` (the actor computes the myopic objective's marginal gains from them).
 
 The mask needs nothing else: it is a function of the sub-actions chosen so far.
 

@@ -17,10 +17,13 @@ Per observation (batch ``B``; ``M`` BSs, ``I`` targets, ``P = M * I`` pairs, ``J
    range_scale]``, and a pooled state ``g (B, H)``.
 3. **Auto-regressive actor**, eq. (11): step ``j`` scores every pair from its embedding, the
    context vector ``v^(j)`` (remaining RF chains per BS, the paper's) with the coverage so far
-   and ``j / J``, and the pair's own state (chains left at its BS, target covered, pair
-   chosen): ``logit_{j,k} = w^T gelu(E_k + W_c c_j + W_s s_{j,k}) + b``; STOP is scored from ``[g,
-   W_c c_j]``. The exact mask (:mod:`rl_isac.rllib.mask`, the torch twin of
-   :func:`rl_isac.association.valid_action_mask`) sets invalid entries to
+   and ``j / J``, and the pair's own state (target covered, chains left at its BS, and the
+   marginal gain of the myopic objective given the pairs already chosen, :func:`gain_feature`):
+   ``logit_{j,k} = E_k . c_j + alpha_k cov + beta_k rem + gamma_k gain + b_k`` (a bilinear scorer: no
+   ``(B, J, P, H)`` intermediate, so the teacher-forced pass is a few batched matmuls);
+   ``gamma``'s bias starts at ``gain_prior`` (8), so the untrained actor already leans toward the
+   greedy solver's choices; STOP is scored from ``[g, c_j]``. The exact mask
+   (:mod:`rl_isac.rllib.mask`, the torch twin of :func:`rl_isac.association.valid_action_mask`) sets invalid entries to
    :data:`~rl_isac.rllib.mask.MASKED_LOGIT`. Exploration samples with Gumbel-max, inference
    takes the argmax; both loop over the ``J`` steps with a cheap scorer over the precomputed
    ``E``. Training recomputes all ``J`` steps' logits in one batched pass from the stored
@@ -32,7 +35,8 @@ Per observation (batch ``B``; ``M`` BSs, ``I`` targets, ``P = M * I`` pairs, ``J
 ``model_config`` keys: ``dgnn`` (the :class:`~rl_isac.tracking.dgnn.DGNNConfig` dict, required),
 ``dgnn_weights`` (path of the phase-1 ``model.pt`` loaded at construction; a module restored
 from an RLlib checkpoint gets the weights from its saved state instead, so the path may be
-absent there), ``hidden`` (``H``, 64), ``critic_hidden`` (128), ``pairing`` ("grid").
+absent there), ``hidden`` (``H``, 64), ``critic_hidden`` (128), ``pairing`` ("grid"),
+``gain_prior`` (8.0; 0 = an uninformed start, the paper's).
 """
 
 from __future__ import annotations
@@ -87,6 +91,23 @@ def ar_decode(score, batch: int, num_bs: int, num_targets: int, num_rf: int, exp
     return torch.stack(actions, 1), torch.stack(logps, 1).sum(1), torch.stack(rows, 1)
 
 
+def gain_feature(info_before: torch.Tensor, pair_info: torch.Tensor) -> torch.Tensor:
+    """``log10(max(g, 0) + 1e-6) / 4`` of the marginal gain ``g = tr A^-1 - tr (A + J)^-1`` (m^2).
+
+    ``A`` is the target's prediction information plus what the chosen pairs already give it, ``J``
+    the pair's; the per-step increment of the myopic objective (what the greedy solver ranks by).
+
+    Shapes:
+        ``[xx, xy, yy]`` entries in the last axis (1/m^2), broadcastable; returns the leading shape.
+    """
+    def tr_inv(m: torch.Tensor) -> torch.Tensor:
+        a, b, c = m.unbind(-1)
+        return (a + c) / (a * c - b * b).clamp_min(1e-12)
+
+    g = tr_inv(info_before) - tr_inv(info_before + pair_info)
+    return torch.log10(g.clamp_min(0.0) + 1e-6) / 4.0
+
+
 def _mlp(inp: int, hidden: int, out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(inp, hidden), nn.GELU(), nn.Linear(hidden, out))
 
@@ -125,8 +146,11 @@ class ISACPPOModule(TorchRLModule, ValueFunctionAPI):
         self.pair_mlp = nn.Sequential(nn.Linear(D + 14, H), nn.GELU(), nn.Linear(H, H))
         self.target_mlp = _mlp(D + 5, H, H)
         self.ctx_lin = nn.Linear(M + I + 1, H)          # context v^(j), coverage, j / J
-        self.state_lin = nn.Linear(3, H, bias=False)    # per pair: chains left at its BS, covered, chosen
-        self.pair_out = nn.Linear(H, 1)
+        # per-pair coefficients of the step state: target covered, chains left at its BS, marginal gain; bias
+        self.pair_heads = nn.Linear(H, 4)
+        with torch.no_grad():
+            self.pair_heads.weight.mul_(0.1)
+            self.pair_heads.bias.copy_(torch.tensor([0.0, 0.0, float(mc.get("gain_prior", 8.0)), 0.0]))
         self.stop_mlp = _mlp(2 * H, H, 1)
         self.critic_target = _mlp(D + 5, HC, HC)
         self.critic_head = nn.Sequential(nn.Linear(2 * HC + 3, HC), nn.GELU(), nn.Linear(HC, HC), nn.GELU(),
@@ -190,41 +214,43 @@ class ISACPPOModule(TorchRLModule, ValueFunctionAPI):
         g = self.target_mlp(tgt).mean(1)
         return E, g
 
-    def step_logits(self, E: torch.Tensor, g: torch.Tensor, remaining: torch.Tensor, covered: torch.Tensor,
-                    chosen: torch.Tensor, stopped: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
-        """Masked logits of eq. (11) for any leading shape ``L`` of states.
+    def step_logits(self, E: torch.Tensor, g: torch.Tensor, obs: dict[str, torch.Tensor], remaining: torch.Tensor,
+                    covered: torch.Tensor, chosen: torch.Tensor, stopped: torch.Tensor, step: torch.Tensor
+                    ) -> torch.Tensor:
+        """Masked logits of eq. (11) for the states of every step at once (teacher forcing).
+
+        ``logit_{j,k} = E_k . c_j + alpha_k cov_{j,k} + beta_k rem_{j,k} + gamma_k gain_{j,k} + b_k`` with the
+        context ``c_j = W [v^(j) / N_RF, covered^(j), j / J] + w``, the pair's target covered, its BS's chains
+        left, and the marginal-gain feature :func:`gain_feature` (the myopic objective's increment of
+        adding the pair to what step ``j`` already chose); ``(alpha, beta, gamma, b)_k`` a linear head of
+        ``E_k``. STOP: ``MLP([g, c_j])``.
 
         Shapes:
-            E ``(B, P, H)``, g ``(B, H)``; remaining ``(B, *L, M)``, covered ``(B, *L, I)``,
-            chosen ``(B, *L, M, I)``, stopped ``(B, *L)``, step ``(*L,)`` or scalar (index ``j``).
-            returns ``(B, *L, P + 1)`` (last entry: STOP), invalid entries = ``MASKED_LOGIT``.
+            E ``(B, P, H)``, g ``(B, H)``; remaining ``(B, J, M)``, covered ``(B, J, I)``, chosen
+            ``(B, J, M, I)``, stopped ``(B, J)``, step ``(J,)``. Returns ``(B, J, P + 1)``, invalid
+            entries ``MASKED_LOGIT``.
         """
-        extra = remaining.dim() - 2                        # number of L dims (0 or 1)
+        B, P, H = E.shape
         rem = remaining.float() / self.num_rf
-        step_f = (torch.as_tensor(step, dtype=torch.float32, device=E.device) / self.num_steps).expand(
-            remaining.shape[:-1])[..., None]
-        ctx = self.ctx_lin(torch.cat([rem, covered.float(), step_f], dim=-1))               # (B, *L, H)
-        s = torch.stack([rem[..., self.pair_bs], covered.float()[..., self.pair_target],
-                         chosen.flatten(-2).float()], dim=-1)                              # (B, *L, P, 3)
-        Eb = E.reshape(E.shape[0], *([1] * extra), *E.shape[1:])
-        h = torch.nn.functional.gelu(Eb + ctx[..., None, :] + self.state_lin(s))
-        pair_logits = self.pair_out(h).squeeze(-1)                                         # (B, *L, P)
-        gb = g.reshape(g.shape[0], *([1] * extra), g.shape[-1]).expand(*ctx.shape[:-1], g.shape[-1])
-        stop_logit = self.stop_mlp(torch.cat([gb, ctx], dim=-1))                          # (B, *L, 1)
+        step_f = (step.float() / self.num_steps).expand(remaining.shape[:-1])[..., None]
+        ctx = self.ctx_lin(torch.cat([rem, covered.float(), step_f], dim=-1))              # (B, J, H)
+        heads = self.pair_heads(E)                                                         # (B, P, 4)
+        fim = obs["pair_fim"].float().reshape(B, P, 3)
+        acc = torch.einsum("bjmi,bmic->bjic", chosen.float(), obs["pair_fim"].float())      # (B, J, I, 3)
+        gain = gain_feature(obs["prior_fim"].float()[:, None, self.pair_target] + acc[:, :, self.pair_target],
+                            fim[:, None])                                                  # (B, J, P)
+        h = heads[:, None]                                                                 # (B, 1, P, 4)
+        pair_logits = (torch.einsum("bjh,bph->bjp", ctx, E) + h[..., 0] * covered.float()[..., self.pair_target]
+                       + h[..., 1] * rem[..., self.pair_bs] + h[..., 2] * gain + h[..., 3])
+        stop_logit = self.stop_mlp(torch.cat([g[:, None].expand(B, ctx.shape[1], H), ctx], dim=-1))  # (B, J, 1)
         logits = torch.cat([pair_logits, stop_logit], dim=-1)
         mask = valid_action_mask(remaining, covered, chosen, stopped)
-        return torch.where(mask, logits, torch.full_like(logits, MASKED_LOGIT))
+        return torch.where(mask, logits, MASKED_LOGIT)
 
-    def _dist_inputs(self, logits: torch.Tensor, beams: torch.Tensor, estimate: torch.Tensor) -> torch.Tensor:
-        B = logits.shape[0]
-        return torch.cat([logits.reshape(B, -1), beams.reshape(B, -1).float(), estimate.reshape(B, -1).float()], -1)
-
-    def decode(self, E: torch.Tensor, g: torch.Tensor, explore: bool, generator: torch.Generator | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Fast auto-regressive decoding (exploration and inference): the same logits as :meth:`step_logits`
-        (the teacher-forcing pass; a test checks the log-probabilities agree), with the context and
-        per-pair state terms of the scorer expanded into a few fused ops per step and the mask
-        updated from a state this method owns.
+    def decode(self, E: torch.Tensor, g: torch.Tensor, obs: dict[str, torch.Tensor], explore: bool,
+               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Auto-regressive decoding (exploration: Gumbel-max sampling; inference: argmax), step by step with
+        the logits of :meth:`step_logits` (a test checks both agree) from a state this method owns.
 
         Returns ``pairs (B, J)``, joint ``logp (B,)``, masked logits ``(B, J, P + 1)``.
         """
@@ -233,15 +259,17 @@ class ISACPPOModule(TorchRLModule, ValueFunctionAPI):
         Wc, bc = self.ctx_lin.weight, self.ctx_lin.bias                                # (H, M + I + 1)
         W_state = Wc[:, :M + I].t()                                                    # (M + I, H)
         w_step = Wc[:, M + I]
-        ws = self.state_lin.weight                                                     # (H, 3)
-        w_rem, w_cov, w_cho = ws[:, 0], ws[:, 1], ws[:, 2]
-        w_out, b_out = self.pair_out.weight[0], self.pair_out.bias
+        heads = self.pair_heads(E)                                                     # (B, P, 4)
+        alpha, beta, gamma, bias = heads.unbind(-1)
         s1, s2 = self.stop_mlp[0], self.stop_mlp[2]
         stop_g = torch.addmm(s1.bias, g, s1.weight[:, :H].t())                          # (B, H) the g half, once
         stop_ctx_w = s1.weight[:, H:].t()
+        fim = obs["pair_fim"].float().reshape(B, P, 3)
+        prior_p = obs["prior_fim"].float()[:, self.pair_target]                          # (B, P, 3)
         rem = torch.full((B, M), 1.0, device=E.device)                                 # remaining / N_RF
         cov = torch.zeros(B, I, device=E.device)
         cho = torch.zeros(B, P, device=E.device)
+        acc = torch.zeros(B, I, 3, device=E.device)                                    # information chosen so far
         stopped = torch.zeros(B, dtype=torch.bool, device=E.device)
         rows_idx = torch.arange(B, device=E.device)
         pb, pt = self.pair_bs, self.pair_target
@@ -252,15 +280,15 @@ class ISACPPOModule(TorchRLModule, ValueFunctionAPI):
         for j in range(J):
             ctx = torch.addmm(bc + (j / J) * w_step, torch.cat([rem, cov], 1), W_state)   # (B, H)
             rem_p, cov_p = rem[:, pb], cov[:, pt]                                          # (B, P)
-            h = (E + ctx[:, None]).addcmul_(rem_p[..., None], w_rem).addcmul_(cov_p[..., None], w_cov)
-            h = torch.nn.functional.gelu(h.addcmul_(cho[..., None], w_cho))
+            gain = gain_feature(prior_p + acc[:, pt], fim)
+            pair_logits = torch.bmm(E, ctx[:, :, None])[..., 0] + alpha * cov_p + beta * rem_p + gamma * gain + bias
             stop = s2(torch.nn.functional.gelu(torch.addmm(stop_g, ctx, stop_ctx_w)))        # (B, 1)
-            logits = torch.cat([h @ w_out + b_out, stop], 1)                               # (B, P + 1)
+            logits = torch.cat([pair_logits, stop], 1)                                     # (B, P + 1)
             # the exact mask (rl_isac.rllib.mask.valid_action_mask) from this state
-            covered_all = cov.sum(1) >= I
-            must_cover = (I - cov.sum(1)) >= rem.sum(1) * R - 0.5                         # (5d) lookahead
+            n_cov = cov.sum(1)
+            must_cover = (I - n_cov) >= rem.sum(1) * R - 0.5                               # (5d) lookahead
             ok = (rem_p > 0) & (cho < 0.5) & (~must_cover[:, None] | (cov_p < 0.5)) & ~stopped[:, None]
-            mask = torch.cat([ok, (stopped | covered_all)[:, None]], 1)
+            mask = torch.cat([ok, (stopped | (n_cov >= I))[:, None]], 1)
             logits = torch.where(mask, logits, MASKED_LOGIT)
             a = (logits + gumbel[j]).argmax(-1) if explore else logits.argmax(-1)
             actions.append(a)
@@ -272,17 +300,22 @@ class ISACPPOModule(TorchRLModule, ValueFunctionAPI):
             cho[rows_idx, k] += f
             t = pt[k]
             cov[rows_idx, t] = torch.maximum(cov[rows_idx, t], f)
+            acc[rows_idx, t] += f[:, None] * fim[rows_idx, k]
             stopped = stopped | (a == P)
         pairs, logits = torch.stack(actions, 1), torch.stack(rows, 1)
         logp = torch.log_softmax(logits, -1).gather(-1, pairs[..., None])[..., 0].sum(1)
         return pairs, logp, logits
+
+    def _dist_inputs(self, logits: torch.Tensor, beams: torch.Tensor, estimate: torch.Tensor) -> torch.Tensor:
+        B = logits.shape[0]
+        return torch.cat([logits.reshape(B, -1), beams.reshape(B, -1).float(), estimate.reshape(B, -1).float()], -1)
 
     def _act(self, batch: dict[str, Any], explore: bool) -> dict[str, Any]:
         obs = batch[Columns.OBS]
         enc = self.encode(obs)
         E, g = self.pair_embeddings(obs, enc)
         B = E.shape[0]
-        pairs, logp, logits = self.decode(E, g, explore)
+        pairs, logp, logits = self.decode(E, g, obs, explore)
         beams = enc["beams"].reshape(B, -1)
         estimate = enc["u_hat"].reshape(B, -1).float()
         out = {Columns.ACTIONS: {"pairs": pairs, "beams": beams, "estimate": estimate},
@@ -313,7 +346,7 @@ class ISACPPOModule(TorchRLModule, ValueFunctionAPI):
         pairs = torch.as_tensor(actions["pairs"], device=E.device).long()
         states = states_from_actions(pairs, self.num_bs, self.num_targets, self.num_rf)
         steps = torch.arange(self.num_steps, device=E.device)
-        logits = self.step_logits(E, g, *states, step=steps)                                # (B, J, P + 1)
+        logits = self.step_logits(E, g, obs, *states, step=steps)                                # (B, J, P + 1)
         B = logits.shape[0]
         beams = torch.as_tensor(actions["beams"], device=E.device).reshape(B, -1)
         estimate = torch.as_tensor(actions["estimate"], device=E.device).reshape(B, -1)

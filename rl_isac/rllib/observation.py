@@ -14,14 +14,15 @@ from rl_isac.physics.fisher import expected_position_information
 from rl_isac.scenario import ScenarioConfig
 from rl_isac.tracking.window import MeasurementWindow, observation_shapes
 
-EXTRA_OBS_KEYS = ("block", "pair_info", "prior_cov")
+EXTRA_OBS_KEYS = ("block", "pair_info", "prior_cov", "pair_fim", "prior_fim")
 """Keys added to the window arrays."""
 
 
 def observation_shapes_rl(cfg: ScenarioConfig) -> dict[str, tuple[int, ...]]:
     """Shapes of every observation key (window arrays + :data:`EXTRA_OBS_KEYS`), all float32."""
     shapes = dict(observation_shapes(cfg))
-    shapes.update(block=(1,), pair_info=(cfg.num_bs, cfg.num_targets, 4), prior_cov=(cfg.num_targets, 3))
+    shapes.update(block=(1,), pair_info=(cfg.num_bs, cfg.num_targets, 4), prior_cov=(cfg.num_targets, 3),
+                  pair_fim=(cfg.num_bs, cfg.num_targets, 3), prior_fim=(cfg.num_targets, 3))
     return shapes
 
 
@@ -62,6 +63,13 @@ class ObservationBuilder:
         _, angle = geometry(self.bs_positions_m, pred)
         beams = beams_toward(np.cos(angle), cfg.codebook_size, cfg.num_tracking_symbols)
         info = expected_position_information(cfg, self.codebook, self.bs_positions_m, pred, beams)
-        obs["pair_info"], obs["prior_cov"] = info_features(window.anchor_predicted_covariance(), info)
+        prior_cov = window.anchor_predicted_covariance()
+        obs["pair_info"], obs["prior_cov"] = info_features(prior_cov, info)
+        # raw [xx, xy, yy] entries (1/m^2) of each pair's J and of the prediction's information P^-1: the
+        # actor's marginal-gain feature (the myopic objective's per-step increment) is computed from them
+        prior_info = np.linalg.inv(prior_cov)
+        obs["pair_fim"] = np.stack([info[..., 0, 0], info[..., 0, 1], info[..., 1, 1]], -1).astype(np.float32)
+        obs["prior_fim"] = np.stack([prior_info[:, 0, 0], prior_info[:, 0, 1], prior_info[:, 1, 1]], -1).astype(
+            np.float32)
         obs["block"] = np.array([block / num_blocks], dtype=np.float32)
         return obs
