@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--blocks", type=_positive_int, default=300, help="world blocks per measurement (default 300)")
     p.add_argument("--solver-trials", type=_positive_int, default=30, help="solver calls per size (default 30)")
     p.add_argument("--quick", action="store_true", help="fewer repetitions (for smoke tests)")
+    p.add_argument("--ppo", action=argparse.BooleanOptionalAction, default=True,
+                   help="also the RLlib PPO figures (starts a local Ray; default on)")
     p.add_argument("--json", metavar="PATH")
 
     p = sub.add_parser("dgnn-report", help="DGNN vs EKF on identical measurement sequences, beam accuracy, timing")
@@ -261,7 +263,7 @@ def _cmd_bench(args) -> int:
     from rl_isac.evaluation.bench import run_bench
     from rl_isac.evaluation.harness import write_json_atomic
 
-    result = run_bench(blocks=args.blocks, solver_trials=args.solver_trials, quick=args.quick)
+    result = run_bench(blocks=args.blocks, solver_trials=args.solver_trials, quick=args.quick, ppo=args.ppo)
     if args.json:
         write_json_atomic(result, args.json)
     return 0

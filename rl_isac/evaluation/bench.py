@@ -18,7 +18,12 @@ Keys of the JSON:
     decision_ms[method][I]: p50/p99 of the per-block decision of each CU (surrogate world);
     dgnn_ms: with a reference checkpoint (``results/checkpoints/dgnn-I8``), the DGNN at I = 8 per block:
         ``forward`` (the model on one window, torch, one thread) and ``update`` (window push +
-        featurisation incl. its EKF anchor + forward + beam decoding).
+        featurisation incl. its EKF anchor + forward + beam decoding);
+    ppo_env_steps_per_s, rllib_floor_env_steps_per_s, ppo_over_floor, ppo_decision_ms_p50/p99, and the
+        details under ``ppo``: the RLlib pipeline at I = 8 (surrogate, shipped runner layout and PPO
+        settings) against RLlib's own PPO on CartPole-v1 with the same layout and settings in the same
+        run, the ``dgnn-ppo`` decision latency and where the time goes (:mod:`rl_isac.rllib.bench`);
+        skipped (with the reason stored) without ray/torch or the dgnn-I8 checkpoint, or with ``ppo=False``.
 """
 
 from __future__ import annotations
@@ -138,7 +143,7 @@ def dgnn_latency(checkpoint: str, blocks: int) -> dict:
 def run_bench(blocks: int = 300, solver_trials: int = 30, quick: bool = False,
               methods=("ls-nearest", "ekf-nearest", "ekf-greedy", "ekf-convex", "ekf-convex-ls", "ekf-milp",
                        "ekf-exhaustive"),
-              echo=print) -> dict:
+              echo=print, ppo: bool = True) -> dict:
     """Run every benchmark on one core; print a line per figure and return the JSON dict."""
     if quick:
         blocks, solver_trials = min(blocks, 20), min(solver_trials, 3)
@@ -188,4 +193,25 @@ def run_bench(blocks: int = 300, solver_trials: int = 30, quick: bool = False,
             for num in PAPER_SIZES:
                 out["decision_ms"][method][str(num)] = decision_latency(method, num, dec_blocks)
                 echo(f"decision {method:<15} I={num}: {str(out['decision_ms'][method][str(num)])[:100]}")
+        if ppo:
+            _ppo_entries(out, quick, echo)
     return out
+
+
+def _ppo_entries(out: dict, quick: bool, echo) -> None:
+    """The RLlib pipeline's figures (:func:`rl_isac.rllib.bench.ppo_bench`) as top-level keys + ``ppo``."""
+    from pathlib import Path
+
+    ckpt = Path(__file__).resolve().parents[2] / "results" / "checkpoints" / "dgnn-I8"
+    try:
+        from rl_isac.rllib.bench import ppo_bench
+    except ModuleNotFoundError as exc:  # ray or torch not installed: say so in the JSON
+        out["ppo"] = {"skipped": f"{exc.name} is not installed"}
+        return
+    if not (ckpt / "model.pt").is_file():
+        out["ppo"] = {"skipped": f"no reference checkpoint {ckpt}"}
+        return
+    out["ppo"] = ppo_bench(targets=8, quick=quick, echo=echo)
+    for key in ("ppo_env_steps_per_s", "rllib_floor_env_steps_per_s", "ppo_over_floor", "ppo_decision_ms_p50",
+                "ppo_decision_ms_p99"):
+        out[key] = out["ppo"][key]

@@ -1,0 +1,156 @@
+"""PPO figures of ``rl-isac bench`` (a benchmark, never a test): throughput against RLlib's own floor,
+decision latency, and where the time goes.
+
+* ``ppo_env_steps_per_s``: the whole pipeline (sampling + learning, ``Algorithm.train()`` wall
+  time) at I = 8, surrogate world, with the shipped :class:`~rl_isac.rllib.config.PPOTrainConfig`
+  (runner layout, train batch, minibatch, epochs); the first iteration (actor start-up, caches)
+  is not counted.
+* ``rllib_floor_env_steps_per_s``: in the same run, RLlib's PPO on ``CartPole-v1`` with its default
+  module and the same runner layout, resources, batch mode and PPO settings: the framework's own
+  cost on this machine. Only the ratio (``ppo_over_floor``) is comparable across machines.
+* ``ppo_decision_ms_p50/p99``: one block's decision of the ``dgnn-ppo`` CU in the harness (window
+  push with its EKF anchor, observation, frozen encoder, greedy decoding; estimate + pairs +
+  beams), I = 8, one core (the module of the benchmark's algorithm, saved and reloaded as
+  ``rl-isac evaluate`` does; latency does not depend on the weights).
+* ``ppo_breakdown_ms_per_env_step``: per env step, ``env_step`` (world step: motion + surrogate
+  measurements), ``window_obs`` (window push incl. EKF anchor + observation arrays + pair FIMs),
+  ``encoder`` and ``ar_sampling`` (the module at the runner's batch, divided by it),
+  ``learner`` (RLlib's learner-update timer per env step trained), ``sampling_total`` (RLlib's
+  sampling timer per env step: env + module + connectors + episode bookkeeping).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _measure(algo, iterations: int) -> dict:
+    rows = [algo.train() for _ in range(iterations)]
+    measured = rows[1:] if len(rows) > 1 else rows
+    steps = sum(float(r["env_runners"]["num_env_steps_sampled"]) for r in measured)
+    wall = sum(float(r["time_this_iter_s"]) for r in measured)
+    timers = {k: float(np.mean([r["timers"].get(k, np.nan) for r in measured]))
+              for k in ("env_runner_sampling_timer", "learner_update_timer", "synch_weights")}
+    return {"env_steps_per_s": steps / wall, "env_steps": steps, "wall_s": wall, "timers_s": timers,
+            "iterations_measured": len(measured)}
+
+
+def _micro_breakdown(cfg, module, batch: int, steps: int = 40) -> dict:
+    """Per-env-step cost of the sampling pieces at the runner's batch (``batch`` envs), one thread."""
+    import torch
+    from ray.rllib.core.columns import Columns
+
+    from rl_isac.rllib.env import ISACMultiAgentEnv
+    from rl_isac.tracking.window import stack_observations
+
+    envs = [ISACMultiAgentEnv({"targets": cfg.num_targets, "blocks": steps + 5, "fidelity": "surrogate"})
+            for _ in range(batch)]
+    obs = [e.reset(seed=100 + k)[0]["cu_0"] for k, e in enumerate(envs)]
+    t_env = t_obs = t_enc = t_dec = 0.0
+    for _ in range(steps):
+        ob = {k: torch.as_tensor(v) for k, v in stack_observations(obs).items()}
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            enc = module.encode(ob)
+            t1 = time.perf_counter()
+            E, g = module.pair_embeddings(ob, enc)
+            pairs, _, _ = module.decode(E, g, ob, explore=True)
+            t2 = time.perf_counter()
+        t_enc += t1 - t0
+        t_dec += t2 - t1
+        out = module.forward_exploration({Columns.OBS: ob})[Columns.ACTIONS]
+        obs = []
+        for k, e in enumerate(envs):
+            a = {key: v[k].numpy() for key, v in out.items()}
+            assoc, beams, est = e.check_action(a)
+            t0 = time.perf_counter()
+            meas = e.world.step(assoc, beams, predicted_positions_m=e.window.anchor_next_m)
+            t1 = time.perf_counter()
+            e.window.push(meas)
+            e._q += 1
+            obs.append(e._observation())
+            t2 = time.perf_counter()
+            t_env += t1 - t0
+            t_obs += t2 - t1
+    n = steps * batch
+    return {"env_step": 1e3 * t_env / n, "window_obs": 1e3 * t_obs / n, "encoder": 1e3 * t_enc / n,
+            "ar_sampling": 1e3 * t_dec / n}
+
+
+def ppo_bench(targets: int = 8, iterations: int = 3, quick: bool = False, echo=print) -> dict:
+    """Run the PPO benchmarks (starts and stops a local Ray); returns the JSON entries."""
+    import ray
+    import torch
+    from ray.rllib.algorithms.ppo import PPOConfig
+
+    from rl_isac.rllib.callbacks import MODULE_ID
+    from rl_isac.rllib.config import PPOTrainConfig, build_ppo_config, env_config_for
+    from rl_isac.scenario import ScenarioConfig
+    from rl_isac.training.pretrain import load_configs
+
+    torch.set_num_threads(1)
+    root = Path(__file__).resolve().parents[2]
+    ckpt = root / "results" / "checkpoints" / f"dgnn-I{targets}"
+    t = PPOTrainConfig()
+    if quick:  # smoke-test sizes: the figures are then meaningless, the code path is the same
+        t = t.replace(train_batch_size=200, minibatch_size=100, num_epochs=2, blocks=20)
+        iterations = 2
+    out: dict = {"settings": {"targets": targets, "iterations": iterations, "train": t.to_dict(),
+                              "pretrained": str(ckpt)}}
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=t.cores, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        algo = build_ppo_config(t, env_config_for(t, targets, seed=0), load_configs(ckpt)["dgnn"].to_dict(),
+                                str(ckpt / "model.pt"), seed=0).build_algo()
+        try:
+            ours = _measure(algo, iterations)
+            module_dir = Path(tempfile.mkdtemp(prefix="ppo-bench-"))
+            learner_module = algo.learner_group._learner.module[MODULE_ID]
+            learner_module.save_to_path(str(module_dir))
+        finally:
+            algo.stop()
+        echo(f"ppo I={targets}: {ours['env_steps_per_s']:.0f} env steps/s ({ours['timers_s']})")
+        floor_cfg = (PPOConfig().environment("CartPole-v1")
+                     .env_runners(num_env_runners=t.num_env_runners, num_envs_per_env_runner=t.num_envs_per_env_runner,
+                                  num_cpus_per_env_runner=t.cpus_per_env_runner, batch_mode="complete_episodes",
+                                  rollout_fragment_length="auto")
+                     .learners(num_learners=0, num_cpus_per_learner=1).resources(num_cpus_for_main_process=1)
+                     .training(train_batch_size_per_learner=t.train_batch_size, minibatch_size=t.minibatch_size,
+                               num_epochs=t.num_epochs, lr=t.lr, gamma=t.gamma, lambda_=t.lambda_)
+                     .debugging(seed=0))
+        floor_algo = floor_cfg.build_algo()
+        try:
+            floor = _measure(floor_algo, iterations)
+        finally:
+            floor_algo.stop()
+        echo(f"rllib floor (CartPole-v1, same layout and PPO settings): {floor['env_steps_per_s']:.0f} env steps/s")
+    finally:
+        if started:
+            ray.shutdown()
+    out["ppo_env_steps_per_s"] = ours["env_steps_per_s"]
+    out["rllib_floor_env_steps_per_s"] = floor["env_steps_per_s"]
+    out["ppo_over_floor"] = ours["env_steps_per_s"] / floor["env_steps_per_s"]
+    out["ppo_detail"], out["floor_detail"] = ours, floor
+
+    from rl_isac.evaluation.harness import evaluate
+    from rl_isac.rllib.controller import PPOController, load_module
+
+    cfg = ScenarioConfig.paper(targets, fidelity="surrogate")
+    module = load_module(module_dir)
+    blocks = 20 if quick else 100
+    r = evaluate("dgnn-ppo", cfg=cfg, episodes=1 if quick else 3, blocks=blocks, progress=False,
+                 controller=PPOController(cfg.replace(num_blocks=blocks), module))
+    out["ppo_decision_ms_p50"], out["ppo_decision_ms_p99"] = r["decision_ms_p50"], r["decision_ms_p99"]
+    echo(f"dgnn-ppo decision I={targets}: p50 {r['decision_ms_p50']:.2f} ms, p99 {r['decision_ms_p99']:.2f} ms")
+    micro = _micro_breakdown(cfg, module, t.num_envs_per_env_runner, steps=10 if quick else 40)
+    trained = ours["env_steps"] / ours["iterations_measured"]
+    micro["learner"] = 1e3 * ours["timers_s"]["learner_update_timer"] / trained
+    micro["sampling_total"] = 1e3 * ours["timers_s"]["env_runner_sampling_timer"] / trained
+    out["ppo_breakdown_ms_per_env_step"] = micro
+    echo("ppo time per env step (ms): " + ", ".join(f"{k} {v:.2f}" for k, v in micro.items()))
+    return out
