@@ -1,5 +1,13 @@
 """Target-BS association: constraints (5c)-(5e), the auto-regressive mask, objective, solvers.
 
+* :mod:`~rl_isac.association.constraints`: (5c)-(5e), pair lists, the pair mask and the STOP-token
+  action form of the policy (interface 1: :func:`valid_action_mask`, :func:`apply_action`,
+  :func:`sub_actions_to_association`, :func:`association_to_sub_actions`);
+* :mod:`~rl_isac.association.objective`: the expected posterior error over detection outcomes
+  (``detection_prob`` from :mod:`rl_isac.physics.detection`) times ``(1 + chain_price)`` per BS;
+* one module per solver (:mod:`~rl_isac.association.solvers` lists and re-exports them), all on
+  that objective: ``solve(info, prior_info, num_rf, detection_prob=None)``.
+
 Plain numpy/scipy/cvxpy (cvxpy is imported only when a :class:`ConvexSolver`
 is built); never torch or Ray.
 

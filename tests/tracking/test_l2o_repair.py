@@ -83,3 +83,26 @@ def test_head_serves_any_target_count_and_permutes_with_the_targets() -> None:
     s_perm = head.scores({k: v[perm] for k, v in dgnn_out.items()},
                          {**obs, "anchor_log_std": obs["anchor_log_std"][perm], "anchor_age": obs["anchor_age"][perm]})
     np.testing.assert_allclose(s_perm, s[:, perm], rtol=1e-5, atol=1e-5)
+
+
+def test_stop_token_repair_is_feasible_and_returns_an_idle_chain_optimum_exactly() -> None:
+    rng = np.random.default_rng(5)
+    milp = make_solver("milp", chain_price=0.05)
+    idle_seen = 0
+    for trial in range(200):
+        M, I, n = _sizes(rng)
+        scores = rng.choice([np.nan, np.inf, -np.inf, -1.0, 1.0], size=(M, I)) if trial % 5 == 0 else \
+            rng.standard_normal((M, I))
+        a = repair(scores, n, stop_score=0.0)
+        check_association(a, n, shape=(M, I))  # (5c)-(5e), every target covered, chains may idle
+        if trial % 4 == 0:  # an optimum of the detection-counting objective (idle chains): logits > 0 on A*
+            info = np.einsum("mixy,mizy->mixz", *(2 * [rng.standard_normal((M, I, 2, 2))])) + 1e-3 * np.eye(2)
+            prior = np.tile(0.1 * np.eye(2), (I, 1, 1))
+            best = milp.solve(info, prior, n, detection_prob=rng.uniform(0, 1, (M, I)))
+            idle_seen += int(not uses_all_chains(best, n))
+            logits = np.where(best, 0.1 + rng.random((M, I)), -0.1 - rng.random((M, I)))
+            np.testing.assert_array_equal(repair(logits, n, stop_score=0.0), best)
+    assert idle_seen > 0
+    # without a STOP score the decoding still fills every chain (heads trained on full-chain labels)
+    assert uses_all_chains(repair(-np.ones((3, 4)), 2), 2)
+    assert repair(-np.ones((3, 4)), 2, stop_score=0.0).sum() == 4  # cover (5d), then STOP

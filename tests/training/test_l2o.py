@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from rl_isac.cli import build_parser, main
@@ -131,3 +132,25 @@ def test_evaluate_dgnn_l2o_through_the_cli(l2o_run, tmp_path: Path) -> None:
     assert cu.associator.last_scores is None  # before the first block: greedy fallback
     action = cu.act(net.step(action.association, action.beams, predicted_positions_m=action.prediction_m))
     assert cu.associator.last_scores.shape == (CFG.num_bs, CFG.num_targets)
+
+
+def test_sequential_loss_with_stop_teaches_the_idle_chains() -> None:
+    from rl_isac.training.l2o import sequential_loss
+
+    rng = np.random.default_rng(3)
+    labels = np.zeros((6, 3, 4), dtype=bool)  # M = 3 BSs, I = 4 targets, N_RF = 2: 6 chains, 4-6 used
+    for b in range(6):
+        labels[b, rng.permutation(3)[:3], [0, 1, 2]] = True
+        labels[b, b % 3, 3] = True
+        if b % 2:
+            labels[b, (b + 1) % 3, 3] = True
+    perfect = torch.from_numpy(np.where(labels, 20.0, -20.0)).float().requires_grad_()
+    loss = sequential_loss(perfect, labels, 2, stop_score=0.0)
+    assert float(loss) < 1e-6
+    scores = torch.from_numpy(rng.standard_normal(labels.shape)).float().requires_grad_()
+    loss = sequential_loss(scores, labels, 2, stop_score=0.0)
+    loss.backward()
+    assert float(loss) > 0.1 and torch.isfinite(scores.grad).all() and scores.grad.abs().sum() > 0
+    # a pair scored above STOP where A* stops costs loss: the STOP step is trained
+    over = torch.from_numpy(np.where(labels, 20.0, 1.0)).float()
+    assert float(sequential_loss(over, labels, 2, stop_score=0.0)) > 0.1

@@ -207,7 +207,8 @@ def repair(scores: np.ndarray, num_rf: int, stop_score: float | None = None) -> 
     scores count as ``-inf``). With ``stop_score`` the decoding runs over the ``J = M * num_rf``
     steps of the STOP-token mask (:func:`rl_isac.association.valid_action_mask`) with STOP scored
     ``stop_score``: once every target is covered, it stops at the first step where no allowed pair
-    scores above ``stop_score`` (the remaining chains stay idle). If the pairs of a feasible ``A*``
+    scores above ``stop_score`` (the remaining chains stay idle); before that, a pair scoring below
+    ``stop_score`` is taken only to cover a target. If the pairs of a feasible ``A*``
     score above ``stop_score`` and every other pair below, the decoding returns ``A*``.
 
     Shapes:
@@ -228,11 +229,16 @@ def repair(scores: np.ndarray, num_rf: int, stop_score: float | None = None) -> 
         stop = stop_action(num_bs, num_targets)
         with_stop = np.append(flat_scores, float(stop_score))
         act_state = initial_action_state(num_bs, num_targets, per_bs)
+        uncovered_pair = np.zeros(stop + 1, dtype=bool)
         for _ in range(num_bs * per_bs):
             allowed = np.flatnonzero(valid_action_mask(*act_state))
             k = int(allowed[np.argmax(with_stop[allowed])])
             if k == stop:
                 break
+            if with_stop[k] < stop_score:  # below STOP only a pair that covers a target (5d) is worth a chain
+                uncovered_pair[:stop] = np.tile(~act_state.covered, num_bs)
+                cover = allowed[uncovered_pair[allowed]]
+                k = int(cover[np.argmax(with_stop[cover])])
             act_state = apply_action(act_state, k)
         return check_association(act_state.chosen, num_rf, shape=(num_bs, num_targets))
     state = initial_mask_state(num_bs, num_targets, per_bs)
