@@ -77,6 +77,17 @@ class PPOTrainConfig(ConfigMixin):
     """Save a checkpoint every this many iterations (and at the end)."""
     cores: int = 2
     """CPUs given to the local Ray (and split among learner and runners)."""
+    warm_start: bool = False
+    """Behaviour-clone the actor (and fit the critic) on ``bc_expert``'s associations before PPO
+    (:mod:`rl_isac.rllib.warm_start`; beyond the paper)."""
+    bc_expert: str = "dgnn-milp"
+    """Expert CU of the warm start (a registered method using the phase-1 checkpoint)."""
+    bc_episodes: int = 24
+    """Expert episodes (``blocks`` each, training seeds, split 2) of the warm start."""
+    bc_epochs: int = 20
+    """Epochs of the warm start."""
+    gain_prior: float = 8.0
+    """Initial weight of the actor's marginal-gain feature (0: an uninformed start, the paper's)."""
 
     def __post_init__(self) -> None:
         def num(name: str, lo: float, hi: float, lo_open: bool = False) -> None:
@@ -111,6 +122,13 @@ class PPOTrainConfig(ConfigMixin):
         integer("critic_hidden", 4, 4096)
         integer("checkpoint_every", 1, 10**6)
         integer("cores", 1, 4096)
+        integer("bc_episodes", 2, 100_000)
+        integer("bc_epochs", 1, 10_000)
+        num("gain_prior", -1e3, 1e3)
+        if not isinstance(self.warm_start, bool):
+            raise ConfigError("warm_start", self.warm_start, "must be a bool")
+        if not isinstance(self.bc_expert, str) or not self.bc_expert:
+            raise ConfigError("bc_expert", self.bc_expert, "must be a method name")
         if self.minibatch_size > self.train_batch_size:
             raise ConfigError("minibatch_size", self.minibatch_size,
                               f"must be <= train_batch_size = {self.train_batch_size}")
@@ -178,7 +196,8 @@ def env_config_for(train_cfg: PPOTrainConfig, targets: int, seed: int, preset: s
             "seed": seed, "split": 0, "reward_scale": train_cfg.reward_scale}
 
 
-def module_spec(dgnn_cfg_dict: dict, dgnn_weights: str | None, train_cfg: PPOTrainConfig, cfg: ScenarioConfig):
+def module_spec(dgnn_cfg_dict: dict, dgnn_weights: str | None, train_cfg: PPOTrainConfig, cfg: ScenarioConfig,
+                init_state: str | None = None):
     """``MultiRLModuleSpec`` with the shared ``cu_policy`` module (spaces from the scenario)."""
     from ray.rllib.core.rl_module.multi_rl_module import MultiRLModuleSpec
     from ray.rllib.core.rl_module.rl_module import RLModuleSpec
@@ -190,7 +209,8 @@ def module_spec(dgnn_cfg_dict: dict, dgnn_weights: str | None, train_cfg: PPOTra
     spec = RLModuleSpec(module_class=ISACPPOModule, observation_space=observation_space(cfg),
                         action_space=action_space(cfg),
                         model_config={"dgnn": dgnn_cfg_dict, "dgnn_weights": dgnn_weights,
-                                      "hidden": train_cfg.hidden, "critic_hidden": train_cfg.critic_hidden})
+                                      "hidden": train_cfg.hidden, "critic_hidden": train_cfg.critic_hidden,
+                                      "gain_prior": train_cfg.gain_prior, "init_state": init_state})
     return MultiRLModuleSpec(rl_module_specs={MODULE_ID: spec})
 
 
@@ -201,7 +221,7 @@ def _policy_mapping(agent_id, episode=None, **kwargs) -> str:
 
 
 def build_ppo_config(train_cfg: PPOTrainConfig, env_config: dict, dgnn_cfg_dict: dict, dgnn_weights: str | None,
-                     seed: int):
+                     seed: int, init_state: str | None = None):
     """The RLlib ``PPOConfig`` of a run (see the module docstring)."""
     from ray.rllib.algorithms.ppo import PPOConfig
 
@@ -225,7 +245,7 @@ def build_ppo_config(train_cfg: PPOTrainConfig, env_config: dict, dgnn_cfg_dict:
                   train_batch_size_per_learner=t.train_batch_size, minibatch_size=t.minibatch_size,
                   num_epochs=t.num_epochs)
         .multi_agent(policies={MODULE_ID}, policy_mapping_fn=_policy_mapping)
-        .rl_module(rl_module_spec=module_spec(dgnn_cfg_dict, dgnn_weights, t, cfg))
+        .rl_module(rl_module_spec=module_spec(dgnn_cfg_dict, dgnn_weights, t, cfg, init_state))
         .callbacks(ISACCallbacks)
         .debugging(seed=seed)
         .reporting(metrics_num_episodes_for_smoothing=1)

@@ -36,7 +36,8 @@ Per observation (batch ``B``; ``M`` BSs, ``I`` targets, ``P = M * I`` pairs, ``J
 ``dgnn_weights`` (path of the phase-1 ``model.pt`` loaded at construction; a module restored
 from an RLlib checkpoint gets the weights from its saved state instead, so the path may be
 absent there), ``hidden`` (``H``, 64), ``critic_hidden`` (128), ``pairing`` ("grid"),
-``gain_prior`` (8.0; 0 = an uninformed start, the paper's).
+``gain_prior`` (8.0; 0 = an uninformed start, the paper's), ``init_state`` (a full state dict loaded
+at construction, e.g. the warm start; absent when restoring, like ``dgnn_weights``).
 """
 
 from __future__ import annotations
@@ -158,6 +159,9 @@ class ISACPPOModule(TorchRLModule, ValueFunctionAPI):
         bs_index = torch.arange(self.num_pairs) // I
         self.register_buffer("pair_bs", bs_index, persistent=False)
         self.register_buffer("pair_target", torch.arange(self.num_pairs) % I, persistent=False)
+        init_state = mc.get("init_state")
+        if init_state is not None and Path(init_state).is_file():  # e.g. the behaviour-cloning warm start
+            self.load_state_dict(torch.load(init_state, map_location="cpu", weights_only=True))
         self._dist_cls = MaskedARDistribution.get_partial_dist_cls(
             num_steps=self.num_steps, num_choices=self.num_choices, num_beams=self.num_beam_entries,
             num_estimate=self.num_estimate)

@@ -23,7 +23,9 @@ Writes into ``--out``:
   targets, seed, the phase-1 checkpoint, the git revision, iterations and env steps so far;
 * ``learning_curve.json`` and ``learning_curve.png``: per iteration the env steps, wall time,
   return and the training RMSE (surrogate world, exploration policy);
-* ``tb/``: TensorBoard scalars (:mod:`rl_isac.rllib.callbacks`).
+* ``tb/``: TensorBoard scalars (:mod:`rl_isac.rllib.callbacks`);
+* with ``warm_start: true``: ``warm_start.pt`` (the behaviour-cloned module PPO starts from) and its
+  metrics under ``warm_start`` in ``train_config.json``.
 
 ``--resume`` reloads ``checkpoint/`` with the stored config (a changed setting is an error)
 and continues to ``--iterations`` in total (the learning curve continues too).
@@ -46,6 +48,7 @@ from rl_isac.scenario import ScenarioConfig
 CHECKPOINT = "checkpoint"
 MODULE_SUBDIR = Path("learner_group") / "learner" / "rl_module"
 TRAIN_CONFIG = "train_config.json"
+WARM_START = "warm_start.pt"
 CURVE = "learning_curve.json"
 
 
@@ -126,6 +129,29 @@ def prepare(targets: int, pretrained: str, out: str, fidelity: str | None = None
     return run
 
 
+def warm_start(run: dict, train_cfg: PPOTrainConfig, dgnn_weights: str, path: str, echo=print) -> dict:
+    """Behaviour cloning of the actor before PPO (:mod:`rl_isac.rllib.warm_start`); writes the module's
+    state dict to ``path`` (every runner and the learner start from it) and returns the metrics."""
+    import torch
+
+    from rl_isac.rllib.callbacks import MODULE_ID
+    from rl_isac.rllib.config import module_spec
+    from rl_isac.rllib.env import env_scenario
+    from rl_isac.rllib.warm_start import behaviour_clone
+
+    cfg = env_scenario(run["env_config"])
+    torch.manual_seed(run["seed"])
+    module = module_spec(run["dgnn"], dgnn_weights, train_cfg, cfg).rl_module_specs[MODULE_ID].build()
+    echo(f"warm start: behaviour cloning of {train_cfg.bc_expert} on {train_cfg.bc_episodes} training episodes")
+    metrics = behaviour_clone(module, cfg, run["pretrained"], expert=train_cfg.bc_expert,
+                              episodes=train_cfg.bc_episodes, val_episodes=max(2, train_cfg.bc_episodes // 6),
+                              epochs=train_cfg.bc_epochs, seed=run["seed"], gamma=train_cfg.gamma, echo=echo)
+    tmp = path + ".tmp"
+    torch.save(module.state_dict(), tmp)
+    os.replace(tmp, path)
+    return metrics
+
+
 def train(targets: int, pretrained: str, out: str, iterations: int | None = None, time_budget_s: float | None = None,
           echo=print, **kwargs: Any) -> dict[str, Any]:
     """Run PPO (see the module docstring); returns the final ``train_config.json`` content.
@@ -177,7 +203,12 @@ def train(targets: int, pretrained: str, out: str, iterations: int | None = None
                 curve = json.loads((out_dir / CURVE).read_text())["iterations"]
         else:
             dgnn_weights = str(Path(run["pretrained"]) / "model.pt")
-            algo = build_ppo_config(train_cfg, run["env_config"], run["dgnn"], dgnn_weights, run["seed"]).build_algo()
+            init_state = None
+            if train_cfg.warm_start:
+                init_state = str((out_dir / WARM_START).resolve())
+                run["warm_start"] = warm_start(run, train_cfg, dgnn_weights, init_state, echo)
+            algo = build_ppo_config(train_cfg, run["env_config"], run["dgnn"], dgnn_weights, run["seed"],
+                                    init_state=init_state).build_algo()
         wall0 = curve[-1]["wall_s"] if curve else 0.0
         t0 = time.perf_counter()
         done = len(curve)
@@ -215,3 +246,21 @@ def train(targets: int, pretrained: str, out: str, iterations: int | None = None
         if started_ray:
             ray.shutdown()
     return run
+
+
+def reproduce_training(targets: int, out_dir: str | os.PathLike, dgnn_checkpoint: str, fidelity: str = "signal",
+                       echo=print, iterations: int = 8, warm_start: bool = False, seed: int = 0,
+                       **overrides: Any) -> dict[str, Any]:
+    """The training stage of ``rl-isac reproduce`` (:mod:`rl_isac.evaluation.reproduce`).
+
+    Trains on the surrogate world whatever ``fidelity`` is (the evaluation's fidelity; issue 9's
+    recipe: train fast on the surrogate, evaluate at signal level, and report the gap), resuming
+    a run already in ``out_dir``. Returns ``{"checkpoint": out_dir (what dgnn-ppo's --checkpoint
+    takes), "curve": learning-curve rows, "config": train_config.json}``.
+    """
+    out = Path(out_dir)
+    resume = (out / CHECKPOINT).is_dir() and (out / TRAIN_CONFIG).is_file()
+    run = train(targets, dgnn_checkpoint, str(out), iterations=iterations, echo=echo, resume=resume, seed=seed,
+                fidelity="surrogate", warm_start=warm_start, **overrides)
+    curve = json.loads((out / CURVE).read_text())["iterations"]
+    return {"checkpoint": str(out), "curve": curve, "config": run, "evaluation_fidelity": fidelity}
