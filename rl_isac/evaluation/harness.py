@@ -125,7 +125,7 @@ def measurement_nis_outside(meas, bs_positions_m: np.ndarray, positions_m: np.nd
     A peak's NIS against target ``i`` is ``(z - h(u_i))^T R^-1 (z - h(u_i))`` with its reported covariance
     ``R`` (the truth carries no uncertainty); the peak belongs to whichever target explains it best.
     """
-    peaks = collect_peaks(meas)
+    peaks = collect_peaks(meas, max_angle_std_rad=None)
     if len(peaks) == 0:
         return 0, 0
     truth = np.zeros((len(positions_m), 4))

@@ -99,7 +99,7 @@ def cv_transition(dt_s: float, *, velocity_decay: float = 1.0) -> np.ndarray:
 
 
 def process_noise(cfg, *, model: str = "isotropic", velocity_mps: np.ndarray | None = None,
-                  velocity_cov: np.ndarray | None = None) -> np.ndarray:
+                  velocity_cov: np.ndarray | None = None, turn_scale: float = 1.0) -> np.ndarray:
     """Process noise ``Q`` of one block for the paper's heading random walk.
 
     Forms (``sigma_v^2`` from :func:`velocity_noise_var`, ``dt`` = block duration):
@@ -123,6 +123,9 @@ def process_noise(cfg, *, model: str = "isotropic", velocity_mps: np.ndarray | N
         model: one of :data:`PROCESS_NOISE_MODELS`.
         velocity_mps: ``(num_targets, 2)`` current velocity estimates (``"heading"`` only), m/s.
         velocity_cov: ``(num_targets, 2, 2)`` their covariance (``"heading"`` only; zero if omitted).
+        turn_scale: ``"heading"`` only: factor on the directional part, ``Q = s w Q_dir + (1 - w) Q_iso``
+            (turn-aware inflation while the heading is known; the heading-unknown limit, and so the
+            long-run velocity prior ``v^2 / 2 I``, is unchanged).
     Returns:
         ``Q``: ``(4, 4)`` for ``"isotropic"`` / ``"dwna"``, ``(num_targets, 4, 4)`` for ``"heading"``.
     """
@@ -159,7 +162,7 @@ def process_noise(cfg, *, model: str = "isotropic", velocity_mps: np.ndarray | N
         denom = speed**2 + tr_p
         w = np.where(denom > 0, speed**2 / np.where(denom > 0, denom, 1.0), 0.0)
         Q = np.zeros((num, 4, 4))
-        Q[:, 2:, 2:] = w[:, None, None] * q_dir + (1.0 - w[:, None, None]) * q_iso
+        Q[:, 2:, 2:] = turn_scale * w[:, None, None] * q_dir + (1.0 - w[:, None, None]) * q_iso
         return Q
     raise ConfigError("process_noise_model", model, f"must be one of {PROCESS_NOISE_MODELS}")
 

@@ -94,7 +94,7 @@ def test_interference_raises_the_floor_and_the_reported_variance(setup):
         z = _echoes(cfg, cb, [50.0], [u], [3e-8], beams, rng, noise_scale=10.0).astype(np.complex64)
         keep = {}
         r0, t0, c0 = est.estimate_range(z, np.array([40.0]), np.array([60.0]), keep=keep)
-        floor, _ = est._residual_floor(z, keep, r0, c0, np.array([40.0]), np.array([60.0]),
+        floor, _, _ = est._residual_floor(z, keep, r0, c0, np.array([40.0]), np.array([60.0]),
                                        np.array([est.threshold_gated]), np.array([True]))
         assert 4.0 < floor[0] < 25.0
         r, _, _, det, vr, _ = est.estimate_peaks(z, beams, np.ones(1), np.array([40.0]), np.array([60.0]),
