@@ -13,10 +13,12 @@ decision latency, and where the time goes.
   beams), I = 8, one core (the module of the benchmark's algorithm, saved and reloaded as
   ``rl-isac evaluate`` does; latency does not depend on the weights).
 * ``ppo_breakdown_ms_per_env_step``: per env step, ``env_step`` (world step: motion + surrogate
-  measurements), ``window_obs`` (window push incl. EKF anchor + observation arrays + pair FIMs),
+  measurements), ``window_push_ekf`` (the window's push with its EKF anchor update),
+  ``observation`` (window arrays + the pair FIMs and their features),
   ``encoder`` and ``ar_sampling`` (the module at the runner's batch, divided by it),
   ``learner`` (RLlib's learner-update timer per env step trained), ``sampling_total`` (RLlib's
   sampling timer per env step: env + module + connectors + episode bookkeeping).
+* ``ppo_decision_breakdown_ms``: the same pieces at batch 1 (one CU's decision).
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ def _micro_breakdown(cfg, module, batch: int, steps: int = 40) -> dict:
     envs = [ISACMultiAgentEnv({"targets": cfg.num_targets, "blocks": steps + 5, "fidelity": "surrogate"})
             for _ in range(batch)]
     obs = [e.reset(seed=100 + k)[0]["cu_0"] for k, e in enumerate(envs)]
-    t_env = t_obs = t_enc = t_dec = 0.0
+    t_env = t_push = t_obs = t_enc = t_dec = 0.0
     for _ in range(steps):
         ob = {k: torch.as_tensor(v) for k, v in stack_observations(obs).items()}
         with torch.inference_mode():
@@ -71,14 +73,16 @@ def _micro_breakdown(cfg, module, batch: int, steps: int = 40) -> dict:
             meas = e.world.step(assoc, beams, predicted_positions_m=e.window.anchor_next_m)
             t1 = time.perf_counter()
             e.window.push(meas)
+            t2 = time.perf_counter()
             e._q += 1
             obs.append(e._observation())
-            t2 = time.perf_counter()
+            t3 = time.perf_counter()
             t_env += t1 - t0
-            t_obs += t2 - t1
+            t_push += t2 - t1
+            t_obs += t3 - t2
     n = steps * batch
-    return {"env_step": 1e3 * t_env / n, "window_obs": 1e3 * t_obs / n, "encoder": 1e3 * t_enc / n,
-            "ar_sampling": 1e3 * t_dec / n}
+    return {"env_step": 1e3 * t_env / n, "window_push_ekf": 1e3 * t_push / n, "observation": 1e3 * t_obs / n,
+            "encoder": 1e3 * t_enc / n, "ar_sampling": 1e3 * t_dec / n}
 
 
 def ppo_bench(targets: int = 8, iterations: int = 3, quick: bool = False, echo=print) -> dict:
@@ -153,4 +157,8 @@ def ppo_bench(targets: int = 8, iterations: int = 3, quick: bool = False, echo=p
     micro["sampling_total"] = 1e3 * ours["timers_s"]["env_runner_sampling_timer"] / trained
     out["ppo_breakdown_ms_per_env_step"] = micro
     echo("ppo time per env step (ms): " + ", ".join(f"{k} {v:.2f}" for k, v in micro.items()))
+    single = _micro_breakdown(cfg, module, 1, steps=10 if quick else 60)
+    out["ppo_decision_breakdown_ms"] = {k: v for k, v in single.items() if k != "env_step"}
+    echo("dgnn-ppo decision pieces at batch 1 (ms): " + ", ".join(f"{k} {v:.2f}" for k, v in
+                                                              out["ppo_decision_breakdown_ms"].items()))
     return out

@@ -144,7 +144,11 @@ class ISACPPOModule(TorchRLModule, ValueFunctionAPI):
         H = int(mc.get("hidden", 64))
         HC = int(mc.get("critic_hidden", 128))
         self.hidden = H
-        self.pair_mlp = nn.Sequential(nn.Linear(D + 14, H), nn.GELU(), nn.Linear(H, H))
+        # pair MLP [target part (D + 5), pair part (9)] -> H -> H; its first layer split in two so the target
+        # part runs once per target (B I rows) instead of once per pair (B M I rows): the same function
+        self.pair_in_target = nn.Linear(D + 5, H)
+        self.pair_in_pair = nn.Linear(9, H, bias=False)
+        self.pair_hidden = nn.Linear(H, H)
         self.target_mlp = _mlp(D + 5, H, H)
         self.ctx_lin = nn.Linear(M + I + 1, H)          # context v^(j), coverage, j / J
         # per-pair coefficients of the step state: target covered, chains left at its BS, marginal gain; bias
@@ -212,9 +216,9 @@ class ISACPPOModule(TorchRLModule, ValueFunctionAPI):
         dist = rel.norm(dim=-1, keepdim=True) * (scales[:, 0] / scales[:, 2])[:, None, None, None]
         tgt = torch.cat([z, obs["prior_cov"].float(), obs["anchor_log_std"].float()[..., None],
                          obs["anchor_age"].float()[..., None]], dim=-1)                    # (B, I, D + 5)
-        x = torch.cat([tgt[:, None].expand(B, M, I, D + 5), obs["pair_info"].float(),
-                       bs[:, :, None].expand(B, M, I, 2), rel, dist], dim=-1)              # (B, M, I, D + 14)
-        E = self.pair_mlp(x).reshape(B, M * I, self.hidden)
+        pair = torch.cat([obs["pair_info"].float(), bs[:, :, None].expand(B, M, I, 2), rel, dist], dim=-1)  # (.., 9)
+        h = torch.nn.functional.gelu(self.pair_in_target(tgt)[:, None] + self.pair_in_pair(pair))  # (B, M, I, H)
+        E = self.pair_hidden(h).reshape(B, M * I, self.hidden)
         g = self.target_mlp(tgt).mean(1)
         return E, g
 
