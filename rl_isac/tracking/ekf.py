@@ -50,7 +50,7 @@ import numpy as np
 
 from rl_isac.config import ConfigMixin
 from rl_isac.errors import ConfigError, MeasurementError
-from rl_isac.tracking.data_association import ASSOCIATION_RULES, collect_peaks
+from rl_isac.tracking.data_association import ASSOCIATION_RULES, collect_peaks, innovation_matrix
 from rl_isac.tracking.motion import (
     PROCESS_NOISE_MODELS,
     cv_transition,
@@ -495,9 +495,17 @@ class EKFEstimator:
         accepted = np.zeros(x.shape[0], bool)
         fused = np.zeros(len(peaks), bool)
         # Searching tracks given a peak: re-initialise at the most precise one (largest eigenvalue of its
-        # position covariance), if that one pins the position (a peak near endfire does not: it is fused).
-        for i in np.flatnonzero(self.searching):
+        # position covariance), if that one pins the position (a peak near endfire does not: it is fused)
+        # and no other track has it inside its gate (a searching track's wide gate must not restart it on
+        # a neighbour's echo; such a peak is fused as an ordinary, gated update instead).
+        searching = np.flatnonzero(self.searching)
+        if searching.size and len(peaks):
+            nis_all, _ = innovation_matrix(x, P, peaks, self.bs_positions_m)
+        for i in searching:
             mine = np.flatnonzero(track == i)
+            if gate is not None and mine.size:
+                others = np.delete(nis_all[mine], i, axis=1)
+                mine = mine[(others > gate).all(axis=1)] if others.size else mine
             if mine.size == 0:
                 continue
             starts = [self._initial_state(peaks.z[k], peaks.R[k], self.bs_positions_m[peaks.bs[k]]) for k in mine]
