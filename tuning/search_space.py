@@ -96,9 +96,10 @@ SEARCH_SPACE: tuple[Param, ...] = (
           why="Reward = -reward_scale * sum_i ||u_i - u_hat_i||^2 in 1/m^2: per-target errors span 0.05-5 m, so "
               "the raw reward spans four decades; the scale sets the critic's target range and the size of the "
               "advantages against the entropy bonus."),
-    Param("warm_start", "choice", choices=("none", "bc", "bc+dagger"),
-          why="Issue 9's levers: 'none' is the paper's recipe (PPO from the phase-1 encoder only), 'bc' clones "
-              "dgnn-milp's pairs on training seeds first, 'bc+dagger' adds rounds on the policy's own states."),
+    Param("warm_start", "choice", choices=(False, True),
+          why="Issue 9's lever (PPOTrainConfig.warm_start): False is the paper's recipe (PPO from the phase-1 "
+              "encoder only), True first behaviour-clones dgnn-milp's associations (and fits the critic on the "
+              "expert's returns), so PPO starts near the myopic optimum."),
     Param("reward", "choice", choices=("5a", "fisher", "mixed"),
           why="Issue 9's reward choices: eq. (5a) (negative squared position error, the paper's), 'fisher' (the "
               "expected posterior error of the chosen pairs, the MILP's objective, far lower variance), 'mixed' "

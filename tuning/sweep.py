@@ -57,7 +57,7 @@ for _root in (_HERE.parent, Path.home() / "rl_isac"):
             sys.path.insert(0, str(_root))
         break
 
-from rl_isac.errors import ConfigError  # noqa: E402
+from rl_isac.errors import ConfigError, RlIsacError  # noqa: E402
 from tuning import search_space  # noqa: E402
 
 METRIC = "val_rmse_m"
@@ -236,10 +236,21 @@ def ppo_trial(config: dict[str, Any], settings: SweepSettings) -> None:
     greedy policy through the harness's episode runner on validation seeds; each report carries a
     checkpoint, and a restored trial continues from it (same config, iterations continue).
     """
+    import torch
+
+    torch.set_num_threads(1)
+    try:
+        _run_trial(config, settings)
+    except RlIsacError as exc:
+        # Ray copies a trial's exception chain to report it, and our errors' constructors take the
+        # (field, value, rule) triple, so the copy would fail and hide the message: pass it on as text.
+        raise RuntimeError(f"{type(exc).__name__}: {exc}") from None
+
+
+def _run_trial(config: dict[str, Any], settings: SweepSettings) -> None:
     import json
     import tempfile
 
-    import torch
     from ray import tune
 
     from rl_isac.controllers import make_controller
@@ -247,7 +258,6 @@ def ppo_trial(config: dict[str, Any], settings: SweepSettings) -> None:
     from rl_isac.scenario import ScenarioConfig
     from rl_isac.training.ppo import _row
 
-    torch.set_num_threads(1)
     search_space.validate(config, available_fields=train_fields())
     train_cfg = trial_train_config(config, settings)
     num = settings.targets
@@ -440,7 +450,8 @@ def run_sweep(args) -> list[dict[str, Any]]:
                          "error": None if res.error is None else str(res.error)})
         errors = [r for r in rows if r["targets"] == num and r["error"]]
         for r in errors:
-            print(f"[sweep] I={num}: trial {r['trial_id']} failed: {r['error'][:300]}", flush=True)
+            last = [line for line in r["error"].strip().splitlines() if line.strip()][-1]  # the exception itself
+            print(f"[sweep] I={num}: trial {r['trial_id']} failed: {last[:300]}", flush=True)
         if len(errors) == len(grid):
             raise RuntimeError(f"every trial of {name} failed (first error above)")
         best = grid.get_best_result(metric=METRIC, mode=MODE, scope="last")

@@ -129,13 +129,13 @@ PROFILES: dict[str, Profile] = {
                 "say nothing about the methods."),
     "quick": Profile(
         name="quick", targets=(6,), methods=ALL_METHODS, episodes=4, blocks=100,
-        train={"iterations": 8},
+        train={"iterations": 8, "warm_start": True},
         summary="The quick profile evaluates only I = 6 on 4 episodes x 100 blocks (the full run: I = 4, 6, 8 on "
                 "50 episodes each) after a short PPO training of 8 iterations, so its intervals are wide and the "
                 "proposed method is far less trained than in results/full."),
     "full": Profile(
         name="full", targets=(4, 6, 8), methods=ALL_METHODS, episodes=50, blocks=100,
-        train={"iterations": 200},
+        train={"iterations": 200, "warm_start": True},
         summary="This is the full study; the quick profile evaluates only I = 6 on 4 episodes after a short "
                 "training."),
 }

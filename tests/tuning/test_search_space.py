@@ -36,7 +36,7 @@ def test_samples_of_the_tune_space_validate():
 def _good():
     return {"lr": 3e-4, "entropy_coeff": 1e-3, "clip_param": 0.2, "gamma": 0.99, "lambda_": 0.95,
             "minibatch_size": 256, "num_epochs": 8, "hidden": 64, "critic_hidden": 128, "reward_scale": 1.0,
-            "warm_start": "bc", "reward": "fisher"}
+            "warm_start": True, "reward": "fisher"}
 
 
 @pytest.mark.parametrize("key,value,rule", [

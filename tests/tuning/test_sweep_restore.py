@@ -1,0 +1,57 @@
+"""A tiny real sweep (Ray, RLlib PPO, harness metric), killed mid-run and continued with --restore."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _state_saved_after_checkpoint(experiment: Path) -> bool:
+    checkpoints = list(experiment.glob("trial_*/checkpoint_000000"))
+    states = list(experiment.glob("experiment_state-*.json"))
+    return bool(checkpoints and states) and max(p.stat().st_mtime for p in states) > checkpoints[0].stat().st_mtime
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_killed_sweep_restores_and_its_trial_continues(tmp_path):
+    pytest.importorskip("rl_isac.rllib.config")
+    storage, out = tmp_path / "ray_results", tmp_path / "out"
+    cmd = [sys.executable, str(ROOT / "tuning" / "sweep.py"), "--targets", "4", "--trials", "1", "--iterations", "2",
+           "--grace-iterations", "2", "--eval-every", "1", "--eval-episodes", "1", "--eval-blocks", "3",
+           "--train-batch-size", "512", "--train-blocks", "8", "--envs-per-env-runner", "1",
+           "--storage", str(storage), "--out", str(out), "--name", "restore-test"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "RAY_DEDUP_LOGS": "0"}
+    log = open(tmp_path / "first.log", "w")
+    # Own session: the driver and the Ray processes it starts share one process group, killed together.
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    experiment = storage / "restore-test-I4"
+    deadline = time.monotonic() + 300
+    try:
+        # Kill once a checkpoint exists and Tune's experiment state was saved after it (what restore reads).
+        while not _state_saved_after_checkpoint(experiment):
+            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint within 300 s"
+            time.sleep(0.5)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started, nothing else
+        proc.wait()
+    assert not (out / "best-I4.yaml").exists()  # it really was interrupted
+    done = subprocess.run(cmd + ["--restore"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "restoring" in done.stdout
+    (result,) = experiment.glob("trial_*/result.json")
+    iterations = [json.loads(line)["ppo_iteration"] for line in result.read_text().splitlines() if line.strip()]
+    # The restored trial continued from its checkpoint: iterations never start over.
+    assert iterations[-1] == 2 and iterations == sorted(set(iterations)), iterations
+    assert (out / "best-I4.yaml").is_file() and "| 4 |" in (out / "summary.md").read_text()
