@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="fewer repetitions (for smoke tests)")
     p.add_argument("--ppo", action=argparse.BooleanOptionalAction, default=True,
                    help="also the RLlib PPO figures (starts a local Ray; default on)")
+    p.add_argument("--only-ppo", action="store_true", help="only the RLlib PPO figures (rl_isac.rllib.bench)")
     p.add_argument("--json", metavar="PATH")
 
     p = sub.add_parser("dgnn-report", help="DGNN vs EKF on identical measurement sequences, beam accuracy, timing")
@@ -263,7 +264,12 @@ def _cmd_bench(args) -> int:
     from rl_isac.evaluation.bench import run_bench
     from rl_isac.evaluation.harness import write_json_atomic
 
-    result = run_bench(blocks=args.blocks, solver_trials=args.solver_trials, quick=args.quick, ppo=args.ppo)
+    if args.only_ppo:
+        from rl_isac.rllib.bench import ppo_bench
+
+        result = ppo_bench(quick=args.quick)
+    else:
+        result = run_bench(blocks=args.blocks, solver_trials=args.solver_trials, quick=args.quick, ppo=args.ppo)
     if args.json:
         write_json_atomic(result, args.json)
     return 0

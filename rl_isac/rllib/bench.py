@@ -93,7 +93,6 @@ def ppo_bench(targets: int = 8, iterations: int = 3, quick: bool = False, echo=p
 
     from rl_isac.rllib.callbacks import MODULE_ID
     from rl_isac.rllib.config import PPOTrainConfig, build_ppo_config, env_config_for
-    from rl_isac.scenario import ScenarioConfig
     from rl_isac.training.pretrain import load_configs
 
     torch.set_num_threads(1)
@@ -141,8 +140,17 @@ def ppo_bench(targets: int = 8, iterations: int = 3, quick: bool = False, echo=p
     out["ppo_over_floor"] = ours["env_steps_per_s"] / floor["env_steps_per_s"]
     out["ppo_detail"], out["floor_detail"] = ours, floor
 
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):  # the decision and the pieces on one core
+        _decision_figures(out, ours, module_dir, targets, t, quick, echo)
+    return out
+
+
+def _decision_figures(out: dict, ours: dict, module_dir: Path, targets: int, t, quick: bool, echo) -> None:
     from rl_isac.evaluation.harness import evaluate
     from rl_isac.rllib.controller import PPOController, load_module
+    from rl_isac.scenario import ScenarioConfig
 
     cfg = ScenarioConfig.paper(targets, fidelity="surrogate")
     module = load_module(module_dir)
@@ -161,4 +169,3 @@ def ppo_bench(targets: int = 8, iterations: int = 3, quick: bool = False, echo=p
     out["ppo_decision_breakdown_ms"] = {k: v for k, v in single.items() if k != "env_step"}
     echo("dgnn-ppo decision pieces at batch 1 (ms): " + ", ".join(f"{k} {v:.2f}" for k, v in
                                                               out["ppo_decision_breakdown_ms"].items()))
-    return out

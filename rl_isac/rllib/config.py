@@ -52,7 +52,8 @@ class PPOTrainConfig(ConfigMixin):
     kl_target: float = 0.01
     """KL target of the adaptive penalty."""
     grad_clip: float = 10.0
-    """Global gradient-norm clip."""
+    """Gradient-norm clip, per parameter tensor (``grad_clip_by="norm"``): the critic's gradients, in squared
+    metres, cannot shrink the actor's as a global-norm clip would."""
     train_batch_size: int = 2000
     """Env steps per iteration (= blocks; one agent per env today)."""
     minibatch_size: int = 250
@@ -241,7 +242,7 @@ def build_ppo_config(train_cfg: PPOTrainConfig, env_config: dict, dgnn_cfg_dict:
         .resources(num_cpus_for_main_process=1)
         .training(lr=t.lr, gamma=t.gamma, lambda_=t.lambda_, clip_param=t.clip_param,
                   entropy_coeff=t.entropy_coeff, vf_loss_coeff=t.vf_loss_coeff, vf_clip_param=t.vf_clip_param,
-                  kl_coeff=t.kl_coeff, kl_target=t.kl_target, grad_clip=t.grad_clip,
+                  kl_coeff=t.kl_coeff, kl_target=t.kl_target, grad_clip=t.grad_clip, grad_clip_by="norm",
                   train_batch_size_per_learner=t.train_batch_size, minibatch_size=t.minibatch_size,
                   num_epochs=t.num_epochs)
         .multi_agent(policies={MODULE_ID}, policy_mapping_fn=_policy_mapping)
