@@ -171,8 +171,13 @@ class ISACPPOModule(TorchRLModule, ValueFunctionAPI):
             num_estimate=self.num_estimate)
 
     def train(self, mode: bool = True):
+        # RLlib toggles eval()/train() around every forward pass; walking the ~100 submodules each time
+        # cost about as much as the actor itself, so a call that changes nothing returns at once.
+        if getattr(self, "_mode_applied", None) is mode:
+            return self
         super().train(mode)
         self.dgnn.eval()  # frozen: always in eval mode
+        self._mode_applied = mode
         return self
 
     # ------------------------------------------------------------------ distributions

@@ -189,3 +189,18 @@ def test_warm_start_fits_the_expert_and_seeds_the_module(env4, dgnn_i4, tmp_path
                           model_config={**module.model_config, "init_state": str(path)})
     for (name, a), (_, b) in zip(module.state_dict().items(), again.state_dict().items()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+def test_train_eval_modes_and_the_frozen_encoder(env4, dgnn_i4):
+    from tests.rllib.conftest import make_module
+
+    m = make_module(env4, dgnn_i4)
+    m.train()
+    assert m.training and m.pair_hidden.training and not m.dgnn.training
+    assert not any(mod.training for mod in m.dgnn.modules())
+    m.eval()
+    assert not any(mod.training for mod in m.modules())
+    m.train()
+    ob, _, _ = rollout(env4, m, 2)
+    assert m.training and m.pair_hidden.training and not m.dgnn.training  # forward_* restore the mode
+    assert all(not p.requires_grad for p in m.dgnn.parameters())
