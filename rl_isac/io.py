@@ -21,16 +21,25 @@ __all__ = ["atomic_copy", "atomic_torch_save", "atomic_write", "atomic_write_tex
            "write_json_atomic"]
 
 
+def _file_mode() -> int:
+    """``0o666`` less the process umask: the mode ``open()`` would give a new file (``mkstemp`` gives 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)`` on a fresh temporary file beside ``path``, then rename it onto ``path``.
 
-    The parent directory is created. On any exception the temporary file is removed and the
-    exception propagates (``path`` is left as it was).
+    The parent directory is created; the file gets the mode a plain ``open()`` would give it. On
+    any exception the temporary file is removed and the exception propagates (``path`` is left
+    as it was).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    os.chmod(tmp, _file_mode())
     try:
         write(tmp)
         os.replace(tmp, path)
