@@ -59,6 +59,9 @@ from rl_isac.tracking.motion import (
     reflect_into_area,
 )
 
+SEEN_MISS_WEIGHT = 0.34
+"""Weight of a block without an accepted peak but with a peak inside the track's gate (see
+:attr:`EKFEstimator.missed`): three such blocks count as one miss."""
 SEARCH_MAX_STD_M = 10.0
 """A searching track's position covariance stops growing at this std per axis, metres (the range gate's
 half-width: beyond it the front end would not see the target anyway)."""
@@ -337,8 +340,9 @@ class EKFEstimator:
         self.rejected = 0
         """Valid peaks fused into no track since the last reset (outside every gate, lost the assignment,
         or failed the gate at the update)."""
-        self.missed = np.zeros(0, np.int64)
-        """``(I,)`` consecutive blocks without an accepted measurement, per track."""
+        self.missed = np.zeros(0)
+        """``(I,)`` consecutive blocks without an accepted measurement, per track (a block in which a peak
+        lay inside the track's gate but went to another track counts ``SEEN_MISS_WEIGHT``)."""
         self.losses = 0
         """Tracks that became searching (:attr:`EKFSettings.search_after_blocks`) since the last reset."""
         self.reacquired_after: list[int] = []
@@ -434,7 +438,7 @@ class EKFEstimator:
         self._pred = None
         self.block = 0
         self.rejected = 0
-        self.missed = np.zeros(num, np.int64)
+        self.missed = np.zeros(num)
         self.losses = 0
         self.reacquired_after = []
         return u0.copy()
@@ -494,28 +498,29 @@ class EKFEstimator:
             track, _ = ASSOCIATION_RULES[self.settings.data_association](x, P, peaks, self.bs_positions_m, gate)
         accepted = np.zeros(x.shape[0], bool)
         fused = np.zeros(len(peaks), bool)
-        # Searching tracks given a peak: re-initialise at the most precise one (largest eigenvalue of its
-        # position covariance), if that one pins the position (a peak near endfire does not: it is fused)
-        # and no other track has it inside its gate (a searching track's wide gate must not restart it on
-        # a neighbour's echo; such a peak is fused as an ordinary, gated update instead).
-        searching = np.flatnonzero(self.searching)
-        if searching.size and len(peaks):
-            nis_all, _ = innovation_matrix(x, P, peaks, self.bs_positions_m)
-        for i in searching:
+        # Searching tracks: a peak another track also gates is not theirs to take (a searching track's wide
+        # gate must not capture a neighbour's echo, neither by a restart nor by an update with its wide P);
+        # of the rest only the one nearest the prediction (lowest NIS) is kept, the others dropped (with a
+        # wide gate several echoes fit, and the most precise is not the most likely); it re-initialises the
+        # track if it pins the position (largest eigenvalue of its position covariance at most
+        # search_growth_m^2), and is fused as an ordinary update otherwise.
+        nis_all = innovation_matrix(x, P, peaks, self.bs_positions_m)[0] if len(peaks) else np.zeros((0, len(x)))
+        for i in np.flatnonzero(self.searching):
             mine = np.flatnonzero(track == i)
-            if gate is not None and mine.size:
-                others = np.delete(nis_all[mine], i, axis=1)
-                mine = mine[(others > gate).all(axis=1)] if others.size else mine
+            if gate is not None and mine.size and len(x) > 1:
+                shared = (np.delete(nis_all[mine], i, axis=1) <= gate).any(axis=1)
+                track[mine[shared]] = -1
+                mine = mine[~shared]
             if mine.size == 0:
                 continue
-            starts = [self._initial_state(peaks.z[k], peaks.R[k], self.bs_positions_m[peaks.bs[k]]) for k in mine]
-            spread = [np.linalg.eigvalsh(st[1][:2, :2])[-1] for st in starts]
-            best = int(np.argmin(spread))
-            if spread[best] > self.settings.search_growth_m**2:
+            best = mine[np.argmin(nis_all[mine, i])]
+            track[mine[mine != best]] = -1
+            start_x, start_P = self._initial_state(peaks.z[best], peaks.R[best], self.bs_positions_m[peaks.bs[best]])
+            if np.linalg.eigvalsh(start_P[:2, :2])[-1] > self.settings.search_growth_m**2:
                 continue
-            x[i], P[i] = starts[best]
-            fused[mine[best]] = accepted[i] = True
-            self.reacquired_after.append(int(self.missed[i]))
+            x[i], P[i] = start_x, start_P
+            fused[best] = accepted[i] = True
+            self.reacquired_after.append(int(np.ceil(self.missed[i])))
         # Sequential EKF updates, BS by BS (a track takes at most one peak per update round).
         for bs_idx in range(self.bs_positions_m.shape[0]):
             todo = np.flatnonzero((peaks.bs == bs_idx) & (track >= 0) & ~fused)
@@ -535,7 +540,12 @@ class EKFEstimator:
                 fused[batch] = accepted[rows] = True
         self.rejected += int(len(peaks) - fused.sum())
         was_searching = self.searching
-        self.missed = np.where(accepted, 0, self.missed + 1)
+        # A track that fused nothing but had a peak inside its gate (it lost that peak to a neighbour's track:
+        # the two echoes merge while the targets pass each other) is probably not missing its target: such a
+        # block counts SEEN_MISS_WEIGHT of a miss (a track that stays merged into its neighbour's echo for
+        # good is a duplicate, and searches after a while all the same).
+        seen = (nis_all <= (np.inf if gate is None else gate)).any(axis=0) if len(peaks) else np.zeros(len(x), bool)
+        self.missed = np.where(accepted, 0.0, self.missed + np.where(seen, SEEN_MISS_WEIGHT, 1.0))
         self.losses += int(np.sum(self.searching & ~was_searching))
         if self.settings.speed_std_mps is not None:
             v = self.cfg.speed_mps
