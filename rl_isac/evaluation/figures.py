@@ -73,7 +73,9 @@ def record_episode(profile, method: str, num_targets: int, checkpoint: str | Non
             return cached
     cfg = ScenarioConfig.preset("paper", num_targets=num_targets, fidelity=profile.fidelity).replace(
         num_blocks=profile.blocks)
-    cu = RecordingCU(make_controller(method, cfg, checkpoint=checkpoint))
+    # Absolute path: RLlib's RLModule.from_checkpoint (dgnn-ppo) rejects relative ones.
+    absolute = None if checkpoint is None else str(Path(checkpoint).resolve())
+    cu = RecordingCU(make_controller(method, cfg, checkpoint=absolute))
     used: list[CUAction] = []
     estimates: list[np.ndarray] = []
 

@@ -188,6 +188,10 @@ def bootstrap_ci95(per_episode_rmse_m: list[float], seed: int = 0) -> list[float
     return [float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5))]
 
 
+def _absolute(path: str | None) -> str | None:
+    return None if path is None else str(Path(path).resolve())
+
+
 def cell_path(out: Path, method: str, targets: int) -> Path:
     return out / "cells" / f"{method}-I{targets}.json"
 
@@ -210,8 +214,9 @@ def train_stage(profile: Profile, out: Path, dgnn_checkpoints: str, resume: bool
     """PPO training of ``dgnn-ppo`` at every I of the profile.
 
     Returns ``{I: {"trained": bool, "checkpoint": str | None, "reason": str, "curve": [...], ...}}``;
-    each entry is also written to ``training-I<I>.json``. ``ppo_checkpoint`` (``{I}`` allowed) skips
-    training and evaluates that checkpoint.
+    a finished training run is also recorded in ``training-I<I>.json`` (what resume reuses).
+    ``ppo_checkpoint`` (``{I}`` allowed; e.g. committed reference checkpoints) skips training and
+    evaluates that ``rl-isac train --out`` folder instead.
     """
     runs: dict[int, dict] = {}
     if PROPOSED not in profile.methods:
@@ -332,8 +337,9 @@ def evaluate_cell(profile: Profile, method: str, num: int, checkpoint: str | Non
             echo(f"[evaluate] {method} I={num}: {path} was computed with another spec; recomputing")
     t0 = time.perf_counter()
     try:
+        # Absolute path: RLlib's RLModule.from_checkpoint (dgnn-ppo) rejects relative ones.
         result = evaluate(method, targets=num, episodes=profile.episodes, blocks=profile.blocks, seed=profile.seed,
-                          fidelity=profile.fidelity, checkpoint=checkpoint, progress=True)
+                          fidelity=profile.fidelity, checkpoint=_absolute(checkpoint), progress=True)
     except ExhaustiveSearchTooLarge as exc:
         record = {"status": "refused", "spec": spec, "reason": str(exc), "candidate_count": exc.count,
                   "candidate_budget": exc.budget, "enumeration_bytes": exc.enumeration_bytes,
