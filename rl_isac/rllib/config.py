@@ -249,6 +249,7 @@ def build_ppo_config(train_cfg: PPOTrainConfig, env_config: dict, dgnn_cfg_dict:
         .rl_module(rl_module_spec=module_spec(dgnn_cfg_dict, dgnn_weights, t, cfg, init_state))
         .callbacks(ISACCallbacks)
         .debugging(seed=seed)
-        .reporting(metrics_num_episodes_for_smoothing=1)
+        # episode_return_mean over about one iteration's episodes (our tracking/* scalars are per-iteration means)
+        .reporting(metrics_num_episodes_for_smoothing=max(1, -(-t.train_batch_size // t.blocks)))
     )
     return config
