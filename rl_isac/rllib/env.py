@@ -18,7 +18,9 @@ and gets the reward of eq. (5a), ``-reward_scale * sum_i ||u_{i,q} - u_hat_{i,q}
 estimate of block ``q`` (the block of the observation it acted on). Then the targets move, the
 BSs probe block ``q+1`` with the chosen pairs and beams (range gates centred on the window's
 EKF prediction ``anchor_next``, computed env-side), the window is pushed and the next
-observation returned. An episode is ``blocks`` steps (``terminated`` after the last).
+observation returned. An episode is ``blocks + 1`` steps, ``q = 0 .. Q``: the first acts on the
+acquisition alone and is not scored (reward 0: its estimate is the given acquisition), the others
+score blocks ``1 .. Q``, the blocks the evaluation harness scores; ``terminated`` after block ``Q``.
 
 Observation (``Dict`` of fixed-shape float32 ``Box``es): the arrays of
 :meth:`rl_isac.tracking.window.MeasurementWindow.as_arrays` (EKF anchor), plus
@@ -234,8 +236,10 @@ class ISACMultiAgentEnv(MultiAgentEnv):
         assoc, beams, estimate = self.check_action(action_dict[aid])
         cfg = self.cfg
         # eq. (5a) on the estimate of block q (the observation's block), before the targets move.
-        err2 = np.sum((self.world.positions_m - estimate) ** 2, axis=1)                # (I,)
-        pcrb_scored = self._pcrb_now
+        # Block 0's "estimate" is the acquisition the CU was given: like the harness, score blocks 1..Q only.
+        scored = self._q >= 1
+        err2 = np.sum((self.world.positions_m - estimate) ** 2, axis=1) * scored        # (I,)
+        pcrb_scored = self._pcrb_now * scored
         headings = self.world.headings_rad.copy()
         meas = self.world.step(assoc, beams, predicted_positions_m=self.window.anchor_next_m)
         self.window.push(meas)
@@ -248,9 +252,10 @@ class ISACMultiAgentEnv(MultiAgentEnv):
         jinfo[:, :2, :2] += np.einsum("mi,mixy->ixy", assoc, info)
         self._pcrb_cov = np.linalg.inv(jinfo)
         self._pcrb_now = self._pcrb_cov[:, 0, 0] + self._pcrb_cov[:, 1, 1]
-        done = self._q >= self.num_blocks
+        done = self._q > self.num_blocks  # the step that scored block Q
         assigned, detected = int(meas.assigned.sum()), int(meas.detected.sum())
-        infos = {"sq_err_m2": float(err2.sum()), "pcrb_m2": float(pcrb_scored.sum()), "targets": cfg.num_targets,
+        infos = {"sq_err_m2": float(err2.sum()), "pcrb_m2": float(pcrb_scored.sum()),
+                 "targets": cfg.num_targets * int(scored),
                  "lost": int(np.sum(err2 > LOST_M**2)), "assigned": assigned, "detected": detected,
                  "missed": assigned - detected, "idle_chains": int(cfg.num_pairs - assoc.sum()), "violations": 0,
                  "block": self._q - 1}

@@ -53,8 +53,8 @@ def collect(cfg: ScenarioConfig, expert: str, checkpoint: str, episodes: int, se
         for q in range(cfg.num_blocks):
             obs.append(builder.build(window, q, cfg.num_blocks))
             pairs.append(association_to_sub_actions(action.association, cfg.num_rf))
-            # eq. (5a) on the expert's estimate of block q (the acquisition at q = 0), as the env scores it
-            rewards.append(-float(np.sum((net.positions_m - np.asarray(action.estimate_m)) ** 2)))
+            # eq. (5a) on the expert's estimate of block q, as the env scores it (block 0: the acquisition, 0)
+            rewards.append(-float(np.sum((net.positions_m - np.asarray(action.estimate_m)) ** 2)) if q else 0.0)
             meas = net.step(action.association, action.beams, predicted_positions_m=window.anchor_next_m)
             window.push(meas)
             action = cu.act(meas)

@@ -33,18 +33,18 @@ def test_rllib_multiagent_check_and_spaces():
         a = env.action_spaces["cu_0"].sample()
         assert env.action_spaces["cu_0"].contains(a)
         env.check_action(a)  # sampled actions are feasible
-    total = 0
-    for q in range(5):
-        obs, rew, term, trunc, info = env.step({"cu_0": good_action(env)})
+    for q in range(6):  # blocks 0 .. Q: block 0 (the acquisition) is not scored
+        truth = env.world.positions_m.copy()
+        action = good_action(env)
+        obs, rew, term, trunc, info = env.step({"cu_0": action})
         assert env.observation_space.contains(obs["cu_0"])
         assert isinstance(rew["cu_0"], float) and rew["cu_0"] <= 0
-        assert rew["cu_0"] == pytest.approx(-info["cu_0"]["sq_err_m2"])
+        err2 = float(np.sum((truth - action["estimate"].reshape(-1, 2)) ** 2)) if q else 0.0
+        assert rew["cu_0"] == pytest.approx(-err2) and info["cu_0"]["sq_err_m2"] == pytest.approx(err2)
         assert info["cu_0"]["violations"] == 0 and info["cu_0"]["missed"] == info["cu_0"]["assigned"] - \
             info["cu_0"]["detected"]
-        assert info["cu_0"]["pcrb_m2"] > 0
-        total += 1
-        assert term["__all__"] == (q == 4)
-    assert total == 5
+        assert (info["cu_0"]["pcrb_m2"] > 0) == (q > 0) and info["cu_0"]["targets"] == (4 if q else 0)
+        assert term["__all__"] == (q == 5) and not trunc["__all__"]
 
 
 def test_seeding_is_deterministic_and_uses_training_seeds():
@@ -54,7 +54,7 @@ def test_seeding_is_deterministic_and_uses_training_seeds():
     assert ia["cu_0"]["world_seed"] == ib["cu_0"]["world_seed"] < EVAL_SEED_BASE
     for key in oa["cu_0"]:
         np.testing.assert_array_equal(oa["cu_0"][key], ob["cu_0"][key])
-    for _ in range(3):
+    for _ in range(4):
         ra = a.step({"cu_0": good_action(a)})
         rb = b.step({"cu_0": good_action(b)})
         assert ra[1] == rb[1]

