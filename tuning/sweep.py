@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -51,11 +52,11 @@ from typing import Any
 # `ray submit` uploads only this file to the head's home folder; the repository itself is mounted at
 # ~/rl_isac (cluster/config.yaml, file_mounts). Find the repository to import the search space.
 _HERE = Path(__file__).resolve().parent
-for _root in (_HERE.parent, Path.home() / "rl_isac"):
-    if (_root / "tuning" / "search_space.py").is_file():
-        if str(_root) not in sys.path:
-            sys.path.insert(0, str(_root))
-        break
+REPO = next((root for root in (_HERE.parent, Path.home() / "rl_isac")
+             if (root / "tuning" / "search_space.py").is_file()), _HERE.parent)
+"""The repository (defaults below are inside it, so the sweep works from any working directory)."""
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
 from rl_isac.errors import ConfigError, RlIsacError  # noqa: E402
 from tuning import search_space  # noqa: E402
@@ -338,7 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=2, help="report val_rmse_m every N iterations (default 2)")
     p.add_argument("--eval-episodes", type=int, default=2, help="validation episodes per report (default 2)")
     p.add_argument("--eval-blocks", type=int, default=50, help="blocks per validation episode (default 50)")
-    p.add_argument("--pretrained", default="results/checkpoints/dgnn-I{I}", help="phase-1 checkpoints ('{I}')")
+    p.add_argument("--pretrained", default=str(REPO / "results" / "checkpoints" / "dgnn-I{I}"),
+                   help="phase-1 checkpoints ('{I}'; default the repository's results/checkpoints/dgnn-I{I})")
     p.add_argument("--fidelity", default="surrogate", help="training world fidelity (default surrogate)")
     p.add_argument("--eval-fidelity", default="signal", help="validation world fidelity (default signal)")
     p.add_argument("--train-batch-size", type=int, help="PPO train batch in env steps (default PPOTrainConfig's)")
@@ -356,7 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray address ('auto' on a cluster head; default: start a local Ray)")
     p.add_argument("--storage", default=str(Path.home() / "ray_results"), help="Tune storage (default ~/ray_results)")
     p.add_argument("--name", default="rl-isac-ppo-sweep", help="experiment name prefix")
-    p.add_argument("--out", default="tuning/out", help="where best-I<I>.yaml and summary.md go (default tuning/out)")
+    p.add_argument("--out", default=str(REPO / "tuning" / "out"),
+                   help="where best-I<I>.yaml and summary.md go (default the repository's tuning/out)")
     p.add_argument("--seed", type=int, default=0, help="Optuna and training seed (default 0)")
     p.add_argument("--restore", action="store_true", help="continue the interrupted sweep of the same name")
     p.add_argument("--describe", action="store_true", help="print the search space and exit")
@@ -403,10 +406,14 @@ def run_sweep(args) -> list[dict[str, Any]]:
                  if v is not None}
     resources = TrialResources(args.env_runners, args.cpus_per_env_runner, args.envs_per_env_runner,
                                args.learner_cpus, args.learner_gpus, args.main_cpus)
+    # Trials unpickle this script's functions, which import `tuning`: every worker gets the repository
+    # on its path (the same path on every node: cluster/config.yaml mounts it at ~/rl_isac).
+    pythonpath = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    runtime_env = {"env_vars": {"PYTHONPATH": pythonpath}}
     if args.address:
-        ray.init(address=args.address)
+        ray.init(address=args.address, runtime_env=runtime_env)
     else:
-        ray.init(include_dashboard=False)
+        ray.init(include_dashboard=False, runtime_env=runtime_env)
     nodes = cluster_nodes()
     concurrent = resolve_concurrency(args, resources, nodes)
     print(f"[sweep] trial bundles {resources.bundles()} on nodes {nodes}: {concurrent} concurrent trial(s)",

@@ -30,10 +30,10 @@ def test_a_killed_sweep_restores_and_its_trial_continues(tmp_path):
            "--grace-iterations", "2", "--eval-every", "1", "--eval-episodes", "1", "--eval-blocks", "3",
            "--train-batch-size", "512", "--train-blocks", "8", "--envs-per-env-runner", "1",
            "--storage", str(storage), "--out", str(out), "--name", "restore-test"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "RAY_DEDUP_LOGS": "0"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # no PYTHONPATH: the sweep puts the repository on its workers
     log = open(tmp_path / "first.log", "w")
     # Own session: the driver and the Ray processes it starts share one process group, killed together.
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     experiment = storage / "restore-test-I4"
     deadline = time.monotonic() + 300
     try:
@@ -47,7 +47,7 @@ def test_a_killed_sweep_restores_and_its_trial_continues(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started, nothing else
         proc.wait()
     assert not (out / "best-I4.yaml").exists()  # it really was interrupted
-    done = subprocess.run(cmd + ["--restore"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    done = subprocess.run(cmd + ["--restore"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "restoring" in done.stdout
     (result,) = experiment.glob("trial_*/result.json")
