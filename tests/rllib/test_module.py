@@ -127,8 +127,9 @@ def _random_fim(gen, shape):
     return torch.stack([a, b, c], -1)
 
 
+@pytest.mark.parametrize("method", ["decode", "decode_numpy"])
 @pytest.mark.parametrize("explore", [True, False])
-def test_decoder_never_violates_and_agrees_with_teacher_forcing(module4, explore):
+def test_decoder_never_violates_and_agrees_with_teacher_forcing(module4, explore, method):
     """2 x 10^4 sequences of the module's decoder on random pair embeddings and informations satisfy
     (5c)-(5e) (the 10^5-sample property test of the shared mask logic is in test_mask_twin.py); the
     teacher-forced pass on the decoded steps gives back the decoder's logits, and greedy decoding
@@ -144,7 +145,10 @@ def test_decoder_never_violates_and_agrees_with_teacher_forcing(module4, explore
             E = 3.0 * torch.randn(B, M * I, H, generator=gen)
             g = 3.0 * torch.randn(B, H, generator=gen)
             obs = {"pair_fim": _random_fim(gen, (B, M, I)), "prior_fim": _random_fim(gen, (B, I))}
-            pairs, logp, logits = module4.decode(E, g, obs, explore, generator=gen)
+            if method == "decode":
+                pairs, logp, logits = module4.decode(E, g, obs, explore, generator=gen)
+            else:
+                pairs, logp, logits = module4.decode_numpy(E, g, obs, explore, rng=np.random.default_rng(B))
             sub_actions_to_association(pairs.numpy(), M, I)  # raises on any violation
             assert torch.isfinite(logp).all()
         n = 500
