@@ -71,6 +71,7 @@ from rl_isac.tracking.dgnn.model import DGNN, DGNNConfig, to_tensors
 from rl_isac.tracking.window import OBS_KEYS, MeasurementWindow
 
 BASE_POLICIES = ("random", "nearest")
+DATA_MODES = ("open_loop", "closed_loop")
 
 
 @dataclass(frozen=True)
@@ -107,11 +108,23 @@ class PretrainConfig(ConfigMixin):
     """Largest std of the beam aim point around the true next position, metres."""
     num_threads: int = 1
     """``torch.set_num_threads`` during training."""
+    data: str = "open_loop"
+    """``"open_loop"``: the policy mix above with beams aimed near the truth; ``"closed_loop"``: rollouts
+    of the CUs themselves (DAgger style, see :func:`generate_closed_loop_dataset`)."""
+    expert: str = "ekf-milp"
+    """Closed loop: the registered CU that drives round 0 (no model yet)."""
+    dagger_rounds: int = 1
+    """Closed loop: rounds after round 0, each driven by the DGNN CU of the previous round's best model."""
+    dagger_epochs: int = 10
+    """Closed loop: epochs of each round after round 0 (round 0 trains ``epochs``)."""
+    dagger_solver: str = "milp"
+    """Closed loop: the association solver of the DGNN CU in rounds >= 1 (``dgnn-<solver>``)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "association_policies", tuple(self.association_policies))
         object.__setattr__(self, "association_weights", tuple(float(w) for w in self.association_weights))
-        for name in ("train_episodes", "val_episodes", "blocks_per_episode", "epochs", "batch_size", "num_threads"):
+        for name in ("train_episodes", "val_episodes", "blocks_per_episode", "epochs", "batch_size", "num_threads",
+                     "dagger_epochs"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(name, v, "must be an integer >= 1")
@@ -136,6 +149,26 @@ class PretrainConfig(ConfigMixin):
             if name not in BASE_POLICIES and name not in SOLVERS:
                 raise ConfigError("association_policies", name,
                                   f"must be one of {BASE_POLICIES + tuple(sorted(SOLVERS))}")
+        if self.data not in DATA_MODES:
+            raise ConfigError("data", self.data, f"must be one of {DATA_MODES}")
+        if isinstance(self.dagger_rounds, bool) or not isinstance(self.dagger_rounds, int) or self.dagger_rounds < 0:
+            raise ConfigError("dagger_rounds", self.dagger_rounds, "must be an integer >= 0")
+        if self.dagger_solver not in SOLVERS:
+            raise ConfigError("dagger_solver", self.dagger_solver, f"must be one of {tuple(sorted(SOLVERS))}")
+        from rl_isac.controllers.registry import METHODS
+
+        if not self.expert.startswith("ekf-") or self.expert not in METHODS:
+            raise ConfigError("expert", self.expert, "must be a registered ekf-* method (no checkpoint needed), e.g. "
+                                                     "ekf-milp")
+
+    @property
+    def num_rounds(self) -> int:
+        """Data rounds: 1 for ``open_loop``, ``1 + dagger_rounds`` for ``closed_loop``."""
+        return 1 + (self.dagger_rounds if self.data == "closed_loop" else 0)
+
+    def round_epochs(self, round_index: int) -> int:
+        """Epochs trained after the data of round ``round_index`` arrive."""
+        return self.epochs if round_index == 0 else self.dagger_epochs
 
 # ---------------------------------------------------------------------------------------------- dataset
 def random_association(num_bs: int, num_targets: int, num_rf: int, *, rng: np.random.Generator) -> np.ndarray:
@@ -229,6 +262,97 @@ def generate_dataset(cfg: ScenarioConfig, train_cfg: PretrainConfig, *, seed: in
     out["u_next"] = np.asarray(u_next, dtype=np.float32)
     out["beam_next"] = np.asarray(beam_next, dtype=np.int64)
     return out
+
+
+def dgnn_controller(cfg: ScenarioConfig, model: DGNN, solver: str = "milp"):
+    """The ``dgnn-<solver>`` CU (:mod:`rl_isac.controllers.learned`) around an in-memory model.
+
+    The same composition as the registered method (DGNN estimate, the solver on the detection-counting
+    objective with ``DEFAULT_CHAIN_PRICE``, beams from the head), without a checkpoint directory.
+    """
+    from rl_isac.association import DEFAULT_CHAIN_PRICE, make_solver
+    from rl_isac.controllers.composed import ComposedCU
+    from rl_isac.controllers.learned import DGNNEstimator, HeadBeams
+
+    return ComposedCU(cfg, DGNNEstimator(cfg, model), make_solver(solver, chain_price=DEFAULT_CHAIN_PRICE),
+                      beams=HeadBeams(cfg), name=f"dgnn-{solver}")
+
+
+def generate_closed_loop_dataset(cfg: ScenarioConfig, train_cfg: PretrainConfig, *, seed: int, split: int,
+                                 num_episodes: int, round_index: int = 0, model: DGNN | None = None,
+                                 anchor: str = "ekf", progress: bool = False) -> dict[str, np.ndarray]:
+    """Closed-loop (DAgger-style) samples: the states a CU visits when it drives the world itself.
+
+    Round 0 (``model=None``) is driven by the expert CU ``train_cfg.expert`` (default ``ekf-milp``: EKF,
+    exact MILP on the detection-counting objective, geometric beams with the re-acquisition sweep); a
+    later round by the DGNN CU of ``model`` (:func:`dgnn_controller` with ``train_cfg.dagger_solver``:
+    its estimate, its association, beams from its own head). A window of anchor mode ``anchor``
+    runs beside the CU on the very measurements the CU receives, so the samples are the inputs the
+    deployed DGNN would read in that CU (for the DGNN CU with the EKF anchor the window equals the
+    CU's own window). One sample per block ``q = 0 .. blocks_per_episode - 1``: the observation after
+    block ``q``'s measurements (``q = 0``: the acquisition only), labels ``u_q``, ``u_{q+1}`` and the
+    nearest beams toward ``u_{q+1}`` as in :func:`generate_dataset`.
+
+    World seeds: :func:`rl_isac.seeds.training_world_seed` of ``(seed, split, round_index *
+    num_episodes + episode)``: new worlds every round, never an evaluation seed.
+
+    Returns:
+        the arrays of :func:`generate_dataset` plus ``cu_estimate_m (N, I, 2)`` (the driving CU's
+        ``u_hat_q``), ``cu_association (N, M, I)`` bool (the association it chose for block ``q + 1``),
+        ``round (N,)`` int64 and ``world_seed (num_episodes,)`` int64.
+    """
+    from rl_isac.controllers import make_controller
+    from rl_isac.network import CellFreeNetwork
+
+    if model is None and round_index > 0:
+        raise ConfigError("model", None, f"round {round_index} of the closed-loop data needs the DGNN of round "
+                                         f"{round_index - 1}")
+    if model is None:
+        cu = make_controller(train_cfg.expert, cfg)
+    else:
+        model.eval()
+        cu = dgnn_controller(cfg, model, train_cfg.dagger_solver)
+    net = CellFreeNetwork(cfg)
+    win = MeasurementWindow(cfg, anchor=anchor)
+    Q = train_cfg.blocks_per_episode
+    keys = (*OBS_KEYS, "u_now", "u_next", "beam_next", "cu_estimate_m", "cu_association")
+    rec: dict[str, list[np.ndarray]] = {k: [] for k in keys}
+    seeds = []
+    t0 = time.perf_counter()
+    for ep in range(num_episodes):
+        world_seed = training_world_seed(seed, split, round_index * num_episodes + ep)
+        seeds.append(world_seed)
+        acq = net.reset(seed=world_seed)
+        win.reset(acq)
+        action = cu.reset(acq)
+        for _ in range(Q):
+            obs = win.as_arrays()
+            for k in OBS_KEYS:
+                rec[k].append(obs[k])
+            rec["u_now"].append(net.positions_m.copy())
+            rec["cu_estimate_m"].append(np.asarray(action.estimate_m, float))
+            rec["cu_association"].append(action.association.copy())
+            meas = net.step(action.association, action.beams, predicted_positions_m=action.prediction_m)
+            rec["u_next"].append(net.positions_m.copy())
+            rec["beam_next"].append(net.best_beam_index(net.positions_m))
+            win.push(meas)
+            action = cu.act(meas)
+        if progress and (ep + 1) % max(1, num_episodes // 4) == 0:
+            print(f"  round {round_index} data split {split} ({cu.name}): {ep + 1}/{num_episodes} episodes "
+                  f"({time.perf_counter() - t0:.1f} s)", flush=True)
+    out = {k: np.stack(rec[k]) for k in OBS_KEYS}
+    for k in ("u_now", "u_next", "cu_estimate_m"):
+        out[k] = np.asarray(rec[k], dtype=np.float32)
+    out["beam_next"] = np.asarray(rec["beam_next"], dtype=np.int64)
+    out["cu_association"] = np.asarray(rec["cu_association"], dtype=bool)
+    out["round"] = np.full(len(out["u_now"]), round_index, dtype=np.int64)
+    out["world_seed"] = np.asarray(seeds, dtype=np.int64)
+    return out
+
+
+def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Aggregate datasets (DAgger: every round's samples are kept)."""
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 # ---------------------------------------------------------------------------------------------- loss/metrics
@@ -395,22 +519,49 @@ def pretrain(cfg: ScenarioConfig, dgnn_cfg: DGNNConfig, train_cfg: PretrainConfi
         if progress:
             print(f"pretrain: I={cfg.num_targets} fidelity={cfg.fidelity} -> {out}", flush=True)
         anchor = dgnn_cfg.window_anchor
-        train = generate_dataset(cfg, train_cfg, seed=seed, split=0, num_episodes=train_cfg.train_episodes,
-                                 anchor=anchor, progress=progress)
-        val = generate_dataset(cfg, train_cfg, seed=seed, split=1, num_episodes=train_cfg.val_episodes,
-                               anchor=anchor)
-        if progress:
-            print(f"  data: {len(train['u_now'])} train / {len(val['u_now'])} val samples "
-                  f"({time.perf_counter() - t0:.1f} s)", flush=True)
+        rounds = train_cfg.num_rounds
+        round_start = [sum(train_cfg.round_epochs(k) for k in range(r)) for r in range(rounds + 1)]
+        epochs = round_start[-1]  # all rounds together
+
+        def round_of(epoch: int) -> int:
+            """Round whose training covers epoch ``epoch + 1`` (epochs counted from 0)."""
+            return max(r for r in range(rounds) if round_start[r] <= epoch)
+
+        def make_round_data(r: int, policy: DGNN | None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+            if train_cfg.data == "open_loop":
+                tr = generate_dataset(cfg, train_cfg, seed=seed, split=0, num_episodes=train_cfg.train_episodes,
+                                      anchor=anchor, progress=progress)
+                va = generate_dataset(cfg, train_cfg, seed=seed, split=1, num_episodes=train_cfg.val_episodes,
+                                      anchor=anchor)
+                return tr, va
+            kw = dict(round_index=r, model=policy, anchor=anchor)
+            tr = generate_closed_loop_dataset(cfg, train_cfg, seed=seed, split=0,
+                                              num_episodes=train_cfg.train_episodes, progress=progress, **kw)
+            va = generate_closed_loop_dataset(cfg, train_cfg, seed=seed, split=1,
+                                              num_episodes=train_cfg.val_episodes, **kw)
+            return tr, va
+
+        rounds_dir = out / "rounds"
+
+        def policy_of_round(r: int) -> DGNN | None:
+            """The model that drives round ``r``'s rollouts (None for round 0: the expert CU)."""
+            if r == 0 or train_cfg.data == "open_loop":
+                return None
+            with torch.random.fork_rng():  # the global torch stream stays as in an uninterrupted run
+                policy = DGNN(dgnn_cfg)
+            policy.load_state_dict(torch.load(rounds_dir / f"policy{r}.pt", weights_only=True))
+            return policy.eval()
 
         model = DGNN(dgnn_cfg)
+        untrained = {k: v.clone() for k, v in model.state_dict().items()}  # residual heads at 0: the anchors
         opt = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
-        epochs = train_cfg.epochs
 
         def lr_factor(epoch: int) -> float:
             if not train_cfg.cosine:
                 return 1.0
-            return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * epoch / epochs))
+            r = round_of(epoch)
+            frac = (epoch - round_start[r]) / train_cfg.round_epochs(r)
+            return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac))
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
         history: list[dict[str, float]] = []
@@ -426,41 +577,89 @@ def pretrain(cfg: ScenarioConfig, dgnn_cfg: DGNNConfig, train_cfg: PretrainConfi
             if progress:
                 print(f"  resumed after epoch {start}", flush=True)
 
+        # data of the rounds already begun (a round begins at its first epoch, see begin_round)
+        loaded = [r for r in range(rounds) if r == 0 or round_start[r] < start]
+        parts = [make_round_data(r, policy_of_round(r)) for r in loaded]
+        train = _concat([p[0] for p in parts])
+        val = _concat([p[1] for p in parts])
+        if progress:
+            print(f"  data: {len(train['u_now'])} train / {len(val['u_now'])} val samples "
+                  f"({time.perf_counter() - t0:.1f} s)", flush=True)
+
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(out / "tb"), purge_step=start)
-        n = len(train["u_now"])
 
-        def finish_epoch(epoch: int, loss: float | None, lr: float, seconds: float) -> dict[str, float]:
-            metrics = {"epoch": epoch, "loss": loss, **evaluate(model, val, train_cfg=train_cfg), "lr": lr,
-                       "seconds": seconds}
-            history.append(metrics)
+        def write_summary(metrics: dict[str, Any]) -> None:
+            best_metrics = next(h for h in history if h["epoch"] == best["epoch"] and h["round"] == best["round"])
+            summary = {"best": best_metrics, "last": metrics, "history": history,
+                       "num_train_samples": len(train["u_now"]), "num_val_samples": len(val["u_now"]),
+                       "window_anchor": anchor, "data": train_cfg.data, "rounds": rounds,
+                       "best_is_untrained": bool(best.get("untrained", False)),
+                       "wall_time_s": time.perf_counter() - t0,
+                       "note": "RMSE per target in metres, averaged over targets and validation samples; "
+                               "model.pt holds the model with the lowest validation loss (the training loss on "
+                               "the validation set) of the last data round, the untrained model (= the anchors, "
+                               "best_is_untrained) included; epoch 0 = untrained; closed_loop: each round adds "
+                               "rollouts of the previous round's best DGNN CU, and its first entry re-scores "
+                               "the carried model on the grown validation set"}
+            save_checkpoint(None, out, cfg, dgnn_cfg, train_cfg, seed, summary)
+
+        def log(metrics: dict[str, Any]) -> None:
+            step = metrics["epoch"]
             for key, tag in (("loss", "pretrain/loss"), ("val_loss", "pretrain/val_loss"),
                              ("val_rmse_m", "pretrain/val_rmse_m"),
                              ("val_rmse_next_m", "pretrain/val_rmse_next_m"),
                              ("anchor_rmse_m", "pretrain/anchor_rmse_m"),
                              ("anchor_next_rmse_m", "pretrain/anchor_next_rmse_m"),
                              ("beam_top1", "pretrain/beam_top1"), ("lr", "pretrain/lr")):
-                if metrics[key] is not None:
-                    writer.add_scalar(tag, metrics[key], epoch)
+                if metrics.get(key) is not None:
+                    writer.add_scalar(tag, metrics[key], step)
             writer.flush()
-            if not best or metrics["val_loss"] < best["val_loss"]:
-                best.update(epoch=epoch, val_loss=metrics["val_loss"])
-                _atomic_save(model.state_dict(), out / "model.pt")
+
+        def save_state(epoch: int) -> None:
             _atomic_save(model.state_dict(), out / "last_model.pt")
-            best_metrics = next(h for h in history if h["epoch"] == best["epoch"])
-            summary = {"best": best_metrics, "last": metrics, "history": history, "num_train_samples": n,
-                       "num_val_samples": len(val["u_now"]), "window_anchor": anchor,
-                       "wall_time_s": time.perf_counter() - t0,
-                       "note": "RMSE per target in metres, averaged over targets and validation samples; "
-                               "model.pt holds the epoch with the lowest validation loss (the training loss on "
-                               "the validation set; epoch 0 = untrained: with residual heads, the anchors)"}
-            save_checkpoint(None, out, cfg, dgnn_cfg, train_cfg, seed, summary)
             _atomic_save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch,
                           "history": history, "best": best, "torch_rng": torch.get_rng_state()}, state_path)
+
+        def begin_round(r: int, epoch: int, lr: float) -> None:
+            """Score the carried model and the untrained one on round ``r``'s validation set; keep the better."""
+            carried = {k: v.clone() for k, v in model.state_dict().items()}
+            model.load_state_dict(untrained)
+            ref = evaluate(model, val, train_cfg=train_cfg)
+            model.load_state_dict(carried)
+            metrics = {"epoch": epoch, "round": r, "loss": None, **evaluate(model, val, train_cfg=train_cfg),
+                       "untrained_val_loss": ref["val_loss"], "untrained_val_rmse_m": ref["val_rmse_m"],
+                       "lr": lr, "seconds": 0.0}
+            history.append(metrics)
+            log(metrics)
+            best.clear()
+            if r > 0 and ref["val_loss"] < metrics["val_loss"]:
+                best.update(epoch=epoch, round=r, val_loss=ref["val_loss"], untrained=True)
+                _atomic_save(untrained, out / "model.pt")
+            else:
+                best.update(epoch=epoch, round=r, val_loss=metrics["val_loss"])
+                _atomic_save(model.state_dict(), out / "model.pt")
+            write_summary(metrics)
+            save_state(epoch)
             if progress:
-                loss_text = "   -  " if loss is None else f"{loss:.4f}"
-                print(f"  epoch {epoch:3d}/{epochs} loss {loss_text} val {metrics['val_loss']:.4f} "
+                print(f"  round {r} start: val {metrics['val_loss']:.4f} (untrained {ref['val_loss']:.4f}) "
+                      f"val_rmse_m {metrics['val_rmse_m']:.3f} (anchor {metrics['anchor_rmse_m']:.3f})", flush=True)
+
+        def finish_epoch(epoch: int, loss: float, lr: float, seconds: float) -> dict[str, float]:
+            metrics = {"epoch": epoch, "round": round_of(epoch - 1), "loss": loss,
+                       **evaluate(model, val, train_cfg=train_cfg), "lr": lr, "seconds": seconds}
+            history.append(metrics)
+            log(metrics)
+            if metrics["val_loss"] < best["val_loss"]:
+                best.clear()
+                best.update(epoch=epoch, round=metrics["round"], val_loss=metrics["val_loss"])
+                _atomic_save(model.state_dict(), out / "model.pt")
+            write_summary(metrics)
+            save_state(epoch)
+            if progress:
+                print(f"  epoch {epoch:3d}/{epochs} (round {metrics['round']}) loss {loss:.4f} "
+                      f"val {metrics['val_loss']:.4f} "
                       f"val_rmse_m {metrics['val_rmse_m']:.3f} (anchor {metrics['anchor_rmse_m']:.3f}) "
                       f"next {metrics['val_rmse_next_m']:.3f} (anchor {metrics['anchor_next_rmse_m']:.3f}) "
                       f"beam top1 {metrics['beam_top1']:.2f} top2 {metrics['beam_top2']:.2f}  "
@@ -469,11 +668,23 @@ def pretrain(cfg: ScenarioConfig, dgnn_cfg: DGNNConfig, train_cfg: PretrainConfi
 
         try:
             if not resuming:
-                finish_epoch(0, None, opt.param_groups[0]["lr"], 0.0)
+                begin_round(0, 0, opt.param_groups[0]["lr"])
             last_epoch = epochs if stop_after_epoch is None else min(epochs, int(stop_after_epoch))
             for epoch in range(start, last_epoch):
+                r = round_of(epoch)
+                if r > 0 and epoch == round_start[r]:  # a new DAgger round: rollouts of the best model so far
+                    if progress:
+                        print(f"  round {r}: rollouts of the DGNN CU (best model of round {r - 1})", flush=True)
+                    rounds_dir.mkdir(exist_ok=True)
+                    best_state = torch.load(out / "model.pt", weights_only=True)
+                    _atomic_save(best_state, rounds_dir / f"policy{r}.pt")
+                    tr, va = make_round_data(r, policy_of_round(r))
+                    train, val = _concat([train, tr]), _concat([val, va])
+                    model.load_state_dict(best_state)  # continue from the policy that made the data
+                    begin_round(r, epoch, opt.param_groups[0]["lr"])
                 te = time.perf_counter()
                 model.train()
+                n = len(train["u_now"])
                 gen = torch.Generator().manual_seed(int(seed) * 100_003 + epoch)
                 perm = torch.randperm(n, generator=gen).numpy()
                 total, count = 0.0, 0
@@ -496,10 +707,11 @@ def pretrain(cfg: ScenarioConfig, dgnn_cfg: DGNNConfig, train_cfg: PretrainConfi
         model.load_state_dict(torch.load(out / "model.pt", weights_only=True))
         model.eval()
         if progress and history:
-            b = next(h for h in history if h["epoch"] == best["epoch"])
-            print(f"pretrain done in {time.perf_counter() - t0:.0f} s: best epoch {b['epoch']}: val RMSE "
-                  f"{b['val_rmse_m']:.3f} m (u_hat_q) / {b['val_rmse_next_m']:.3f} m (u_tilde_q+1) per target; "
-                  f"{anchor} anchor {b['anchor_rmse_m']:.3f} / {b['anchor_next_rmse_m']:.3f} m; "
+            b = next(h for h in history if h["epoch"] == best["epoch"] and h["round"] == best["round"])
+            which = "the untrained model (= the anchors)" if best.get("untrained") else f"epoch {b['epoch']}"
+            print(f"pretrain done in {time.perf_counter() - t0:.0f} s: best of round {best['round']}: {which}: "
+                  f"val RMSE {b['val_rmse_m']:.3f} m (u_hat_q) / {b['val_rmse_next_m']:.3f} m (u_tilde_q+1) per "
+                  f"target; {anchor} anchor {b['anchor_rmse_m']:.3f} / {b['anchor_next_rmse_m']:.3f} m; "
                   f"beam top1 {b['beam_top1']:.2f}; checkpoint {out}", flush=True)
         return PretrainResult(model=model, history=history, out_dir=out)
     finally:

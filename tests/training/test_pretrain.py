@@ -14,10 +14,11 @@ from rl_isac.errors import ConfigError
 from rl_isac.network import CellFreeNetwork
 from rl_isac.scenario import ScenarioConfig
 from rl_isac.tracking.dgnn import DGNNConfig
-from rl_isac.tracking.dgnn.model import to_tensors
-from rl_isac.tracking.window import OBS_KEYS, observation_shapes
+from rl_isac.tracking.dgnn.model import DGNN, to_tensors
+from rl_isac.tracking.window import FEATURE_INDEX, OBS_KEYS, observation_shapes
 from rl_isac.training.pretrain import (
     PretrainConfig,
+    generate_closed_loop_dataset,
     generate_dataset,
     load_checkpoint,
     pretrain,
@@ -99,3 +100,98 @@ def test_pretrain_config_round_trip_and_validation() -> None:
     with pytest.raises(ConfigError) as err:
         pretrain(CFG, DGNN_CFG.replace(codebook_size=16), TRAIN_CFG, "/nonexistent/never", seed=0, progress=False)
     assert err.value.field == "dgnn.codebook_size"
+
+
+# ---------------------------------------------------------------------------------------------- closed loop (DAgger)
+CL_CFG = TRAIN_CFG.replace(data="closed_loop", train_episodes=2, blocks_per_episode=12, epochs=3, dagger_rounds=1,
+                           dagger_epochs=2)
+
+
+def test_closed_loop_round0_records_the_expert_cus_own_states() -> None:
+    from rl_isac.seeds import is_evaluation_seed
+
+    data = generate_closed_loop_dataset(CFG, CL_CFG, seed=1, split=0, num_episodes=2)
+    Q = CL_CFG.blocks_per_episode
+    assert len(data["u_now"]) == 2 * Q and (data["round"] == 0).all()
+    assert not any(is_evaluation_seed(int(s)) for s in data["world_seed"])
+    scale = data["scales_m"][:, 0, None, None]
+    for ep in range(2):
+        sl = slice(ep * Q, (ep + 1) * Q)
+        np.testing.assert_array_equal(data["u_next"][sl][:-1], data["u_now"][sl][1:])
+        # the window's EKF anchor saw exactly the ekf-milp CU's measurements: it is the CU's estimate
+        np.testing.assert_allclose(data["anchor"][sl][1:] * scale[sl][1:], data["cu_estimate_m"][sl][1:],
+                                   atol=1e-3)
+        # the newest block of the next sample holds the association this CU chose (the 'assigned' channel)
+        assigned = data["features"][sl][1:, -1, :, :, FEATURE_INDEX["assigned"]] > 0.5
+        np.testing.assert_array_equal(assigned, data["cu_association"][sl][:-1])
+    again = generate_closed_loop_dataset(CFG, CL_CFG, seed=1, split=0, num_episodes=2)
+    for key in data:
+        np.testing.assert_array_equal(data[key], again[key])
+    # a later round needs the model that drives it, and gets new worlds
+    with pytest.raises(ConfigError):
+        generate_closed_loop_dataset(CFG, CL_CFG, seed=1, split=0, num_episodes=1, round_index=1)
+
+
+def test_closed_loop_later_round_is_driven_by_the_dgnn_cu_of_the_model() -> None:
+    torch.manual_seed(0)
+    model = DGNN(DGNN_CFG)
+    with torch.no_grad():  # a non-trivial correction, so the DGNN's estimate differs from its anchor
+        model.head_now[-1].bias.fill_(0.02)
+        model.head_next[-1].bias.fill_(-0.02)
+    data = generate_closed_loop_dataset(CFG, CL_CFG, seed=1, split=0, num_episodes=1, round_index=1, model=model)
+    r0 = generate_closed_loop_dataset(CFG, CL_CFG, seed=1, split=0, num_episodes=1)
+    assert (data["round"] == 1).all() and data["world_seed"][0] != r0["world_seed"][0]
+    out = model.predict({k: data[k][1:] for k in OBS_KEYS})
+    # the CU's estimate is the model's output on the recorded window: the samples are the CU's own inputs
+    np.testing.assert_allclose(out["u_hat"], data["cu_estimate_m"][1:], atol=1e-4)
+    scale = data["scales_m"][1:, 0, None, None]
+    assert np.abs(data["cu_estimate_m"][1:] - data["anchor"][1:] * scale).min() > 0.09  # 0.02 x 5 m offset
+    # its beams come from the head: the next block was measured with them (every assigned pair's beams)
+    assigned = data["features"][1:, -1, :, :, FEATURE_INDEX["assigned"]] > 0.5
+    np.testing.assert_array_equal(assigned, data["cu_association"][:-1])
+
+
+def test_closed_loop_pretraining_lowers_the_loss_is_reproducible_and_resumes(tmp_path: Path) -> None:
+    a = pretrain(CFG, DGNN_CFG, CL_CFG, tmp_path / "a", seed=3, progress=False)
+    total = CL_CFG.epochs + CL_CFG.dagger_epochs
+    trained = [h for h in a.history if h["loss"] is not None]
+    assert [h["epoch"] for h in trained] == list(range(1, total + 1))
+    assert [h["round"] for h in trained] == [0] * CL_CFG.epochs + [1] * CL_CFG.dagger_epochs
+    round0 = [h["loss"] for h in trained if h["round"] == 0]
+    assert round0[-1] < round0[0]
+    starts = [h for h in a.history if h["loss"] is None]
+    assert [h["round"] for h in starts] == [0, 1]
+    metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert metrics["data"] == "closed_loop" and metrics["rounds"] == 2 and metrics["best"]["round"] == 1
+    assert metrics["num_train_samples"] == 2 * CL_CFG.train_episodes * CL_CFG.blocks_per_episode
+    assert (tmp_path / "a" / "rounds" / "policy1.pt").is_file()
+    # stop inside round 1 (after its rollouts), resume: identical numbers
+    b1 = pretrain(CFG, DGNN_CFG, CL_CFG, tmp_path / "b", seed=3, progress=False, stop_after_epoch=total - 1)
+    assert b1.history[-1]["round"] == 1
+    b = pretrain(CFG, DGNN_CFG, CL_CFG, tmp_path / "b", seed=3, progress=False, resume=True)
+    assert [h["loss"] for h in b.history] == [h["loss"] for h in a.history]
+    assert [h["val_loss"] for h in b.history] == [h["val_loss"] for h in a.history]
+    for pa, pb in zip(a.model.state_dict().values(), b.model.state_dict().values()):
+        torch.testing.assert_close(pa, pb, rtol=0, atol=0)
+
+
+def test_closed_loop_falls_back_to_the_anchor_when_training_does_not_help(tmp_path: Path) -> None:
+    bad = CL_CFG.replace(lr=5.0, grad_clip=0.0, cosine=False, epochs=1, dagger_epochs=1)  # diverges
+    res = pretrain(CFG, DGNN_CFG, bad, tmp_path / "c", seed=3, progress=False)
+    model, _ = load_checkpoint(tmp_path / "c")
+    val = generate_closed_loop_dataset(CFG, bad, seed=3, split=1, num_episodes=1)
+    out = model.predict({k: val[k] for k in OBS_KEYS})
+    np.testing.assert_allclose(out["u_hat"], val["anchor"] * val["scales_m"][:, 0, None, None], atol=1e-4)
+    best = json.loads((tmp_path / "c" / "metrics.json").read_text())["best"]
+    assert best["val_loss"] <= min(h["val_loss"] for h in res.history if h["round"] == 1)
+
+
+def test_closed_loop_config_validation() -> None:
+    assert PretrainConfig.from_dict(CL_CFG.to_dict()) == CL_CFG
+    assert CL_CFG.num_rounds == 2 and TRAIN_CFG.num_rounds == 1
+    for field, kwargs in [("data", {"data": "offline"}), ("dagger_rounds", {"dagger_rounds": -1}),
+                          ("dagger_solver", {"dagger_solver": "oracle"}), ("expert", {"expert": "dgnn-milp"}),
+                          ("dagger_epochs", {"dagger_epochs": 0})]:
+        with pytest.raises(ConfigError) as err:
+            PretrainConfig(**kwargs)
+        assert err.value.field == field
