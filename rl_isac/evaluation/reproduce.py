@@ -154,6 +154,18 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def git_dirty() -> bool | None:
+    """True when tracked files of the checkout differ from its revision (None outside a checkout)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=10, check=False)
+    except OSError:
+        return None
+    return bool(out.stdout.strip()) if out.returncode == 0 else None
+
+
 def checkpoint_fingerprint(path: str | Path | None) -> str | None:
     """SHA-256 over the relative paths and contents of a checkpoint's files (TensorBoard logs excluded)."""
     if path is None:
@@ -332,7 +344,10 @@ def evaluate_cell(profile: Profile, method: str, num: int, checkpoint: str | Non
             echo(f"[evaluate] {method} I={num}: {path} does not parse ({exc}); recomputing")
         else:
             if record.get("spec") == spec:
-                echo(f"[evaluate] {method} I={num}: finished cell {path} reused (not recomputed)")
+                now = git_revision()
+                stale = (f"; computed at revision {record.get('git_revision')}, the checkout is at {now} "
+                         f"(--no-resume recomputes)") if record.get("git_revision") != now else ""
+                echo(f"[evaluate] {method} I={num}: finished cell {path} reused (not recomputed){stale}")
                 return record, True
             echo(f"[evaluate] {method} I={num}: {path} was computed with another spec; recomputing")
     t0 = time.perf_counter()
@@ -499,7 +514,7 @@ def reproduce(profile: Profile | str, out: str | Path | None = None, resume: boo
                     raise ConfigError("dgnn_checkpoints", str(ckpt), f"{method} at I={num} needs a phase-1 "
                                       "checkpoint with model.pt (rl-isac pretrain / train-l2o)")
     manifest = {
-        "profile": asdict(profile), "out": str(out), "git_revision": git_revision(),
+        "profile": asdict(profile), "out": str(out), "git_revision": git_revision(), "git_dirty": git_dirty(),
         "packages": package_versions(), "argv": sys.argv, "dgnn_checkpoints": dgnn_checkpoints,
         "evaluation_world_seeds": evaluation_seeds(profile.seed, profile.episodes),
         "scenarios": {str(n): ScenarioConfig.preset("paper", num_targets=n, fidelity=profile.fidelity)
@@ -530,7 +545,8 @@ def reproduce(profile: Profile | str, out: str | Path | None = None, resume: boo
     table = {"profile": profile.name, "episodes": profile.episodes, "blocks": profile.blocks,
              "seed": profile.seed, "fidelity": profile.fidelity, "git_revision": git_revision(),
              "evaluation_world_seeds": manifest["evaluation_world_seeds"], "rows": rows,
-             "verdicts": verdicts(rows, profile.targets), "paper_table1_source": "the paper's Table 1 (printed values)"}
+             "verdicts": verdicts(rows, profile.targets), "paper_table1_source": "the paper's Table 1 (printed values)",
+             "cell_revisions": sorted({r["git_revision"] for r in rows if r.get("git_revision")})}
     write_json_atomic(table, out / "table1.json")
     (out / "table1.md").write_text(markdown_table(profile, rows))
     echo(f"[table] wrote {out / 'table1.json'} and {out / 'table1.md'}")

@@ -61,6 +61,7 @@ def test_tiny_profile_writes_a_well_formed_table_and_three_figures(tiny_run):
     assert "not available" in md and "paper's" in md
     manifest = json.loads((tiny_run / "run.json").read_text())
     assert manifest["git_revision"] and manifest["packages"]["numpy"] and "4" in manifest["scenarios"]
+    assert manifest["git_dirty"] in (True, False, None) and table["cell_revisions"]
     for name in ("fig3.png", "fig4.png", "training.png"):
         img = mpimg.imread(tiny_run / name)
         assert img.ndim == 3 and img.shape[0] > 200 and img.shape[1] > 400
@@ -75,7 +76,14 @@ def test_resume_skips_finished_cells_and_recomputes_only_a_broken_one(tiny_run):
     tiny_run, _ = tiny_run
     cells = [rep.cell_path(tiny_run, m, 4) for m in ("ekf-convex", "ekf-greedy", "dgnn-milp")]
     before = {p: p.read_text() for p in cells}
-    res = rep.reproduce("tiny", out=tiny_run, echo=lambda s: None)
+    # A cell computed at another revision is reused, and the line says so.
+    stale = json.loads(cells[0].read_text())
+    stale["git_revision"] = "0000000"
+    cells[0].write_text(json.dumps(stale))
+    before[cells[0]] = cells[0].read_text()
+    lines: list[str] = []
+    res = rep.reproduce("tiny", out=tiny_run, echo=lines.append)
+    assert any("computed at revision 0000000" in line for line in lines)
     assert res.cells_computed == [] and sorted(res.cells_reused) == ["dgnn-milp-I4", "ekf-convex-I4", "ekf-greedy-I4"]
     assert {p: p.read_text() for p in cells} == before
     # A cell that does not parse (e.g. written by hand) never counts: it is recomputed, to the same numbers.
