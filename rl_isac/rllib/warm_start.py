@@ -184,7 +184,7 @@ def behaviour_clone(module, cfg: ScenarioConfig, checkpoint: str, *, expert: str
         module.train()
         history.append({"epoch": epoch + 1, "nll": nll_sum / n, **acc})
         echo(f"bc epoch {epoch + 1:>2}: set nll {nll_sum / n:.3f}  val pair recall {acc['pair_recall']:.3f}  "
-             f"exact {acc['exact_association']:.3f}", flush=True)
+             f"exact {acc['exact_association']:.3f}")
     module.eval()
     return {"expert": expert, "episodes": episodes, "val_episodes": val_episodes, "samples": n,
             "collect_s": collect_s, "wall_s": time.perf_counter() - t0, "history": history,

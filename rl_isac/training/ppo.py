@@ -34,6 +34,7 @@ Seeds: world seeds from :func:`rl_isac.seeds.training_world_seed` (never evaluat
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -50,6 +51,7 @@ MODULE_SUBDIR = Path("learner_group") / "learner" / "rl_module"
 TRAIN_CONFIG = "train_config.json"
 WARM_START = "warm_start.pt"
 CURVE = "learning_curve.json"
+_print = functools.partial(print, flush=True)
 
 
 def module_dir(out: str | os.PathLike) -> Path:
@@ -129,7 +131,7 @@ def prepare(targets: int, pretrained: str, out: str, fidelity: str | None = None
     return run
 
 
-def warm_start(run: dict, train_cfg: PPOTrainConfig, dgnn_weights: str, path: str, echo=print) -> dict:
+def warm_start(run: dict, train_cfg: PPOTrainConfig, dgnn_weights: str, path: str, echo=_print) -> dict:
     """Behaviour cloning of the actor before PPO (:mod:`rl_isac.rllib.warm_start`); writes the module's
     state dict to ``path`` (every runner and the learner start from it) and returns the metrics."""
     import torch
@@ -153,7 +155,7 @@ def warm_start(run: dict, train_cfg: PPOTrainConfig, dgnn_weights: str, path: st
 
 
 def train(targets: int, pretrained: str, out: str, iterations: int | None = None, time_budget_s: float | None = None,
-          echo=print, **kwargs: Any) -> dict[str, Any]:
+          echo=_print, **kwargs: Any) -> dict[str, Any]:
     """Run PPO (see the module docstring); returns the final ``train_config.json`` content.
 
     Args:
@@ -236,7 +238,7 @@ def train(targets: int, pretrained: str, out: str, iterations: int | None = None
                     writer.add_scalar(key, value, row["env_steps"])
             echo(f"it {done:>3}  steps {row['env_steps']:>7}  return {row['return_mean']:>9.3f}  "
                  f"rmse {row['rmse_m']:.3f} m  pcrb {row['pcrb_m']:.3f} m  lost {row['lost_fraction']:.3f}  "
-                 f"H {row['entropy']:.3f}  KL {row['kl']:.4f}  {row['env_steps_per_s']:.0f} steps/s", flush=True)
+                 f"H {row['entropy']:.3f}  KL {row['kl']:.4f}  {row['env_steps_per_s']:.0f} steps/s")
             if done % train_cfg.checkpoint_every == 0:
                 save()
         save()
@@ -249,7 +251,7 @@ def train(targets: int, pretrained: str, out: str, iterations: int | None = None
 
 
 def reproduce_training(targets: int, out_dir: str | os.PathLike, dgnn_checkpoint: str, fidelity: str = "signal",
-                       echo=print, iterations: int = 8, warm_start: bool = False, seed: int = 0,
+                       echo=_print, iterations: int = 8, warm_start: bool = False, seed: int = 0,
                        **overrides: Any) -> dict[str, Any]:
     """The training stage of ``rl-isac reproduce`` (:mod:`rl_isac.evaluation.reproduce`).
 

@@ -182,7 +182,7 @@ def test_warm_start_fits_the_expert_and_seeds_the_module(env4, dgnn_i4, tmp_path
 
     before = loss()
     metrics = behaviour_clone(module, cfg, str(dgnn_i4), episodes=2, val_episodes=2, epochs=6, seed=9, gamma=0.9,
-                              echo=lambda *a, **k: None)
+                              echo=lambda msg: None)
     assert loss() < before and len(metrics["history"]) == 6
     assert 0.0 <= metrics["final"]["pair_recall"] <= 1.0
     path = tmp_path / "ws.pt"

@@ -118,7 +118,7 @@ def test_train_command_checkpoints_and_resumes(ray_session, dgnn_i4, tmp_path):
     out = tmp_path / "cli"
     lines: list[str] = []
     kw = dict(num_env_runners=0, envs_per_runner=2, seed=3, **TINY)
-    train(4, str(dgnn_i4), str(out), iterations=1, echo=lambda s, **k: lines.append(s), **kw)
+    train(4, str(dgnn_i4), str(out), iterations=1, echo=lines.append, **kw)
     meta = json.loads((out / "train_config.json").read_text())
     assert meta["iterations"] == 1 and meta["seed"] == 3 and meta["git_revision"]
     assert meta["train"]["train_batch_size"] == TINY["train_batch_size"]
@@ -128,7 +128,7 @@ def test_train_command_checkpoints_and_resumes(ray_session, dgnn_i4, tmp_path):
         train(4, str(dgnn_i4), str(out), iterations=2, **kw)
     with pytest.raises(ConfigError, match="differs"):
         train(4, str(dgnn_i4), str(out), iterations=2, resume=True, **{**kw, "lr": 1e-3})
-    train(4, str(dgnn_i4), str(out), iterations=2, resume=True, echo=lambda s, **k: lines.append(s), **kw)
+    train(4, str(dgnn_i4), str(out), iterations=2, resume=True, echo=lines.append, **kw)
     curve = json.loads((out / "learning_curve.json").read_text())["iterations"]
     assert [row["iteration"] for row in curve] == [1, 2]
     assert curve[1]["env_steps"] > curve[0]["env_steps"] and lines[-1].startswith("it   2")
