@@ -99,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--blocks", type=_positive_int, default=100)
     p.add_argument("--seed", type=_non_negative_int, default=0)
     p.add_argument("--fidelity", choices=FIDELITIES, default="signal")
-    p.add_argument("--driver", default="ekf-milp", help="CU that drives the world (default ekf-milp)")
+    p.add_argument("--driver", default="ekf-milp",
+                   help="CU that drives the world (default ekf-milp); 'self': this checkpoint's dgnn-milp in closed "
+                        "loop, compared with its own EKF anchor")
     p.add_argument("--json", metavar="PATH")
 
     p = sub.add_parser("pretrain", help="phase-1 supervised pre-training of the DGNN estimator + beam head")

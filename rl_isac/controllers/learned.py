@@ -28,9 +28,10 @@ import torch
 
 from rl_isac.association import DEFAULT_CHAIN_PRICE, make_solver
 from rl_isac.controllers.base import Controller, Estimator
-from rl_isac.controllers.composed import ComposedCU, GeometricBeams
+from rl_isac.controllers.composed import ComposedCU, GeometricBeams, sweep_beams
 from rl_isac.controllers.registry import register
 from rl_isac.errors import ConfigError
+from rl_isac.physics.channel import geometry
 from rl_isac.physics.measurements import Measurements
 from rl_isac.scenario import ScenarioConfig
 from rl_isac.tracking.window import MeasurementWindow
@@ -96,18 +97,39 @@ class DGNNEstimator(Estimator):
             cov = np.tile(np.eye(2) * self.fallback_var_m2, (self.cfg.num_targets, 1, 1))
         return cov
 
+    @property
+    def searching(self) -> np.ndarray | None:
+        """``(I,)`` bool: targets the window's EKF anchor is searching for (``None`` without an EKF anchor)."""
+        return self.window.searching
+
 
 class HeadBeams:
-    """Beams from the DGNN's beam head (eq. (12)); geometric beams before the first block."""
+    """Beams from the DGNN's beam head (eq. (12)); geometric beams before the first block.
 
-    def __init__(self, cfg: ScenarioConfig) -> None:
+    Re-acquisition as in :class:`~rl_isac.controllers.composed.GeometricBeams`: the pairs whose predicted
+    angle is uncertain or whose target the anchor is searching for (:meth:`GeometricBeams.wide_pairs`, from
+    the estimator's predicted covariance and ``searching``) sweep ``K`` adjacent beams around the prediction
+    instead of the head's beams (``widen=False``: the head's beams everywhere). Without it a DGNN CU never
+    finds a lost target again (its head aims at where it believes the target is).
+    """
+
+    def __init__(self, cfg: ScenarioConfig, widen: bool = True) -> None:
+        self.cfg = cfg
+        self.widen = widen
         self.geometric = GeometricBeams(cfg)
 
     def select(self, prediction_m: np.ndarray, estimator: Estimator) -> np.ndarray:
         last = getattr(estimator, "last", None)
         if last is None or "beams" not in last:
-            return self.geometric.select(prediction_m)
-        return np.asarray(last["beams"], dtype=np.int64)
+            return self.geometric.select(prediction_m, estimator if self.widen else None)
+        beams = np.array(last["beams"], dtype=np.int64)
+        if self.widen:
+            range_m, angle = geometry(self.geometric.bs_positions_m, prediction_m)  # (M, I)
+            wide = self.geometric.wide_pairs(range_m, angle, estimator)
+            if wide.any():
+                beams[wide] = sweep_beams(np.cos(angle[wide]), self.cfg.codebook_size,
+                                          self.cfg.num_tracking_symbols)
+        return beams
 
 
 def _dgnn_factory(solver: str):

@@ -221,6 +221,12 @@ class MeasurementWindow:
         return None if self._ekf is None else self._ekf.predicted_covariance()[:, :2, :2]
 
     @property
+    def searching(self) -> np.ndarray | None:
+        """``(I,)`` bool: targets the EKF anchor is searching for (:attr:`rl_isac.tracking.ekf.EKFEstimator.searching`);
+        ``None`` for other anchors."""
+        return None if self._ekf is None else self._ekf.searching
+
+    @property
     def num_valid(self) -> int:
         """Number of blocks held (``<= W``)."""
         return len(self._blocks)
