@@ -60,7 +60,7 @@ def _micro_breakdown(cfg, module, batch: int, steps: int = 40) -> dict:
             enc = module.encode(ob)
             t1 = time.perf_counter()
             E, g = module.pair_embeddings(ob, enc)
-            pairs, _, _ = module.decode(E, g, ob, explore=True)
+            pairs, _, _ = module.decode_auto(E, g, ob, explore=True)
             t2 = time.perf_counter()
         t_enc += t1 - t0
         t_dec += t2 - t1

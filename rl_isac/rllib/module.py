@@ -396,13 +396,17 @@ class ISACPPOModule(TorchRLModule, ValueFunctionAPI):
         logp = torch.log_softmax(logits, -1).gather(-1, pairs[..., None])[..., 0].sum(1)
         return pairs, logp, logits
 
+    def decode_auto(self, E: torch.Tensor, g: torch.Tensor, obs: dict[str, torch.Tensor], explore: bool):
+        """:meth:`decode_numpy` up to :data:`NUMPY_DECODE_MAX_BATCH` on the CPU, else :meth:`decode`."""
+        small = E.shape[0] <= NUMPY_DECODE_MAX_BATCH and E.device.type == "cpu"
+        return (self.decode_numpy if small else self.decode)(E, g, obs, explore)
+
     def _act(self, batch: dict[str, Any], explore: bool) -> dict[str, Any]:
         obs = batch[Columns.OBS]
         enc = self.encode(obs)
         E, g = self.pair_embeddings(obs, enc)
         B = E.shape[0]
-        decode = self.decode_numpy if E.shape[0] <= NUMPY_DECODE_MAX_BATCH and E.device.type == "cpu" else self.decode
-        pairs, logp, logits = decode(E, g, obs, explore)
+        pairs, logp, logits = self.decode_auto(E, g, obs, explore)
         beams = enc["beams"].reshape(B, -1)
         estimate = enc["u_hat"].reshape(B, -1).float()
         out = {Columns.ACTIONS: {"pairs": pairs, "beams": beams, "estimate": estimate},
