@@ -100,6 +100,9 @@ class PretrainConfig(ConfigMixin):
     """Weight of the beams' cross-entropy against the position MSE."""
     position_loss_scale_m: float = 1.0
     """Position errors are divided by this before squaring, metres."""
+    huber_delta_m: float | None = None
+    """``None``: squared error; a number: Huber on each target's error norm, quadratic below this many metres
+    and linear above (a lost track, tens of metres off, then pulls no harder than a 2-delta error does)."""
     association_policies: tuple[str, ...] = ("random", "nearest", "greedy")
     """Association policies mixed per block: ``"random"``, ``"nearest"`` or a solver name."""
     association_weights: tuple[float, ...] = (0.4, 0.3, 0.3)
@@ -136,6 +139,9 @@ class PretrainConfig(ConfigMixin):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise ConfigError(name, v, "must be a finite number >= 0")
+        if self.huber_delta_m is not None and not (isinstance(self.huber_delta_m, (int, float))
+                                                   and math.isfinite(self.huber_delta_m) and self.huber_delta_m > 0):
+            raise ConfigError("huber_delta_m", self.huber_delta_m, "must be None or a finite number > 0")
         if not isinstance(self.cosine, bool):
             raise ConfigError("cosine", self.cosine, "must be a bool")
         if not self.association_policies or len(self.association_policies) != len(self.association_weights):
@@ -358,7 +364,8 @@ def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------------------------------------- loss/metrics
 def pretrain_loss(out: dict[str, Tensor], batch: dict[str, Tensor], train_cfg: PretrainConfig
                   ) -> tuple[Tensor, dict[str, float]]:
-    """Sec. 3.3 loss: position MSE (now + next) + weighted beam cross-entropy (tx + rx) / 2.
+    """Sec. 3.3 loss: position MSE (now + next; Huber with ``huber_delta_m``) + weighted beam cross-entropy
+    (tx + rx) / 2.
 
     Shapes:
         out: :meth:`DGNN.forward` outputs; batch: ``u_now``, ``u_next`` ``(B, I, 2)`` metres,
@@ -367,8 +374,17 @@ def pretrain_loss(out: dict[str, Tensor], batch: dict[str, Tensor], train_cfg: P
         scalar loss and its parts as floats.
     """
     s = train_cfg.position_loss_scale_m
-    mse_now = (((out["u_hat"] - batch["u_now"]) / s) ** 2).sum(-1).mean()
-    mse_next = (((out["u_tilde"] - batch["u_next"]) / s) ** 2).sum(-1).mean()
+
+    def position_loss(est: Tensor, truth: Tensor) -> Tensor:
+        sq = (((est - truth) / s) ** 2).sum(-1)                       # (B, I) squared error / s^2
+        if train_cfg.huber_delta_m is None:
+            return sq.mean()
+        d = train_cfg.huber_delta_m / s
+        norm = torch.sqrt(sq + 1e-12)
+        return torch.where(norm <= d, sq, 2 * d * norm - d * d).mean()  # Huber, 2x the usual (= sq below d)
+
+    mse_now = position_loss(out["u_hat"], batch["u_now"])
+    mse_next = position_loss(out["u_tilde"], batch["u_next"])
     C = out["beam_logits_tx"].shape[-1]
     labels = batch["beam_next"].reshape(-1)
     ce_tx = torch.nn.functional.cross_entropy(out["beam_logits_tx"].reshape(-1, C), labels)

@@ -195,3 +195,28 @@ def test_closed_loop_config_validation() -> None:
         with pytest.raises(ConfigError) as err:
             PretrainConfig(**kwargs)
         assert err.value.field == field
+
+
+def test_huber_position_loss_is_the_squared_error_near_and_linear_far() -> None:
+    from rl_isac.training.pretrain import pretrain_loss
+
+    B, M, I, C = 2, CFG.num_bs, 3, CFG.codebook_size
+    truth = torch.zeros(B, I, 2)
+    logits = torch.zeros(B, M, I, C)
+    batch = {"u_now": truth, "u_next": truth, "beam_next": torch.zeros(B, M, I, dtype=torch.int64)}
+    huber = TRAIN_CFG.replace(huber_delta_m=1.0, beam_loss_weight=0.0)
+    mse = TRAIN_CFG.replace(beam_loss_weight=0.0)
+    for err_m, expected_huber in ((0.5, 0.25), (10.0, 2 * 10.0 - 1.0)):
+        est = torch.full((B, I, 2), 0.0)
+        est[..., 0] = err_m
+        est.requires_grad_(True)
+        out = {"u_hat": est, "u_tilde": est.detach(), "beam_logits_tx": logits, "beam_logits_rx": logits}
+        _, parts = pretrain_loss(out, batch, huber)
+        assert parts["mse_now"] == pytest.approx(expected_huber)
+        assert pretrain_loss(out, batch, mse)[1]["mse_now"] == pytest.approx(err_m**2)
+        loss, _ = pretrain_loss(out, batch, huber)
+        loss.backward()
+        assert float(est.grad.abs().max()) <= 2.0 / (B * I) + 1e-6  # bounded pull: 2 delta per target
+    with pytest.raises(ConfigError) as err:
+        PretrainConfig(huber_delta_m=0.0)
+    assert err.value.field == "huber_delta_m"
