@@ -89,6 +89,45 @@ def collect_peaks(meas, max_angle_std_rad: float | None = MAX_ANGLE_STD_RAD) -> 
                    snr_db=np.asarray(meas.peak_snr_db)[bs, label, peak])
 
 
+def widen_for_merges(peaks: PeakSet, x: np.ndarray, bs_positions_m: np.ndarray, range_resolution_m: float,
+                     beam_spacing_u: float) -> PeakSet:
+    """Peaks that may be two targets' merged echoes, with their covariance widened to cover both.
+
+    Two tracks whose predictions a BS cannot resolve (closer than ``range_resolution_m`` in range and
+    ``beam_spacing_u`` in ``u = cos(theta)`` from that BS) give one merged echo there, biased toward either
+    by up to their separation. A peak of that BS lying inside the pair's joint cell gets, added to its
+    ``R``, ``(delta / 2)^2`` in range and in angle, ``delta`` the spread of those tracks' predicted ranges and
+    angles: the merge's bias becomes part of the measurement's reported uncertainty, so it pulls neither
+    track off (two targets crossing keep their identities on their velocities).
+
+    Args:
+        peaks: the block's peaks; x: ``(I, 4)`` predicted states; bs_positions_m: ``(M, 2)``.
+    Returns:
+        a new :class:`PeakSet` (``R`` widened where needed).
+    """
+    if len(peaks) == 0 or len(x) < 2:
+        return peaks
+    bs_pos = np.asarray(bs_positions_m, float)[peaks.bs]
+    delta = x[None, :, :2] - bs_pos[:, None, :]  # (N, I, 2)
+    r_pred = np.hypot(delta[..., 0], delta[..., 1])
+    th_pred = np.arctan2(delta[..., 1], delta[..., 0])
+    u_pred = np.cos(th_pred)
+    near = ((np.abs(r_pred - peaks.z[:, None, 0]) < range_resolution_m)
+            & (np.abs(u_pred - np.cos(peaks.z[:, None, 1])) < beam_spacing_u))  # (N, I)
+    merged = near.sum(axis=1) >= 2
+    if not merged.any():
+        return peaks
+    R = peaks.R.copy()
+    for n in np.flatnonzero(merged):
+        idx = np.flatnonzero(near[n])
+        dr = r_pred[n, idx].max() - r_pred[n, idx].min()
+        dth = np.ptp(np.unwrap(th_pred[n, idx]))
+        R[n, 0, 0] += (0.5 * dr) ** 2
+        R[n, 1, 1] += (0.5 * dth) ** 2
+    return PeakSet(bs=peaks.bs, label=peaks.label, peak=peaks.peak, scan=peaks.scan, z=peaks.z, R=R,
+                   snr_db=peaks.snr_db)
+
+
 def innovation_matrix(x: np.ndarray, P: np.ndarray, peaks: PeakSet, bs_positions_m: np.ndarray
                       ) -> tuple[np.ndarray, np.ndarray]:
     """NIS ``d2 (N, I)`` and ``ln det S (N, I)`` of every peak against every track's prediction.
@@ -197,6 +236,6 @@ def label_assign(x: np.ndarray, P: np.ndarray, peaks: PeakSet, bs_positions_m: n
 ASSOCIATION_RULES = {"gnn": gnn_assign, "label": label_assign}
 """Data-association rules by name (:attr:`rl_isac.tracking.ekf.EKFSettings.data_association`)."""
 
-__all__ = ["CHI2_GATE_999", "MAX_ANGLE_STD_RAD", "OTHER_TARGET_COST", "PeakSet", "collect_peaks",
+__all__ = ["widen_for_merges", "CHI2_GATE_999", "MAX_ANGLE_STD_RAD", "OTHER_TARGET_COST", "PeakSet", "collect_peaks",
            "innovation_matrix", "gnn_assign", "label_assign",
            "ASSOCIATION_RULES"]

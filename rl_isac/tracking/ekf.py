@@ -50,7 +50,7 @@ import numpy as np
 
 from rl_isac.config import ConfigMixin
 from rl_isac.errors import ConfigError, MeasurementError
-from rl_isac.tracking.data_association import ASSOCIATION_RULES, collect_peaks, innovation_matrix
+from rl_isac.tracking.data_association import ASSOCIATION_RULES, collect_peaks, innovation_matrix, widen_for_merges
 from rl_isac.tracking.motion import (
     PROCESS_NOISE_MODELS,
     cv_transition,
@@ -263,6 +263,9 @@ class EKFSettings(ConfigMixin):
     valid peak of the block against every track, global nearest neighbour per scan inside the
     ``innovation_gate``; ``"label"``, the old rule (the strongest peak of a pair to the pair's own target,
     gated). With ``innovation_gate=None`` the label rule fuses everything (a textbook EKF)."""
+    widen_merges: bool = True
+    """Widen the covariance of peaks two unresolved tracks share
+    (:func:`~rl_isac.tracking.data_association.widen_for_merges`)."""
     search_after_blocks: int | None = 3
     """A track with no accepted measurement for this many consecutive blocks is *searching*: each further
     block its predicted position covariance grows by ``search_growth_m^2`` per axis (so the association
@@ -491,6 +494,9 @@ class EKFEstimator:
         x, P = self._prediction()  # q-1 -> q
         x, P = x.copy(), P.copy()
         peaks = collect_peaks(meas)
+        if self.settings.widen_merges:
+            peaks = widen_for_merges(peaks, x, self.bs_positions_m, self.cfg.range_resolution_m,
+                                     2.0 / self.cfg.codebook_size)
         gate = self.settings.innovation_gate
         if gate is None:
             track, _ = ASSOCIATION_RULES["label"](x, P, peaks, self.bs_positions_m, gate=None)

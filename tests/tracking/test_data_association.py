@@ -132,3 +132,19 @@ def test_a_track_locked_out_of_its_gate_searches_and_reacquires():
     assert est.losses == 1 and len(est.reacquired_after) == 1 and est.reacquired_after[0] >= 3
     # Tracks 1-3 were never disturbed (track 0 searching with a wide gate took none of their peaks).
     assert est.missed[1:].max() == 0
+
+
+def test_a_peak_two_unresolved_tracks_share_is_widened_to_cover_both():
+    from rl_isac.tracking.data_association import widen_for_merges
+
+    cfg = ScenarioConfig.paper(4)
+    truth = np.array([[50.0, 30.0], [50.6, 30.5], [200.0, 70.0], [120.0, 50.0]])  # tracks 0, 1 unresolved
+    meas = _peaks_block(cfg, [(0, 0, 0, truth[:2].mean(axis=0), 0.05, 0.002), (4, 2, 0, truth[2], 0.05, 0.002)])
+    peaks = collect_peaks(meas)
+    x, _ = _state(truth)
+    wide = widen_for_merges(peaks, x, np.asarray(cfg.bs_positions_m), cfg.range_resolution_m, 2.0 / 32)
+    assert wide.R[0, 0, 0] > peaks.R[0, 0, 0] and wide.R[0, 1, 1] > peaks.R[0, 1, 1]
+    np.testing.assert_array_equal(wide.R[1], peaks.R[1])  # a lone target's peak is untouched
+    # The merged peak is now within the gate of both tracks' true positions.
+    nis, _ = innovation_matrix(x, np.zeros((4, 4, 4)), wide, np.asarray(cfg.bs_positions_m))
+    assert nis[0, 0] < CHI2_GATE_999 and nis[0, 1] < CHI2_GATE_999

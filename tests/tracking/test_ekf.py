@@ -30,7 +30,8 @@ from rl_isac.tracking import (
 )
 
 PLAIN = EKFSettings(process_noise_model="isotropic", velocity_decay=False, speed_std_mps=None,
-                    reflect_at_edges=False, innovation_gate=None, turn_noise_scale=1.0, search_after_blocks=None)
+                    reflect_at_edges=False, innovation_gate=None, turn_noise_scale=1.0, search_after_blocks=None,
+                    widen_merges=False)
 """Textbook EKF: constant velocity, isotropic velocity noise, no extras."""
 
 
@@ -362,7 +363,8 @@ def test_iterated_update_reaches_the_map_fixed_point_near_a_bs():
 
 
 # ---------------------------------------------------------------------------------------------- estimator vs filterpy
-@pytest.mark.parametrize("settings", [PLAIN, EKFSettings(innovation_gate=None, turn_noise_scale=1.0)],
+@pytest.mark.parametrize("settings", [PLAIN, EKFSettings(innovation_gate=None, turn_noise_scale=1.0,
+                                                         widen_merges=False)],
                          ids=["plain", "default"])
 def test_estimator_matches_independent_filterpy_ekf(settings):
     cfg = ScenarioConfig.paper(num_targets=6)
