@@ -21,6 +21,17 @@ threshold ``u`` solves the Rice up-crossing bound for this chi-square process,
 profile); a test measures the false-alarm rate against ``detection_pfa``. Below the
 threshold the pair yields no measurement.
 
+Detection model in full (for anyone predicting ``P_d``, e.g. :mod:`rl_isac.physics.detection`):
+a peak is reported when (1) ``T > u * F`` with ``F >= 1`` the gate's floor (mean of the range
+profile over the gate with the peak's echo removed, in units of its thermal-noise mean ``K``;
+CFAR: the other RF chain's echoes raise it), (2) the strongest bin is a local maximum of the
+profile (not the rising skirt of an echo beyond the gate), (3) the Hann-tapered profile also
+exceeds ``TAPER_CHECK u F`` in the peak's resolution cell (no range sidelobe of a stronger echo),
+(4) the angle estimate lies within one beam spacing of the pair's beams, and (5) the bound is
+informative. For an isolated target with idle other chain, ``F ~ 1`` and (2)-(5) hold, so
+``P_d ~ P(T > u)`` with ``T ~`` noncentral chi-square (``2K`` dof, noncentrality ``2 SNR``); the CU
+further ignores peaks with angle std above ``MAX_ANGLE_STD_RAD`` (endfire, range-only).
+
 Angle: with ``c_k = Y_k(tau_hat) / L`` the per-symbol amplitudes, the model
 ``c_k = beta e^{j 2 pi nu k T_0} g_k(u)`` (known beam patterns ``g_k``, unknown complex
 ``beta`` and Doppler ``nu``) gives the concentrated ML criterion
