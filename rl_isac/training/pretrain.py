@@ -37,9 +37,25 @@ true next position plus ``N(0, s^2)`` per axis, with ``s`` drawn per episode in
 ``[0, beam_aim_std_m]`` (a stand-in for predictors of varied quality; the labels
 never depend on it).
 
+Closed-loop data (``data="closed_loop"``, :func:`generate_closed_loop_dataset`; what the reference
+checkpoints use): the pre-training data of the open-loop mix above aim the beams near the truth and mix
+association policies, so the DGNN never sees the states its own CU visits (in closed loop its
+correction then added error). DAgger style instead: round 0 is driven by the expert CU
+``expert`` (``ekf-milp``: EKF, exact MILP on the detection-counting objective, geometric beams with
+the re-acquisition sweep); round ``r >= 1`` by the DGNN CU (``dgnn-<dagger_solver>``: its estimate,
+its association, its head's beams) of the best model after round ``r - 1``; every round adds
+``train_episodes`` / ``val_episodes`` new episodes (training seeds only) to the aggregated sets, and
+training continues from that model for ``dagger_epochs`` (round 0: ``epochs``) with its own cosine
+decay. The window with the anchor runs on the very measurements the CU receives. At the start of
+each round the carried model and the untrained one (zero residual heads: exactly the anchors) are
+scored on the grown validation set, so ``model.pt`` is the anchor itself when no trained epoch
+beats it (``metrics.json``: ``best_is_untrained``). ``rounds/policy<r>.pt`` keeps the model that
+drove round ``r`` (for a resume).
+
 Loss (Sec. 3.3): ``MSE(u_hat) + MSE(u_tilde)`` on positions in units of
-``position_loss_scale_m`` plus ``beam_loss_weight * (CE_tx + CE_rx) / 2`` over every
-(BS, target) pair.
+``position_loss_scale_m`` (with ``huber_delta_m``: Huber on each target's error norm, so that the
+few lost tracks of closed-loop data, tens of metres off, do not dominate the correction of the many
+held ones) plus ``beam_loss_weight * (CE_tx + CE_rx) / 2`` over every (BS, target) pair.
 
 Determinism: the data come from numpy Generators seeded from ``(seed, split,
 episode)``; torch from ``torch.manual_seed(seed)`` and a per-epoch shuffling
@@ -734,5 +750,6 @@ def pretrain(cfg: ScenarioConfig, dgnn_cfg: DGNNConfig, train_cfg: PretrainConfi
         torch.set_num_threads(threads)
 
 
-__all__ = ["PretrainConfig", "PretrainResult", "evaluate", "generate_dataset", "load_checkpoint", "load_configs",
+__all__ = ["DATA_MODES", "PretrainConfig", "PretrainResult", "dgnn_controller", "evaluate",
+           "generate_closed_loop_dataset", "generate_dataset", "load_checkpoint", "load_configs",
            "pretrain", "pretrain_loss", "random_association", "save_checkpoint"]
