@@ -18,6 +18,8 @@ decision latency, and where the time goes.
   ``encoder`` and ``ar_sampling`` (the module at the runner's batch, divided by it),
   ``learner`` (RLlib's learner-update timer per env step trained), ``sampling_total`` (RLlib's
   sampling timer per env step: env + module + connectors + episode bookkeeping).
+* ``ppo_decision_cpu_ms_p50/p99``: the same decision in thread CPU time (on a shared machine the
+  wall time also counts the waits for a core).
 * ``ppo_decision_breakdown_ms``: the same pieces at batch 1 (one CU's decision).
 """
 
@@ -147,6 +149,24 @@ def ppo_bench(targets: int = 8, iterations: int = 3, quick: bool = False, echo=p
     return out
 
 
+def _decision_cpu_ms(cfg, module, blocks: int) -> tuple[float, float]:
+    """p50/p99 of the CU's ``act`` in thread CPU time (what a busy shared machine's wall time hides)."""
+    from rl_isac.network import CellFreeNetwork
+    from rl_isac.rllib.controller import PPOController
+    from rl_isac.seeds import training_world_seed
+
+    cu = PPOController(cfg.replace(num_blocks=blocks), module)
+    net = CellFreeNetwork(cfg)
+    action = cu.reset(net.reset(training_world_seed(0, 3, 0)))
+    cpu = []
+    for _ in range(blocks):
+        meas = net.step(action.association, action.beams, predicted_positions_m=action.prediction_m)
+        t0 = time.thread_time()
+        action = cu.act(meas)
+        cpu.append(1e3 * (time.thread_time() - t0))
+    return float(np.percentile(cpu, 50)), float(np.percentile(cpu, 99))
+
+
 def _decision_figures(out: dict, ours: dict, module_dir: Path, targets: int, t, quick: bool, echo) -> None:
     from rl_isac.evaluation.harness import evaluate
     from rl_isac.rllib.controller import PPOController, load_module
@@ -159,6 +179,9 @@ def _decision_figures(out: dict, ours: dict, module_dir: Path, targets: int, t, 
                  controller=PPOController(cfg.replace(num_blocks=blocks), module))
     out["ppo_decision_ms_p50"], out["ppo_decision_ms_p99"] = r["decision_ms_p50"], r["decision_ms_p99"]
     echo(f"dgnn-ppo decision I={targets}: p50 {r['decision_ms_p50']:.2f} ms, p99 {r['decision_ms_p99']:.2f} ms")
+    out["ppo_decision_cpu_ms_p50"], out["ppo_decision_cpu_ms_p99"] = _decision_cpu_ms(cfg, module, blocks)
+    echo(f"dgnn-ppo decision I={targets}, thread CPU time: p50 {out['ppo_decision_cpu_ms_p50']:.2f} ms, "
+         f"p99 {out['ppo_decision_cpu_ms_p99']:.2f} ms")
     micro = _micro_breakdown(cfg, module, t.num_envs_per_env_runner, steps=10 if quick else 40)
     trained = ours["env_steps"] / ours["iterations_measured"]
     micro["learner"] = 1e3 * ours["timers_s"]["learner_update_timer"] / trained

@@ -51,7 +51,7 @@ def load_module(checkpoint: str | Path | None):
 
     from rl_isac.rllib.module import ISACPPOModule
 
-    path = resolve_module_dir(checkpoint)
+    path = resolve_module_dir(checkpoint).resolve()  # from_checkpoint rejects relative paths
     module = RLModule.from_checkpoint(str(path))
     if type(module) is not ISACPPOModule:
         raise ConfigError("checkpoint", str(path), f"loaded a {type(module).__module__}.{type(module).__name__}, not "

@@ -99,9 +99,10 @@ def test_ppo_iteration_end_to_end_and_module_reloads_without_ray(ray_session, dg
         algo.stop()
     np.savez(tmp_path / "obs.npz", **obs)
     (out / "train_config.json").write_text(json.dumps({"targets": 4}))
-    proc = subprocess.run([sys.executable, "-c", RELOAD, str(module_dir(out)), str(tmp_path / "obs.npz"), str(out)],
-                          capture_output=True, text=True, timeout=240, env={"OMP_NUM_THREADS": "1",
-                                                                          "PATH": "/usr/bin:/bin"})
+    # the harness gets the run directory as a relative path (as typed on a command line)
+    proc = subprocess.run([sys.executable, "-c", RELOAD, str(module_dir(out)), str(tmp_path / "obs.npz"), "run"],
+                          capture_output=True, text=True, timeout=240, cwd=tmp_path,
+                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert got["ray_initialized"] is False and got["cls"] == "ISACPPOModule"
