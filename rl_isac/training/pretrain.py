@@ -119,6 +119,10 @@ class PretrainConfig(ConfigMixin):
     huber_delta_m: float | None = None
     """``None``: squared error; a number: Huber on each target's error norm, quadratic below this many metres
     and linear above (a lost track, tens of metres off, then pulls no harder than a 2-delta error does)."""
+    max_anchor_error_m: float | None = None
+    """``None``: every target-sample counts; a number: target-samples whose anchor (``anchor`` for ``u_hat``,
+    ``anchor_next`` for ``u_tilde``) is farther than this from the truth are left out of the position loss
+    (a lost track is the EKF's re-acquisition job; learning it from a few lost episodes overfits them)."""
     association_policies: tuple[str, ...] = ("random", "nearest", "greedy")
     """Association policies mixed per block: ``"random"``, ``"nearest"`` or a solver name."""
     association_weights: tuple[float, ...] = (0.4, 0.3, 0.3)
@@ -158,6 +162,10 @@ class PretrainConfig(ConfigMixin):
         if self.huber_delta_m is not None and not (isinstance(self.huber_delta_m, (int, float))
                                                    and math.isfinite(self.huber_delta_m) and self.huber_delta_m > 0):
             raise ConfigError("huber_delta_m", self.huber_delta_m, "must be None or a finite number > 0")
+        if self.max_anchor_error_m is not None and not (
+                isinstance(self.max_anchor_error_m, (int, float)) and math.isfinite(self.max_anchor_error_m)
+                and self.max_anchor_error_m > 0):
+            raise ConfigError("max_anchor_error_m", self.max_anchor_error_m, "must be None or a finite number > 0")
         if not isinstance(self.cosine, bool):
             raise ConfigError("cosine", self.cosine, "must be a bool")
         if not self.association_policies or len(self.association_policies) != len(self.association_weights):
@@ -391,16 +399,20 @@ def pretrain_loss(out: dict[str, Tensor], batch: dict[str, Tensor], train_cfg: P
     """
     s = train_cfg.position_loss_scale_m
 
-    def position_loss(est: Tensor, truth: Tensor) -> Tensor:
+    def position_loss(est: Tensor, truth: Tensor, anchor_key: str) -> Tensor:
         sq = (((est - truth) / s) ** 2).sum(-1)                       # (B, I) squared error / s^2
-        if train_cfg.huber_delta_m is None:
+        if train_cfg.huber_delta_m is not None:
+            d = train_cfg.huber_delta_m / s
+            norm = torch.sqrt(sq + 1e-12)
+            sq = torch.where(norm <= d, sq, 2 * d * norm - d * d)      # Huber, 2x the usual (= sq below d)
+        if train_cfg.max_anchor_error_m is None or anchor_key not in batch:
             return sq.mean()
-        d = train_cfg.huber_delta_m / s
-        norm = torch.sqrt(sq + 1e-12)
-        return torch.where(norm <= d, sq, 2 * d * norm - d * d).mean()  # Huber, 2x the usual (= sq below d)
+        anchor_m = batch[anchor_key] * batch["scales_m"][:, 0, None, None]
+        keep = ((anchor_m - truth).norm(dim=-1) <= train_cfg.max_anchor_error_m).to(sq.dtype)  # (B, I)
+        return (sq * keep).sum() / keep.sum().clamp_min(1.0)
 
-    mse_now = position_loss(out["u_hat"], batch["u_now"])
-    mse_next = position_loss(out["u_tilde"], batch["u_next"])
+    mse_now = position_loss(out["u_hat"], batch["u_now"], "anchor")
+    mse_next = position_loss(out["u_tilde"], batch["u_next"], "anchor_next")
     C = out["beam_logits_tx"].shape[-1]
     labels = batch["beam_next"].reshape(-1)
     ce_tx = torch.nn.functional.cross_entropy(out["beam_logits_tx"].reshape(-1, C), labels)

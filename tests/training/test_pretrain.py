@@ -220,3 +220,24 @@ def test_huber_position_loss_is_the_squared_error_near_and_linear_far() -> None:
     with pytest.raises(ConfigError) as err:
         PretrainConfig(huber_delta_m=0.0)
     assert err.value.field == "huber_delta_m"
+
+
+def test_targets_whose_anchor_is_lost_can_be_left_out_of_the_position_loss() -> None:
+    from rl_isac.training.pretrain import pretrain_loss
+
+    B, M, I, C = 1, CFG.num_bs, 2, CFG.codebook_size
+    scale = 300.0
+    truth = torch.zeros(B, I, 2)
+    anchor = torch.tensor([[[0.1, 0.0], [30.0, 0.0]]]) / scale  # target 0 held (0.1 m), target 1 lost (30 m)
+    batch = {"u_now": truth, "u_next": truth, "beam_next": torch.zeros(B, M, I, dtype=torch.int64),
+             "anchor": anchor, "anchor_next": anchor, "scales_m": torch.tensor([[scale, 5.0, 316.0]])}
+    est = torch.tensor([[[0.2, 0.0], [20.0, 0.0]]])
+    logits = torch.zeros(B, M, I, C)
+    out = {"u_hat": est, "u_tilde": est, "beam_logits_tx": logits, "beam_logits_rx": logits}
+    cfg = TRAIN_CFG.replace(beam_loss_weight=0.0)
+    assert pretrain_loss(out, batch, cfg)[1]["mse_now"] == pytest.approx((0.04 + 400.0) / 2)
+    masked = pretrain_loss(out, batch, cfg.replace(max_anchor_error_m=5.0))[1]
+    assert masked["mse_now"] == pytest.approx(0.04) and masked["mse_next"] == pytest.approx(0.04)
+    with pytest.raises(ConfigError) as err:
+        PretrainConfig(max_anchor_error_m=-1.0)
+    assert err.value.field == "max_anchor_error_m"
