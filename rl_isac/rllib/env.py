@@ -104,6 +104,10 @@ def env_scenario(env_config: dict) -> ScenarioConfig:
         v = cfgd[key]
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ConfigError(f"env_config.{key}", v, "must be an integer >= 1")
+    for key in ("seed", "split"):
+        v = cfgd[key]
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+            raise ConfigError(f"env_config.{key}", v, "must be an integer >= 0")
     if cfgd["clusters"] != 1:
         raise ConfigError("env_config.clusters", cfgd["clusters"],
                           "only 1 CU cluster is built so far (several clusters: the scale-out issue)")

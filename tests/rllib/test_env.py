@@ -134,3 +134,5 @@ def test_env_config_errors():
         ISACMultiAgentEnv({"clusters": 2})
     with pytest.raises(ConfigError, match="reward_scale"):
         ISACMultiAgentEnv({"reward_scale": -1.0})
+    with pytest.raises(ConfigError, match="split"):
+        ISACMultiAgentEnv({"split": -1})
