@@ -287,9 +287,12 @@ def _run_trial(config: dict[str, Any], settings: SweepSettings) -> None:
                 cu = make_controller("dgnn-ppo", eval_cfg, checkpoint=str(module))
                 rmse = validation_rmse(cu, eval_cfg, settings.eval_episodes, settings.eval_blocks, settings.seed)
                 (Path(d) / "sweep_state.json").write_text(json.dumps({"ppo_iteration": it}))
-                metrics = {"ppo_iteration": it, METRIC: rmse, "return_mean": row["return_mean"],
-                           "train_rmse_m": row["rmse_m"], "env_steps": row["env_steps"],
-                           "entropy": row["entropy"], "kl": row["kl"]}
+                # RLlib's scalars (our custom tracking/*, assoc/*, phy/*, losses/*, perf/* included) go to Tune
+                # too, so its TensorBoard event files hold them beside the sweep's metric.
+                metrics = {k: v for k, v in row["scalars"].items() if math.isfinite(v)}
+                metrics.update({"ppo_iteration": it, METRIC: rmse, "return_mean": row["return_mean"],
+                                "train_rmse_m": row["rmse_m"], "env_steps": row["env_steps"],
+                                "entropy": row["entropy"], "kl": row["kl"]})
                 tune.report({k: float(v) for k, v in metrics.items()}, checkpoint=tune.Checkpoint.from_directory(d))
     finally:
         algo.stop()

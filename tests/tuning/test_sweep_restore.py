@@ -51,7 +51,11 @@ def test_a_killed_sweep_restores_and_its_trial_continues(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "restoring" in done.stdout
     (result,) = experiment.glob("trial_*/result.json")
-    iterations = [json.loads(line)["ppo_iteration"] for line in result.read_text().splitlines() if line.strip()]
+    reports = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+    iterations = [r["ppo_iteration"] for r in reports]
+    # Our custom RLlib scalars reach Tune (and so its TensorBoard event files) beside the metric.
+    assert all("tracking/rmse_m" in r and "val_rmse_m" in r for r in reports)
+    assert list(experiment.glob("trial_*/events.out.tfevents.*"))
     # The restored trial continued from its checkpoint: iterations never start over.
     assert iterations[-1] == 2 and iterations == sorted(set(iterations)), iterations
     assert (out / "best-I4.yaml").is_file() and "| 4 |" in (out / "summary.md").read_text()
