@@ -134,6 +134,11 @@ def test_train_command_checkpoints_and_resumes(ray_session, dgnn_i4, tmp_path):
     assert [row["iteration"] for row in curve] == [1, 2]
     assert curve[1]["env_steps"] > curve[0]["env_steps"] and lines[-1].startswith("it   2")
     assert json.loads((out / "train_config.json").read_text())["iterations"] == 2
+    # a time budget stops the run (here before any further iteration); the run stays resumable
+    train(4, str(dgnn_i4), str(out), time_budget_s=1e-9, resume=True, echo=lines.append, **kw)
+    assert len(json.loads((out / "learning_curve.json").read_text())["iterations"]) == 2
+    with pytest.raises(ConfigError, match="iterations/--time-budget-s"):
+        train(4, str(dgnn_i4), str(out), resume=True, **kw)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     tags = set()
