@@ -148,3 +148,33 @@ def test_world_reports_the_neighbour_in_the_same_beams_and_gate(fidelity):
             want = np.sort(pos[:2], axis=0)
             assert np.abs(got - want).max() < 1.0
     assert both >= 8
+
+
+def test_nis_against_the_truth_with_a_stronger_target_on_the_other_chain():
+    """Honest covariance at the signal level: BS 1 serves a target and, on its other RF chain, one about
+    10 dB stronger elsewhere (the issue measured 8.8 % of such detections outside the 99.9 % gate with the
+    bare CRB). Over 600 random geometries at most one peak (2x nominal) is outside the gate."""
+    cfg = ScenarioConfig.paper(4, fidelity="signal")
+    net = CellFreeNetwork(cfg)
+    net.reset(seed=5)
+    rng = np.random.default_rng(0)
+    bs = net.bs_positions_m[1]
+    assoc = np.zeros((6, 4), bool)
+    assoc[1, 0] = assoc[1, 1] = assoc[3, 2] = assoc[5, 3] = True
+    nis = []
+    for _ in range(600):
+        ra, aa = rng.uniform(50, 90), rng.uniform(0.4, 2.7)
+        rb, ab = ra / 1.8 + rng.uniform(-3, 3), aa + rng.choice([-1, 1]) * rng.uniform(0.3, 1.0)  # d^-4: ~10 dB
+        pos = np.array([bs + ra * np.array([np.cos(aa), np.sin(aa)]), bs + rb * np.array([np.cos(ab), np.sin(ab)]),
+                        [20.0, 80.0], [280.0, 80.0]])
+        pos[:, 1] = np.clip(pos[:, 1], 3, 97)
+        net.positions_m = pos
+        m = net.measure(assoc, net.beams_toward(pos), predicted_positions_m=pos)
+        if m.detected[1, 0]:
+            d = pos[0] - bs
+            err = [m.range_m[1, 0] - np.hypot(*d), np.angle(np.exp(1j * (m.angle_rad[1, 0] - np.arctan2(d[1], d[0]))))]
+            nis.append(err[0] ** 2 / m.cov[1, 0, 0, 0] + err[1] ** 2 / m.cov[1, 0, 1, 1])
+    nis = np.array(nis)
+    assert len(nis) > 550
+    assert np.sum(nis > 13.8) <= 1
+    assert 1.0 < nis.mean() < 3.0  # chi-square with 2 dof has mean 2: not simply inflated
