@@ -63,16 +63,16 @@ class Param:
 
 SEARCH_SPACE: tuple[Param, ...] = (
     Param("lr", "loguniform", low=1e-5, high=1e-3,
-          why="Adam step of actor and critic on top of a pre-trained, frozen DGNN encoder: above 1e-3 the "
-              "auto-regressive pair scorer collapses onto one association within a few iterations; below 1e-5 "
-              "a short sweep cannot move a warm-started policy at all."),
+          why="Adam step of actor and critic on top of a pre-trained, frozen DGNN encoder (PPOTrainConfig "
+              "default 3e-4): the usual PPO fine-tuning decade and a half around it; steps above 1e-3 risk "
+              "undoing the behaviour-cloned start, below 1e-5 a sweep of a few iterations barely moves it."),
     Param("entropy_coeff", "loguniform", low=1e-4, high=3e-2,
-          why="Bonus on the joint entropy of the J = M * N_RF masked categoricals (up to about J log(M I) nats): "
-              "3e-2 already keeps the policy near uniform over valid pairs (random associations lose tracks), "
-              "1e-4 is practically none (a BC warm start needs a little to keep exploring)."),
+          why="Bonus on the entropy summed over the J = M * N_RF masked steps: about 35 nats untrained and 11 "
+              "after the BC warm start in results/quick, against a reward near -0.2 per block there, so at "
+              "3e-2 the bonus (0.3 per block) outweighs the tracking reward and at 1e-4 it is negligible."),
     Param("clip_param", "uniform", low=0.1, high=0.3,
-          why="PPO's ratio clip; Schulman et al. (2017) found 0.1-0.3 best; the joint log-prob sums J steps, "
-              "so the ratio moves faster than for a single categorical and large clips are risky."),
+          why="PPO's ratio clip; Schulman et al. (2017) compared 0.1, 0.2 and 0.3 and chose 0.2; the joint "
+              "log-prob sums J steps, so the ratio moves faster than for a single categorical."),
     Param("gamma", "uniform", low=0.9, high=0.995,
           why="Discount per 0.1 s block: the effective horizon 1 / (1 - gamma) spans 10 to 200 blocks, from "
               "one second (about the myopic MILP's view plus a little) to a whole 100-block episode (a lost "
@@ -82,7 +82,8 @@ SEARCH_SPACE: tuple[Param, ...] = (
               "(low lambda, trust the critic) trades against variance (lambda = 1, Monte Carlo)."),
     Param("minibatch_size", "choice", choices=(128, 256, 512),
           why="SGD minibatch in env steps; at most a quarter of the 2,000-step train batch so each epoch takes "
-              ">= 4 SGD steps; 128 is the smallest that keeps the AR teacher-forced pass batched efficiently."),
+              ">= 4 SGD steps; smaller batches make the one batched teacher-forced pass over J steps less "
+              "efficient and the advantage normalisation noisier."),
     Param("num_epochs", "choice", choices=(4, 8, 16),
           why="Passes over each train batch: learning dominated the iteration time at 10 epochs in the probe; "
               "16 risks over-fitting one batch (KL blow-up), 4 wastes samples."),
