@@ -28,6 +28,9 @@ from rl_isac.config import ConfigMixin
 from rl_isac.errors import ConfigError
 from rl_isac.scenario import FIDELITIES, ScenarioConfig
 
+REWARDS = ("mse", "fisher", "mix")
+"""Reward choices (``PPOTrainConfig.reward`` / ``env_config["reward"]``; :mod:`rl_isac.rllib.env`)."""
+
 
 @dataclass(frozen=True)
 class PPOTrainConfig(ConfigMixin):
@@ -69,7 +72,15 @@ class PPOTrainConfig(ConfigMixin):
     fidelity: str = "surrogate"
     """World fidelity of training (``rl-isac evaluate`` scores at ``signal``)."""
     reward_scale: float = 1.0
-    """Reward = ``-reward_scale * sum_i ||u_i - u_hat_i||^2`` (eq. (5a)), 1/m^2."""
+    """Reward multiplier, 1/m^2 (eq. (5a): ``-reward_scale * sum_i ||u_i - u_hat_i||^2``)."""
+    reward: str = "mse"
+    """``mse`` (eq. (5a), the paper's), ``fisher`` (expected posterior error of the chosen pairs, the MILP's
+    objective, from the CU's view) or ``mix`` (``(1 - reward_mix) * (5a) + reward_mix * fisher``);
+    :mod:`rl_isac.rllib.env`."""
+    reward_mix: float = 0.5
+    """Weight of the Fisher term of ``reward: mix``."""
+    reward_normalize: bool = False
+    """Divide the reward by a running std of the discounted return (gymnasium's ``NormalizeReward`` rule)."""
     hidden: int = 64
     """Actor width ``H`` (pair embeddings, scorer)."""
     critic_hidden: int = 128
@@ -126,6 +137,11 @@ class PPOTrainConfig(ConfigMixin):
         integer("bc_episodes", 2, 100_000)
         integer("bc_epochs", 1, 10_000)
         num("gain_prior", -1e3, 1e3)
+        num("reward_mix", 0.0, 1.0)
+        if self.reward not in REWARDS:
+            raise ConfigError("reward", self.reward, f"must be one of {REWARDS}")
+        if not isinstance(self.reward_normalize, bool):
+            raise ConfigError("reward_normalize", self.reward_normalize, "must be a bool")
         if not isinstance(self.warm_start, bool):
             raise ConfigError("warm_start", self.warm_start, "must be a bool")
         if not isinstance(self.bc_expert, str) or not self.bc_expert:
@@ -194,7 +210,8 @@ def check_pretrained(pretrained: str | os.PathLike | None, cfg: ScenarioConfig) 
 def env_config_for(train_cfg: PPOTrainConfig, targets: int, seed: int, preset: str = "paper") -> dict[str, Any]:
     """The env_config of a training run."""
     return {"targets": targets, "preset": preset, "fidelity": train_cfg.fidelity, "blocks": train_cfg.blocks,
-            "seed": seed, "split": 0, "reward_scale": train_cfg.reward_scale}
+            "seed": seed, "split": 0, "reward_scale": train_cfg.reward_scale, "reward": train_cfg.reward,
+            "reward_mix": train_cfg.reward_mix, "reward_normalize": train_cfg.reward_normalize}
 
 
 def module_spec(dgnn_cfg_dict: dict, dgnn_weights: str | None, train_cfg: PPOTrainConfig, cfg: ScenarioConfig,

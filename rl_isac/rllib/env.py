@@ -58,8 +58,23 @@ worker/vector index.
 
 env_config keys (all optional): ``targets`` (4), ``preset`` ("paper"), ``fidelity``
 ("surrogate"; "signal" for evaluation-like rollouts), ``blocks`` (100), ``seed`` (0),
-``split`` (0 = training), ``reward_scale`` (1.0), ``clusters`` (1), ``scenario`` (a dict
-overriding scenario fields).
+``split`` (0 = training), ``reward_scale`` (1.0), ``reward`` ("mse"), ``reward_mix`` (0.5),
+``reward_normalize`` (False), ``clusters`` (1), ``scenario`` (a dict overriding scenario fields).
+
+Rewards (issue 9's levers; ``infos`` carry both terms whatever the choice):
+
+* ``reward="mse"``: eq. (5a), ``-reward_scale * sum_i ||u_i - u_hat_i||^2`` on the reported estimate
+  (the paper's; noisy: one block's measurement noise and any lost track land in it);
+* ``reward="fisher"``: ``-reward_scale * sum_i tr (P_i^-1 + sum_m a_mi J_mi)^-1`` (m^2), the expected
+  posterior error of the chosen pairs, the myopic objective the MILP minimises
+  (:func:`rl_isac.association.objective.association_cost`), computed from the CU's own view: the
+  window's predicted covariance ``P_i`` and each pair's Fisher information ``J_mi`` at the anchor's
+  prediction with beams toward it (the observation's ``prior_fim`` / ``pair_fim``). No noise from the
+  realised measurement; detection is assumed (the expected-detection form is the MILP's option);
+* ``reward="mix"``: ``-reward_scale * ((1 - w) * eq. (5a) + w * fisher)``, ``w = reward_mix``;
+* ``reward_normalize=True``: the reward is further divided by a running standard deviation of the
+  discounted return (gamma 0.95, as gymnasium's ``NormalizeReward``; Welford, per env instance,
+  kept across episodes; unscaled for the first 100 steps; :class:`RunningReturnStd`).
 """
 
 from __future__ import annotations
@@ -71,17 +86,42 @@ import numpy as np
 from ray.rllib.env.multi_agent_env import MultiAgentEnv
 
 from rl_isac.association.constraints import stop_action, sub_actions_to_association, valid_action_mask
+from rl_isac.association.objective import association_cost
 from rl_isac.errors import ConfigError, ConstraintViolation
 from rl_isac.evaluation.bounds import heading_transition
 from rl_isac.evaluation.harness import LOST_M
 from rl_isac.network import CellFreeNetwork
+from rl_isac.rllib.config import REWARDS
 from rl_isac.rllib.observation import ObservationBuilder, observation_shapes_rl
 from rl_isac.scenario import FIDELITIES, PRESETS, ScenarioConfig
 from rl_isac.seeds import training_world_seed
 from rl_isac.tracking.window import MeasurementWindow
 
 ENV_DEFAULTS: dict[str, Any] = {"targets": 4, "preset": "paper", "fidelity": "surrogate", "blocks": 100, "seed": 0,
-                                "split": 0, "reward_scale": 1.0, "clusters": 1, "scenario": None}
+                                "split": 0, "reward_scale": 1.0, "reward": "mse", "reward_mix": 0.5,
+                                "reward_normalize": False, "clusters": 1, "scenario": None}
+
+
+class RunningReturnStd:
+    """Running std of the discounted return ``G_t = gamma G_{t-1} + r_t`` (Welford), the scale of
+    gymnasium's ``NormalizeReward``: :meth:`scale` returns ``r / std`` (``r`` itself until ``min_count`` steps)."""
+
+    def __init__(self, gamma: float = 0.95, min_count: int = 100, eps: float = 1e-8) -> None:
+        self.gamma, self.min_count, self.eps = gamma, min_count, eps
+        self.ret = 0.0
+        self.count, self.mean, self.m2 = 0, 0.0, 0.0
+
+    def scale(self, reward: float, done: bool) -> float:
+        self.ret = self.gamma * self.ret + reward
+        self.count += 1
+        delta = self.ret - self.mean
+        self.mean += delta / self.count
+        self.m2 += delta * (self.ret - self.mean)
+        if done:
+            self.ret = 0.0
+        if self.count <= self.min_count:
+            return reward
+        return reward / (np.sqrt(self.m2 / (self.count - 1)) + self.eps)
 
 
 def agent_id(cluster: int) -> str:
@@ -114,6 +154,13 @@ def env_scenario(env_config: dict) -> ScenarioConfig:
     scale = cfgd["reward_scale"]
     if not (isinstance(scale, (int, float)) and np.isfinite(scale) and scale > 0):
         raise ConfigError("env_config.reward_scale", scale, "must be a finite number > 0")
+    if cfgd["reward"] not in REWARDS:
+        raise ConfigError("env_config.reward", cfgd["reward"], f"must be one of {REWARDS}")
+    mix = cfgd["reward_mix"]
+    if isinstance(mix, bool) or not isinstance(mix, (int, float)) or not 0.0 <= mix <= 1.0:
+        raise ConfigError("env_config.reward_mix", mix, "must be a number in [0, 1]")
+    if not isinstance(cfgd["reward_normalize"], bool):
+        raise ConfigError("env_config.reward_normalize", cfgd["reward_normalize"], "must be a bool")
     overrides = dict(cfgd["scenario"] or {})
     overrides.update(fidelity=cfgd["fidelity"], num_blocks=int(cfgd["blocks"]))
     return ScenarioConfig.preset(cfgd["preset"], num_targets=int(cfgd["targets"]), **overrides)
@@ -193,6 +240,10 @@ class ISACMultiAgentEnv(MultiAgentEnv):
         self.env_config = {**ENV_DEFAULTS, **dict(raw)}
         self.cfg = env_scenario(dict(raw))
         self.reward_scale = float(self.env_config["reward_scale"])
+        self.reward_kind = str(self.env_config["reward"])
+        # weight of the Fisher term: 0 for eq. (5a), 1 for the Fisher objective, reward_mix for the mix
+        self.fisher_weight = {"mse": 0.0, "fisher": 1.0, "mix": float(self.env_config["reward_mix"])}[self.reward_kind]
+        self._normalizer = RunningReturnStd() if self.env_config["reward_normalize"] else None
         self.split = int(self.env_config["split"])
         self.num_blocks = self.cfg.num_blocks
         cfg = self.cfg
@@ -244,6 +295,8 @@ class ISACMultiAgentEnv(MultiAgentEnv):
         scored = self._q >= 1
         err2 = np.sum((self.world.positions_m - estimate) ** 2, axis=1) * scored        # (I,)
         pcrb_scored = self._pcrb_now * scored
+        # expected posterior error of the chosen pairs from the CU's view of block q (the MILP's objective)
+        fisher = float(association_cost(assoc, self._obs_builder.last_info, self._obs_builder.last_prior_info))
         headings = self.world.headings_rad.copy()
         meas = self.world.step(assoc, beams, predicted_positions_m=self.window.anchor_next_m)
         self.window.push(meas)
@@ -262,8 +315,11 @@ class ISACMultiAgentEnv(MultiAgentEnv):
                  "targets": cfg.num_targets * int(scored),
                  "lost": int(np.sum(err2 > LOST_M**2)), "assigned": assigned, "detected": detected,
                  "missed": assigned - detected, "idle_chains": int(cfg.num_pairs - assoc.sum()), "violations": 0,
-                 "block": self._q - 1}
-        reward = -self.reward_scale * float(err2.sum())
+                 "block": self._q - 1, "fisher_m2": fisher}
+        w = self.fisher_weight
+        reward = -self.reward_scale * ((1.0 - w) * float(err2.sum()) + w * fisher)
+        if self._normalizer is not None:
+            reward = self._normalizer.scale(reward, done)
         return ({aid: self._observation()}, {aid: reward}, {aid: done, "__all__": done},
                 {aid: False, "__all__": False}, {aid: infos})
 

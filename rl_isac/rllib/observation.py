@@ -54,6 +54,10 @@ class ObservationBuilder:
         self.cfg = cfg
         self.bs_positions_m = np.asarray(cfg.bs_positions_m, dtype=float)
         self.codebook = dft_codebook(cfg.num_tx_antennas, cfg.codebook_size, cfg.antenna_spacing_wavelengths)
+        self.last_info: np.ndarray | None = None
+        """Pair Fisher information ``J (M, I, 2, 2)`` 1/m^2 of the last :meth:`build` (the env's Fisher reward)."""
+        self.last_prior_info: np.ndarray | None = None
+        """Prediction information ``P^-1 (I, 2, 2)`` 1/m^2 of the last :meth:`build`."""
 
     def build(self, window: MeasurementWindow, block: int, num_blocks: int) -> dict[str, np.ndarray]:
         """All keys of :func:`observation_shapes_rl` for block ``q = block`` of an episode of ``num_blocks``."""
@@ -68,6 +72,7 @@ class ObservationBuilder:
         # raw [xx, xy, yy] entries (1/m^2) of each pair's J and of the prediction's information P^-1: the
         # actor's marginal-gain feature (the myopic objective's per-step increment) is computed from them
         prior_info = np.linalg.inv(prior_cov)
+        self.last_info, self.last_prior_info = info, prior_info
         obs["pair_fim"] = np.stack([info[..., 0, 0], info[..., 0, 1], info[..., 1, 1]], -1).astype(np.float32)
         obs["prior_fim"] = np.stack([prior_info[:, 0, 0], prior_info[:, 0, 1], prior_info[:, 1, 1]], -1).astype(
             np.float32)
