@@ -7,6 +7,7 @@ Verbs:
     bench       throughput of the world and solver / decision latencies
     pretrain    phase-1 supervised pre-training of the DGNN estimator and beam head
     train       phase-2 PPO of the dgnn-ppo policy (RLlib)
+    ppo-ablation  the PPO levers (paper recipe vs shipped, each lever alone), trained and evaluated
     reproduce   the paper's Table 1 and figures (profiles tiny / quick / full), resumable
 
 Every verb that writes ``--json PATH`` writes it atomically and only on success.
@@ -127,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ablation: also feed the objective's per-pair information to the head (not the paper's)")
     _add_reproduce_parser(sub)
     _add_train_parser(sub)
+    _add_ppo_ablation_parser(sub)
     return parser
 
 
@@ -152,6 +154,36 @@ def _cmd_train(args) -> int:
     train(args.targets, args.pretrained, args.out, iterations=args.iterations, time_budget_s=args.time_budget_s,
           fidelity=args.fidelity, num_env_runners=args.num_env_runners, envs_per_runner=args.envs_per_runner,
           config=args.config, resume=args.resume, seed=args.seed)
+    return 0
+
+
+def _add_ppo_ablation_parser(sub) -> None:
+    from rl_isac.training.ablation import VARIANTS
+
+    p = sub.add_parser("ppo-ablation", help="PPO levers: the paper's recipe vs the shipped one, each lever alone")
+    p.add_argument("--targets", type=_positive_int, default=4)
+    p.add_argument("--pretrained", required=True, help="phase-1 DGNN checkpoint for this I")
+    p.add_argument("--out", required=True, help="directory of the variants' runs (reused by a rerun)")
+    p.add_argument("--json", default="results/ppo_ablation.json", help="results JSON (.md beside it)")
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), help="default: all")
+    p.add_argument("--references", nargs="*", default=["dgnn-milp", "ekf-convex"])
+    p.add_argument("--iterations", type=_positive_int, default=3, help="PPO iterations per variant (default 3)")
+    p.add_argument("--train-batch", type=_positive_int, default=1000, help="env steps per iteration (default 1000)")
+    p.add_argument("--episodes", type=_positive_int, default=20)
+    p.add_argument("--blocks", type=_positive_int, default=100)
+    p.add_argument("--fidelity", choices=FIDELITIES, default="surrogate", help="evaluation fidelity")
+    p.add_argument("--seed", type=_non_negative_int, default=0, help="training seed (default 0)")
+
+
+def _cmd_ppo_ablation(args) -> int:
+    import shlex
+
+    from rl_isac.training.ablation import ablation
+
+    ablation(args.targets, args.pretrained, args.out, args.json, variants=args.variants,
+             references=tuple(args.references), iterations=args.iterations, train_batch=args.train_batch,
+             episodes=args.episodes, blocks=args.blocks, fidelity=args.fidelity, seed=args.seed,
+             command="rl-isac " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
     return 0
 
 
@@ -318,6 +350,7 @@ COMMANDS = {"simulate": _cmd_simulate, "evaluate": _cmd_evaluate, "methods": _cm
 COMMANDS["train-l2o"] = _cmd_train_l2o
 COMMANDS["reproduce"] = _cmd_reproduce
 COMMANDS["train"] = _cmd_train
+COMMANDS["ppo-ablation"] = _cmd_ppo_ablation
 
 
 def main(argv: list[str] | None = None) -> int:

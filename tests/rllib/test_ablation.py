@@ -1,0 +1,67 @@
+"""The ablation/table helpers of issue 9 (no training here: the rows come from synthetic harness results)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from rl_isac.errors import ConfigError
+from rl_isac.training.ablation import SHIPPED, VARIANTS, markdown, rmse_interval, summarise, table
+
+
+def fake_result(method: str, targets: int, per_episode, per_block=None, fidelity="signal") -> dict:
+    per_episode = list(map(float, per_episode))
+    return {"method": method, "targets": targets, "episodes": len(per_episode), "blocks": 3, "seed": 0,
+            "fidelity": fidelity, "rmse_m": float(np.sqrt(np.mean(np.square(per_episode)))),
+            "rmse_per_episode_m": per_episode, "rmse_per_block_m": per_block or [1.0, 1.0, 1.0],
+            "lost_fraction": 0.0, "pcrb_rmse_m": 0.05, "violations": 0}
+
+
+def test_rmse_interval_brackets_the_rmse_and_shrinks_with_episodes():
+    rng = np.random.default_rng(1)
+    few, many = rng.uniform(0.1, 0.3, 10), rng.uniform(0.1, 0.3, 400)
+    for x in (few, many):
+        lo, hi = rmse_interval(x)
+        assert lo < np.sqrt(np.mean(x**2)) < hi
+    assert np.subtract(*rmse_interval(many)[::-1]) < np.subtract(*rmse_interval(few)[::-1])
+    assert rmse_interval([0.2, 0.2, 0.2]) == pytest.approx((0.2, 0.2))
+    with pytest.raises(ConfigError, match="rmse_per_episode_m"):
+        rmse_interval([0.1])
+
+
+def test_variants_are_single_levers_on_the_paper_recipe():
+    paper = VARIANTS["paper"]
+    assert paper["reward"] == "mse" and paper["warm_start"] is False and paper["gain_prior"] == 0.0
+    for name, over in VARIANTS.items():
+        if name in ("paper", "shipped"):
+            continue
+        changed = {k for k in over if over[k] != paper.get(k)}
+        assert len(changed - {"reward_mix"}) == 1, name
+    assert VARIANTS["shipped"] == SHIPPED
+
+
+def test_table_merges_compare_and_ppo_results(tmp_path):
+    cmp = {"results": [fake_result("dgnn-milp", 4, [0.2, 0.1, 0.3], [0.3, 0.2, 0.1]),
+                       fake_result("ekf-convex", 4, [0.4, 0.3, 0.5])]}
+    (tmp_path / "c.json").write_text(json.dumps(cmp))
+    (tmp_path / "p.json").write_text(json.dumps(fake_result("dgnn-ppo", 4, [0.1, 0.1, 0.2], [0.2, 0.25, 0.05])))
+    data = table([str(tmp_path / "c.json")], [str(tmp_path / "p.json")], str(tmp_path / "t.json"))
+    pb = data["per_block"][4]
+    assert pb["blocks_ppo_lower"] == 2 and pb["ratio_to_milp"] == pytest.approx(
+        np.sqrt(np.mean(np.square([0.1, 0.1, 0.2]))) / np.sqrt(np.mean(np.square([0.2, 0.1, 0.3]))))
+    md = (tmp_path / "t.md").read_text()
+    assert "| dgnn-ppo |" in md and "| ekf-milp | - |" in md and "0.050" in md  # PCRB row from dgnn-milp
+    (tmp_path / "s.json").write_text(json.dumps(fake_result("dgnn-ppo", 4, [0.1, 0.2, 0.1], fidelity="surrogate")))
+    with pytest.raises(ConfigError, match="share"):
+        table([str(tmp_path / "c.json")], [str(tmp_path / "s.json")], str(tmp_path / "t2.json"))
+
+
+def test_ablation_markdown_lists_every_row():
+    rows = [summarise(fake_result("dgnn-ppo", 4, [0.1, 0.2]), variant="paper", overrides=VARIANTS["paper"],
+                      env_steps=3636, train_wall_s=60.0),
+            summarise(fake_result("dgnn-milp", 4, [0.1, 0.1]), variant="dgnn-milp")]
+    md = markdown({"targets": 4, "fidelity": "surrogate", "episodes": 2, "blocks": 3, "iterations": 3,
+                   "train_batch": 1000, "pretrained": "x", "rows": rows, "command": "rl-isac ppo-ablation"})
+    assert "| paper | reward=mse" in md and "| 3636 | 60 |" in md and "| dgnn-milp | - |" in md
