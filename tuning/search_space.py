@@ -101,10 +101,13 @@ SEARCH_SPACE: tuple[Param, ...] = (
           why="Issue 9's lever (PPOTrainConfig.warm_start): False is the paper's recipe (PPO from the phase-1 "
               "encoder only), True first behaviour-clones dgnn-milp's associations (and fits the critic on the "
               "expert's returns), so PPO starts near the myopic optimum."),
-    Param("reward", "choice", choices=("5a", "fisher", "mixed"),
-          why="Issue 9's reward choices: eq. (5a) (negative squared position error, the paper's), 'fisher' (the "
-              "expected posterior error of the chosen pairs, the MILP's objective, far lower variance), 'mixed' "
-              "(their average)."),
+    Param("reward", "choice", choices=("mse", "fisher", "mix"),
+          why="Issue 9's reward choices (PPOTrainConfig.reward): 'mse' is eq. (5a), the paper's (negative squared "
+              "position error); 'fisher' the expected posterior error of the chosen pairs (the MILP's objective, "
+              "far lower variance); 'mix' their weighted sum (reward_mix, default 0.5)."),
+    Param("reward_normalize", "choice", choices=(False, True),
+          why="Running-std normalisation of the reward (gymnasium's NormalizeReward rule): removes the scale "
+              "question that reward_scale otherwise answers, at the price of a non-stationary reward early on."),
 )
 
 PARAMS: dict[str, Param] = {p.name: p for p in SEARCH_SPACE}

@@ -58,7 +58,7 @@ def test_best_preset_is_a_train_config_yaml_and_summary_lists_every_trial(tmp_pa
 
     config = {"lr": 3e-4, "entropy_coeff": 1e-3, "clip_param": 0.2, "gamma": 0.99, "lambda_": 0.95,
               "minibatch_size": 256, "num_epochs": 8, "hidden": 64, "critic_hidden": 128, "reward_scale": 2.0,
-              "warm_start": True, "reward": "fisher", "unrelated": 1}
+              "warm_start": True, "reward": "fisher", "reward_normalize": True, "unrelated": 1}
     fields = sweep.train_fields()
     preset = sweep.best_preset(config, {"train_batch_size": 1000}, fields)
     assert "unrelated" not in preset and preset["train_batch_size"] == 1000
@@ -74,3 +74,15 @@ def test_best_preset_is_a_train_config_yaml_and_summary_lists_every_trial(tmp_pa
             for t, m in (("a", 0.5), ("b", 0.3), ("c", None))]
     table = sweep.summary_table(rows).splitlines()
     assert len(table) == 5 and "| b |" in table[2] and "| c |" in table[4]
+
+
+def test_every_value_the_space_can_sample_is_a_valid_train_config():
+    pytest.importorskip("rl_isac.rllib.config")
+    from rl_isac.rllib.config import PPOTrainConfig
+    from tuning import search_space
+
+    fields = sweep.train_fields()
+    assert {"warm_start", "reward", "reward_normalize"} <= fields  # the levers are searched, not held out
+    for p in search_space.searched(fields):
+        for value in (p.choices if p.kind == "choice" else (p.low, p.high)):
+            PPOTrainConfig.from_dict({p.name: value})
