@@ -98,6 +98,9 @@ class PPOTrainConfig(ConfigMixin):
     """Expert episodes (``blocks`` each, training seeds, split 2) of the warm start."""
     bc_epochs: int = 20
     """Epochs of the warm start."""
+    dagger_rounds: int = 0
+    """DAgger rounds after the behaviour cloning (each: ``bc_episodes // 2`` episodes driven by the cloned
+    policy, labelled by ``bc_expert``, aggregated, refitted; :func:`rl_isac.rllib.warm_start.behaviour_clone`)."""
     gain_prior: float = 8.0
     """Initial weight of the actor's marginal-gain feature (0: an uninformed start, the paper's)."""
 
@@ -136,6 +139,7 @@ class PPOTrainConfig(ConfigMixin):
         integer("cores", 1, 4096)
         integer("bc_episodes", 2, 100_000)
         integer("bc_epochs", 1, 10_000)
+        integer("dagger_rounds", 0, 100)
         num("gain_prior", -1e3, 1e3)
         num("reward_mix", 0.0, 1.0)
         if self.reward not in REWARDS:

@@ -28,6 +28,7 @@ import torch
 from ray.rllib.core.columns import Columns
 
 from rl_isac.association import association_to_sub_actions
+from rl_isac.association.objective import association_cost
 from rl_isac.controllers import make_controller
 from rl_isac.network import CellFreeNetwork
 from rl_isac.rllib.module import ENC_U, ENC_Z
@@ -38,8 +39,20 @@ from rl_isac.tracking.window import MeasurementWindow, stack_observations
 
 
 def collect(cfg: ScenarioConfig, expert: str, checkpoint: str, episodes: int, seed: int, gamma: float,
-            first_episode: int = 0) -> dict[str, np.ndarray]:
-    """Expert episodes: ``obs`` (stacked), ``pairs (N, J)``, ``returns (N,)`` (discounted, from each block)."""
+            first_episode: int = 0, policy=None, reward: tuple[float, float, bool] = (0.0, 1.0, False)
+            ) -> dict[str, np.ndarray]:
+    """Expert-labelled episodes: ``obs`` (stacked), ``pairs (N, J)``, ``returns (N,)`` (discounted, from each block).
+
+    ``policy`` (DAgger): a callable ``obs -> association (M, I) bool``; when given, the world executes the
+    policy's association (with the expert's beams, estimate and range-gate prediction) while the label
+    stays the expert's association at the same state (the expert CU is fed the same measurements), so
+    the data covers the states the policy visits.
+
+    ``reward = (fisher_weight, reward_scale, normalize)``: the env's reward (:mod:`rl_isac.rllib.env`) the
+    critic's targets are computed with, ``-scale ((1 - w) eq. (5a) + w fisher)``; with ``normalize`` the
+    returns are divided by their standard deviation (what the env's running normaliser converges to).
+    """
+    w, reward_scale, normalize = reward
     cu = make_controller(expert, cfg, checkpoint=checkpoint)
     builder = ObservationBuilder(cfg)
     obs, pairs, returns = [], [], []
@@ -54,8 +67,11 @@ def collect(cfg: ScenarioConfig, expert: str, checkpoint: str, episodes: int, se
             obs.append(builder.build(window, q, cfg.num_blocks))
             pairs.append(association_to_sub_actions(action.association, cfg.num_rf))
             # eq. (5a) on the expert's estimate of block q, as the env scores it (block 0: the acquisition, 0)
-            rewards.append(-float(np.sum((net.positions_m - np.asarray(action.estimate_m)) ** 2)) if q else 0.0)
-            meas = net.step(action.association, action.beams, predicted_positions_m=window.anchor_next_m)
+            err2 = float(np.sum((net.positions_m - np.asarray(action.estimate_m)) ** 2)) if q else 0.0
+            executed = action.association if policy is None else policy(obs[-1])
+            fisher = float(association_cost(executed, builder.last_info, builder.last_prior_info)) if w else 0.0
+            rewards.append(-reward_scale * ((1.0 - w) * err2 + w * fisher))
+            meas = net.step(executed, action.beams, predicted_positions_m=window.anchor_next_m)
             window.push(meas)
             action = cu.act(meas)
         ret, acc = [], 0.0
@@ -63,7 +79,10 @@ def collect(cfg: ScenarioConfig, expert: str, checkpoint: str, episodes: int, se
             acc = r + gamma * acc
             ret.append(acc)
         returns.extend(reversed(ret))
-    return {"obs": stack_observations(obs), "pairs": np.stack(pairs), "returns": np.asarray(returns, np.float32)}
+    returns = np.asarray(returns, np.float32)
+    if normalize:
+        returns = returns / np.float32(np.std(returns) + 1e-8)
+    return {"obs": stack_observations(obs), "pairs": np.stack(pairs), "returns": returns}
 
 
 def set_nll(module, obs: dict, enc: dict, expert_pairs: torch.Tensor) -> torch.Tensor:
@@ -142,20 +161,66 @@ def greedy_accuracy(module, data: dict, enc) -> dict[str, float]:
             "exact_association": float(np.mean(np.all(onehot[:, :-1] == expert[:, :-1], axis=1)))}
 
 
+def greedy_policy(module, num_bs: int, num_targets: int):
+    """``obs (one observation dict of numpy arrays) -> association (M, I) bool``: the module's greedy pairs."""
+    from rl_isac.association.constraints import sub_actions_to_association
+
+    @torch.no_grad()
+    def act(obs: dict) -> np.ndarray:
+        out = module.forward_inference({Columns.OBS: {k: torch.from_numpy(v)[None] for k, v in obs.items()}})
+        return sub_actions_to_association(out[Columns.ACTIONS]["pairs"][0].numpy(), num_bs, num_targets)
+
+    return act
+
+
+def _concat(a: dict, b: dict) -> dict:
+    return {"obs": {k: np.concatenate([a["obs"][k], b["obs"][k]]) for k in a["obs"]},
+            "pairs": np.concatenate([a["pairs"], b["pairs"]]), "returns": np.concatenate([a["returns"], b["returns"]])}
+
+
 def behaviour_clone(module, cfg: ScenarioConfig, checkpoint: str, *, expert: str = "dgnn-milp", episodes: int = 24,
                     val_episodes: int = 4, epochs: int = 20, lr: float = 1e-3, minibatch: int = 128, seed: int = 0,
-                    gamma: float = 0.95, value_weight: float = 0.5, echo=print) -> dict:
-    """Fit ``module``'s actor (and critic) in place; returns the metrics (see the module docstring)."""
+                    gamma: float = 0.95, value_weight: float = 0.5, dagger_rounds: int = 0,
+                    reward: tuple[float, float, bool] = (0.0, 1.0, False), echo=print) -> dict:
+    """Fit ``module``'s actor (and critic) in place; returns the metrics (see the module docstring).
+
+    ``dagger_rounds``: after the fit on expert-driven episodes, this many DAgger rounds, each
+    collecting ``episodes // 2`` new training episodes driven by the module's greedy associations and
+    labelled by the expert (:func:`collect` with ``policy``), aggregated with everything before, and
+    refitting ``epochs`` epochs (validation stays on expert-driven episodes).
+    """
     torch.manual_seed(seed)
     t0 = time.perf_counter()
-    train = collect(cfg, expert, checkpoint, episodes, seed, gamma)
-    val = collect(cfg, expert, checkpoint, val_episodes, seed, gamma, first_episode=episodes)
+    train = collect(cfg, expert, checkpoint, episodes, seed, gamma, reward=reward)
+    val = collect(cfg, expert, checkpoint, val_episodes, seed, gamma, first_episode=episodes, reward=reward)
     collect_s = time.perf_counter() - t0
-    enc_train, enc_val = _encode_all(module, train), _encode_all(module, val)
+    enc_val = _encode_all(module, val)
     params = [p for n, p in module.named_parameters() if p.requires_grad and not n.startswith("dgnn.")]
     opt = torch.optim.Adam(params, lr=lr)
+    history = []
+    first = episodes + val_episodes
+    for rnd in range(dagger_rounds + 1):
+        if rnd:
+            t1 = time.perf_counter()
+            module.eval()
+            new = collect(cfg, expert, checkpoint, max(1, episodes // 2), seed, gamma, first_episode=first,
+                          policy=greedy_policy(module, cfg.num_bs, cfg.num_targets), reward=reward)
+            first += max(1, episodes // 2)
+            train = _concat(train, new)
+            collect_s += time.perf_counter() - t1
+            echo(f"dagger round {rnd}: {len(new['pairs'])} policy-driven samples, {len(train['pairs'])} in all")
+        history += _fit(module, train, val, enc_val, opt, params, epochs, minibatch, seed + rnd, value_weight, echo,
+                        rnd)
+    module.eval()
+    return {"expert": expert, "episodes": episodes, "val_episodes": val_episodes, "samples": len(train["pairs"]),
+            "dagger_rounds": dagger_rounds, "collect_s": collect_s, "wall_s": time.perf_counter() - t0,
+            "history": history, "returns_mean": float(np.mean(train["returns"])),
+            "final": history[-1] if history else {}}
+
+
+def _fit(module, train, val, enc_val, opt, params, epochs, minibatch, seed, value_weight, echo, rnd) -> list[dict]:
+    enc_train = _encode_all(module, train)
     scale = float(np.std(train["returns"]) + 1e-6)
-    offset = float(np.mean(train["returns"]))
     rng = np.random.default_rng(seed)
     n = len(train["pairs"])
     history = []
@@ -182,10 +247,7 @@ def behaviour_clone(module, cfg: ScenarioConfig, checkpoint: str, *, expert: str
         module.eval()
         acc = greedy_accuracy(module, val, enc_val)
         module.train()
-        history.append({"epoch": epoch + 1, "nll": nll_sum / n, **acc})
-        echo(f"bc epoch {epoch + 1:>2}: set nll {nll_sum / n:.3f}  val pair recall {acc['pair_recall']:.3f}  "
-             f"exact {acc['exact_association']:.3f}")
-    module.eval()
-    return {"expert": expert, "episodes": episodes, "val_episodes": val_episodes, "samples": n,
-            "collect_s": collect_s, "wall_s": time.perf_counter() - t0, "history": history,
-            "returns_mean": offset, "final": history[-1] if history else {}}
+        history.append({"round": rnd, "epoch": epoch + 1, "nll": nll_sum / n, **acc})
+        echo(f"bc round {rnd} epoch {epoch + 1:>2}: set nll {nll_sum / n:.3f}  val pair recall "
+             f"{acc['pair_recall']:.3f}  exact {acc['exact_association']:.3f}")
+    return history

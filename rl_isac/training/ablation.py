@@ -13,6 +13,7 @@ Variants (:data:`VARIANTS`; overrides of :class:`~rl_isac.rllib.config.PPOTrainC
 
 * ``paper``: eq. (5a) reward, no warm start, an uninformed actor (``gain_prior 0``);
 * ``gain_prior``, ``normalize``, ``fisher``, ``mix``, ``warm_start``: one lever each on top of ``paper``;
+  ``dagger``: the warm start plus one DAgger round;
 * ``shipped``: the combination the reference checkpoints use (:data:`SHIPPED`).
 
 Each variant's run lives in ``--out/<variant>`` and its evaluation in ``--out/<variant>/ablation_eval.json``;
@@ -41,6 +42,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "fisher": {**PAPER, "reward": "fisher"},
     "mix": {**PAPER, "reward": "mix", "reward_mix": 0.5},
     "warm_start": {**PAPER, "warm_start": True},
+    "dagger": {**PAPER, "warm_start": True, "dagger_rounds": 1},
     "shipped": SHIPPED,
 }
 """Ablation variants (PPOTrainConfig overrides)."""

@@ -144,10 +144,15 @@ def warm_start(run: dict, train_cfg: PPOTrainConfig, dgnn_weights: str, path: st
     cfg = env_scenario(run["env_config"])
     torch.manual_seed(run["seed"])
     module = module_spec(run["dgnn"], dgnn_weights, train_cfg, cfg).rl_module_specs[MODULE_ID].build()
-    echo(f"warm start: behaviour cloning of {train_cfg.bc_expert} on {train_cfg.bc_episodes} training episodes")
+    echo(f"warm start: behaviour cloning of {train_cfg.bc_expert} on {train_cfg.bc_episodes} training episodes"
+         f" + {train_cfg.dagger_rounds} DAgger rounds")
+    # the critic's warm-start targets in the units of the env's reward (rl_isac.rllib.env)
+    w = {"mse": 0.0, "fisher": 1.0, "mix": train_cfg.reward_mix}[train_cfg.reward]
+    reward = (w, train_cfg.reward_scale, train_cfg.reward_normalize)
     metrics = behaviour_clone(module, cfg, run["pretrained"], expert=train_cfg.bc_expert,
                               episodes=train_cfg.bc_episodes, val_episodes=max(2, train_cfg.bc_episodes // 6),
-                              epochs=train_cfg.bc_epochs, seed=run["seed"], gamma=train_cfg.gamma, echo=echo)
+                              epochs=train_cfg.bc_epochs, seed=run["seed"], gamma=train_cfg.gamma,
+                              dagger_rounds=train_cfg.dagger_rounds, reward=reward, echo=echo)
     tmp = path + ".tmp"
     torch.save(module.state_dict(), tmp)
     os.replace(tmp, path)

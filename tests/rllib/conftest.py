@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("ray.rllib")
 
 REPO = Path(__file__).resolve().parents[2]
-DGNN_I4 = REPO / "results" / "checkpoints" / "dgnn-I4"
+DGNN_I4 = Path(os.environ.get("RL_ISAC_TEST_DGNN_I4", REPO / "results" / "checkpoints" / "dgnn-I4"))
 
 
 @pytest.fixture(scope="session")

@@ -208,3 +208,33 @@ def test_train_eval_modes_and_the_frozen_encoder(env4, dgnn_i4):
     ob, _, _ = rollout(env4, m, 2)
     assert m.training and m.pair_hidden.training and not m.dgnn.training  # forward_* restore the mode
     assert all(not p.requires_grad for p in m.dgnn.parameters())
+
+
+def test_dagger_labels_policy_states_with_the_expert_and_critic_targets_follow_the_reward(env4, dgnn_i4):
+    """DAgger data: the world executes the policy's association while the label stays the expert's; the
+    warm start's returns use the env's reward (Fisher weight, scale, normalisation)."""
+    from rl_isac.association.constraints import check_association
+    from rl_isac.rllib.warm_start import behaviour_clone, collect, greedy_policy
+    from tests.rllib.conftest import make_module
+
+    module = make_module(env4, dgnn_i4)
+    cfg = env4.cfg.replace(num_blocks=4)
+    executed = []
+    base = greedy_policy(module, cfg.num_bs, cfg.num_targets)
+
+    def policy(obs):
+        executed.append(base(obs))
+        return executed[-1]
+
+    expert = collect(cfg, "dgnn-milp", str(dgnn_i4), episodes=1, seed=3, gamma=0.9)
+    dag = collect(cfg, "dgnn-milp", str(dgnn_i4), episodes=1, seed=3, gamma=0.9, policy=policy)
+    assert len(executed) == 4 and all(check_association(a, cfg.num_rf).shape == (cfg.num_bs, 4) for a in executed)
+    # same world seed, same first observation and label; the label is the expert's, never the policy's
+    np.testing.assert_array_equal(dag["pairs"][0], expert["pairs"][0])
+    fisher = collect(cfg, "dgnn-milp", str(dgnn_i4), episodes=1, seed=3, gamma=0.9, reward=(1.0, 2.0, False))
+    assert fisher["returns"][-1] < 0 and not np.allclose(fisher["returns"], 2 * expert["returns"])
+    norm = collect(cfg, "dgnn-milp", str(dgnn_i4), episodes=1, seed=3, gamma=0.9, reward=(0.0, 1.0, True))
+    assert np.std(norm["returns"]) == pytest.approx(1.0, rel=1e-4)
+    metrics = behaviour_clone(module, cfg, str(dgnn_i4), episodes=2, val_episodes=2, epochs=1, seed=9, gamma=0.9,
+                              dagger_rounds=1, echo=lambda msg: None)
+    assert metrics["samples"] == 2 * 4 + 1 * 4 and [h["round"] for h in metrics["history"]] == [0, 1]
