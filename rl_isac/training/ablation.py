@@ -31,7 +31,7 @@ import numpy as np
 
 from rl_isac.errors import ConfigError
 
-SHIPPED: dict[str, Any] = {"reward": "mix", "reward_mix": 0.5, "reward_normalize": True, "warm_start": True,
+SHIPPED: dict[str, Any] = {"reward": "mse", "reward_normalize": False, "warm_start": True, "dagger_rounds": 1,
                            "gain_prior": 8.0}
 """The levers of the shipped checkpoints ``results/checkpoints/ppo-I*`` (on top of the defaults)."""
 PAPER: dict[str, Any] = {"reward": "mse", "reward_normalize": False, "warm_start": False, "gain_prior": 0.0}

@@ -27,6 +27,13 @@ Writes into ``--out``:
 * with ``warm_start: true``: ``warm_start.pt`` (the behaviour-cloned module PPO starts from) and its
   metrics under ``warm_start`` in ``train_config.json``.
 
+Reward and warm-start levers (issue 9; :class:`~rl_isac.rllib.config.PPOTrainConfig`): ``reward``
+(``mse`` = eq. (5a), ``fisher`` = the expected posterior error of the chosen pairs, the MILP's
+objective, or their ``mix``), ``reward_normalize`` (running return std), ``warm_start`` with
+``dagger_rounds``, ``gain_prior``. ``rl-isac ppo-ablation`` (:mod:`rl_isac.training.ablation`)
+measures each; the reference checkpoints ``results/checkpoints/ppo-I*`` record theirs in
+``train_config.json``.
+
 ``--resume`` reloads ``checkpoint/`` with the stored config (a changed setting is an error)
 and continues to ``--iterations`` in total (the learning curve continues too).
 Seeds: world seeds from :func:`rl_isac.seeds.training_world_seed` (never evaluation seeds).
