@@ -22,6 +22,8 @@ SUFFIX=$([ "$SEED" = 0 ] && echo "" || echo "_seed$SEED")
 export OMP_NUM_THREADS=1
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
+LOGS=${LOGS:-$WORK}  # where the per-process logs go (default: a temporary folder, removed at the end)
+mkdir -p "$LOGS"
 
 for stage in $STAGES; do
   pids=()
@@ -31,20 +33,20 @@ for stage in $STAGES; do
       pretrain)
         rm -rf "$ck"
         nice -n 10 "$RL" pretrain --targets "$I" --config results/checkpoints/pretrain.yaml --out "$ck" --seed 0 \
-          > "$WORK/pretrain-I$I.log" 2>&1 &
+          > "$LOGS/pretrain-I$I.log" 2>&1 &
         ;;
       l2o)
         nice -n 10 "$RL" train-l2o --checkpoint "$ck" --seed 0 --episodes 64 --epochs 15 \
-          > "$WORK/l2o-I$I.log" 2>&1 &
+          > "$LOGS/l2o-I$I.log" 2>&1 &
         ;;
       eval)
         nice -n 10 "$RL" compare --methods ekf-milp dgnn-milp dgnn-l2o --checkpoint "dgnn-milp=$ck" \
           --checkpoint "dgnn-l2o=$ck" --targets "$I" --episodes "$EPISODES" --blocks "$BLOCKS" --seed "$SEED" \
-          --fidelity signal --json "$WORK/compare-I$I.json" > "$WORK/compare-I$I.log" 2>&1 &
+          --fidelity signal --json "$WORK/compare-I$I.json" > "$LOGS/compare-I$I.log" 2>&1 &
         pids+=($!)
         nice -n 10 "$RL" dgnn-report --checkpoint "$ck" --targets "$I" --episodes "$EPISODES" --blocks "$BLOCKS" \
           --seed "$SEED" --fidelity signal --driver self --json "results/dgnn_report_I$I$SUFFIX.json" \
-          > "$WORK/report-I$I.log" 2>&1 &
+          > "$LOGS/report-I$I.log" 2>&1 &
         ;;
       *) echo "unknown stage $stage" >&2; exit 2 ;;
     esac
@@ -52,7 +54,7 @@ for stage in $STAGES; do
   done
   status=0
   for p in "${pids[@]}"; do wait "$p" || status=1; done
-  tail -n 3 "$WORK"/*.log
+  tail -n 3 "$LOGS"/*.log
   [ $status = 0 ] || { echo "stage $stage failed" >&2; exit 1; }
   if [ "$stage" = eval ]; then
     "$PY" - "$WORK" "results/table_dgnn$SUFFIX.json" $TARGETS <<'PYEOF'
