@@ -186,3 +186,19 @@ def test_verdicts_say_where_the_proposed_method_loses():
             row("dgnn-l2o", 1.05, 0.95, 1.2)]
     (line,) = rep.verdicts(rows, (6,))
     assert "LOSES to ekf-milp (0.500 m)" in line and "beats ekf-convex" in line and "ties with dgnn-l2o" in line
+
+
+def test_fingerprints_follow_content(tmp_path):
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "model.pt").write_bytes(b"weights")
+    (tmp_path / "ckpt" / "tb").mkdir()
+    (tmp_path / "ckpt" / "tb" / "events.out.tfevents.1").write_bytes(b"log")
+    (tmp_path / "ppo.yaml").write_text("lr: 0.001\n")
+    before = rep.checkpoint_fingerprint(tmp_path / "ckpt"), rep.checkpoint_fingerprint(tmp_path / "ppo.yaml")
+    (tmp_path / "ckpt" / "tb" / "events.out.tfevents.1").write_bytes(b"more log")  # logs do not count
+    assert rep.checkpoint_fingerprint(tmp_path / "ckpt") == before[0]
+    (tmp_path / "ckpt" / "model.pt").write_bytes(b"other weights")
+    (tmp_path / "ppo.yaml").write_text("lr: 0.0001\n")
+    after = rep.checkpoint_fingerprint(tmp_path / "ckpt"), rep.checkpoint_fingerprint(tmp_path / "ppo.yaml")
+    assert after[0] != before[0] and after[1] != before[1] and None not in after
+    assert rep.checkpoint_fingerprint(tmp_path / "nowhere") == "missing"
