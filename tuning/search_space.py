@@ -101,6 +101,15 @@ SEARCH_SPACE: tuple[Param, ...] = (
           why="Issue 9's lever (PPOTrainConfig.warm_start): False is the paper's recipe (PPO from the phase-1 "
               "encoder only), True first behaviour-clones dgnn-milp's associations (and fits the critic on the "
               "expert's returns), so PPO starts near the myopic optimum."),
+    Param("dagger_rounds", "choice", choices=(0, 1, 2),
+          why="DAgger rounds after the behaviour cloning (PPOTrainConfig.dagger_rounds; only with warm_start): "
+              "each labels bc_episodes // 2 episodes driven by the cloned policy with dgnn-milp's choices, so the "
+              "clone also sees the states it reaches itself; the shipped recipe (results/checkpoints/ppo.yaml) "
+              "uses 1; each round costs about one behaviour-cloning pass."),
+    Param("gain_prior", "choice", choices=(0.0, 4.0, 8.0),
+          why="Initial weight of the actor's marginal-gain feature (PPOTrainConfig.gain_prior): 0 is the "
+              "paper's uninformed start, 8 the shipped one; a middle value tests whether the prior or the "
+              "cloning does the work."),
     Param("reward", "choice", choices=("mse", "fisher", "mix"),
           why="Issue 9's reward choices (PPOTrainConfig.reward): 'mse' is eq. (5a), the paper's (negative squared "
               "position error); 'fisher' the expected posterior error of the chosen pairs (the MILP's objective, "

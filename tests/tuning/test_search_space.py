@@ -11,7 +11,8 @@ from tuning import search_space as ss
 def test_every_param_has_a_reason_and_the_issue_list_is_covered():
     names = {p.name for p in ss.SEARCH_SPACE}
     assert names == {"lr", "entropy_coeff", "clip_param", "gamma", "lambda_", "minibatch_size", "num_epochs",
-                     "hidden", "critic_hidden", "reward_scale", "warm_start", "reward", "reward_normalize"}
+                     "hidden", "critic_hidden", "reward_scale", "warm_start", "dagger_rounds", "gain_prior", "reward",
+                     "reward_normalize"}
     assert all(len(p.why) > 40 for p in ss.SEARCH_SPACE)
     assert ss.TARGETS_GRID == (4, 6, 8)
     assert "fixed grid" in ss.describe()
@@ -27,7 +28,7 @@ def test_samples_of_the_tune_space_validate():
         config = {k: (v.item() if hasattr(v, "item") else v) for k, v in config.items()}
         assert ss.validate({**config, "targets": 6}) is not None
     # A training config without the warm_start / reward fields: those dimensions are held out.
-    fields = set(ss.PARAMS) - {"warm_start", "reward", "reward_normalize"}
+    fields = set(ss.PARAMS) - {"warm_start", "dagger_rounds", "gain_prior", "reward", "reward_normalize"}
     assert set(ss.tune_space(fields)) == fields
     config = {k: d.sample(random_state=0) for k, d in ss.tune_space(fields).items()}
     assert ss.validate(config, available_fields=fields) is config
@@ -36,7 +37,8 @@ def test_samples_of_the_tune_space_validate():
 def _good():
     return {"lr": 3e-4, "entropy_coeff": 1e-3, "clip_param": 0.2, "gamma": 0.99, "lambda_": 0.95,
             "minibatch_size": 256, "num_epochs": 8, "hidden": 64, "critic_hidden": 128, "reward_scale": 1.0,
-            "warm_start": True, "reward": "fisher", "reward_normalize": False}
+            "warm_start": True, "dagger_rounds": 1, "gain_prior": 8.0, "reward": "fisher",
+            "reward_normalize": False}
 
 
 @pytest.mark.parametrize("key,value,rule", [

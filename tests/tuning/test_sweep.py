@@ -58,7 +58,8 @@ def test_best_preset_is_a_train_config_yaml_and_summary_lists_every_trial(tmp_pa
 
     config = {"lr": 3e-4, "entropy_coeff": 1e-3, "clip_param": 0.2, "gamma": 0.99, "lambda_": 0.95,
               "minibatch_size": 256, "num_epochs": 8, "hidden": 64, "critic_hidden": 128, "reward_scale": 2.0,
-              "warm_start": True, "reward": "fisher", "reward_normalize": True, "unrelated": 1}
+              "warm_start": True, "dagger_rounds": 0, "gain_prior": 0.0, "reward": "fisher",
+              "reward_normalize": True, "unrelated": 1}
     fields = sweep.train_fields()
     preset = sweep.best_preset(config, {"train_batch_size": 1000}, fields)
     assert "unrelated" not in preset and preset["train_batch_size"] == 1000
