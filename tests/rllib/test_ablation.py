@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from rl_isac.errors import ConfigError
-from rl_isac.training.ablation import SHIPPED, VARIANTS, markdown, rmse_interval, summarise, table
+from rl_isac.training.ablation import SHIPPED, VARIANTS, markdown, paired_difference, rmse_interval, summarise, table
 
 
 def fake_result(method: str, targets: int, per_episode, per_block=None, fidelity="signal") -> dict:
@@ -51,6 +51,8 @@ def test_table_merges_compare_and_ppo_results(tmp_path):
     pb = data["per_block"][4]
     assert pb["blocks_ppo_lower"] == 2 and pb["ratio_to_milp"] == pytest.approx(
         np.sqrt(np.mean(np.square([0.1, 0.1, 0.2]))) / np.sqrt(np.mean(np.square([0.2, 0.1, 0.3]))))
+    d = pb["paired_vs"]["ekf-convex"]
+    assert d["diff_m"] < 0 and d["lo_m"] <= d["diff_m"] <= d["hi_m"]
     md = (tmp_path / "t.md").read_text()
     assert "| dgnn-ppo |" in md and "| ekf-milp | - |" in md and "0.050" in md  # PCRB row from dgnn-milp
     (tmp_path / "s.json").write_text(json.dumps(fake_result("dgnn-ppo", 4, [0.1, 0.2, 0.1], fidelity="surrogate")))
@@ -65,3 +67,14 @@ def test_ablation_markdown_lists_every_row():
     md = markdown({"targets": 4, "fidelity": "surrogate", "episodes": 2, "blocks": 3, "iterations": 3,
                    "train_batch": 1000, "pretrained": "x", "rows": rows, "command": "rl-isac ppo-ablation"})
     assert "| paper | reward=mse" in md and "| 3636 | 60 |" in md and "| dgnn-milp | - |" in md
+
+
+def test_paired_difference_sees_a_consistent_gap_the_marginal_intervals_hide():
+    rng = np.random.default_rng(2)
+    base = rng.uniform(0.05, 1.0, 30)            # wide spread over episodes
+    diff, lo, hi = paired_difference(base * 0.9, base)
+    assert diff < 0 and hi < 0                   # every episode 10 % better: the paired interval excludes 0
+    a, b = rmse_interval(base * 0.9), rmse_interval(base)
+    assert a[1] > b[0]                           # while the marginal intervals overlap
+    with pytest.raises(ConfigError):
+        paired_difference(base, base[:-1])
