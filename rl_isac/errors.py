@@ -26,6 +26,10 @@ class ConfigError(RlIsacError):
         self.rule = rule
         super().__init__(f"invalid config field {field}={value!r}: {rule}")
 
+    def __reduce__(self):
+        # copy/pickle (Ray ships exceptions between processes) rebuild from the three fields.
+        return (type(self), (self.field, self.value, self.rule))
+
 
 class ConstraintViolation(RlIsacError):
     """An association or beam set breaks one of the paper's constraints (5c)-(5f).
@@ -36,7 +40,11 @@ class ConstraintViolation(RlIsacError):
 
     def __init__(self, constraint: str, message: str) -> None:
         self.constraint = constraint
+        self.message = message
         super().__init__(f"constraint {constraint} violated: {message}")
+
+    def __reduce__(self):
+        return (type(self), (self.constraint, self.message))
 
 
 class MeasurementError(RlIsacError):
