@@ -24,5 +24,13 @@ for I in 4 6 8; do
       --checkpoint results/checkpoints/ppo-I$I --targets $I --episodes "$EPISODES" --blocks 100 --seed 0 \
       --fidelity signal --json results/ppo_table_inputs/ppo_I$I.json
 done
+# the surrogate-signal gap and what PPO adds after the warm start (I = 4)
+[ -f results/ppo_table_inputs/ppo_I4_surrogate.json ] || $RL evaluate --method dgnn-ppo \
+    --checkpoint results/checkpoints/ppo-I4 --targets 4 --episodes "$EPISODES" --blocks 100 --seed 0 \
+    --fidelity surrogate --json results/ppo_table_inputs/ppo_I4_surrogate.json
+for F in signal surrogate; do
+  [ -f results/ppo_table_inputs/bc_I4_$F.json ] || .venv/bin/python -m rl_isac.training.bc_eval \
+      results/checkpoints/ppo-I4 $F results/ppo_table_inputs/bc_I4_$F.json "$EPISODES"
+done
 .venv/bin/python -m rl_isac.training.ablation table results/ppo_table.json \
     --compare results/ppo_table_inputs/bench_I{4,6,8}.json --ppo results/ppo_table_inputs/ppo_I{4,6,8}.json
