@@ -128,6 +128,10 @@ def prepare(targets: int, pretrained: str, out: str, fidelity: str | None = None
         if not (out_dir / CHECKPOINT).is_dir() or not stored_path.is_file():
             raise ConfigError("--resume", str(out_dir), f"no {CHECKPOINT}/ and {TRAIN_CONFIG} to resume from")
         stored = json.loads(stored_path.read_text())
+        # a run stored before a setting existed had that setting's default (the reward levers of issue 9)
+        stored["train"] = PPOTrainConfig.from_dict(stored["train"]).to_dict()
+        stored["env_config"] = {**{k: run["env_config"][k] for k in ("reward", "reward_mix", "reward_normalize")
+                                   if PPOTrainConfig().to_dict()[k] == run["train"][k]}, **stored["env_config"]}
         for key in ("targets", "seed", "train", "env_config", "dgnn"):
             if stored[key] != run[key]:
                 raise ConfigError("--resume", key, f"differs from the stored run ({stored[key]!r} vs {run[key]!r}): "

@@ -72,3 +72,23 @@ def test_train_config_carries_the_reward_levers_into_the_env_config():
     for bad in ({"reward": "pcrb"}, {"reward_mix": -0.1}, {"reward_normalize": "yes"}):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             PPOTrainConfig(**bad)
+
+
+def test_resume_accepts_a_run_stored_before_the_reward_levers(dgnn_i4, tmp_path):
+    """A train_config.json written before the levers existed had their defaults: --resume continues it, and a
+    changed lever is still refused."""
+    import json
+
+    from rl_isac.training.ppo import CHECKPOINT, TRAIN_CONFIG, prepare
+
+    run = prepare(4, str(dgnn_i4), str(tmp_path))
+    old = json.loads(json.dumps(run))
+    for key in ("reward", "reward_mix", "reward_normalize", "dagger_rounds"):
+        old["train"].pop(key)
+    for key in ("reward", "reward_mix", "reward_normalize"):
+        old["env_config"].pop(key)
+    (tmp_path / CHECKPOINT).mkdir()
+    (tmp_path / TRAIN_CONFIG).write_text(json.dumps(old))
+    assert prepare(4, str(dgnn_i4), str(tmp_path), resume=True)["train"]["reward"] == "mse"
+    with pytest.raises(ConfigError, match="differs from the stored run"):
+        prepare(4, str(dgnn_i4), str(tmp_path), resume=True, reward="fisher")
