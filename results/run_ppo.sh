@@ -14,8 +14,9 @@ $RL ppo-ablation --targets 4 --pretrained "$DGNN/dgnn-I4" --out runs/ppo_ablatio
     --iterations 3 --train-batch 1000 --episodes "$EPISODES" --blocks 100 --fidelity surrogate
 mkdir -p results/ppo_table_inputs
 for I in 4 6 8; do
+  CONFIG=ppo.yaml; [ $I = 4 ] || CONFIG=ppo-long-bc.yaml   # I = 6, 8: the longer warm start (see ppo-long-bc.yaml)
   [ -d results/checkpoints/ppo-I$I/checkpoint ] || $RL train --targets $I --pretrained "$DGNN/dgnn-I$I" \
-      --out results/checkpoints/ppo-I$I --config results/checkpoints/ppo.yaml --iterations 5
+      --out results/checkpoints/ppo-I$I --config "results/checkpoints/$CONFIG" --iterations 5
   [ -f results/ppo_table_inputs/bench_I$I.json ] || $RL compare --methods ekf-convex dgnn-l2o ekf-milp dgnn-milp \
       --targets $I --episodes "$EPISODES" --blocks 100 --seed 0 --fidelity signal \
       --checkpoint "dgnn-l2o=$DGNN/dgnn-I{I}" --checkpoint "dgnn-milp=$DGNN/dgnn-I{I}" \
