@@ -54,7 +54,10 @@ restores the paper's choices):
   enters the beam head detached: the beam cross-entropy does not move the position
   estimate.
 
-Measured (I = 4, D = 64, L = 2, phase-1 pre-training of :mod:`rl_isac.training.pretrain`,
+Measured on the single-peak front end and the per-pair-gated EKF of revision a5a3f12 (superseded: with
+the multi-peak front end, the CU's data association and closed-loop pre-training, the DGNN's estimate
+equals its EKF anchor within a few millimetres in closed loop; see ``results/dgnn_report_I*.json`` and
+``results/table_dgnn.md``) (I = 4, D = 64, L = 2, phase-1 pre-training of :mod:`rl_isac.training.pretrain`,
 seed 0; RMSE per target in metres on 800 held-out samples, 16 episodes x 50 blocks,
 same measurement sequences for the DGNN and the EKF; ``u_hat_q`` / ``u_tilde_{q+1}``):
 
