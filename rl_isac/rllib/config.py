@@ -269,6 +269,10 @@ def build_ppo_config(train_cfg: PPOTrainConfig, env_config: dict, dgnn_cfg_dict:
         .multi_agent(policies={MODULE_ID}, policy_mapping_fn=_policy_mapping)
         .rl_module(rl_module_spec=module_spec(dgnn_cfg_dict, dgnn_weights, t, cfg, init_state))
         .callbacks(ISACCallbacks)
+        # A remote env runner that dies (or whose env raises) is restarted and training goes on; its
+        # unfinished episode is dropped (complete_episodes batches never hold half an episode).
+        .fault_tolerance(restart_failed_env_runners=True, max_num_env_runner_restarts=100,
+                         delay_between_env_runner_restarts_s=1.0)
         .debugging(seed=seed)
         # episode_return_mean over about one iteration's episodes (our tracking/* scalars are per-iteration means)
         .reporting(metrics_num_episodes_for_smoothing=max(1, -(-t.train_batch_size // t.blocks)))
