@@ -30,7 +30,9 @@ def test_a_killed_sweep_restores_and_its_trial_continues(tmp_path):
            "--grace-iterations", "2", "--eval-every", "1", "--eval-episodes", "1", "--eval-blocks", "3",
            "--train-batch-size", "512", "--train-blocks", "8", "--envs-per-env-runner", "1",
            "--storage", str(storage), "--out", str(out), "--name", "restore-test"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # no PYTHONPATH: the sweep puts the repository on its workers
+    # No PYTHONPATH: the sweep puts the repository on its workers. Tune saves its experiment state at every
+    # step (not every ~10 s), so the kill lands right after the first checkpoint on a fast machine too.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TUNE_GLOBAL_CHECKPOINT_S": "0"}
     log = open(tmp_path / "first.log", "w")
     # Own session: the driver and the Ray processes it starts share one process group, killed together.
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -41,7 +43,7 @@ def test_a_killed_sweep_restores_and_its_trial_continues(tmp_path):
         while not _state_saved_after_checkpoint(experiment):
             assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "no checkpoint within 300 s"
-            time.sleep(0.5)
+            time.sleep(0.1)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started, nothing else
