@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="evaluate a method on the fixed evaluation seeds")
     p.add_argument("--method", required=True, help="method name, e.g. ekf-milp (see --list)")
     p.add_argument("--checkpoint", help="checkpoint directory of a learned method")
+    p.add_argument("--clusters", type=_positive_int, default=1,
+                   help="CU clusters: C > 1 runs the method as one sub-CU per cluster with handover "
+                        "(clustered-<method>; rl_isac.controllers.clustered); 1 = one CU (default)")
     _run_args(p)
 
     p = sub.add_parser("methods", help="list the registered methods")
@@ -236,8 +239,18 @@ def _cmd_simulate(args) -> int:
 def _cmd_evaluate(args) -> int:
     from rl_isac.evaluation.harness import evaluate, summary_table, write_json_atomic
 
+    controller = None
+    if args.clusters > 1:
+        from rl_isac.controllers import make_controller
+        from rl_isac.scenario import ScenarioConfig
+
+        cfg = ScenarioConfig.preset(args.preset, num_targets=args.targets, fidelity=args.fidelity,
+                                    num_blocks=args.blocks)
+        controller = make_controller(f"clustered-{args.method}", cfg, clusters=args.clusters)
     result = evaluate(args.method, targets=args.targets, episodes=args.episodes, blocks=args.blocks,
-                      seed=args.seed, fidelity=args.fidelity, checkpoint=args.checkpoint, preset=args.preset)
+                      seed=args.seed, fidelity=args.fidelity, checkpoint=args.checkpoint, preset=args.preset,
+                      controller=controller)
+    result["clusters"] = args.clusters
     print(summary_table([result]))
     if args.json:
         write_json_atomic(result, args.json)

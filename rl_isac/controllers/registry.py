@@ -12,6 +12,9 @@ Classical methods (this module):
 ``ekf-exhaustive`` EKF, exhaustive search (the search of Benchmark III)
 =================  ===================================================================
 
+``clustered-<m>`` (``m`` one of the ``ekf-*`` above; factory argument ``clusters``, default 2): the same
+composition as one sub-CU per CU cluster with handover (:mod:`rl_isac.controllers.clustered`).
+
 Learned methods register themselves with :func:`register` (they need ``checkpoint``);
 ``dgnn-ppo`` (the trained PPO module, :mod:`rl_isac.rllib.controller`) is registered here with a
 factory that imports it lazily.
@@ -70,6 +73,20 @@ def _dgnn_ppo(cfg: ScenarioConfig, checkpoint: str | None = None, **kwargs) -> C
 
 
 register("dgnn-ppo", _dgnn_ppo)
+
+
+def _clustered(method: str) -> Factory:
+    def factory(cfg: ScenarioConfig, checkpoint: str | None = None, clusters: int = 2, **kwargs) -> Controller:
+        """``method`` with one sub-CU per CU cluster and handover (:mod:`rl_isac.controllers.clustered`)."""
+        from rl_isac.controllers.clustered import make_clustered_controller
+
+        return make_clustered_controller(method, cfg, clusters=clusters, **kwargs)
+
+    return factory
+
+
+for _method in ("ekf-nearest", "ekf-greedy", "ekf-convex", "ekf-convex-ls", "ekf-milp", "ekf-exhaustive"):
+    register(f"clustered-{_method}", _clustered(_method))
 
 
 def _load_learned() -> None:

@@ -1,0 +1,496 @@
+"""Several CU clusters: partition of the BSs, target ownership, handover of tracks (numpy only).
+
+The scale-out case of the cell-free network (issue 11): the BSs are split into ``C`` CU clusters,
+each a CU (an agent of :class:`rl_isac.rllib.env.ISACMultiAgentEnv`, or a sub-CU of
+:class:`rl_isac.controllers.clustered.ClusteredCU`) over its own BSs and the targets it currently
+owns. This module holds the parts without learning and without Ray or torch.
+
+Partition (:func:`split_clusters`)
+    The BSs are sorted by ``(x, y)`` (ties by index) and cut into ``C`` contiguous groups of
+    ``M_c = M / C`` BSs along x: equal sizes, so one shared policy module fits every agent. Cluster
+    ``c``'s *area* is the strip ``x in [c W / C, (c + 1) W / C)`` of the area's width ``W`` (the
+    last strip includes ``x = W``; every strip spans the whole height). Errors
+    (:class:`~rl_isac.errors.ConfigError`): ``C`` does not divide ``M``; a group's BS x-centroid
+    lies outside its strip (the layout cannot be split into clusters that serve their own area:
+    e.g. the paper's 6 BSs into 6 clusters); a capacity outside ``[1, M_c N_RF]``, or ``C K < I``.
+    ``large`` (12 BSs at x = 0, 120, ..., 600 m, both edges): ``C = 2`` gives 6 BSs (x <= 240 m)
+    and strips of 300 m; ``C = 4`` gives 3 BSs each (e.g. cluster 1 = (120, 100), (240, 0),
+    (240, 100)) and strips of 150 m.
+
+Capacity (the fixed per-agent shapes)
+    Each cluster has ``K`` target *slots* (``capacity``, default ``min(I, M_c N_RF)``: a cluster can
+    cover at most ``M_c N_RF`` targets under (5c)-(5d), and never more than ``I``). A cluster's
+    observation and action are over ``(M_c, K)`` pairs; a slot holds one owned target (its global
+    index in :attr:`ClusteredEKF.slots`) or is empty (``-1``; ``target_valid = 0`` in the
+    observation). An empty slot is neither required by (5d) nor choosable (5e):
+    :func:`padded_action_mask` is the exact mask. With ``C K == I`` (the ``large`` default: 24
+    targets, 2 x 12 or 4 x 6 chains) every slot is always full.
+
+Ownership (:func:`assign_owners`), by the *predicted* position ``u_tilde_{q+1}`` (the CU's, never the
+truth), decided after block ``q`` for block ``q + 1``:
+    1. area with hysteresis: a target keeps its previous owner while its predicted x lies within
+       ``hysteresis_m`` (default :data:`HYSTERESIS_M` = 5 m, five blocks of motion at 10 m/s) of
+       that owner's strip; otherwise (or at the start) it belongs to the cluster whose strip holds
+       its predicted x. A target on a border therefore does not flap: it must cross 5 m into the
+       other strip to move, and 5 m back to return.
+    2. capacity repair: while a cluster owns more than ``K`` targets, it passes one to the
+       neighbour on the side of the nearest cluster with a free slot (the lower index on a tie): the
+       target nearest that neighbour's strip, where a target the neighbour owned before counts
+       ``hysteresis_m`` nearer (so the repair undoes a tentative move before it displaces an
+       established one). A full neighbour passes the excess on the same way.
+
+Slots (:func:`assign_slots`): a target keeps its slot while its cluster keeps it; arrivals take the
+lowest free slots in increasing target index.
+
+Handover (:class:`ClusteredEKF`)
+    Each cluster runs its own EKF (:class:`rl_isac.tracking.ekf.EKFEstimator` on the cluster's
+    sub-scenario: its BSs only) over the targets it owns, fusing only its BSs' measurements of
+    them. After the update of block ``q`` the owners for ``q + 1`` are computed from the predicted
+    positions; for every target whose owner changes, the sending cluster's *posterior track* of
+    block ``q`` -- state ``x_q = [x, y, vx, vy]``, covariance ``P_q (4, 4)`` and the miss counter
+    (blocks without an accepted measurement, which decides whether the track is *searching*) -- is
+    removed from the sender's EKF and appended to the receiver's, unchanged. The receiver's
+    prediction for ``q + 1`` is then the sender's exactly (the EKF's prediction is per track), and
+    so is the estimate ``u_hat_q`` the handed-over target is scored on. Nothing of the truth moves.
+    :attr:`ClusteredEKF.handovers` lists the handovers of the last update.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from rl_isac.association.constraints import valid_action_mask
+from rl_isac.errors import ConfigError, ConstraintViolation
+from rl_isac.physics.measurements import PEAK_FIELDS, Measurements
+from rl_isac.scenario import ScenarioConfig
+from rl_isac.tracking.ekf import EKFEstimator, EKFSettings
+
+HYSTERESIS_M = 5.0
+"""Default ownership hysteresis, metres: a target changes cluster only this far inside another strip."""
+CLUSTER_COUNTS = (1, 2, 4)
+"""Cluster counts the CLI and the benchmark use on the ``large`` preset."""
+
+
+@dataclass(frozen=True)
+class ClusterLayout:
+    """The partition of a scenario's BSs into ``C`` CU clusters (see the module docstring).
+
+    Attributes:
+        num_clusters: ``C``.
+        bs_index: per cluster, the global indices of its ``M_c`` BSs (ascending).
+        boundaries_m: ``(C + 1,)`` x boundaries of the strips, metres (``0 .. W``).
+        capacity: target slots ``K`` per cluster.
+        hysteresis_m: ownership hysteresis, metres.
+        num_targets: ``I`` of the scenario.
+        num_rf: ``N_RF``.
+    """
+
+    num_clusters: int
+    bs_index: tuple[tuple[int, ...], ...]
+    boundaries_m: tuple[float, ...]
+    capacity: int
+    hysteresis_m: float
+    num_targets: int
+    num_rf: int
+
+    @property
+    def bs_per_cluster(self) -> int:
+        """``M_c``."""
+        return len(self.bs_index[0])
+
+    def bs_array(self, cluster: int) -> np.ndarray:
+        """Global BS indices of ``cluster``, ``(M_c,)`` int64."""
+        return np.asarray(self.bs_index[cluster], dtype=np.int64)
+
+    def sub_scenario(self, cfg: ScenarioConfig, cluster: int, num_targets: int | None = None) -> ScenarioConfig:
+        """The scenario a cluster's CU sees: its BSs only, ``num_targets`` (default ``K``) targets,
+        everything else (area, link budget, motion) unchanged."""
+        pos = tuple(cfg.bs_positions_m[m] for m in self.bs_index[cluster])
+        return cfg.replace(bs_positions_m=pos, num_targets=self.capacity if num_targets is None else num_targets)
+
+    def strip_of(self, x_m: np.ndarray) -> np.ndarray:
+        """Cluster whose strip holds each x, ``(...)`` int64 (x outside ``[0, W]`` goes to the end strips)."""
+        inner = np.asarray(self.boundaries_m[1:-1], dtype=float)
+        return np.searchsorted(inner, np.asarray(x_m, dtype=float), side="right").astype(np.int64)
+
+    def distance_to_strip(self, x_m: np.ndarray, cluster: int) -> np.ndarray:
+        """Distance along x from each x to ``cluster``'s strip, metres (0 inside), ``(...)``."""
+        lo, hi = self.boundaries_m[cluster], self.boundaries_m[cluster + 1]
+        x = np.asarray(x_m, dtype=float)
+        return np.maximum(np.maximum(lo - x, x - hi), 0.0)
+
+
+def split_clusters(cfg: ScenarioConfig, num_clusters: int, capacity: int | None = None,
+                   hysteresis_m: float = HYSTERESIS_M) -> ClusterLayout:
+    """Split ``cfg``'s BSs into ``num_clusters`` contiguous equal groups along x (module docstring).
+
+    Raises:
+        ConfigError: ``num_clusters`` not a positive integer dividing ``M``; a group outside its strip;
+            ``capacity`` outside ``[1, M_c N_RF]`` or ``num_clusters * capacity < I``; a negative or
+            non-finite ``hysteresis_m``.
+    """
+    C = num_clusters
+    if isinstance(C, bool) or not isinstance(C, (int, np.integer)) or C < 1:
+        raise ConfigError("clusters", C, "must be an integer >= 1")
+    C = int(C)
+    M = cfg.num_bs
+    if M % C:
+        raise ConfigError("clusters", C, f"must divide the {M} BSs of the scenario into equal clusters "
+                                         f"(one shared policy module needs equal spaces)")
+    if not (isinstance(hysteresis_m, (int, float)) and np.isfinite(hysteresis_m) and hysteresis_m >= 0):
+        raise ConfigError("cluster_hysteresis_m", hysteresis_m, "must be a finite number >= 0 (metres)")
+    Mc = M // C
+    pos = np.asarray(cfg.bs_positions_m, dtype=float)
+    order = np.lexsort((np.arange(M), pos[:, 1], pos[:, 0]))  # by x, then y, then index
+    width = float(cfg.area_size_m[0])
+    bounds = tuple(float(width * c / C) for c in range(C + 1))
+    groups = []
+    for c in range(C):
+        idx = np.sort(order[c * Mc:(c + 1) * Mc])
+        centroid = float(pos[idx, 0].mean())
+        lo, hi = bounds[c], bounds[c + 1]
+        if not (lo <= centroid < hi or (c == C - 1 and centroid == hi)):
+            raise ConfigError("clusters", C, f"this BS layout cannot be split into {C} clusters along x: cluster {c}'s "
+                                             f"BSs {idx.tolist()} have their x-centroid at {centroid:g} m, outside "
+                                             f"its strip [{lo:g}, {hi:g}) m")
+        groups.append(tuple(int(m) for m in idx))
+    I, R = cfg.num_targets, cfg.num_rf
+    cap = min(I, Mc * R) if capacity is None else capacity
+    if isinstance(cap, bool) or not isinstance(cap, (int, np.integer)) or not 1 <= cap <= Mc * R:
+        raise ConfigError("cluster_capacity", cap, f"must be an integer in [1, M_c * N_RF] = [1, {Mc * R}] "
+                                                   f"(a cluster of {Mc} BSs covers at most {Mc * R} targets, (5d))")
+    if C * cap < I:
+        raise ConfigError("cluster_capacity", cap, f"{C} clusters x {cap} slots < {I} targets: some target would "
+                                                   f"have no cluster ((5d) needs C * K >= I)")
+    return ClusterLayout(num_clusters=C, bs_index=tuple(groups), boundaries_m=bounds, capacity=int(cap),
+                         hysteresis_m=float(hysteresis_m), num_targets=I, num_rf=R)
+
+
+def assign_owners(layout: ClusterLayout, x_m: np.ndarray, previous: np.ndarray | None = None) -> np.ndarray:
+    """Owner cluster of every target for the next block (module docstring, "Ownership").
+
+    Args:
+        x_m: ``(I,)`` predicted x of each target, metres.
+        previous: ``(I,)`` int owners of the current block, or ``None`` (start: no hysteresis).
+    Returns:
+        ``(I,)`` int64 owners; every cluster owns at most ``capacity`` targets.
+    """
+    x = np.asarray(x_m, dtype=float)
+    if x.shape != (layout.num_targets,) or not np.all(np.isfinite(x)):
+        raise ConfigError("predicted x", x.shape, f"must be a finite ({layout.num_targets},) array")
+    C, K, h = layout.num_clusters, layout.capacity, layout.hysteresis_m
+    owner = layout.strip_of(x)
+    prev = None if previous is None else np.asarray(previous, dtype=np.int64)
+    if prev is not None:
+        stay = np.array([layout.distance_to_strip(x[i], int(prev[i])) <= h for i in range(len(x))], bool)
+        owner = np.where(stay, prev, owner)
+    for _ in range(C * len(x) + 1):
+        counts = np.bincount(owner, minlength=C)
+        over = np.flatnonzero(counts > K)
+        if over.size == 0:
+            return owner
+        c = int(over[0])
+        spare = np.flatnonzero(counts < K)
+        d = int(spare[np.argmin(np.abs(spare - c) * 2 + (spare > c))])  # nearest free cluster, lower on a tie
+        nb = c + (1 if d > c else -1)
+        mine = np.flatnonzero(owner == c)
+        dist = layout.distance_to_strip(x[mine], nb)
+        if prev is not None:
+            dist = dist - h * (prev[mine] == nb)
+        owner[mine[np.argmin(dist)]] = nb  # argmin: the lowest target index on a tie
+    raise RuntimeError("assign_owners: capacity repair did not converge")  # C K >= I makes this unreachable
+
+
+def assign_slots(layout: ClusterLayout, owner: np.ndarray, previous: np.ndarray | None = None) -> np.ndarray:
+    """Slot table ``(C, K)`` int64 of global target indices (``-1`` = empty) for ``owner (I,)``.
+
+    A target keeps its slot in ``previous`` while its cluster keeps it; arrivals fill the lowest free slots
+    in increasing target index.
+    """
+    C, K = layout.num_clusters, layout.capacity
+    slots = np.full((C, K), -1, dtype=np.int64)
+    owner = np.asarray(owner, dtype=np.int64)
+    for c in range(C):
+        if previous is not None:
+            keep = (previous[c] >= 0) & (owner[np.maximum(previous[c], 0)] == c)
+            slots[c, keep] = previous[c, keep]
+        arrivals = [i for i in np.flatnonzero(owner == c) if i not in set(slots[c].tolist())]
+        free = np.flatnonzero(slots[c] < 0)
+        if len(arrivals) > len(free):
+            raise ConfigError("owner", np.bincount(owner, minlength=C).tolist(),
+                              f"cluster {c} owns more than its {K} slots")
+        slots[c, free[:len(arrivals)]] = arrivals
+    return slots
+
+
+def subset_measurements(meas: Measurements, bs_index: np.ndarray, target_index: np.ndarray) -> Measurements:
+    """The measurements of BSs ``bs_index (M_c,)`` on targets ``target_index (n,)``; an index ``-1`` gives an
+    empty column (nothing assigned or detected). Shapes ``(M_c, n)`` (peaks ``(M_c, n, P)``)."""
+    bs = np.asarray(bs_index, dtype=np.int64)
+    tg = np.asarray(target_index, dtype=np.int64)
+    valid = tg >= 0
+    cols = np.where(valid, tg, 0)
+
+    def take(arr: np.ndarray) -> np.ndarray:
+        out = np.asarray(arr)[bs][:, cols].copy()
+        out[:, ~valid] = 0
+        return out
+
+    fields = {name: take(getattr(meas, name)) for name in
+              ("assigned", "detected", "range_m", "angle_rad", "snr_db", "cov", *PEAK_FIELDS)}
+    return Measurements(block=meas.block, **fields)
+
+
+def padded_action_mask(remaining_chains: np.ndarray, covered: np.ndarray, chosen: np.ndarray, stopped: np.ndarray,
+                       target_valid: np.ndarray) -> np.ndarray:
+    """The exact mask of shared interface 1 over ``K`` slots of which only ``target_valid (..., K)`` hold targets.
+
+    An empty slot counts as covered (not required by (5d)) and as chosen at every BS (not choosable, (5e));
+    shapes as :func:`rl_isac.association.constraints.valid_action_mask` -> ``(..., M_c * K + 1)`` bool.
+    """
+    pad = ~np.asarray(target_valid, bool)
+    return valid_action_mask(remaining_chains, np.asarray(covered, bool) | pad,
+                             np.asarray(chosen, bool) | pad[..., None, :], stopped)
+
+
+def check_cluster_pairs(pairs: np.ndarray, num_bs: int, num_slots: int, num_rf: int,
+                        target_valid: np.ndarray) -> np.ndarray:
+    """Validate one cluster's ``J = M_c N_RF`` sub-actions against :func:`padded_action_mask`, step by step.
+
+    Returns:
+        ``(M_c, K)`` bool association (no pair on an empty slot, every owned slot covered).
+    Raises:
+        ConstraintViolation: naming the step, the pair (BS, slot) or STOP, and the rule it breaks.
+    """
+    a = np.asarray(pairs)
+    J, P = num_bs * num_rf, num_bs * num_slots
+    if a.shape != (J,):
+        raise ConstraintViolation("(5e)", f"pairs must have shape (J,) = ({J},), got {a.shape}")
+    if a.dtype.kind not in "iu":
+        if not (a.dtype.kind == "f" and np.all(np.isfinite(a)) and np.all(a == np.round(a))):
+            raise ConstraintViolation("(5e)", f"pairs must be integer steps in [0, {P}], got {a.tolist()}")
+    a = a.astype(np.int64)
+    valid = np.asarray(target_valid, bool)
+    remaining = np.full(num_bs, num_rf, dtype=np.int64)
+    covered = np.zeros(num_slots, bool)
+    chosen = np.zeros((num_bs, num_slots), bool)
+    stopped = False
+    for j, k in enumerate(a.tolist()):
+        if not 0 <= k <= P:
+            raise ConstraintViolation("(5e)", f"step {j} = {k} is outside [0, {P}] (pairs and STOP = {P})")
+        ok = padded_action_mask(remaining, covered, chosen, np.asarray(stopped), valid)[k]
+        if k == P:
+            if not ok:
+                missing = np.flatnonzero(valid & ~covered).tolist()
+                raise ConstraintViolation("(5d)", f"STOP at step {j} leaves owned slot(s) {missing} uncovered")
+            stopped = True
+            continue
+        m, s = divmod(k, num_slots)
+        if not ok:
+            if stopped:
+                raise ConstraintViolation("(5e)", f"step {j}: pair (bs={m}, slot={s}) after a STOP (STOP is sticky)")
+            if not valid[s]:
+                raise ConstraintViolation("(5e)", f"step {j}: pair (bs={m}, slot={s}) names an empty slot")
+            if chosen[m, s]:
+                raise ConstraintViolation("(5e)", f"step {j}: pair (bs={m}, slot={s}) chosen twice")
+            if remaining[m] == 0:
+                raise ConstraintViolation("(5c)", f"step {j}: pair (bs={m}, slot={s}): BS {m} has no RF chain left")
+            raise ConstraintViolation("(5d)", f"step {j}: pair (bs={m}, slot={s}) is covered while "
+                                              f"{int((valid & ~covered).sum())} owned slot(s) are uncovered and "
+                                              f"only {int(remaining.sum())} chain(s) remain")
+        remaining[m] -= 1
+        covered[s] = True
+        chosen[m, s] = True
+    if np.any(valid & ~covered):
+        raise ConstraintViolation("(5d)", f"owned slot(s) {np.flatnonzero(valid & ~covered).tolist()} uncovered")
+    return chosen
+
+
+def _load_tracks(ekf: EKFEstimator, x: np.ndarray, P: np.ndarray, missed: np.ndarray, block: int) -> None:
+    """Put tracks ``x (n, 4)``, ``P (n, 4, 4)``, miss counters ``(n,)`` into ``ekf`` (its posterior of ``block``).
+
+    The EKF has no public setter; ``reset`` sizes it, then its posterior state is replaced (a test checks
+    that the loaded EKF predicts exactly what the sending one did).
+    """
+    ekf.reset(x[:, :2])
+    ekf._x, ekf._P = np.array(x, float), np.array(P, float)
+    ekf.missed = np.array(missed, float)
+    ekf._pred = None
+    ekf.block = block
+
+
+@dataclass(frozen=True)
+class Handover:
+    """One handover: ``target`` passes from cluster ``source`` to ``dest`` after block ``block``, with the
+    posterior track ``state (4,)``, ``covariance (4, 4)`` and miss counter ``missed`` of that block."""
+
+    block: int
+    target: int
+    source: int
+    dest: int
+    state: np.ndarray
+    covariance: np.ndarray
+    missed: float
+
+
+class ClusteredEKF:
+    """One EKF per CU cluster over the targets it owns, with handover (module docstring).
+
+    Usage::
+
+        trk = ClusteredEKF(cfg, layout)
+        trk.reset(acquisition_m)             # (I, 2): owners from the acquisition
+        u_hat, u_next = trk.update(meas)     # global (M, I) measurements of the block; owners for q+1
+
+    Global arrays are indexed by target (``I``); :attr:`owner` ``(I,)``, :attr:`slots` ``(C, K)``.
+    """
+
+    def __init__(self, cfg: ScenarioConfig, layout: ClusterLayout, settings: EKFSettings | None = None) -> None:
+        self.cfg, self.layout = cfg, layout
+        self.settings = settings
+        C = layout.num_clusters
+        self._sub = [layout.sub_scenario(cfg, c) for c in range(C)]
+        self._ekfs = [EKFEstimator(self._sub[c], settings) for c in range(C)]
+        self._rows: list[np.ndarray] = [np.zeros(0, np.int64) for _ in range(C)]  # targets of each EKF's rows
+        self.owner = np.zeros(cfg.num_targets, np.int64)
+        self.slots = np.full((C, layout.capacity), -1, np.int64)
+        self.handovers: list[Handover] = []
+        """Handovers of the last :meth:`update` (empty after :meth:`reset`)."""
+        self.total_handovers = 0
+        self.block = 0
+        self._u_hat = np.zeros((cfg.num_targets, 2))
+        self.ownership_prediction_m = np.zeros((cfg.num_targets, 2))
+        """``(I, 2)``: the predictions the last :meth:`update` decided ownership on (the senders', before handover)."""
+
+    # ------------------------------------------------------------------ episode
+    def reset(self, initial_positions_m: np.ndarray) -> np.ndarray:
+        """Start from the acquisition ``(I, 2)`` metres; owners by the acquired x (no hysteresis)."""
+        acq = np.asarray(initial_positions_m, dtype=float)
+        if acq.shape != (self.cfg.num_targets, 2) or not np.all(np.isfinite(acq)):
+            raise ConfigError("initial_positions_m", acq.shape, f"must be a finite ({self.cfg.num_targets}, 2) array")
+        self.owner = assign_owners(self.layout, acq[:, 0])
+        self.slots = assign_slots(self.layout, self.owner)
+        self.block = 0
+        self.handovers, self.total_handovers = [], 0
+        self._u_hat = acq.copy()
+        for c in range(self.layout.num_clusters):
+            rows = self._occupied(c)
+            self._rows[c] = rows
+            if rows.size:
+                self._ekfs[c].reset(acq[rows])
+        return acq.copy()
+
+    def _occupied(self, c: int) -> np.ndarray:
+        s = self.slots[c]
+        return s[s >= 0]
+
+    def update(self, meas: Measurements) -> tuple[np.ndarray, np.ndarray]:
+        """Fuse block ``q`` per cluster, then hand over for ``q + 1``.
+
+        Args:
+            meas: the global ``(M, I)`` measurements of the block.
+        Returns:
+            ``u_hat_q (I, 2)`` and ``u_tilde_{q+1} (I, 2)`` metres (each target from its owner's EKF; a handed-over
+            target's prediction is the same from either side).
+        """
+        cfg, layout = self.cfg, self.layout
+        if meas.assigned.shape != (cfg.num_bs, cfg.num_targets):
+            raise ConfigError("measurements", meas.assigned.shape,
+                              f"must be the global ({cfg.num_bs}, {cfg.num_targets}) arrays")
+        I = cfg.num_targets
+        x = np.zeros((I, 4))
+        P = np.zeros((I, 4, 4))
+        missed = np.zeros(I)
+        for c in range(layout.num_clusters):
+            rows = self._rows[c]
+            if rows.size == 0:
+                continue
+            ekf = self._ekfs[c]
+            ekf.update(subset_measurements(meas, layout.bs_array(c), rows))
+            x[rows], P[rows], missed[rows] = ekf.state, ekf.covariance, ekf.missed
+        self.block += 1
+        self._u_hat = x[:, :2].copy()
+        pred = self.predicted_state()
+        self.ownership_prediction_m = pred[:, :2].copy()
+        new_owner = assign_owners(layout, pred[:, 0], self.owner)
+        moved = np.flatnonzero(new_owner != self.owner)
+        self.handovers = [Handover(self.block, int(i), int(self.owner[i]), int(new_owner[i]), x[i].copy(),
+                                   P[i].copy(), float(missed[i])) for i in moved]
+        self.total_handovers += len(moved)
+        self.slots = assign_slots(layout, new_owner, self.slots)
+        self.owner = new_owner
+        changed = {h.source for h in self.handovers} | {h.dest for h in self.handovers}
+        for c in sorted(changed):
+            rows = self._occupied(c)
+            self._rows[c] = rows
+            if rows.size:
+                _load_tracks(self._ekfs[c], x[rows], P[rows], missed[rows], self.block)
+        for c in range(layout.num_clusters):  # slot order of unchanged clusters is unchanged too
+            if c not in changed:
+                assert np.array_equal(self._rows[c], self._occupied(c))
+        return self._u_hat.copy(), self.predicted_position()
+
+    # ------------------------------------------------------------------ global views
+    def _gather(self, fn) -> list[tuple[np.ndarray, np.ndarray]]:
+        return [(self._rows[c], fn(self._ekfs[c])) for c in range(self.layout.num_clusters) if self._rows[c].size]
+
+    def predicted_state(self) -> np.ndarray:
+        """``(I, 4)`` predicted states for the next block (each target by its current owner)."""
+        out = np.zeros((self.cfg.num_targets, 4))
+        for rows, v in self._gather(lambda e: e.predicted_state()):
+            out[rows] = v
+        return out
+
+    def predicted_position(self) -> np.ndarray:
+        """``u_tilde_{q+1}``: ``(I, 2)`` metres."""
+        return self.predicted_state()[:, :2]
+
+    def predicted_covariance(self) -> np.ndarray:
+        """``(I, 4, 4)`` predicted covariances for the next block."""
+        out = np.zeros((self.cfg.num_targets, 4, 4))
+        for rows, v in self._gather(lambda e: e.predicted_covariance()):
+            out[rows] = v
+        return out
+
+    def predicted_position_covariance(self) -> np.ndarray:
+        """``(I, 2, 2)`` m^2."""
+        return self.predicted_covariance()[:, :2, :2]
+
+    @property
+    def state(self) -> np.ndarray:
+        """``(I, 4)`` posterior states of the last block (after handover: each from its new owner, unchanged)."""
+        out = np.zeros((self.cfg.num_targets, 4))
+        for rows, v in self._gather(lambda e: e.state):
+            out[rows] = v
+        return out
+
+    @property
+    def covariance(self) -> np.ndarray:
+        """``(I, 4, 4)`` posterior covariances of the last block."""
+        out = np.zeros((self.cfg.num_targets, 4, 4))
+        for rows, v in self._gather(lambda e: e.covariance):
+            out[rows] = v
+        return out
+
+    @property
+    def estimate_m(self) -> np.ndarray:
+        """``u_hat_q (I, 2)`` of the last update (the acquisition after reset)."""
+        return self._u_hat.copy()
+
+    @property
+    def searching(self) -> np.ndarray:
+        """``(I,)`` bool: tracks their owner's EKF is searching for."""
+        out = np.zeros(self.cfg.num_targets, bool)
+        for rows, v in self._gather(lambda e: e.searching):
+            out[rows] = v
+        return out
+
+    def cluster_ekf(self, cluster: int) -> tuple[np.ndarray, EKFEstimator]:
+        """``(targets of its rows (n,), the EKF)`` of one cluster (read-only use)."""
+        return self._rows[cluster].copy(), self._ekfs[cluster]
+
+
+__all__ = ["HYSTERESIS_M", "CLUSTER_COUNTS", "ClusterLayout", "split_clusters", "assign_owners", "assign_slots",
+           "subset_measurements", "padded_action_mask", "check_cluster_pairs", "ClusteredEKF", "Handover"]
