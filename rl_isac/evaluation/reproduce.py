@@ -68,8 +68,15 @@ DEFAULT_DGNN_CHECKPOINTS = "results/checkpoints/dgnn-I{I}"
 """The committed phase-1 checkpoints (DGNN + beam head + L2O head); ``{I}`` is the target count."""
 
 SHIPPED_PPO_CONFIG = "results/checkpoints/ppo.yaml"
-"""The PPO recipe of the reference checkpoints results/checkpoints/ppo-I{4,6,8} (RLlib pipeline, issue 9):
-BC warm start from dgnn-milp + 1 DAgger round, eq. (5a) reward, 5 iterations."""
+"""The PPO recipe of the reference checkpoint results/checkpoints/ppo-I4 (RLlib pipeline, issue 9) and of the
+quick profile: BC warm start from dgnn-milp (16 episodes, 15 epochs) + 1 DAgger round, eq. (5a) reward,
+5 iterations."""
+
+SHIPPED_PPO_CONFIGS: dict[int, str] = {4: SHIPPED_PPO_CONFIG, 6: "results/checkpoints/ppo-long-bc.yaml",
+                                       8: "results/checkpoints/ppo-long-bc.yaml"}
+"""Per I, the recipe of each reference checkpoint results/checkpoints/ppo-I{I} (``train_config.json`` of each
+holds it resolved; results/run_ppo.sh trains them): the full profile trains with exactly these, so its
+dgnn-ppo is trained as the shipped checkpoint of the same I (same recipe, same seed)."""
 
 PAPER_FIG3_BLOCK = 55
 """The paper draws Fig. 3's association snapshot at block q = 55."""
@@ -92,6 +99,7 @@ class Profile:
         seed: evaluation seed index (world seeds from :func:`rl_isac.seeds.evaluation_seeds`).
         fidelity: world fidelity.
         train: keyword settings of the PPO training stage, or ``None``: this profile does not train.
+            ``config`` may be one YAML path or ``{I: path}`` (each I its own recipe).
         fig3_targets: I of Fig. 3's episode (the paper's I = 6 where the profile evaluates it).
         summary: one plain sentence on how this profile differs from ``full``.
     """
@@ -135,11 +143,11 @@ PROFILES: dict[str, Profile] = {
         name="quick", targets=(6,), methods=ALL_METHODS, episodes=4, blocks=100,
         train={"iterations": 5, "config": SHIPPED_PPO_CONFIG},
         summary="The quick profile trains and evaluates only I = 6, on 4 episodes x 100 blocks per method (the full "
-                "run: I = 4, 6, 8 on 50 episodes each, same training recipe), so its 95 % intervals are several "
-                "times wider and it says nothing about I = 4 and 8."),
+                "run: I = 4, 6, 8 on 50 episodes each, with the reference checkpoints' longer warm start at I = 6 "
+                "and 8), so its 95 % intervals are several times wider and it says nothing about I = 4 and 8."),
     "full": Profile(
         name="full", targets=(4, 6, 8), methods=ALL_METHODS, episodes=50, blocks=100,
-        train={"iterations": 5, "config": SHIPPED_PPO_CONFIG},
+        train={"iterations": 5, "config": SHIPPED_PPO_CONFIGS},
         summary="This is the full study; the quick profile (make run) trains and evaluates only I = 6, on 4 "
                 "episodes per method."),
 }
@@ -290,6 +298,12 @@ def _train_one(api, profile: Profile, num: int, out: Path, dgnn_checkpoints: str
     warm = dgnn_checkpoints.replace("{I}", str(num))
     settings = dict(profile.train or {})
     iterations = int(settings.pop("iterations"))
+    if isinstance(settings.get("config"), dict):
+        per_i = settings["config"]
+        if num not in per_i:
+            raise ConfigError("train.config", sorted(per_i), f"the {profile.name} profile has no PPO recipe for "
+                                                             f"I={num}")
+        settings["config"] = per_i[num]
     spec = {"targets": num, "iterations": iterations, "settings": settings, "dgnn_checkpoint": warm,
             "dgnn_fingerprint": checkpoint_fingerprint(warm), "seed": TRAINING_SEED,
             "config_fingerprint": checkpoint_fingerprint(settings.get("config"))}

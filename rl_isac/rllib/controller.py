@@ -10,7 +10,11 @@ Each block: push the measurements into the CU's window (EKF anchor, exactly as t
 does), build the observation (:class:`~rl_isac.rllib.observation.ObservationBuilder`), run the
 module's greedy inference pass (one frozen-encoder forward + ``J`` argmax steps), and return
 the association of the chosen pairs, the head's beams, the estimate ``u_hat_q`` and, as the
-range-gate prediction, the window's ``anchor_next`` (the env's rule).
+range-gate prediction, the window's ``anchor_next`` (the env's rule). Re-acquisition as every DGNN CU
+(:class:`~rl_isac.controllers.learned.HeadBeams`, issue 7): the pairs whose target the window's EKF anchor is
+searching for, or whose predicted angle is uncertain, sweep ``K`` adjacent beams around ``anchor_next``
+instead of the head's beams (``widen=False``: the head's beams everywhere, as before; the I = 8 gap of
+issue 9 was that: lost tracks found again later or never).
 """
 
 from __future__ import annotations
@@ -65,7 +69,9 @@ class PPOController(Controller):
 
     name = "dgnn-ppo"
 
-    def __init__(self, cfg: ScenarioConfig, module) -> None:
+    def __init__(self, cfg: ScenarioConfig, module, widen: bool = True) -> None:
+        from rl_isac.controllers.composed import GeometricBeams
+
         torch.set_num_threads(1)
         M, I = module.num_bs, module.num_targets
         if (M, I) != (cfg.num_bs, cfg.num_targets) or module.num_rf != cfg.num_rf:
@@ -78,6 +84,34 @@ class PPOController(Controller):
         self.builder = ObservationBuilder(cfg)
         self.block = 0
         self.beam_shape = (cfg.num_bs, cfg.num_targets, cfg.num_tracking_symbols, 2)
+        self.widen = bool(widen)
+        self.geometric = GeometricBeams(cfg)
+
+    def predicted_position_covariance(self) -> np.ndarray:
+        """``(I, 2, 2)`` m^2: the window anchor's predicted covariance (what the sweep rule reads)."""
+        cov = self.window.anchor_predicted_covariance()
+        if cov is None:
+            raise ConfigError("window_anchor", self.window.anchor, "dgnn-ppo's beam sweep needs an EKF anchor")
+        return cov
+
+    @property
+    def searching(self) -> np.ndarray | None:
+        """``(I,)`` bool: the targets the window's EKF anchor is searching for."""
+        return self.window.searching
+
+    def _widened(self, beams: np.ndarray, prediction_m: np.ndarray) -> np.ndarray:
+        """The head's beams with the sweep of :class:`~rl_isac.controllers.learned.HeadBeams` on wide pairs."""
+        from rl_isac.controllers.composed import sweep_beams
+        from rl_isac.physics.channel import geometry
+
+        if not self.widen:
+            return beams
+        range_m, angle = geometry(self.geometric.bs_positions_m, prediction_m)  # (M, I)
+        wide = self.geometric.wide_pairs(range_m, angle, self)
+        if wide.any():
+            beams = beams.copy()
+            beams[wide] = sweep_beams(np.cos(angle[wide]), self.cfg.codebook_size, self.cfg.num_tracking_symbols)
+        return beams
 
     @torch.no_grad()
     def _decide(self) -> CUAction:
@@ -89,9 +123,10 @@ class PPOController(Controller):
         pairs = out["pairs"][0].numpy()
         assoc = sub_actions_to_association(pairs, self.cfg.num_bs, self.cfg.num_targets)
         assoc = check_association(assoc, self.cfg.num_rf, shape=(self.cfg.num_bs, self.cfg.num_targets))
-        beams = out["beams"][0].numpy().reshape(self.beam_shape)
+        prediction = self.window.anchor_next_m
+        beams = self._widened(out["beams"][0].numpy().reshape(self.beam_shape).astype(np.int64), prediction)
         estimate = out["estimate"][0].numpy().astype(float).reshape(-1, 2)
-        return CUAction(association=assoc, beams=beams, estimate_m=estimate, prediction_m=self.window.anchor_next_m)
+        return CUAction(association=assoc, beams=beams, estimate_m=estimate, prediction_m=prediction)
 
     def reset(self, initial_positions_m: np.ndarray) -> CUAction:
         self.window.reset(initial_positions_m)

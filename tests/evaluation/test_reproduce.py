@@ -202,3 +202,29 @@ def test_fingerprints_follow_content(tmp_path):
     after = rep.checkpoint_fingerprint(tmp_path / "ckpt"), rep.checkpoint_fingerprint(tmp_path / "ppo.yaml")
     assert after[0] != before[0] and after[1] != before[1] and None not in after
     assert rep.checkpoint_fingerprint(tmp_path / "nowhere") == "missing"
+
+
+def test_per_size_recipes_each_size_trains_with_its_own_config_and_a_missing_one_is_an_error(tmp_path, monkeypatch):
+    from rl_isac.errors import ConfigError
+
+    (tmp_path / "a.yaml").write_text("bc_epochs: 2\n")
+    (tmp_path / "b.yaml").write_text("bc_epochs: 3\n")
+    recipes = {4: str(tmp_path / "a.yaml"), 6: str(tmp_path / "b.yaml")}
+    profile = rep.Profile(name="t", targets=(4, 6), methods=("dgnn-ppo",), episodes=1, blocks=2,
+                          train={"iterations": 1, "config": recipes})
+    fake = _FakePPO()
+    monkeypatch.setattr(rep, "_ppo_api", lambda: (fake, ""))
+    runs = rep.train_stage(profile, tmp_path / "out", rep.DEFAULT_DGNN_CHECKPOINTS, True, lambda s: None)
+    assert [c["config"] for c in fake.calls] == [recipes[4], recipes[6]]
+    spec = json.loads((tmp_path / "out" / "training-I6.json").read_text())["spec"]
+    assert spec["settings"]["config"] == recipes[6] and runs[6]["spec"] == spec  # resolved, survives JSON
+    assert spec["config_fingerprint"] == rep.checkpoint_fingerprint(recipes[6])
+    rep.train_stage(profile, tmp_path / "out", rep.DEFAULT_DGNN_CHECKPOINTS, True, lambda s: None)
+    assert len(fake.calls) == 2  # both finished runs reused
+    # the full profile trains each I with the recipe of the shipped checkpoint of that I
+    assert rep.PROFILES["full"].train["config"] == rep.SHIPPED_PPO_CONFIGS
+    assert set(rep.SHIPPED_PPO_CONFIGS) == set(rep.PROFILES["full"].targets)
+    short = rep.Profile(name="t", targets=(8,), methods=("dgnn-ppo",), episodes=1, blocks=2,
+                        train={"iterations": 1, "config": recipes})
+    with pytest.raises(ConfigError, match="no PPO recipe for I=8"):
+        rep.train_stage(short, tmp_path / "o2", rep.DEFAULT_DGNN_CHECKPOINTS, True, lambda s: None)
