@@ -308,6 +308,26 @@ def check_cluster_pairs(pairs: np.ndarray, num_bs: int, num_slots: int, num_rf: 
     return chosen
 
 
+def cluster_sub_actions(association: np.ndarray, target_valid: np.ndarray, num_rf: int) -> np.ndarray:
+    """Canonical sub-actions ``(J,)`` int64 of one cluster's association ``(M_c, K)`` over its slots, empty slots
+    ``~target_valid`` left out (pairs BS-major, then STOPs): the inverse of :func:`check_cluster_pairs`."""
+    from rl_isac.association.constraints import association_to_sub_actions
+
+    a = np.asarray(association, bool)
+    valid = np.asarray(target_valid, bool)
+    M, K = a.shape
+    if a[:, ~valid].any():
+        m, s = np.argwhere(a[:, ~valid])[0]
+        raise ConstraintViolation("(5e)", f"pair (bs={m}, slot={np.flatnonzero(~valid)[s]}) names an empty slot")
+    cols = np.flatnonzero(valid)
+    steps = association_to_sub_actions(a[:, cols], num_rf)
+    n = cols.size
+    out = np.full(steps.shape, M * K, dtype=np.int64)
+    pair = steps < M * n
+    out[pair] = steps[pair] // n * K + cols[steps[pair] % n]
+    return out
+
+
 def _load_tracks(ekf: EKFEstimator, x: np.ndarray, P: np.ndarray, missed: np.ndarray, block: int) -> None:
     """Put tracks ``x (n, 4)``, ``P (n, 4, 4)``, miss counters ``(n,)`` into ``ekf`` (its posterior of ``block``).
 
@@ -493,4 +513,5 @@ class ClusteredEKF:
 
 
 __all__ = ["HYSTERESIS_M", "CLUSTER_COUNTS", "ClusterLayout", "split_clusters", "assign_owners", "assign_slots",
-           "subset_measurements", "padded_action_mask", "check_cluster_pairs", "ClusteredEKF", "Handover"]
+           "subset_measurements", "padded_action_mask", "check_cluster_pairs", "cluster_sub_actions", "ClusteredEKF",
+           "Handover"]

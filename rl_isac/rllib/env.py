@@ -47,9 +47,25 @@ Refused actions: a wrong shape, a non-finite value, a broken (5c)-(5f) or STOP r
 :class:`~rl_isac.errors.ConstraintViolation` naming the constraint, the pair and the value,
 before anything changes (world, window, counters).
 
-Several clusters (the scale-out case): spaces are built per agent from that agent's BSs
-(``M_c``) and targets, keyed by agent id in ``observation_spaces`` / ``action_spaces``; one
-shared policy module serves clusters of equal size. Today ``clusters=1`` (``cu_0`` owns every BS).
+Several clusters (the scale-out case, ``clusters = C > 1``; :mod:`rl_isac.clusters` has the partition,
+ownership and handover rules): the BSs are split into ``C`` contiguous equal groups along x, agent
+``cu_c`` is the CU of group ``c``: ``M`` above is its ``M_c = M / C`` BSs and ``I`` its ``K`` target
+*slots* (``cluster_capacity``, default ``min(I, M_c N_RF)``), so every agent has the same spaces
+(one shared policy module). Each block, each agent sees only its BSs' measurements of the targets in
+its slots (the window rebuilt per cluster from the stored blocks, with the cluster's own EKF as the
+anchor), and acts on them: pairs among its ``M_c x K`` pairs, beams of its BSs, estimates of its
+targets. The observation has one more key, ``target_valid (K,)`` (1 = the slot holds an owned target,
+0 = empty; an empty slot's entries are all 0). The exact mask with empty slots
+(:func:`rl_isac.clusters.padded_action_mask`) neither requires (5d) nor allows (5e) an empty slot,
+and the env refuses any action that breaks it for that agent (:func:`rl_isac.clusters.check_cluster_pairs`):
+(5c) per BS and (5d) per owned target hold per cluster, hence for the network. With ``C K == I`` (the
+``large`` preset's 24 targets at C = 2 or 4) no slot is ever empty and the action space's ``sample()`` is
+feasible. After the block is measured, ownership for the next block follows the CU's predicted positions
+(hysteresis ``cluster_hysteresis_m``, capacity repair) and a target that changes cluster is handed over
+with its EKF track (state, covariance, miss counter: :class:`rl_isac.clusters.ClusteredEKF`); it keeps its
+slot while its cluster keeps it. Each agent's reward is eq. (5a) (or the Fisher reward) over its own
+targets; its infos count its own targets and pairs, plus ``handovers`` (targets it received) and
+``owned``. The clusters decide simultaneously: every step needs an action of every agent.
 
 Seeding: ``reset(seed=s)`` restarts the env's episode counter at base seed ``s``; episode ``e``
 then uses world seed ``rl_isac.seeds.training_world_seed(s, split, e)`` (always below the
@@ -59,7 +75,8 @@ worker/vector index.
 env_config keys (all optional): ``targets`` (4), ``preset`` ("paper"), ``fidelity``
 ("surrogate"; "signal" for evaluation-like rollouts), ``blocks`` (100), ``seed`` (0),
 ``split`` (0 = training), ``reward_scale`` (1.0), ``reward`` ("mse"), ``reward_mix`` (0.5),
-``reward_normalize`` (False), ``clusters`` (1), ``scenario`` (a dict overriding scenario fields).
+``reward_normalize`` (False), ``clusters`` (1), ``cluster_capacity`` (None = ``min(I, M_c N_RF)``),
+``cluster_hysteresis_m`` (5.0), ``scenario`` (a dict overriding scenario fields).
 
 Rewards (issue 9's levers; ``infos`` carry both terms whatever the choice):
 
@@ -87,6 +104,14 @@ from ray.rllib.env.multi_agent_env import MultiAgentEnv
 
 from rl_isac.association.constraints import stop_action, sub_actions_to_association, valid_action_mask
 from rl_isac.association.objective import association_cost
+from rl_isac.clusters import (
+    HYSTERESIS_M,
+    ClusteredEKF,
+    ClusterLayout,
+    check_cluster_pairs,
+    split_clusters,
+    subset_measurements,
+)
 from rl_isac.errors import ConfigError, ConstraintViolation
 from rl_isac.evaluation.bounds import heading_transition
 from rl_isac.evaluation.harness import LOST_M
@@ -95,11 +120,12 @@ from rl_isac.rllib.config import REWARDS
 from rl_isac.rllib.observation import ObservationBuilder, observation_shapes_rl
 from rl_isac.scenario import FIDELITIES, PRESETS, ScenarioConfig
 from rl_isac.seeds import training_world_seed
-from rl_isac.tracking.window import MeasurementWindow
+from rl_isac.tracking.window import _AGE_CAP_BLOCKS, FEATURE_NAMES, MeasurementWindow
 
 ENV_DEFAULTS: dict[str, Any] = {"targets": 4, "preset": "paper", "fidelity": "surrogate", "blocks": 100, "seed": 0,
                                 "split": 0, "reward_scale": 1.0, "reward": "mse", "reward_mix": 0.5,
-                                "reward_normalize": False, "clusters": 1, "scenario": None}
+                                "reward_normalize": False, "clusters": 1, "cluster_capacity": None,
+                                "cluster_hysteresis_m": HYSTERESIS_M, "scenario": None}
 
 
 class RunningReturnStd:
@@ -148,9 +174,6 @@ def env_scenario(env_config: dict) -> ScenarioConfig:
         v = cfgd[key]
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
             raise ConfigError(f"env_config.{key}", v, "must be an integer >= 0")
-    if cfgd["clusters"] != 1:
-        raise ConfigError("env_config.clusters", cfgd["clusters"],
-                          "only 1 CU cluster is built so far (several clusters: the scale-out issue)")
     scale = cfgd["reward_scale"]
     if not (isinstance(scale, (int, float)) and np.isfinite(scale) and scale > 0):
         raise ConfigError("env_config.reward_scale", scale, "must be a finite number > 0")
@@ -163,7 +186,36 @@ def env_scenario(env_config: dict) -> ScenarioConfig:
         raise ConfigError("env_config.reward_normalize", cfgd["reward_normalize"], "must be a bool")
     overrides = dict(cfgd["scenario"] or {})
     overrides.update(fidelity=cfgd["fidelity"], num_blocks=int(cfgd["blocks"]))
-    return ScenarioConfig.preset(cfgd["preset"], num_targets=int(cfgd["targets"]), **overrides)
+    cfg = ScenarioConfig.preset(cfgd["preset"], num_targets=int(cfgd["targets"]), **overrides)
+    env_layout(cfgd, cfg)  # a bad cluster split is an error here already
+    return cfg
+
+
+def env_layout(env_config: dict, cfg: ScenarioConfig) -> ClusterLayout:
+    """The CU cluster layout of an env_config (:func:`rl_isac.clusters.split_clusters`; ConfigError if it cannot
+    be split)."""
+    full = {**ENV_DEFAULTS, **dict(env_config)}
+    return split_clusters(cfg, full["clusters"], capacity=full["cluster_capacity"],
+                          hysteresis_m=full["cluster_hysteresis_m"])
+
+
+def cluster_scenario(env_config: dict) -> ScenarioConfig:
+    """The scenario one agent's spaces are built from: the whole scenario for one cluster, else a cluster's
+    ``M_c`` BSs and ``K`` target slots (cluster 0's; every cluster has the same sizes)."""
+    cfg = env_scenario(env_config)
+    layout = env_layout(env_config, cfg)
+    return cfg if layout.num_clusters == 1 else layout.sub_scenario(cfg, 0)
+
+
+def agent_spaces(env_config: dict) -> tuple[gym.spaces.Dict, gym.spaces.Dict]:
+    """``(observation_space, action_space)`` of every agent of an env_config (all agents share them)."""
+    full = {**ENV_DEFAULTS, **dict(env_config)}
+    sub = cluster_scenario(env_config)
+    obs = observation_space(sub)
+    if full["clusters"] > 1:
+        obs = gym.spaces.Dict({**obs.spaces, "target_valid": gym.spaces.Box(0.0, 1.0, shape=(sub.num_targets,),
+                                                                            dtype=np.float32)})
+    return obs, action_space(sub)
 
 
 def observation_space(cfg: ScenarioConfig) -> gym.spaces.Dict:
@@ -248,12 +300,18 @@ class ISACMultiAgentEnv(MultiAgentEnv):
         self.num_blocks = self.cfg.num_blocks
         cfg = self.cfg
         self.world = CellFreeNetwork(cfg)
-        self.window = MeasurementWindow(cfg, anchor="ekf")
-        self._obs_builder = ObservationBuilder(cfg)
-        self.agents = self.possible_agents = [agent_id(0)]
-        self._bs = {agent_id(0): np.arange(cfg.num_bs)}  # the BSs of each cluster
-        self.observation_spaces = {a: observation_space(cfg) for a in self.agents}
-        self.action_spaces = {a: action_space(cfg) for a in self.agents}
+        self.layout = env_layout(self.env_config, cfg)
+        C = self.num_clusters = self.layout.num_clusters
+        self.agents = self.possible_agents = [agent_id(c) for c in range(C)]
+        self._bs = {agent_id(c): self.layout.bs_array(c) for c in range(C)}  # the BSs of each cluster
+        obs_space, act_space = agent_spaces(self.env_config)
+        self.observation_spaces = {a: obs_space for a in self.agents}
+        self.action_spaces = {a: act_space for a in self.agents}
+        if C == 1:
+            self.window = MeasurementWindow(cfg, anchor="ekf")
+            self._obs_builder = ObservationBuilder(cfg)
+        else:
+            self._init_clusters()
         self.observation_space = self.observation_spaces[self.agents[0]]
         self.action_space = self.action_spaces[self.agents[0]]
         self._beam_shape = (cfg.num_bs, cfg.num_targets, cfg.num_tracking_symbols, 2)
@@ -266,13 +324,9 @@ class ISACMultiAgentEnv(MultiAgentEnv):
 
     # ------------------------------------------------------------------ gym API
     def reset(self, *, seed: int | None = None, options: dict | None = None):
-        if seed is not None:
-            self._seed_base, self._episode = int(seed), 0
-        elif self._seed_base is None:
-            base = np.random.SeedSequence([int(self.env_config["seed"]), self._worker_index, self._vector_index])
-            self._seed_base, self._episode = int(base.generate_state(1)[0]), 0
-        self.world_seed = training_world_seed(self._seed_base, self.split, self._episode)
-        self._episode += 1
+        self._next_world_seed(seed)
+        if self.num_clusters > 1:
+            return self._reset_clusters()
         acq = self.world.reset(self.world_seed)
         self.window.reset(acq)
         self._q = 0
@@ -283,7 +337,18 @@ class ISACMultiAgentEnv(MultiAgentEnv):
         aid = self.agents[0]
         return {aid: self._observation()}, {aid: {"world_seed": self.world_seed}}
 
+    def _next_world_seed(self, seed: int | None) -> None:
+        if seed is not None:
+            self._seed_base, self._episode = int(seed), 0
+        elif self._seed_base is None:
+            base = np.random.SeedSequence([int(self.env_config["seed"]), self._worker_index, self._vector_index])
+            self._seed_base, self._episode = int(base.generate_state(1)[0]), 0
+        self.world_seed = training_world_seed(self._seed_base, self.split, self._episode)
+        self._episode += 1
+
     def step(self, action_dict: dict):
+        if self.num_clusters > 1:
+            return self._step_clusters(action_dict)
         aid = self.agents[0]
         if set(action_dict) != {aid}:
             raise ConstraintViolation("(5c)", f"expected one action for agent(s) {self.agents}, got keys "
@@ -301,14 +366,7 @@ class ISACMultiAgentEnv(MultiAgentEnv):
         meas = self.world.step(assoc, beams, predicted_positions_m=self.window.anchor_next_m)
         self.window.push(meas)
         self._q += 1
-        # Posterior CRB of block q+1 for this association and beams (evaluation.bounds, one step).
-        info = self.world.expected_information(self.world.positions_m, beams)
-        f = heading_transition(cfg, headings)
-        pred = f @ self._pcrb_cov @ np.swapaxes(f, -1, -2) + np.diag([0.0, 0.0, cfg.heading_step_rad**2 / 3])
-        jinfo = np.linalg.inv(pred + 1e-12 * np.eye(3))
-        jinfo[:, :2, :2] += np.einsum("mi,mixy->ixy", assoc, info)
-        self._pcrb_cov = np.linalg.inv(jinfo)
-        self._pcrb_now = self._pcrb_cov[:, 0, 0] + self._pcrb_cov[:, 1, 1]
+        self._advance_pcrb(assoc, beams, headings)
         done = self._q > self.num_blocks  # the step that scored block Q
         assigned, detected = int(meas.assigned.sum()), int(meas.detected.sum())
         infos = {"sq_err_m2": float(err2.sum()), "pcrb_m2": float(pcrb_scored.sum()),
@@ -323,15 +381,146 @@ class ISACMultiAgentEnv(MultiAgentEnv):
         return ({aid: self._observation()}, {aid: reward}, {aid: done, "__all__": done},
                 {aid: False, "__all__": False}, {aid: infos})
 
+    def _advance_pcrb(self, assoc: np.ndarray, beams: np.ndarray, headings: np.ndarray) -> None:
+        """Posterior CRB of block q+1 for the global association ``(M, I)`` and beams (evaluation.bounds, one step)."""
+        cfg = self.cfg
+        info = self.world.expected_information(self.world.positions_m, beams)
+        f = heading_transition(cfg, headings)
+        pred = f @ self._pcrb_cov @ np.swapaxes(f, -1, -2) + np.diag([0.0, 0.0, cfg.heading_step_rad**2 / 3])
+        jinfo = np.linalg.inv(pred + 1e-12 * np.eye(3))
+        jinfo[:, :2, :2] += np.einsum("mi,mixy->ixy", assoc, info)
+        self._pcrb_cov = np.linalg.inv(jinfo)
+        self._pcrb_now = self._pcrb_cov[:, 0, 0] + self._pcrb_cov[:, 1, 1]
+
+    # ------------------------------------------------------------------ several clusters
+    def _init_clusters(self) -> None:
+        cfg, L = self.cfg, self.layout
+        self._sub = [L.sub_scenario(cfg, c) for c in range(self.num_clusters)]
+        self.tracker = ClusteredEKF(cfg, L)
+        self._builders = [ObservationBuilder(sub) for sub in self._sub]
+        # per cluster: a window object used only for its feature computation (block_features) against the
+        # cluster's anchors; its own anchor logic is not used (the cluster's EKF is the anchor)
+        self._feature_windows = [MeasurementWindow(sub, anchor="measurement") for sub in self._sub]
+        self._blocks: list = []
+        self._age = np.zeros(cfg.num_targets, dtype=int)
+        self._normalizers = {a: RunningReturnStd() for a in self.agents} if self._normalizer is not None else None
+        self._cluster_info: list[tuple[np.ndarray, np.ndarray]] = []
+        H = cfg.area_size_m[1]
+        b = L.boundaries_m
+        self._pad_m = [np.array([(b[c] + b[c + 1]) / 2.0, H / 2.0]) for c in range(self.num_clusters)]
+
+    def _reset_clusters(self):
+        cfg = self.cfg
+        acq = self.world.reset(self.world_seed)
+        self.tracker.reset(acq)
+        self._blocks = []
+        self._age = np.zeros(cfg.num_targets, dtype=int)
+        self._q = 0
+        std2 = cfg.acquisition_std_m**2
+        self._pcrb_cov = np.tile(np.diag([std2, std2, np.pi**2 / 3]), (cfg.num_targets, 1, 1))
+        self._pcrb_now = np.full(cfg.num_targets, 2 * std2)
+        self._post_var = np.full(cfg.num_targets, 2 * std2)
+        return self._cluster_observations(), {a: {"world_seed": self.world_seed} for a in self.agents}
+
+    def _cluster_observations(self) -> dict[str, dict[str, np.ndarray]]:
+        """Every agent's observation of block q (window arrays over its BSs and slots + extras + target_valid)."""
+        trk = self.tracker
+        u_hat, u_next = trk.estimate_m, trk.predicted_position()
+        cov_next = trk.predicted_position_covariance()
+        out, self._cluster_info = {}, []
+        for c, aid in enumerate(self.agents):
+            slots = trk.slots[c]
+            valid = slots >= 0
+            rows = np.where(valid, slots, 0)
+            pad = self._pad_m[c]
+            anchor = np.where(valid[:, None], u_hat[rows], pad)
+            anchor_next = np.where(valid[:, None], u_next[rows], pad)
+            cov = np.where(valid[:, None, None], cov_next[rows], np.eye(2))
+            view = _ClusterWindow(self._feature_windows[c], self._sub[c], self._bs[aid], slots, self._blocks,
+                                  anchor, anchor_next, cov, np.where(valid, self._age[rows], 0),
+                                  np.where(valid, self._post_var[rows], 1.0))
+            obs = self._builders[c].build(view, self._q, self.num_blocks)
+            b = self._builders[c]
+            self._cluster_info.append((b.last_info[:, valid], b.last_prior_info[valid]))
+            for key in ("anchor", "anchor_next", "anchor_age", "anchor_log_std", "prior_cov", "prior_fim"):
+                obs[key][~valid] = 0.0
+            for key in ("pair_info", "pair_fim", "features"):
+                obs[key][..., ~valid, :] = 0.0
+            obs["target_valid"] = valid.astype(np.float32)
+            out[aid] = obs
+        return out
+
+    def _step_clusters(self, action_dict: dict):
+        if set(action_dict) != set(self.agents):
+            raise ConstraintViolation("(5c)", f"every cluster decides each block: expected actions for agents "
+                                      f"{self.agents}, got keys {sorted(map(str, action_dict))}")
+        checked = {aid: self.check_action(action_dict[aid], aid) for aid in self.agents}  # all, before any change
+        cfg, trk = self.cfg, self.tracker
+        M, I = cfg.num_bs, cfg.num_targets
+        assoc = np.zeros((M, I), bool)
+        beams = np.zeros((M, I, cfg.num_tracking_symbols, 2), np.int64)
+        estimate = np.zeros((I, 2))
+        slots_now = trk.slots.copy()
+        for c, aid in enumerate(self.agents):
+            a, b, est = checked[aid]
+            valid = slots_now[c] >= 0
+            rows, bs = slots_now[c][valid], self._bs[aid]
+            assoc[np.ix_(bs, rows)] = a[:, valid]
+            beams[np.ix_(bs, rows)] = b[:, valid]
+            estimate[rows] = est[valid]
+        scored = self._q >= 1
+        err2 = np.sum((self.world.positions_m - estimate) ** 2, axis=1) * scored        # (I,)
+        pcrb_scored = self._pcrb_now * scored
+        fisher = []
+        for c, aid in enumerate(self.agents):
+            valid = slots_now[c] >= 0
+            info, prior = self._cluster_info[c]
+            fisher.append(float(association_cost(checked[aid][0][:, valid], info, prior)) if valid.any() else 0.0)
+        headings = self.world.headings_rad.copy()
+        meas = self.world.step(assoc, beams, predicted_positions_m=trk.predicted_position())
+        self._blocks = (self._blocks + [meas])[-cfg.window:]
+        trk.update(meas)
+        self._age = np.where(meas.detected.any(axis=0), 0, np.minimum(self._age + 1, _AGE_CAP_BLOCKS))
+        self._post_var = np.trace(trk.covariance[:, :2, :2], axis1=-2, axis2=-1)
+        self._q += 1
+        self._advance_pcrb(assoc, beams, headings)
+        done = self._q > self.num_blocks
+        received = np.bincount([h.dest for h in trk.handovers], minlength=self.num_clusters)
+        w = self.fisher_weight
+        obs = self._cluster_observations()
+        rewards, infos = {}, {}
+        for c, aid in enumerate(self.agents):
+            rows = slots_now[c][slots_now[c] >= 0]
+            bs = self._bs[aid]
+            e2 = float(err2[rows].sum())
+            assigned, detected = int(meas.assigned[bs].sum()), int(meas.detected[bs].sum())
+            infos[aid] = {"sq_err_m2": e2, "pcrb_m2": float(pcrb_scored[rows].sum()),
+                          "targets": int(rows.size) * int(scored), "lost": int(np.sum(err2[rows] > LOST_M**2)),
+                          "assigned": assigned, "detected": detected, "missed": assigned - detected,
+                          "idle_chains": int(bs.size * cfg.num_rf - checked[aid][0].sum()), "violations": 0,
+                          "block": self._q - 1, "fisher_m2": fisher[c], "handovers": int(received[c]),
+                          "owned": int(rows.size)}
+            r = -self.reward_scale * ((1.0 - w) * e2 + w * fisher[c])
+            if self._normalizers is not None:
+                r = self._normalizers[aid].scale(r, done)
+            rewards[aid] = r
+        terms = {a: done for a in self.agents}
+        terms["__all__"] = done
+        truncs = {a: False for a in self.agents}
+        truncs["__all__"] = False
+        return obs, rewards, terms, truncs, infos
+
     # ------------------------------------------------------------------ helpers
-    def check_action(self, action: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def check_action(self, action: Any, agent: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Validate one agent's action; returns ``(association (M, I) bool, beams (M, I, K, 2) int64,
-        estimate (I, 2) float)``.
+        estimate (I, 2) float)`` in that agent's sizes (``M_c`` BSs and ``K`` slots with several clusters;
+        ``agent`` defaults to ``cu_0``).
 
         Raises:
             ConstraintViolation: naming the constraint, the pair/entry and the value.
         """
-        cfg = self.cfg
+        clustered = self.num_clusters > 1
+        cfg = self._sub[int((agent or agent_id(0)).split("_")[1])] if clustered else self.cfg
         M, I, J = cfg.num_bs, cfg.num_targets, cfg.num_pairs
         if not isinstance(action, dict) or set(action) != {"pairs", "beams", "estimate"}:
             keys = sorted(action) if isinstance(action, dict) else type(action).__name__
@@ -342,20 +531,25 @@ class ISACMultiAgentEnv(MultiAgentEnv):
         if pairs.dtype.kind == "f" and not np.all(np.isfinite(pairs)):
             j = int(np.flatnonzero(~np.isfinite(pairs))[0])
             raise ConstraintViolation("(5e)", f"pairs[{j}] = {pairs[j]!r} is not a finite integer step")
-        assoc = sub_actions_to_association(pairs, M, I)
+        if clustered:
+            c = int((agent or agent_id(0)).split("_")[1])
+            assoc = check_cluster_pairs(pairs, M, I, cfg.num_rf, self.tracker.slots[c] >= 0)
+        else:
+            assoc = sub_actions_to_association(pairs, M, I)
         beams = np.asarray(action["beams"])
-        size = int(np.prod(self._beam_shape))
+        beam_shape = (M, I, cfg.num_tracking_symbols, 2)
+        size = int(np.prod(beam_shape))
         if beams.shape != (size,):
             raise ConstraintViolation("(5f)", f"beams must have shape (M*I*K*2,) = ({size},), got {beams.shape}")
         if beams.dtype.kind not in "iu":
             bad = ~np.isfinite(beams) | (beams != np.round(beams)) if beams.dtype.kind == "f" else np.ones(1, bool)
             if bad.any():
                 e = int(np.flatnonzero(bad)[0])
-                m, i, k, s = np.unravel_index(e, self._beam_shape)
+                m, i, k, s = np.unravel_index(e, beam_shape)
                 raise ConstraintViolation("(5f)", f"beam of pair (bs={m}, target={i}), symbol {k}, "
                                           f"{'tx' if s == 0 else 'rx'} = {beams.reshape(-1)[e]!r} is not an integer "
                                           f"codebook index")
-        beams = beams.astype(np.int64).reshape(self._beam_shape)
+        beams = beams.astype(np.int64).reshape(beam_shape)
         out = (beams < 0) | (beams >= cfg.codebook_size)
         if out.any():
             m, i, k, s = np.argwhere(out)[0]
@@ -375,8 +569,47 @@ class ISACMultiAgentEnv(MultiAgentEnv):
 
     @property
     def stop_token(self) -> int:
-        """The STOP step value ``M * I``."""
-        return stop_action(self.cfg.num_bs, self.cfg.num_targets)
+        """The STOP step value ``M * I`` (``M_c * K`` with several clusters)."""
+        cfg = self._sub[0] if self.num_clusters > 1 else self.cfg
+        return stop_action(cfg.num_bs, cfg.num_targets)
+
+
+class _ClusterWindow:
+    """What :class:`~rl_isac.rllib.observation.ObservationBuilder` reads of a window, for one cluster: the
+    stored global blocks restricted to the cluster's BSs and slots (empty slots: empty columns), features
+    against the cluster's EKF anchors (``block_features`` of a window of the cluster's sizes, reset at
+    those anchors), and the anchors themselves. Shapes as :meth:`MeasurementWindow.as_arrays`."""
+
+    def __init__(self, win: MeasurementWindow, sub: ScenarioConfig, bs: np.ndarray, slots: np.ndarray, blocks: list,
+                 anchor: np.ndarray, anchor_next: np.ndarray, cov_next: np.ndarray, age: np.ndarray,
+                 post_var: np.ndarray) -> None:
+        self.win, self.sub, self.bs, self.slots, self.blocks = win, sub, bs, slots, blocks
+        self.anchor_m, self.anchor_next_m, self._cov, self._age, self._var = anchor, anchor_next, cov_next, age, \
+            post_var
+
+    def anchor_predicted_covariance(self) -> np.ndarray:
+        return self._cov
+
+    def as_arrays(self) -> dict[str, np.ndarray]:
+        win, W = self.win, self.sub.window
+        win.reset(self.anchor_m)  # the residual features are taken against the cluster's current anchors
+        feats = np.zeros((W, self.sub.num_bs, self.sub.num_targets, len(FEATURE_NAMES)), dtype=np.float32)
+        valid = np.zeros(W, dtype=np.float32)
+        n = len(self.blocks)
+        for k, meas in enumerate(self.blocks):
+            feats[W - n + k] = win.block_features(subset_measurements(meas, self.bs, self.slots))
+            valid[W - n + k] = 1.0
+        scale = win.position_scale_m
+        return {
+            "features": feats,
+            "block_valid": valid,
+            "bs_positions": (win.bs_positions_m / scale).astype(np.float32),
+            "anchor": (self.anchor_m / scale).astype(np.float32),
+            "anchor_next": (self.anchor_next_m / scale).astype(np.float32),
+            "anchor_age": (self._age / W).astype(np.float32),
+            "anchor_log_std": np.log10(np.sqrt(np.maximum(self._var, 1e-18))).astype(np.float32),
+            "scales_m": np.array([scale, win.residual_scale_m, win.range_scale_m], dtype=np.float32),
+        }
 
 
 def make_env(env_config: dict) -> ISACMultiAgentEnv:

@@ -130,8 +130,12 @@ def test_env_config_errors():
         ISACMultiAgentEnv({"fidelity": "exact"})
     with pytest.raises(ConfigError, match="unknown keys"):
         ISACMultiAgentEnv({"targetz": 4})
-    with pytest.raises(ConfigError, match="clusters"):
-        ISACMultiAgentEnv({"clusters": 2})
+    with pytest.raises(ConfigError, match="clusters=4: must divide the 6 BSs"):
+        ISACMultiAgentEnv({"clusters": 4})
+    with pytest.raises(ConfigError, match="cannot be split into 6 clusters"):
+        ISACMultiAgentEnv({"clusters": 6})
+    with pytest.raises(ConfigError, match="cluster_capacity"):
+        ISACMultiAgentEnv({"clusters": 2, "targets": 8, "cluster_capacity": 3})  # 2 x 3 slots < 8 targets
     with pytest.raises(ConfigError, match="reward_scale"):
         ISACMultiAgentEnv({"reward_scale": -1.0})
     with pytest.raises(ConfigError, match="split"):
