@@ -182,21 +182,42 @@ def ablation(targets: int, pretrained: str, out: str, json_path: str, variants: 
 
 def table(compare_jsons: list[str], ppo_jsons: list[str], json_path: str, command: str = "") -> dict:
     """The RMSE table of issue 9 from ``rl-isac compare`` outputs and ``rl-isac evaluate --method dgnn-ppo --json``
-    results (same seeds, episodes, blocks and fidelity, checked): per method and ``I`` the RMSE with its 95 %
-    bootstrap interval, the median episode, the lost fraction and the PCRB of the associations used; the
-    PCRB row is that of ``dgnn-milp``'s associations. Per ``I`` also dgnn-ppo against dgnn-milp block by block
-    (Fig. 4 style: the blocks where PPO's RMSE over episodes is lower). Writes ``json_path`` and a .md beside it."""
+    results (within one evaluation seed the same episodes, blocks and fidelity, checked): per method and ``I`` the
+    RMSE with its 95 % bootstrap interval, the median episode, the lost fraction, the (5c)-(5f) violations and the
+    PCRB of the associations used; the PCRB row is that of ``dgnn-milp``'s associations. Per ``I`` also dgnn-ppo
+    against dgnn-milp block by block (Fig. 4 style: the blocks where PPO's RMSE over episodes is lower) and the
+    paired per-episode difference to every other method. Inputs of several evaluation seeds (``seed`` of the
+    harness: disjoint sets of world seeds) give one section per seed (``data["seeds"]``; with one seed the
+    section's keys are also at the top level, as before). Writes ``json_path`` and a .md beside it."""
     from rl_isac.evaluation.harness import write_json_atomic
 
     results = []
     for path in compare_jsons:
         results += json.loads(Path(path).read_text())["results"]
     results += [json.loads(Path(p).read_text()) for p in ppo_jsons]
+    seeds = sorted({r["seed"] for r in results})
+    sections = {seed: _seed_table([r for r in results if r["seed"] == seed]) for seed in seeds}
+    data = {"seeds": {str(seed): sec for seed, sec in sections.items()}, "command": command}
+    if len(seeds) == 1:
+        data.update(sections[seeds[0]])
+    md = [sec["table_md"] for sec in sections.values()]
+    if command:
+        md.append(f"Command: `{command}`.\n")
+    data["table_md"] = "\n".join(md)
+    write_json_atomic(data, json_path)
+    Path(json_path).with_suffix(".md").write_text(data["table_md"])
+    return data
+
+
+def _seed_table(results: list[dict]) -> dict:
+    """One evaluation seed's section of :func:`table`."""
     keys = {(r["episodes"], r["blocks"], r["fidelity"], r["seed"]) for r in results}
     if len(keys) != 1:
         raise ConfigError("table inputs", sorted(keys), "must share episodes, blocks, fidelity and seed")
     rows = [summarise(r, git_revision=r.get("git_revision"), checkpoint=r.get("checkpoint")) for r in results]
     by = {(r["method"], r["targets"]): r for r in results}
+    if len(by) != len(results):
+        raise ConfigError("table inputs", sorted(by), "hold a (method, I) twice for one seed")
     per_block = {}
     for (method, targets), r in by.items():
         if method == "dgnn-ppo" and ("dgnn-milp", targets) in by:
@@ -215,11 +236,12 @@ def table(compare_jsons: list[str], ppo_jsons: list[str], json_path: str, comman
             per_block.setdefault(targets, {})["paired_vs"] = paired
     episodes, blocks, fidelity, seed = keys.pop()
     data = {"rows": rows, "per_block": per_block, "episodes": episodes, "blocks": blocks, "fidelity": fidelity,
-            "seed": seed, "command": command}
+            "seed": seed}
     targets = sorted({r["targets"] for r in rows})
     methods = ["dgnn-ppo", "dgnn-milp", "ekf-milp", "dgnn-l2o", "ekf-convex"]
     cell = {(r["method"], r["targets"]): r for r in rows}
-    lines = [f"| method | {' | '.join(f'I = {i}' for i in targets)} |", "|---|" + "---|" * len(targets)]
+    lines = [f"## Evaluation seed {seed} ({episodes} episodes x {blocks} blocks, {fidelity} level)", "",
+             f"| method | {' | '.join(f'I = {i}' for i in targets)} |", "|---|" + "---|" * len(targets)]
     for m in methods + ["PCRB (dgnn-milp's associations)"]:
         out = []
         for i in targets:
@@ -233,9 +255,11 @@ def table(compare_jsons: list[str], ppo_jsons: list[str], json_path: str, comman
                 out.append(f"{r['rmse_m']:.3f} [{lo:.3f}, {hi:.3f}]; median {r['median_episode_rmse_m']:.3f}; "
                            f"lost {r['lost_fraction']:.4f}")
         lines.append(f"| {m} | {' | '.join(out)} |")
+    violations = {f"{r['method']} I={r['targets']}": r["violations"] for r in rows if r["violations"]}
     lines += ["", f"Per-target RMSE (m), {fidelity} fidelity, {episodes} episodes x {blocks} blocks on the evaluation "
               f"seeds of run {seed}, 95 % percentile bootstrap over episodes, median episode RMSE, lost: target-blocks "
-              "with error > 5 m."]
+              "with error > 5 m. (5c)-(5f) violations: "
+              + (", ".join(f"{k}: {v}" for k, v in violations.items()) if violations else "0 in every cell") + "."]
     for i, pb in sorted(per_block.items()):
         if "ratio_to_milp" in pb:
             lines.append(f"I = {i}: dgnn-ppo / dgnn-milp = {pb['ratio_to_milp']:.3f}; dgnn-ppo lower in "
@@ -245,11 +269,7 @@ def table(compare_jsons: list[str], ppo_jsons: list[str], json_path: str, comman
         if diffs:
             lines.append(f"I = {i}: RMSE(dgnn-ppo) - RMSE(other) on the same episodes, paired 95 % bootstrap: {diffs} "
                          "(negative: dgnn-ppo better).")
-    if command:
-        lines.append(f"Command: `{command}`.")
     data["table_md"] = "\n".join(lines) + "\n"
-    write_json_atomic(data, json_path)
-    Path(json_path).with_suffix(".md").write_text(data["table_md"])
     return data
 
 

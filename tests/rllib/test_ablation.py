@@ -60,6 +60,30 @@ def test_table_merges_compare_and_ppo_results(tmp_path):
         table([str(tmp_path / "c.json")], [str(tmp_path / "s.json")], str(tmp_path / "t2.json"))
 
 
+def test_table_of_two_evaluation_seeds_has_one_section_each_and_reports_violations(tmp_path):
+    def seeded(res, seed):
+        return {**res, "seed": seed, "world_seeds": [1000 * seed + e for e in range(res["episodes"])]}
+
+    for seed in (0, 1):
+        milp = seeded(fake_result("dgnn-milp", 8, [0.2, 0.1, 0.3 + seed]), seed)
+        (tmp_path / f"c{seed}.json").write_text(json.dumps({"results": [milp]}))
+        ppo = seeded(fake_result("dgnn-ppo", 8, [0.1, 0.1, 0.2 + seed]), seed)
+        ppo["violations"] = seed  # a violation must be named, never summed away
+        (tmp_path / f"p{seed}.json").write_text(json.dumps(ppo))
+    data = table([str(tmp_path / "c0.json"), str(tmp_path / "c1.json")],
+                 [str(tmp_path / "p0.json"), str(tmp_path / "p1.json")], str(tmp_path / "t.json"))
+    assert sorted(data["seeds"]) == ["0", "1"] and "rows" not in data
+    for seed in ("0", "1"):
+        sec = data["seeds"][seed]
+        assert sec["seed"] == int(seed) and len(sec["rows"]) == 2 and sec["per_block"][8]["paired_vs"]["dgnn-milp"]
+    md = (tmp_path / "t.md").read_text()
+    assert "## Evaluation seed 0" in md and "## Evaluation seed 1" in md
+    assert "violations: 0 in every cell" in md and "violations: dgnn-ppo I=8: 1" in md
+    # one seed: the section's keys stay at the top level (the layout of the committed tables)
+    one = table([str(tmp_path / "c0.json")], [str(tmp_path / "p0.json")], str(tmp_path / "t1.json"))
+    assert one["rows"] == one["seeds"]["0"]["rows"]
+
+
 def test_ablation_markdown_lists_every_row():
     rows = [summarise(fake_result("dgnn-ppo", 4, [0.1, 0.2]), variant="paper", overrides=VARIANTS["paper"],
                       env_steps=3636, train_wall_s=60.0),
