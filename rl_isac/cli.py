@@ -137,7 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_train_parser(sub) -> None:
     p = sub.add_parser("train", help="phase-2 PPO of the dgnn-ppo policy (RLlib; starts a local Ray)")
-    p.add_argument("--targets", type=_positive_int, default=4, help="number of targets I (default 4)")
+    p.add_argument("--targets", type=_positive_int, help="number of targets I (default 4; 24 with --preset large)")
+    p.add_argument("--preset", choices=PRESETS, default="paper", help="scenario preset (default paper)")
+    p.add_argument("--clusters", type=_positive_int, default=1,
+                   help="CU clusters C: C agents cu_c, one per cluster of M / C BSs, one shared policy module "
+                        "(rl_isac.clusters; default 1)")
     p.add_argument("--pretrained", required=True, help="phase-1 DGNN checkpoint for this I (frozen encoder)")
     p.add_argument("--out", required=True, help="run directory (checkpoint/, tb/, learning_curve.*)")
     p.add_argument("--fidelity", choices=FIDELITIES, help="training world fidelity (default surrogate)")
@@ -154,9 +158,11 @@ def _add_train_parser(sub) -> None:
 def _cmd_train(args) -> int:
     from rl_isac.training.ppo import train
 
-    train(args.targets, args.pretrained, args.out, iterations=args.iterations, time_budget_s=args.time_budget_s,
+    targets = args.targets or (24 if args.preset == "large" else 4)
+    extra = {} if args.preset == "paper" and args.clusters == 1 else {"preset": args.preset, "clusters": args.clusters}
+    train(targets, args.pretrained, args.out, iterations=args.iterations, time_budget_s=args.time_budget_s,
           fidelity=args.fidelity, num_env_runners=args.num_env_runners, envs_per_runner=args.envs_per_runner,
-          config=args.config, resume=args.resume, seed=args.seed)
+          config=args.config, resume=args.resume, seed=args.seed, **extra)
     return 0
 
 

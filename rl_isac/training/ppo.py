@@ -34,6 +34,15 @@ objective, or their ``mix``), ``reward_normalize`` (running return std), ``warm_
 measures each; the reference checkpoints ``results/checkpoints/ppo-I*`` record theirs in
 ``train_config.json``.
 
+Several CU clusters (issue 11): ``rl-isac train --preset large --clusters 2 --pretrained DIR ...`` trains
+the env of :mod:`rl_isac.rllib.env` with ``C`` agents ``cu_c`` (one per cluster of ``M / C`` BSs, see
+:mod:`rl_isac.clusters`), every one mapped to the one shared ``cu_policy`` module, whose spaces are a
+cluster's (:func:`rl_isac.rllib.env.agent_spaces`). The phase-1 encoder is applied to each cluster's
+graph of ``M_c`` BSs and ``K`` slots: only the fields its weights depend on are checked (window, codebook,
+``N_RF``, tracking symbols), not the BS layout or ``I``. The module has no empty-slot mask yet, so a
+clustered run needs full load (``targets == C * K``: the ``large`` default, 24 targets) and no warm start
+(the behaviour cloning is written for one CU); both are ConfigErrors otherwise.
+
 ``--resume`` reloads ``checkpoint/`` with the stored config (a changed setting is an error)
 and continues to ``--iterations`` in total (the learning curve continues too).
 Seeds: world seeds from :func:`rl_isac.seeds.training_world_seed` (never evaluation seeds).
@@ -113,15 +122,20 @@ def _row(result: dict, iteration: int, wall_s: float) -> dict[str, float]:
 
 def prepare(targets: int, pretrained: str, out: str, fidelity: str | None = None,
             num_env_runners: int | None = None, envs_per_runner: int | None = None, config: str | None = None,
-            resume: bool = False, seed: int = 0, **overrides: Any) -> dict[str, Any]:
+            resume: bool = False, seed: int = 0, preset: str = "paper", clusters: int = 1,
+            **overrides: Any) -> dict[str, Any]:
     """Every check before Ray starts; returns the resolved run description (what ``train_config.json`` holds)."""
     out_dir = Path(out)
     train_cfg = load_train_config(config, fidelity=fidelity, num_env_runners=num_env_runners,
                                   num_envs_per_env_runner=envs_per_runner, **overrides)
-    cfg = ScenarioConfig.paper(targets, fidelity=train_cfg.fidelity, num_blocks=train_cfg.blocks)
-    configs = check_pretrained(pretrained, cfg)
+    if preset == "paper" and clusters == 1:
+        cfg = ScenarioConfig.paper(targets, fidelity=train_cfg.fidelity, num_blocks=train_cfg.blocks)
+        configs = check_pretrained(pretrained, cfg)
+        env_config = env_config_for(train_cfg, targets, seed)
+    else:
+        configs, env_config = _check_clustered(train_cfg, targets, seed, preset, clusters, pretrained)
     run = {"targets": targets, "seed": seed, "pretrained": str(Path(pretrained).resolve()),
-           "train": train_cfg.to_dict(), "env_config": env_config_for(train_cfg, targets, seed),
+           "train": train_cfg.to_dict(), "env_config": env_config,
            "dgnn": configs["dgnn"].to_dict()}
     stored_path = out_dir / TRAIN_CONFIG
     if resume:
@@ -140,6 +154,55 @@ def prepare(targets: int, pretrained: str, out: str, fidelity: str | None = None
     elif (out_dir / CHECKPOINT).exists():
         raise ConfigError("--out", str(out_dir), f"already holds a {CHECKPOINT}/; pass --resume or another --out")
     return run
+
+
+def _check_clustered(train_cfg: PPOTrainConfig, targets: int, seed: int, preset: str, clusters: int,
+                     pretrained: str) -> tuple[dict, dict]:
+    """``(phase-1 configs, env_config)`` of a run on another preset or with several CU clusters (module docstring)."""
+    from rl_isac.rllib.env import cluster_scenario, env_layout, env_scenario
+
+    env_config = env_config_for(train_cfg, targets, seed, preset)
+    if clusters > 1:
+        env_config["clusters"] = clusters
+    cfg = env_scenario(env_config)
+    layout = env_layout(env_config, cfg)
+    slots = layout.num_clusters * layout.capacity
+    if clusters > 1 and slots != targets:
+        raise ConfigError("--targets", targets, f"--clusters {clusters} trains with every target slot in use "
+                                                f"(targets == clusters x capacity = {slots}): the PPO module has "
+                                                f"no empty-slot mask yet")
+    if clusters > 1 and train_cfg.warm_start:
+        raise ConfigError("warm_start", True, "the behaviour-cloning warm start is for one CU; not with --clusters")
+    sub = cluster_scenario(env_config)
+    if pretrained is None or not Path(pretrained).is_dir():
+        check_pretrained(pretrained, sub)  # the named error for a missing path
+    from rl_isac.training.pretrain import load_configs
+
+    for name in ("model.pt", "config.yaml"):
+        if not (Path(pretrained) / name).is_file():
+            raise ConfigError("--pretrained", str(pretrained), f"has no {name} (not a phase-1 checkpoint)")
+    configs = load_configs(Path(pretrained))
+    trained = configs["scenario"]
+    for field in ("window", "codebook_size", "num_rf", "num_tracking_symbols"):
+        if getattr(trained, field) != getattr(sub, field):
+            raise ConfigError("--pretrained", str(pretrained), f"was trained with {field} = {getattr(trained, field)!r}"
+                                                               f", the run's clusters have {getattr(sub, field)!r}")
+    return configs, env_config
+
+
+def _cluster_module_spec(run: dict, train_cfg: PPOTrainConfig, dgnn_weights: str | None, init_state: str | None):
+    """The shared module's spec with a cluster's spaces (:func:`rl_isac.rllib.env.agent_spaces`)."""
+    import dataclasses
+
+    from rl_isac.rllib.callbacks import MODULE_ID
+    from rl_isac.rllib.config import module_spec
+    from rl_isac.rllib.env import agent_spaces, cluster_scenario
+
+    multi = module_spec(run["dgnn"], dgnn_weights, train_cfg, cluster_scenario(run["env_config"]), init_state)
+    obs, act = agent_spaces(run["env_config"])
+    multi.rl_module_specs[MODULE_ID] = dataclasses.replace(multi.rl_module_specs[MODULE_ID],
+                                                           observation_space=obs, action_space=act)
+    return multi
 
 
 def warm_start(run: dict, train_cfg: PPOTrainConfig, dgnn_weights: str, path: str, echo=_print) -> dict:
@@ -225,8 +288,12 @@ def train(targets: int, pretrained: str, out: str, iterations: int | None = None
             if train_cfg.warm_start:
                 init_state = str((out_dir / WARM_START).resolve())
                 run["warm_start"] = warm_start(run, train_cfg, dgnn_weights, init_state, echo)
-            algo = build_ppo_config(train_cfg, run["env_config"], run["dgnn"], dgnn_weights, run["seed"],
-                                    init_state=init_state).build_algo()
+            ppo_config = build_ppo_config(train_cfg, run["env_config"], run["dgnn"], dgnn_weights, run["seed"],
+                                          init_state=init_state)
+            if run["env_config"].get("clusters", 1) > 1:  # one shared module with a cluster's spaces
+                ppo_config = ppo_config.rl_module(
+                    rl_module_spec=_cluster_module_spec(run, train_cfg, dgnn_weights, init_state))
+            algo = ppo_config.build_algo()
         wall0 = curve[-1]["wall_s"] if curve else 0.0
         t0 = time.perf_counter()
         done = len(curve)

@@ -1,0 +1,68 @@
+"""``rl-isac train --preset large --clusters 2``: the checks before Ray, and a tiny PPO run with one shared module."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rl_isac.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+DGNN_I4 = REPO / "results" / "checkpoints" / "dgnn-I4"
+TINY = dict(train_batch_size=48, minibatch_size=24, num_epochs=1, blocks=6, hidden=16, critic_hidden=16,
+            checkpoint_every=1)
+
+
+@pytest.fixture(scope="module")
+def dgnn_i4() -> Path:
+    pytest.importorskip("ray.rllib")
+    if not (DGNN_I4 / "model.pt").is_file():
+        pytest.skip(f"reference checkpoint {DGNN_I4} not in this checkout")
+    return DGNN_I4
+
+
+def test_clustered_run_is_checked_before_ray(dgnn_i4, tmp_path):
+    from rl_isac.training.ppo import prepare
+
+    with pytest.raises(ConfigError, match="every target slot in use"):  # 12 targets on 2 x 12 slots
+        prepare(12, str(dgnn_i4), str(tmp_path / "a"), preset="large", clusters=2, **TINY)
+    with pytest.raises(ConfigError, match="warm start is for one CU"):
+        prepare(24, str(dgnn_i4), str(tmp_path / "b"), preset="large", clusters=2, warm_start=True, **TINY)
+    with pytest.raises(ConfigError, match="divide the 12 BSs"):
+        prepare(24, str(dgnn_i4), str(tmp_path / "c"), preset="large", clusters=5, **TINY)
+    with pytest.raises(ConfigError, match="--pretrained"):
+        prepare(24, str(tmp_path / "missing"), str(tmp_path / "d"), preset="large", clusters=2, **TINY)
+    run = prepare(24, str(dgnn_i4), str(tmp_path / "e"), preset="large", clusters=4, **TINY)
+    assert run["env_config"]["clusters"] == 4 and run["env_config"]["preset"] == "large"
+    # a paper run without clusters keeps its env_config as before (resume of existing runs)
+    assert "clusters" not in prepare(4, str(dgnn_i4), str(tmp_path / "f"), **TINY)["env_config"]
+
+
+@pytest.mark.slow
+def test_train_large_with_two_clusters_one_shared_module(dgnn_i4, tmp_path):
+    import ray
+    from ray.rllib.core.rl_module.rl_module import RLModule
+
+    from rl_isac.rllib.env import agent_spaces
+    from rl_isac.rllib.module import ISACPPOModule
+    from rl_isac.training.ppo import train
+
+    out = tmp_path / "run"
+    lines: list[str] = []
+    train(24, str(dgnn_i4), str(out), iterations=1, preset="large", clusters=2, num_env_runners=0,
+          envs_per_runner=1, seed=1, echo=lines.append, **TINY)
+    assert not ray.is_initialized()
+    meta = json.loads((out / "train_config.json").read_text())
+    assert meta["iterations"] == 1 and meta["env_config"]["clusters"] == 2
+    row = json.loads((out / "learning_curve.json").read_text())["iterations"][0]
+    assert row["env_steps"] >= TINY["train_batch_size"] and row["rmse_m"] == row["rmse_m"]  # finite RMSE
+    modules = out / "checkpoint" / "learner_group" / "learner" / "rl_module"
+    assert sorted(p.name for p in modules.iterdir() if p.is_dir()) == ["cu_policy"]  # one module for cu_0, cu_1
+    module = RLModule.from_checkpoint(str(modules / "cu_policy"))
+    assert isinstance(module, ISACPPOModule)
+    obs_space, _ = agent_spaces(meta["env_config"])
+    assert module.observation_space["features"].shape == obs_space["features"].shape == (8, 6, 12, 12)
+    assert "target_valid" in module.observation_space.spaces
+    assert any(line.startswith("it   1") for line in lines)
