@@ -25,6 +25,7 @@ decision latency, and where the time goes.
 
 from __future__ import annotations
 
+import functools
 import tempfile
 import time
 from pathlib import Path
@@ -85,6 +86,44 @@ def _micro_breakdown(cfg, module, batch: int, steps: int = 40) -> dict:
     n = steps * batch
     return {"env_step": 1e3 * t_env / n, "window_push_ekf": 1e3 * t_push / n, "observation": 1e3 * t_obs / n,
             "encoder": 1e3 * t_enc / n, "ar_sampling": 1e3 * t_dec / n}
+
+
+def _sampled_env_steps(runner, num_timesteps: int) -> int:
+    return int(sum(e.env_steps() for e in runner.sample(num_timesteps=num_timesteps, explore=True)))
+
+
+def sampling_throughput(t, targets: int, ckpt: Path, layouts=((1, 8), (2, 4), (2, 8)), steps: int = 2000,
+                        echo=print) -> dict:
+    """Env steps/s of the remote env runners alone (no learning), per ``(runners, envs per runner)`` layout.
+
+    Each layout builds its algorithm (same module, env and resources rule as training), samples once to
+    warm up, then times one parallel ``sample(num_timesteps=steps / runners)`` on every runner (complete
+    episodes, so each runner returns whole episodes and may overshoot).
+    """
+    from rl_isac.rllib.config import build_ppo_config, env_config_for
+    from rl_isac.training.pretrain import load_configs
+
+    out = {}
+    for runners, envs in layouts:
+        tl = t.replace(num_env_runners=runners, num_envs_per_env_runner=envs)
+        algo = build_ppo_config(tl, env_config_for(tl, targets, seed=0), load_configs(ckpt)["dgnn"].to_dict(),
+                                str(ckpt / "model.pt"), seed=0).build_algo()
+        try:
+            per = max(1, steps // runners)
+            group = algo.env_runner_group
+            group.foreach_env_runner(functools.partial(_sampled_env_steps, num_timesteps=envs),
+                                     local_env_runner=False)  # warm-up
+            t0 = time.perf_counter()
+            counts = group.foreach_env_runner(functools.partial(_sampled_env_steps, num_timesteps=per),
+                                              local_env_runner=False)
+            wall = time.perf_counter() - t0
+        finally:
+            algo.stop()
+        key = f"{runners}x{envs}"
+        out[key] = {"env_runners": runners, "envs_per_env_runner": envs, "env_steps": int(sum(counts)),
+                    "wall_s": wall, "env_steps_per_s": sum(counts) / wall}
+        echo(f"sampling {key} (runners x envs): {out[key]['env_steps_per_s']:.0f} env steps/s")
+    return out
 
 
 def ppo_bench(targets: int = 8, iterations: int = 3, quick: bool = False, echo=print) -> dict:

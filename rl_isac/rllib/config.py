@@ -12,6 +12,9 @@ RLlib ``PPOConfig`` on the new API stack:
 * explicit resources: ``num_learners=0`` (the learner lives in the driver, 1 CPU), each env
   runner ``min(1, (cores - 1) / runners)`` CPUs, so the whole run asks for at most ``cores``
   CPUs and never waits for resources on this 2-core machine;
+* the learner :class:`~rl_isac.rllib.learner.ISACPPOTorchLearner` (RLlib's PPO learner whose train batch
+  drops the encoder-only observation keys once the cached encodings are in it: the same numbers, less
+  copying);
 * ``batch_mode="complete_episodes"``: the encoder's cached outputs (``enc_z``/``enc_u``, see
   :mod:`rl_isac.rllib.module`) are duplicated by RLlib for the bootstrap step it appends to
   each episode chunk; with complete episodes that step is terminal and its value unused.
@@ -249,6 +252,7 @@ def build_ppo_config(train_cfg: PPOTrainConfig, env_config: dict, dgnn_cfg_dict:
 
     from rl_isac.rllib.callbacks import MODULE_ID, ISACCallbacks
     from rl_isac.rllib.env import ENV_NAME, env_scenario, register
+    from rl_isac.rllib.learner import ISACPPOTorchLearner
 
     register()
     cfg = env_scenario(env_config)
@@ -261,7 +265,7 @@ def build_ppo_config(train_cfg: PPOTrainConfig, env_config: dict, dgnn_cfg_dict:
                      rollout_fragment_length="auto")
         .learners(num_learners=0, num_cpus_per_learner=1)
         .resources(num_cpus_for_main_process=1)
-        .training(lr=t.lr, gamma=t.gamma, lambda_=t.lambda_, clip_param=t.clip_param,
+        .training(learner_class=ISACPPOTorchLearner, lr=t.lr, gamma=t.gamma, lambda_=t.lambda_, clip_param=t.clip_param,
                   entropy_coeff=t.entropy_coeff, vf_loss_coeff=t.vf_loss_coeff, vf_clip_param=t.vf_clip_param,
                   kl_coeff=t.kl_coeff, kl_target=t.kl_target, grad_clip=t.grad_clip, grad_clip_by="norm",
                   train_batch_size_per_learner=t.train_batch_size, minibatch_size=t.minibatch_size,

@@ -63,6 +63,12 @@ ENC_Z = "enc_z"
 """Extra model output: the frozen encoder's target embeddings ``(B, I * D)``."""
 ENC_U = "enc_u"
 """Extra model output: the encoder's ``u_tilde_{q+1}`` ``(B, I * 2)`` metres."""
+ACTOR_CRITIC_OBS_KEYS = ("scales_m", "bs_positions", "prior_cov", "anchor_log_std", "anchor_age", "pair_info",
+                         "pair_fim", "prior_fim", "block")
+"""Observation keys the actor and the critic read (besides the encodings)."""
+ENCODER_ONLY_OBS_KEYS = tuple(k for k in OBS_KEYS if k not in ACTOR_CRITIC_OBS_KEYS)
+"""Observation keys only the frozen DGNN reads: a batch with cached encodings does not need them
+(:class:`rl_isac.rllib.learner.DropEncoderInputs`)."""
 
 
 def ar_decode(score, batch: int, num_bs: int, num_targets: int, num_rf: int, explore: bool,
@@ -174,12 +180,21 @@ class ISACPPOModule(TorchRLModule, ValueFunctionAPI):
             num_estimate=self.num_estimate)
 
     def train(self, mode: bool = True):
-        # RLlib toggles eval()/train() around every forward pass; walking the ~100 submodules each time
-        # cost about as much as the actor itself, so a call that changes nothing returns at once.
+        # RLlib toggles eval() and back to train() around every exploration forward pass of a runner; nn.Module's
+        # recursive walk over the ~100 submodules (most of them the DGNN's) cost about as much as the actor. The
+        # frozen DGNN stays in eval mode, so only the actor/critic submodules (a flat list, built once) flip.
         if getattr(self, "_mode_applied", None) is mode:
             return self
-        super().train(mode)
-        self.dgnn.eval()  # frozen: always in eval mode
+        flat = self.__dict__.get("_trainable_submodules")
+        if flat is None:
+            super().train(mode)
+            self.dgnn.eval()  # frozen: always in eval mode
+            frozen = {id(m) for m in self.dgnn.modules()}
+            flat = [m for m in self.modules() if id(m) not in frozen]
+            self.__dict__["_trainable_submodules"] = flat  # not an nn attribute (no state, no recursion)
+        else:
+            for m in flat:
+                m.training = mode
         self._mode_applied = mode
         return self
 
@@ -204,17 +219,23 @@ class ISACPPOModule(TorchRLModule, ValueFunctionAPI):
 
     def _encoding(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Encoder outputs the critic and actor need: from the batch's cached columns when present."""
-        obs = batch[Columns.OBS]
         if ENC_Z in batch and ENC_U in batch:
-            B = obs["features"].shape[0]
+            B = batch[ENC_Z].shape[0]
             return {"z": batch[ENC_Z].reshape(B, self.num_targets, -1),
                     "u_tilde": batch[ENC_U].reshape(B, self.num_targets, 2)}
-        return self.encode(obs)
+        return self.encode(batch[Columns.OBS])
 
     # ------------------------------------------------------------------ actor pieces
     def pair_embeddings(self, obs: dict[str, torch.Tensor], enc: dict[str, torch.Tensor]
                         ) -> tuple[torch.Tensor, torch.Tensor]:
         """``E (B, P, H)`` and the pooled state ``g (B, H)``."""
+        h, g = self._pair_features(obs, enc)
+        B = h.shape[0]
+        return self.pair_hidden(h).reshape(B, self.num_pairs, self.hidden), g
+
+    def _pair_features(self, obs: dict[str, torch.Tensor], enc: dict[str, torch.Tensor]
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pair MLP's hidden layer ``h (B, M, I, H)`` (``E = pair_hidden(h)``) and ``g (B, H)``."""
         z, u_tilde = enc["z"], enc["u_tilde"]
         B, I, D = z.shape
         M = self.num_bs
@@ -226,9 +247,8 @@ class ISACPPOModule(TorchRLModule, ValueFunctionAPI):
                          obs["anchor_age"].float()[..., None]], dim=-1)                    # (B, I, D + 5)
         pair = torch.cat([obs["pair_info"].float(), bs[:, :, None].expand(B, M, I, 2), rel, dist], dim=-1)  # (.., 9)
         h = torch.nn.functional.gelu(self.pair_in_target(tgt)[:, None] + self.pair_in_pair(pair))  # (B, M, I, H)
-        E = self.pair_hidden(h).reshape(B, M * I, self.hidden)
         g = self.target_mlp(tgt).mean(1)
-        return E, g
+        return h, g
 
     def step_logits(self, E: torch.Tensor, g: torch.Tensor, obs: dict[str, torch.Tensor], remaining: torch.Tensor,
                     covered: torch.Tensor, chosen: torch.Tensor, stopped: torch.Tensor, step: torch.Tensor
@@ -259,6 +279,46 @@ class ISACPPOModule(TorchRLModule, ValueFunctionAPI):
         pair_logits = (torch.einsum("bjh,bph->bjp", ctx, E) + h[..., 0] * covered.float()[..., self.pair_target]
                        + h[..., 1] * rem[..., self.pair_bs] + h[..., 2] * gain + h[..., 3])
         stop_logit = self.stop_mlp(torch.cat([g[:, None].expand(B, ctx.shape[1], H), ctx], dim=-1))  # (B, J, 1)
+        logits = torch.cat([pair_logits, stop_logit], dim=-1)
+        mask = valid_action_mask(remaining, covered, chosen, stopped)
+        return torch.where(mask, logits, MASKED_LOGIT)
+
+    def train_logits(self, obs: dict[str, torch.Tensor], enc: dict[str, torch.Tensor], pairs: torch.Tensor
+                     ) -> torch.Tensor:
+        """The teacher-forced logits of :meth:`step_logits` for the stored ``pairs (B, J)``, computed cheaper.
+
+        The same function, regrouped (float rounding apart; a test checks they agree): the bilinear term
+        ``E_k . c_j`` with ``E_k = W_E h_k + b_E`` is ``h_k . (W_E^T c_j) + b_E . c_j``, so the ``(B, P, H) x (H, H)``
+        product of ``E`` is replaced by a ``(B, J, H) x (H, H)`` one (``J = 12 < P = 48``); the pair heads
+        of ``E`` fold into one ``H -> 4`` layer of ``h``; the STOP MLP's first layer on ``[g, c_j]`` runs its ``g``
+        half once per sample instead of once per step. Returns ``(B, J, P + 1)``, invalid entries ``MASKED_LOGIT``.
+        """
+        h, g = self._pair_features(obs, enc)
+        B = h.shape[0]
+        P, H, I = self.num_pairs, self.hidden, self.num_targets
+        h = h.reshape(B, P, H)
+        remaining, covered, chosen, stopped = states_from_actions(pairs, self.num_bs, I, self.num_rf)
+        J = pairs.shape[1]
+        rem = remaining.float() / self.num_rf
+        step_f = (torch.arange(J, device=h.device).float() / self.num_steps).expand(B, J)[..., None]
+        cov_f = covered.float()
+        ctx = self.ctx_lin(torch.cat([rem, cov_f, step_f], dim=-1))                        # (B, J, H)
+        We, be = self.pair_hidden.weight, self.pair_hidden.bias                            # E = h W_E^T + b_E
+        Wh, bh = self.pair_heads.weight, self.pair_heads.bias
+        heads = torch.addmm(torch.addmv(bh, Wh, be), h.reshape(B * P, H), (Wh @ We).t()).reshape(B, P, 4)
+        ctx_e = ctx @ We                                                                   # (B, J, H): W_E^T c_j
+        bilinear = torch.baddbmm((ctx @ be)[..., None], ctx_e, h.transpose(1, 2))          # (B, J, P)
+        pair_fim = obs["pair_fim"].float()
+        fim = pair_fim.reshape(B, P, 3)
+        acc = torch.einsum("bjmi,bmic->bjic", chosen.float(), pair_fim)                    # (B, J, I, 3)
+        gain = gain_feature(obs["prior_fim"].float()[:, None, self.pair_target] + acc[:, :, self.pair_target],
+                            fim[:, None])                                                  # (B, J, P)
+        pair_logits = (bilinear + heads[:, None, :, 0] * cov_f[..., self.pair_target]
+                       + heads[:, None, :, 1] * rem[..., self.pair_bs] + heads[:, None, :, 2] * gain
+                       + heads[:, None, :, 3])
+        s1, s2 = self.stop_mlp[0], self.stop_mlp[2]
+        stop_g = torch.addmm(s1.bias, g, s1.weight[:, :H].t())                              # (B, H)
+        stop_logit = s2(torch.nn.functional.gelu(stop_g[:, None] + ctx @ s1.weight[:, H:].t()))  # (B, J, 1)
         logits = torch.cat([pair_logits, stop_logit], dim=-1)
         mask = valid_action_mask(remaining, covered, chosen, stopped)
         return torch.where(mask, logits, MASKED_LOGIT)
@@ -432,15 +492,13 @@ class ISACPPOModule(TorchRLModule, ValueFunctionAPI):
         """Teacher forcing: all ``J`` steps' masked logits from the stored ``ACTIONS["pairs"]`` in one pass."""
         obs = batch[Columns.OBS]
         enc = self._encoding(batch)
-        E, g = self.pair_embeddings(obs, enc)
         actions = batch[Columns.ACTIONS]
-        pairs = torch.as_tensor(actions["pairs"], device=E.device).long()
-        states = states_from_actions(pairs, self.num_bs, self.num_targets, self.num_rf)
-        steps = torch.arange(self.num_steps, device=E.device)
-        logits = self.step_logits(E, g, obs, *states, step=steps)                                # (B, J, P + 1)
+        device = enc["z"].device
+        pairs = torch.as_tensor(actions["pairs"], device=device).long()
+        logits = self.train_logits(obs, enc, pairs)                                              # (B, J, P + 1)
         B = logits.shape[0]
-        beams = torch.as_tensor(actions["beams"], device=E.device).reshape(B, -1)
-        estimate = torch.as_tensor(actions["estimate"], device=E.device).reshape(B, -1)
+        beams = torch.as_tensor(actions["beams"], device=device).reshape(B, -1)
+        estimate = torch.as_tensor(actions["estimate"], device=device).reshape(B, -1)
         return {Columns.ACTION_DIST_INPUTS: self._dist_inputs(logits, beams, estimate), Columns.EMBEDDINGS: enc}
 
     # ------------------------------------------------------------------ critic

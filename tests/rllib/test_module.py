@@ -53,6 +53,34 @@ def test_teacher_forced_logp_equals_exploration_logp(env4, module4):
     module4.zero_grad(set_to_none=True)
 
 
+def test_regrouped_training_logits_equal_the_step_scorer_and_its_gradients(env4, module4):
+    """train_logits (the learner's cheaper regrouping) is step_logits on E = pair_hidden(h): same logits and
+    the same parameter gradients, on a rollout's observations and stored steps."""
+    from rl_isac.rllib.mask import states_from_actions
+
+    ob, acts, _ = rollout(env4, module4, 10, seed=5)
+    M, I, R, J = module4.num_bs, module4.num_targets, module4.num_rf, module4.num_steps
+    enc = module4.encode(ob)
+    pairs = acts["pairs"].long()
+    w = torch.randn(10, J, M * I + 1, generator=torch.Generator().manual_seed(0))
+    outs = []
+    for regrouped in (False, True):
+        module4.zero_grad(set_to_none=True)
+        if regrouped:
+            logits = module4.train_logits(ob, enc, pairs)
+        else:
+            E, g = module4.pair_embeddings(ob, enc)
+            logits = module4.step_logits(E, g, ob, *states_from_actions(pairs, M, I, R), step=torch.arange(J))
+        valid = logits > -1e8
+        (torch.where(valid, logits, 0.0) * w).sum().backward()
+        outs.append((logits.detach(), {n: p.grad.clone() for n, p in module4.named_parameters() if p.grad is not None}))
+    module4.zero_grad(set_to_none=True)
+    torch.testing.assert_close(outs[1][0], outs[0][0], atol=1e-4, rtol=1e-5)
+    assert outs[0][1].keys() == outs[1][1].keys() and "pair_hidden.weight" in outs[0][1]
+    for name, grad in outs[0][1].items():
+        torch.testing.assert_close(outs[1][1][name], grad, atol=1e-4, rtol=1e-4, msg=name)
+
+
 def test_cached_encoder_outputs_give_the_same_training_pass_and_values(env4, module4):
     ob, acts, cat = rollout(env4, module4, 8, seed=3)
     fresh = module4.forward_train({Columns.OBS: ob, Columns.ACTIONS: acts})
@@ -65,6 +93,25 @@ def test_cached_encoder_outputs_give_the_same_training_pass_and_values(env4, mod
     torch.testing.assert_close(v1, v2)
     torch.testing.assert_close(v1, v3)
     assert v1.shape == (8,)
+
+
+def test_learner_batch_without_encoder_inputs_gives_the_same_training_pass(env4, module4):
+    """DropEncoderInputs removes the DGNN-only keys (features, ...) where the cached encodings are, and the
+    training pass and the values of the lighter batch are the full batch's; a batch without the cache keeps all."""
+    from rl_isac.rllib.learner import DropEncoderInputs
+    from rl_isac.rllib.module import ENCODER_ONLY_OBS_KEYS
+
+    ob, acts, cat = rollout(env4, module4, 8, seed=4)
+    full = {Columns.OBS: ob, Columns.ACTIONS: acts, ENC_Z: cat[ENC_Z], ENC_U: cat[ENC_U]}
+    batch = DropEncoderInputs()(rl_module=None, batch={"cu_policy": dict(full), "other": {Columns.OBS: dict(ob)}},
+                                episodes=[])
+    light = batch["cu_policy"]
+    assert "features" in ENCODER_ONLY_OBS_KEYS and not set(ENCODER_ONLY_OBS_KEYS) & set(light[Columns.OBS])
+    assert set(batch["other"][Columns.OBS]) == set(ob)  # no cached encodings: nothing dropped
+    with torch.no_grad():
+        a, b = module4.forward_train(full), module4.forward_train(light)
+        torch.testing.assert_close(b[Columns.ACTION_DIST_INPUTS], a[Columns.ACTION_DIST_INPUTS], atol=0, rtol=0)
+        torch.testing.assert_close(module4.compute_values(light), module4.compute_values(full), atol=0, rtol=0)
 
 
 def test_actions_are_feasible_and_outputs_deterministic(env4, module4):
