@@ -94,6 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ppo", action=argparse.BooleanOptionalAction, default=True,
                    help="also the RLlib PPO figures (starts a local Ray; default on)")
     p.add_argument("--only-ppo", action="store_true", help="only the RLlib PPO figures (rl_isac.rllib.bench)")
+    p.add_argument("--clusters", action="store_true",
+                   help="only the multi-cluster figures on the large preset (rl_isac.rllib.bench_clusters): env "
+                        "steps/s, decision latency and clustered vs whole-network ekf-milp RMSE at 1, 2, 4 clusters; "
+                        "--json defaults to results/clusters.json (.md beside it)")
+    p.add_argument("--cluster-episodes", type=_positive_int, default=8, help="evaluation episodes per C (default 8)")
+    p.add_argument("--cluster-blocks", type=_positive_int, default=100, help="blocks per episode (default 100)")
+    p.add_argument("--cluster-fidelity", choices=FIDELITIES, default="surrogate",
+                   help="evaluation fidelity of --clusters (default surrogate)")
     p.add_argument("--json", metavar="PATH")
 
     p = sub.add_parser("dgnn-report", help="DGNN vs EKF on identical measurement sequences, beam accuracy, timing")
@@ -317,6 +325,14 @@ def _cmd_bench(args) -> int:
     from rl_isac.evaluation.bench import run_bench
     from rl_isac.evaluation.harness import write_json_atomic
 
+    if args.clusters:
+        from rl_isac.rllib.bench_clusters import bench_clusters, write_bench_clusters
+
+        data = bench_clusters(episodes=args.cluster_episodes, blocks=args.cluster_blocks,
+                              env_episodes=1 if args.quick else 2, fidelity=args.cluster_fidelity)
+        print(data["table_md"])
+        write_bench_clusters(data, args.json or "results/clusters.json")
+        return 0
     if args.only_ppo:
         from rl_isac.rllib.bench import ppo_bench
 

@@ -53,6 +53,15 @@ Handover (:class:`ClusteredEKF`)
     prediction for ``q + 1`` is then the sender's exactly (the EKF's prediction is per track), and
     so is the estimate ``u_hat_q`` the handed-over target is scored on. Nothing of the truth moves.
     :attr:`ClusteredEKF.handovers` lists the handovers of the last update.
+
+Foreign echoes (``exclude_foreign=True``, the default). A BS's beams and range gate also catch the echo of a
+target another cluster owns (near a border, or a target the capacity repair placed with a neighbour); the
+cluster's EKF has no track for it, and its data association could give that echo to one of its own tracks.
+So the clusters exchange their predicted tracks (state and covariance, before each block's update: a few
+numbers per target), and a cluster drops every peak of its BSs that some foreign track explains better
+than all of its own (lower normalised innovation squared, and inside that track's 99.9 % gate,
+:data:`rl_isac.tracking.data_association.CHI2_GATE_999`) before its EKF sees the block. Only the association
+uses the foreign tracks: nothing is fused into them, and no measurement crosses clusters.
 """
 
 from __future__ import annotations
@@ -65,6 +74,7 @@ from rl_isac.association.constraints import valid_action_mask
 from rl_isac.errors import ConfigError, ConstraintViolation
 from rl_isac.physics.measurements import PEAK_FIELDS, Measurements
 from rl_isac.scenario import ScenarioConfig
+from rl_isac.tracking.data_association import CHI2_GATE_999, collect_peaks, innovation_matrix
 from rl_isac.tracking.ekf import EKFEstimator, EKFSettings
 
 HYSTERESIS_M = 5.0
@@ -243,6 +253,46 @@ def subset_measurements(meas: Measurements, bs_index: np.ndarray, target_index: 
     return Measurements(block=meas.block, **fields)
 
 
+def drop_peaks(meas: Measurements, drop: np.ndarray) -> Measurements:
+    """``meas`` without the peaks ``drop (M, I, P)`` bool: the remaining valid peaks of each pair move to the
+    front (still strongest first), ``detected`` and the ``(M, I)`` fields follow peak 0."""
+    keep = np.asarray(meas.peak_valid, bool) & ~np.asarray(drop, bool)
+    order = np.argsort(~keep, axis=-1, kind="stable")                               # kept peaks first, in order
+    valid = np.take_along_axis(keep, order, axis=-1)
+    fields = {}
+    for name in ("peak_range_m", "peak_angle_rad", "peak_snr_db"):
+        arr = np.take_along_axis(np.asarray(getattr(meas, name)), order, axis=-1)
+        fields[name] = np.where(valid, arr, 0.0)
+    cov = np.take_along_axis(np.asarray(meas.peak_cov), order[..., None, None], axis=-3)
+    fields["peak_cov"] = np.where(valid[..., None, None], cov, 0.0)
+    det = valid[..., 0]
+    return Measurements(assigned=np.asarray(meas.assigned, bool).copy(), detected=det.copy(),
+                        range_m=fields["peak_range_m"][..., 0].copy(),
+                        angle_rad=fields["peak_angle_rad"][..., 0].copy(),
+                        snr_db=np.asarray(meas.snr_db).copy(), cov=fields["peak_cov"][..., 0, :, :].copy(),
+                        block=meas.block, peak_valid=valid, **fields)
+
+
+def foreign_peaks(meas: Measurements, bs_positions_m: np.ndarray, own_x: np.ndarray, own_P: np.ndarray,
+                  foreign_x: np.ndarray, foreign_P: np.ndarray, gate: float = CHI2_GATE_999) -> np.ndarray:
+    """``(M_c, n, P)`` bool: the peaks of a cluster's measurements that a foreign predicted track explains better
+    than every own one and inside the gate (module docstring, "Foreign echoes").
+
+    Shapes: ``own_x (n, 4)``, ``own_P (n, 4, 4)``, ``foreign_x (f, 4)``, ``foreign_P (f, 4, 4)`` predicted states.
+    """
+    drop = np.zeros(np.shape(meas.peak_valid), bool)
+    if len(foreign_x) == 0:
+        return drop
+    peaks = collect_peaks(meas, max_angle_std_rad=None)
+    if len(peaks) == 0:
+        return drop
+    nis_own = innovation_matrix(own_x, own_P, peaks, bs_positions_m)[0].min(axis=1) if len(own_x) else np.inf
+    nis_for = innovation_matrix(foreign_x, foreign_P, peaks, bs_positions_m)[0].min(axis=1)
+    bad = (nis_for < nis_own) & (nis_for <= gate)
+    drop[peaks.bs[bad], peaks.label[bad], peaks.peak[bad]] = True
+    return drop
+
+
 def padded_action_mask(remaining_chains: np.ndarray, covered: np.ndarray, chosen: np.ndarray, stopped: np.ndarray,
                        target_valid: np.ndarray) -> np.ndarray:
     """The exact mask of shared interface 1 over ``K`` slots of which only ``target_valid (..., K)`` hold targets.
@@ -367,9 +417,13 @@ class ClusteredEKF:
     Global arrays are indexed by target (``I``); :attr:`owner` ``(I,)``, :attr:`slots` ``(C, K)``.
     """
 
-    def __init__(self, cfg: ScenarioConfig, layout: ClusterLayout, settings: EKFSettings | None = None) -> None:
+    def __init__(self, cfg: ScenarioConfig, layout: ClusterLayout, settings: EKFSettings | None = None,
+                 exclude_foreign: bool = True) -> None:
         self.cfg, self.layout = cfg, layout
         self.settings = settings
+        self.exclude_foreign = exclude_foreign
+        self.foreign_dropped = 0
+        """Peaks dropped as foreign echoes since the last reset."""
         C = layout.num_clusters
         self._sub = [layout.sub_scenario(cfg, c) for c in range(C)]
         self._ekfs = [EKFEstimator(self._sub[c], settings) for c in range(C)]
@@ -394,6 +448,7 @@ class ClusteredEKF:
         self.slots = assign_slots(self.layout, self.owner)
         self.block = 0
         self.handovers, self.total_handovers = [], 0
+        self.foreign_dropped = 0
         self._u_hat = acq.copy()
         for c in range(self.layout.num_clusters):
             rows = self._occupied(c)
@@ -423,12 +478,22 @@ class ClusteredEKF:
         x = np.zeros((I, 4))
         P = np.zeros((I, 4, 4))
         missed = np.zeros(I)
+        exchange = self.exclude_foreign and layout.num_clusters > 1
+        if exchange:  # the predicted tracks every cluster shares with the others before the block's update
+            px, pP = self.predicted_state(), self.predicted_covariance()
         for c in range(layout.num_clusters):
             rows = self._rows[c]
             if rows.size == 0:
                 continue
             ekf = self._ekfs[c]
-            ekf.update(subset_measurements(meas, layout.bs_array(c), rows))
+            sub = subset_measurements(meas, layout.bs_array(c), rows)
+            if exchange:
+                others = np.flatnonzero(self.owner != c)
+                drop = foreign_peaks(sub, ekf.bs_positions_m, px[rows], pP[rows], px[others], pP[others])
+                if drop.any():
+                    self.foreign_dropped += int(drop.sum())
+                    sub = drop_peaks(sub, drop)
+            ekf.update(sub)
             x[rows], P[rows], missed[rows] = ekf.state, ekf.covariance, ekf.missed
         self.block += 1
         self._u_hat = x[:, :2].copy()
@@ -513,5 +578,5 @@ class ClusteredEKF:
 
 
 __all__ = ["HYSTERESIS_M", "CLUSTER_COUNTS", "ClusterLayout", "split_clusters", "assign_owners", "assign_slots",
-           "subset_measurements", "padded_action_mask", "check_cluster_pairs", "cluster_sub_actions", "ClusteredEKF",
-           "Handover"]
+           "subset_measurements", "drop_peaks", "foreign_peaks", "padded_action_mask", "check_cluster_pairs",
+           "cluster_sub_actions", "ClusteredEKF", "Handover"]

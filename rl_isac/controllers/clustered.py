@@ -94,6 +94,10 @@ class ClusteredCU(Controller):
         self.codebook = dft_codebook(cfg.num_tx_antennas, cfg.codebook_size, cfg.antenna_spacing_wavelengths)
         self.last_cluster_ms = np.zeros(C)
         """Decision time of each sub-CU in the last :meth:`act` / :meth:`reset` (its tracker update included)."""
+        self.slowest_cluster_ms: list[float] = []
+        """The slowest sub-CU's time of every :meth:`act` since construction (kept across episodes)."""
+        self.handovers = 0
+        """Handovers since construction (kept across episodes)."""
 
     def _sub(self, c: int, n: int) -> ScenarioConfig:
         key = (c, n)
@@ -141,7 +145,10 @@ class ClusteredCU(Controller):
         estimate, prediction = self.tracker.update(meas)
         # the tracker's update is per cluster; its cost is shared out evenly (it is a few EKF updates each)
         tracker_ms = np.full(self.layout.num_clusters, 1e3 * (time.perf_counter() - t0) / self.layout.num_clusters)
-        return self._decide(estimate, prediction, tracker_ms)
+        action = self._decide(estimate, prediction, tracker_ms)
+        self.slowest_cluster_ms.append(float(self.last_cluster_ms.max()))
+        self.handovers += len(self.tracker.handovers)
+        return action
 
 
 def make_clustered_controller(method: str, cfg: ScenarioConfig, clusters: int = 2, **kwargs) -> ClusteredCU:

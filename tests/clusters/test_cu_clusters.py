@@ -215,3 +215,31 @@ def test_clusters_module_imports_neither_ray_nor_torch():
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'ray'))\nassert not bad, bad\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_foreign_echoes_are_dropped_and_the_peaks_stay_well_formed():
+    from rl_isac.clusters import drop_peaks, foreign_peaks
+    from rl_isac.physics.measurements import Measurements
+
+    bs = np.array([[0.0, 0.0]])
+    own, foreign = np.array([[30.0, 40.0, 0.0, 0.0]]), np.array([[60.0, 80.0, 0.0, 0.0]])
+    P = np.tile(np.diag([1.0, 1.0, 50.0, 50.0]), (1, 1, 1))
+    R = np.diag([0.01, 1e-4])
+
+    def peak(x):  # range/angle of a position seen from the BS
+        return np.hypot(*x[:2]), np.arctan2(x[1], x[0])
+
+    (r0, a0), (r1, a1) = peak(foreign[0]), peak(own[0])  # the stronger peak is the foreign target's echo
+    one = np.ones((1, 1))
+    meas = Measurements(assigned=one.astype(bool), detected=one.astype(bool), range_m=r0 * one, angle_rad=a0 * one,
+                        snr_db=20 * one, cov=R[None, None].copy(), peak_valid=np.ones((1, 1, 2), bool),
+                        peak_range_m=np.array([[[r0, r1]]]), peak_angle_rad=np.array([[[a0, a1]]]),
+                        peak_snr_db=np.array([[[25.0, 20.0]]]), peak_cov=np.tile(R, (1, 1, 2, 1, 1)))
+    meas.validate()
+    drop = foreign_peaks(meas, bs, own, P, foreign, P)
+    assert drop.tolist() == [[[True, False]]]
+    kept = drop_peaks(meas, drop).validate()
+    assert kept.range_m[0, 0] == r1 and kept.detected[0, 0] and not kept.peak_valid[0, 0, 1]  # own echo is peak 0
+    assert not foreign_peaks(meas, bs, own, P, np.zeros((0, 4)), np.zeros((0, 4, 4))).any()  # nobody else: keep all
+    gone = drop_peaks(meas, np.ones((1, 1, 2), bool)).validate()
+    assert not gone.detected.any() and gone.assigned.all()

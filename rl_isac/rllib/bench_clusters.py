@@ -1,0 +1,192 @@
+"""Several CU clusters in numbers: env steps/s, decision latency and RMSE per cluster count (a benchmark).
+
+How to run (writes ``results/clusters.json`` and ``results/clusters.md``; about 2-4 minutes on one core)::
+
+    nice -n 10 rl-isac bench --clusters                     # defaults below
+    rl-isac bench --clusters --cluster-episodes 30 --cluster-blocks 100 --fidelity signal --json PATH
+
+For each cluster count ``C`` in (1, 2, 4) on the ``large`` preset (12 BSs, 600 m x 100 m, 24 targets):
+
+* ``env``: the :class:`~rl_isac.rllib.env.ISACMultiAgentEnv` with ``clusters = C`` at surrogate fidelity
+  (training's), driven by every cluster's nearest-BS action toward its own predictions
+  (:func:`nearest_cluster_actions`; the action's cost is not timed): ``env_steps_per_s`` (one env step =
+  one block of the whole network, every agent acting) and ``agent_steps_per_s = C x env_steps_per_s``,
+  ``step_ms_p50``. ``C = 1`` is the one-CU env (window + EKF anchor); ``C > 1`` the cluster path (per-cluster
+  EKFs, handover, per-cluster windows).
+* ``decision`` and ``rmse``: the clustered ``ekf-milp`` (:class:`~rl_isac.controllers.clustered.ClusteredCU`,
+  one sub-CU per cluster with handover) in the evaluation harness on the evaluation seeds of ``seed``;
+  ``C = 1`` is the whole-network ``ekf-milp`` (one CU over all 12 BSs; the same numbers, a test checks it).
+  ``decision_ms_p50/p99``: the whole clustered decision per block (sub-CUs one after another, as here);
+  ``slowest_cluster_ms_p50/p99``: the slowest sub-CU's share (what a deployment with the clusters in
+  parallel waits for). ``rmse_m`` with its 95 % interval over episodes, ``lost_fraction``, and the paired
+  per-episode RMSE difference to ``C = 1`` with its 95 % interval (same seeds, same worlds).
+
+The defaults (8 episodes x 100 blocks, surrogate fidelity) are a handful of episodes, not the 30 x 100 at
+signal level the project judges methods on: the file says so (``protocol``). Timings depend on the
+machine's load; only the ratios within one run mean much.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from rl_isac.clusters import CLUSTER_COUNTS, cluster_sub_actions
+from rl_isac.controllers.clustered import make_clustered_controller
+from rl_isac.evaluation.compare import rmse_ci95
+from rl_isac.evaluation.harness import evaluate, git_revision
+from rl_isac.io import write_json_atomic
+from rl_isac.network import nearest_association
+from rl_isac.physics.arrays import beams_toward
+from rl_isac.physics.channel import geometry
+from rl_isac.scenario import ScenarioConfig
+
+
+def nearest_cluster_actions(env) -> dict:
+    """Every agent's action: nearest-BS association of its owned slots toward its predictions, geometric
+    beams, its anchors as the estimate (a cheap feasible policy; works for one cluster too)."""
+    if env.num_clusters == 1:
+        pred, est = env.window.anchor_next_m, env.window.anchor_m
+        assoc = env.world.nearest_association(pred)
+        from rl_isac.association import association_to_sub_actions
+
+        return {env.agents[0]: {"pairs": association_to_sub_actions(assoc, env.cfg.num_rf),
+                                "beams": env.world.beams_toward(pred).reshape(-1),
+                                "estimate": est.reshape(-1).astype(np.float32)}}
+    out = {}
+    pred_all, est_all = env.tracker.predicted_position(), env.tracker.estimate_m
+    for c, a in enumerate(env.agents):
+        sub = env._sub[c]
+        slots = env.tracker.slots[c]
+        valid = slots >= 0
+        rows = np.maximum(slots, 0)
+        pred = np.where(valid[:, None], pred_all[rows], env._pad_m[c])
+        bs_pos = np.asarray(sub.bs_positions_m)
+        full = np.zeros((sub.num_bs, sub.num_targets), bool)
+        full[:, valid] = nearest_association(sub.replace(num_targets=int(valid.sum())), bs_pos, pred[valid])
+        _, angle = geometry(bs_pos, pred)
+        out[a] = {"pairs": cluster_sub_actions(full, valid, sub.num_rf),
+                  "beams": beams_toward(np.cos(angle), sub.codebook_size, sub.num_tracking_symbols).reshape(-1),
+                  "estimate": np.where(valid[:, None], est_all[rows], 0.0).reshape(-1).astype(np.float32)}
+    return out
+
+
+def env_throughput(clusters: int, targets: int = 24, episodes: int = 2, blocks: int = 100, seed: int = 0,
+                   preset: str = "large") -> dict:
+    """Env steps/s of the clustered env (module docstring); only ``reset``/``step`` are timed."""
+    from rl_isac.rllib.env import ISACMultiAgentEnv
+
+    env = ISACMultiAgentEnv({"preset": preset, "targets": targets, "clusters": clusters, "blocks": blocks,
+                             "fidelity": "surrogate", "seed": seed})
+    step_s, handovers = [], 0
+    total = 0.0
+    for e in range(episodes):
+        t0 = time.perf_counter()
+        env.reset(seed=seed + e)
+        total += time.perf_counter() - t0
+        done = False
+        while not done:
+            acts = nearest_cluster_actions(env)
+            t0 = time.perf_counter()
+            _, _, term, _, infos = env.step(acts)
+            dt = time.perf_counter() - t0
+            total += dt
+            step_s.append(dt)
+            handovers += sum(int(i.get("handovers", 0)) for i in infos.values())
+            done = term["__all__"]
+    steps = len(step_s)
+    return {"clusters": clusters, "env_steps": steps, "env_steps_per_s": steps / total,
+            "agent_steps_per_s": clusters * steps / total, "step_ms_p50": 1e3 * float(np.median(step_s)),
+            "step_ms_p99": 1e3 * float(np.percentile(step_s, 99)), "handovers": handovers}
+
+
+def clustered_evaluation(clusters: int, targets: int = 24, episodes: int = 8, blocks: int = 100, seed: int = 0,
+                         fidelity: str = "surrogate", preset: str = "large", method: str = "ekf-milp") -> dict:
+    """The clustered ``method`` in the harness; adds the slowest sub-CU's decision time and the handovers."""
+    cfg = ScenarioConfig.preset(preset, num_targets=targets, fidelity=fidelity, num_blocks=blocks)
+    cu = make_clustered_controller(method, cfg, clusters)
+    r = evaluate(method, cfg=cfg, episodes=episodes, blocks=blocks, seed=seed, preset=preset, progress=False,
+                 controller=cu)
+    slowest = cu.slowest_cluster_ms
+    return {"clusters": clusters, "method": r["method"], "rmse_m": r["rmse_m"], "rmse_ci95_m": rmse_ci95(r),
+            "rmse_per_episode_m": r["rmse_per_episode_m"], "lost_fraction": r["lost_fraction"],
+            "pcrb_rmse_m": r["pcrb_rmse_m"], "missed_fraction": r["missed_fraction"],
+            "track_losses": r["track_losses"], "decision_ms_p50": r["decision_ms_p50"],
+            "decision_ms_p99": r["decision_ms_p99"], "slowest_cluster_ms_p50": float(np.percentile(slowest, 50)),
+            "slowest_cluster_ms_p99": float(np.percentile(slowest, 99)), "handovers": cu.handovers,
+            "world_seeds": r["world_seeds"]}
+
+
+def _paired(a: list[float], b: list[float]) -> tuple[float, float]:
+    d = np.asarray(a, float) - np.asarray(b, float)
+    half = 1.96 * d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
+    return float(d.mean()), float(half)
+
+
+def bench_clusters(counts: tuple[int, ...] = CLUSTER_COUNTS, targets: int = 24, episodes: int = 8,
+                   blocks: int = 100, env_episodes: int = 2, seed: int = 0, fidelity: str = "surrogate",
+                   echo=print) -> dict:
+    """Every figure of the module docstring, per cluster count; returns the JSON dict (with ``table_md``)."""
+    if 1 not in counts:
+        counts = (1, *counts)
+    env_rows, eval_rows = [], []
+    for C in counts:
+        env_rows.append(env_throughput(C, targets=targets, episodes=env_episodes, blocks=blocks, seed=seed))
+        echo(f"C={C}: env {env_rows[-1]['env_steps_per_s']:.1f} steps/s")
+        eval_rows.append(clustered_evaluation(C, targets=targets, episodes=episodes, blocks=blocks, seed=seed,
+                                              fidelity=fidelity))
+        echo(f"C={C}: rmse {eval_rows[-1]['rmse_m']:.3f} m, decision p50 {eval_rows[-1]['decision_ms_p50']:.1f} ms")
+    base = eval_rows[0]["rmse_per_episode_m"]
+    for r in eval_rows:
+        r["paired_rmse_diff_m"], r["paired_rmse_diff_ci95_m"] = _paired(r["rmse_per_episode_m"], base)
+    data = {"protocol": {"preset": "large", "targets": targets, "episodes": episodes, "blocks": blocks,
+                         "fidelity": fidelity, "evaluation_seed": seed, "env_episodes": env_episodes,
+                         "note": f"a handful of episodes ({episodes} x {blocks}) at {fidelity} fidelity, not the "
+                                 "30 x 100 signal-level protocol; timings on a shared machine, one process"},
+            "env": env_rows, "evaluation": eval_rows, "machine": platform.processor() or platform.machine(),
+            "git_revision": git_revision()}
+    data["table_md"] = markdown(data)
+    return data
+
+
+def markdown(data: dict) -> str:
+    """The Markdown summary of :func:`bench_clusters`'s result."""
+    p = data["protocol"]
+    lines = [f"# Several CU clusters on the `large` preset ({p['targets']} targets, 12 BSs, 600 m x 100 m)", "",
+             "Command: `nice -n 10 rl-isac bench --clusters` (rl_isac/rllib/bench_clusters.py). "
+             f"Protocol: {p['note']}.", "",
+             "| C | BSs per cluster | env steps/s | agent steps/s | env step p50 ms | handovers (env) |",
+             "|---|---|---|---|---|---|"]
+    for r in data["env"]:
+        lines.append(f"| {r['clusters']} | {12 // r['clusters']} | {r['env_steps_per_s']:.1f} | "
+                     f"{r['agent_steps_per_s']:.1f} | {r['step_ms_p50']:.1f} | {r['handovers']} |")
+    lines += ["", f"Clustered `ekf-milp` vs whole-network `ekf-milp` (C = 1), {p['episodes']} episodes x "
+                  f"{p['blocks']} blocks, {p['fidelity']}, evaluation seeds of seed {p['evaluation_seed']} "
+                  "(the same worlds for every C):", "",
+              "| C | RMSE m (95 %) | vs C=1, paired m (95 %) | lost | PCRB m | decision p50/p99 ms | "
+              "slowest cluster p50/p99 ms | handovers |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in data["evaluation"]:
+        lines.append(f"| {r['clusters']} | {r['rmse_m']:.3f} +- {r['rmse_ci95_m']:.3f} | "
+                     f"{r['paired_rmse_diff_m']:+.3f} +- {r['paired_rmse_diff_ci95_m']:.3f} | "
+                     f"{r['lost_fraction']:.4f} | {r['pcrb_rmse_m']:.3f} | {r['decision_ms_p50']:.1f} / "
+                     f"{r['decision_ms_p99']:.1f} | {r['slowest_cluster_ms_p50']:.1f} / "
+                     f"{r['slowest_cluster_ms_p99']:.1f} | {r['handovers']} |")
+    lines += ["", "RMSE per target over targets, blocks and episodes; lost: target-blocks with error > 5 m. The "
+                  "decision is all sub-CUs one after another; 'slowest cluster' is what parallel sub-CUs would wait "
+                  "for. Env steps: one block of the whole network (every agent acting), surrogate fidelity, "
+                  "nearest-BS actions per cluster."]
+    return "\n".join(lines)
+
+
+def write_bench_clusters(data: dict, json_path: str | Path) -> None:
+    """``json_path`` and the Markdown table beside it (``.md``)."""
+    write_json_atomic(data, str(json_path))
+    Path(json_path).with_suffix(".md").write_text(data["table_md"] + "\n")
+
+
+__all__ = ["nearest_cluster_actions", "env_throughput", "clustered_evaluation", "bench_clusters", "markdown",
+           "write_bench_clusters"]
