@@ -100,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "--json defaults to results/clusters.json (.md beside it)")
     p.add_argument("--cluster-episodes", type=_positive_int, default=8, help="evaluation episodes per C (default 8)")
     p.add_argument("--cluster-blocks", type=_positive_int, default=100, help="blocks per episode (default 100)")
+    p.add_argument("--cluster-targets", type=_positive_int, nargs="+", default=[24, 12],
+                   help="target counts of the --clusters evaluation (default 24 12; the env throughput at the first)")
     p.add_argument("--cluster-fidelity", choices=FIDELITIES, default="surrogate",
                    help="evaluation fidelity of --clusters (default surrogate)")
     p.add_argument("--json", metavar="PATH")
@@ -216,13 +218,16 @@ def _add_reproduce_parser(sub) -> None:
     p.add_argument("--dgnn-checkpoints", default="results/checkpoints/dgnn-I{I}",
                    help="phase-1 DGNN checkpoints; '{I}' is the target count (default results/checkpoints/dgnn-I{I})")
     p.add_argument("--ppo-checkpoint", help="evaluate this dgnn-ppo checkpoint ('{I}' allowed) instead of training")
+    p.add_argument("--time-budget-s", type=float, default=None,
+                   help="compute no further cell after this wall time (s); the rest is reported 'not computed' "
+                        "and a rerun resumes there (exit status 4)")
 
 
 def _cmd_reproduce(args) -> int:
     from rl_isac.evaluation.reproduce import PROFILES, reproduce, terminal_table
 
     res = reproduce(args.profile, out=args.out, resume=args.resume, dgnn_checkpoints=args.dgnn_checkpoints,
-                    ppo_checkpoint=args.ppo_checkpoint)
+                    ppo_checkpoint=args.ppo_checkpoint, time_budget_s=args.time_budget_s)
     print()
     print(terminal_table(PROFILES[args.profile], res.rows))
     print()
@@ -235,6 +240,10 @@ def _cmd_reproduce(args) -> int:
         print(f"rl-isac reproduce: PPO training failed at I = {sorted(failed)} (dgnn-ppo reported not available): "
               f"{failed}", file=sys.stderr)
         return 3
+    if res.cells_skipped:
+        print(f"rl-isac reproduce: the time budget was spent before {len(res.cells_skipped)} cells "
+              f"({', '.join(res.cells_skipped)}); rerun the same command to resume", file=sys.stderr)
+        return 4
     return 0
 
 
@@ -328,7 +337,8 @@ def _cmd_bench(args) -> int:
     if args.clusters:
         from rl_isac.rllib.bench_clusters import bench_clusters, write_bench_clusters
 
-        data = bench_clusters(episodes=args.cluster_episodes, blocks=args.cluster_blocks,
+        data = bench_clusters(targets=tuple(args.cluster_targets), episodes=args.cluster_episodes,
+                              blocks=args.cluster_blocks,
                               env_episodes=1 if args.quick else 2, fidelity=args.cluster_fidelity)
         print(data["table_md"])
         write_bench_clusters(data, args.json or "results/clusters.json")

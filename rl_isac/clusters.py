@@ -370,6 +370,8 @@ def cluster_sub_actions(association: np.ndarray, target_valid: np.ndarray, num_r
         m, s = np.argwhere(a[:, ~valid])[0]
         raise ConstraintViolation("(5e)", f"pair (bs={m}, slot={np.flatnonzero(~valid)[s]}) names an empty slot")
     cols = np.flatnonzero(valid)
+    if cols.size == 0:  # nothing owned: every step is STOP
+        return np.full(M * num_rf, M * K, dtype=np.int64)
     steps = association_to_sub_actions(a[:, cols], num_rf)
     n = cols.size
     out = np.full(steps.shape, M * K, dtype=np.int64)

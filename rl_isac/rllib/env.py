@@ -402,6 +402,7 @@ class ISACMultiAgentEnv(MultiAgentEnv):
         # cluster's anchors; its own anchor logic is not used (the cluster's EKF is the anchor)
         self._feature_windows = [MeasurementWindow(sub, anchor="measurement") for sub in self._sub]
         self._blocks: list = []
+        self._subset_cache: list[dict] = [{} for _ in range(self.num_clusters)]
         self._age = np.zeros(cfg.num_targets, dtype=int)
         self._normalizers = {a: RunningReturnStd() for a in self.agents} if self._normalizer is not None else None
         self._cluster_info: list[tuple[np.ndarray, np.ndarray]] = []
@@ -414,6 +415,7 @@ class ISACMultiAgentEnv(MultiAgentEnv):
         acq = self.world.reset(self.world_seed)
         self.tracker.reset(acq)
         self._blocks = []
+        self._subset_cache = [{} for _ in range(self.num_clusters)]
         self._age = np.zeros(cfg.num_targets, dtype=int)
         self._q = 0
         std2 = cfg.acquisition_std_m**2
@@ -438,7 +440,7 @@ class ISACMultiAgentEnv(MultiAgentEnv):
             cov = np.where(valid[:, None, None], cov_next[rows], np.eye(2))
             view = _ClusterWindow(self._feature_windows[c], self._sub[c], self._bs[aid], slots, self._blocks,
                                   anchor, anchor_next, cov, np.where(valid, self._age[rows], 0),
-                                  np.where(valid, self._post_var[rows], 1.0))
+                                  np.where(valid, self._post_var[rows], 1.0), self._subset_cache[c])
             obs = self._builders[c].build(view, self._q, self.num_blocks)
             b = self._builders[c]
             self._cluster_info.append((b.last_info[:, valid], b.last_prior_info[valid]))
@@ -479,6 +481,10 @@ class ISACMultiAgentEnv(MultiAgentEnv):
         headings = self.world.headings_rad.copy()
         meas = self.world.step(assoc, beams, predicted_positions_m=trk.predicted_position())
         self._blocks = (self._blocks + [meas])[-cfg.window:]
+        oldest = self._blocks[0].block
+        for cache in self._subset_cache:  # forget the blocks that left the window
+            for key in [k for k in cache if k[0] < oldest]:
+                del cache[key]
         trk.update(meas)
         self._age = np.where(meas.detected.any(axis=0), 0, np.minimum(self._age + 1, _AGE_CAP_BLOCKS))
         self._post_var = np.trace(trk.covariance[:, :2, :2], axis1=-2, axis2=-1)
@@ -582,8 +588,8 @@ class _ClusterWindow:
 
     def __init__(self, win: MeasurementWindow, sub: ScenarioConfig, bs: np.ndarray, slots: np.ndarray, blocks: list,
                  anchor: np.ndarray, anchor_next: np.ndarray, cov_next: np.ndarray, age: np.ndarray,
-                 post_var: np.ndarray) -> None:
-        self.win, self.sub, self.bs, self.slots, self.blocks = win, sub, bs, slots, blocks
+                 post_var: np.ndarray, cache: dict) -> None:
+        self.win, self.sub, self.bs, self.slots, self.blocks, self.cache = win, sub, bs, slots, blocks, cache
         self.anchor_m, self.anchor_next_m, self._cov, self._age, self._var = anchor, anchor_next, cov_next, age, \
             post_var
 
@@ -596,8 +602,12 @@ class _ClusterWindow:
         feats = np.zeros((W, self.sub.num_bs, self.sub.num_targets, len(FEATURE_NAMES)), dtype=np.float32)
         valid = np.zeros(W, dtype=np.float32)
         n = len(self.blocks)
+        key = self.slots.tobytes()
         for k, meas in enumerate(self.blocks):
-            feats[W - n + k] = win.block_features(subset_measurements(meas, self.bs, self.slots))
+            sub = self.cache.get((meas.block, key))
+            if sub is None:  # a block's restriction to these BSs and slots, computed once while the slots hold
+                sub = self.cache[(meas.block, key)] = subset_measurements(meas, self.bs, self.slots)
+            feats[W - n + k] = win.block_features(sub)
             valid[W - n + k] = 1.0
         scale = win.position_scale_m
         return {

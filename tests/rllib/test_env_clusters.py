@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from rl_isac.association import association_to_sub_actions
-from rl_isac.clusters import cluster_sub_actions
 from rl_isac.errors import ConfigError, ConstraintViolation
+from rl_isac.rllib.bench_clusters import nearest_cluster_actions
 from rl_isac.rllib.env import ISACMultiAgentEnv, agent_spaces
 
 LARGE2 = {"preset": "large", "targets": 24, "clusters": 2, "blocks": 6}
@@ -41,31 +41,6 @@ def test_rllib_multiagent_check_with_two_clusters():
         assert term["__all__"] == (q == 6)
 
 
-def _nearest_cluster_actions(env) -> dict:
-    """Each cluster: nearest-BS association of its owned slots toward its predictions, geometric beams, anchors."""
-    from rl_isac.network import nearest_association
-    from rl_isac.physics.arrays import beams_toward
-    from rl_isac.physics.channel import geometry
-
-    out = {}
-    pred_all, est_all = env.tracker.predicted_position(), env.tracker.estimate_m
-    for c, a in enumerate(env.agents):
-        sub = env._sub[c]
-        slots = env.tracker.slots[c]
-        valid = slots >= 0
-        pred = np.where(valid[:, None], pred_all[np.maximum(slots, 0)], 300.0)
-        bs_pos = np.asarray(sub.bs_positions_m)
-        assoc = nearest_association(sub.replace(num_targets=int(valid.sum())), bs_pos, pred[valid])
-        full = np.zeros((sub.num_bs, sub.num_targets), bool)
-        full[:, valid] = assoc
-        _, angle = geometry(bs_pos, pred)
-        out[a] = {"pairs": cluster_sub_actions(full, valid, sub.num_rf),
-                  "beams": beams_toward(np.cos(angle), sub.codebook_size, sub.num_tracking_symbols).reshape(-1),
-                  "estimate": np.where(valid[:, None], est_all[np.maximum(slots, 0)], 0.0).reshape(-1).astype(
-                      np.float32)}
-    return out
-
-
 def test_cluster_observation_is_the_window_observation_for_one_cluster():
     """The cluster path (per-cluster EKF anchor, window rebuilt from the stored blocks) run with one cluster
     gives the whole-network env's observation and reward, key by key."""
@@ -93,7 +68,7 @@ def test_handover_shows_in_the_receiving_clusters_observation():
     scale = env.cfg.area_size_m[0]
     seen = 0
     for _ in range(61):
-        obs, _r, term, _t, info = env.step(_nearest_cluster_actions(env))
+        obs, _r, term, _t, info = env.step(nearest_cluster_actions(env))
         for h in env.tracker.handovers:
             seen += 1
             dest = env.agents[h.dest]
@@ -111,7 +86,7 @@ def test_handover_shows_in_the_receiving_clusters_observation():
 def test_empty_slots_are_masked_and_refused_and_state_unchanged():
     env = ISACMultiAgentEnv({"preset": "large", "targets": 12, "clusters": 2, "blocks": 4})  # K = 12, 2 x 12 > 12
     obs, _ = env.reset(seed=0)
-    acts = _nearest_cluster_actions(env)
+    acts = nearest_cluster_actions(env)
     valid = obs["cu_0"]["target_valid"].astype(bool)
     assert not valid.all() and valid.any()
     empty = int(np.flatnonzero(~valid)[0])

@@ -1,0 +1,29 @@
+"""``rl-isac bench --clusters`` runs end to end at tiny sizes and writes its JSON and Markdown (no timing asserted)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("ray.rllib")
+
+
+def test_bench_clusters_writes_every_figure(tmp_path):
+    from rl_isac.cli import main
+
+    out = tmp_path / "clusters.json"
+    rc = main(["bench", "--clusters", "--cluster-episodes", "2", "--cluster-blocks", "3", "--cluster-targets", "8",
+               "--quick", "--json", str(out)])
+    assert rc == 0
+    data = json.loads(out.read_text())
+    assert [r["clusters"] for r in data["env"]] == [1, 2, 4]
+    assert all(r["env_steps"] == 4 and r["env_steps_per_s"] > 0 for r in data["env"])  # one episode of 3 + 1 steps
+    assert [(r["targets"], r["clusters"]) for r in data["evaluation"]] == [(8, 1), (8, 2), (8, 4)]
+    base = data["evaluation"][0]
+    assert base["paired_rmse_diff_m"] == 0.0 and base["method"] == "ekf-milp/C1"
+    for r in data["evaluation"]:
+        assert np.isfinite(r["rmse_m"]) and r["slowest_cluster_ms_p50"] <= r["decision_ms_p99"] + 1e-9
+        assert len(r["world_seeds"]) == 2 and r["world_seeds"] == base["world_seeds"]  # the same worlds for every C
+    assert "surrogate" in data["protocol"]["note"] and "| 8 | 4 |" in out.with_suffix(".md").read_text()
