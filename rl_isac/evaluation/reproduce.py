@@ -64,6 +64,10 @@ PAPER_TABLE1: dict[str, tuple[str, dict[int, float | str]]] = {
 ALL_METHODS = ("dgnn-ppo", "ekf-convex", "dgnn-l2o", "dgnn-exhaustive", "ekf-greedy", "ekf-milp", "dgnn-milp")
 """Table order: the paper's four, then ours."""
 
+FIRST_METHODS = ("dgnn-ppo", "dgnn-milp", "ekf-milp", "ekf-convex", "dgnn-l2o")
+"""Evaluation order (not table order): these methods (the PPO issue's comparison) at every I first, then the
+others at every I, so that a run stopped by its time budget has the proposed method's comparison complete."""
+
 DEFAULT_DGNN_CHECKPOINTS = "results/checkpoints/dgnn-I{I}"
 """The committed phase-1 checkpoints (DGNN + beam head + L2O head); ``{I}`` is the target count."""
 
@@ -349,11 +353,12 @@ def _method_checkpoint(method: str, num: int, dgnn_checkpoints: str, training: d
 
 
 def evaluate_cell(profile: Profile, method: str, num: int, checkpoint: str | None, out: Path, resume: bool,
-                  echo: Echo) -> tuple[dict, bool]:
+                  echo: Echo, compute: bool = True) -> tuple[dict | None, bool]:
     """One (method, I) cell: from its file when resuming and its spec matches, else through the harness.
 
-    Returns ``(record, reused)``; the stored record is ``{"status": "ok", "spec": ..., "result": harness
-    result}`` or ``{"status": "refused", "spec": ..., "reason": ..., "candidate_count": int}``.
+    Returns ``(record, reused)``; ``compute=False`` (the run's time budget is spent) returns ``(None, False)``
+    instead of computing a cell that cannot be reused. The stored record is ``{"status": "ok", "spec": ...,
+    "result": harness result}`` or ``{"status": "refused", "spec": ..., "reason": ..., "candidate_count": int}``.
     """
     from rl_isac.association import ExhaustiveSearchTooLarge
 
@@ -374,6 +379,8 @@ def evaluate_cell(profile: Profile, method: str, num: int, checkpoint: str | Non
                 echo(f"[evaluate] {method} I={num}: finished cell {path} reused (not recomputed){stale}")
                 return record, True
             echo(f"[evaluate] {method} I={num}: {path} was computed with another spec; recomputing")
+    if not compute:
+        return None, False
     t0 = time.perf_counter()
     try:
         # Absolute path: RLlib's RLModule.from_checkpoint (dgnn-ppo) rejects relative ones.
@@ -513,12 +520,27 @@ class ReproduceResult:
     training: dict[int, dict]
     cells_computed: list[str] = field(default_factory=list)
     cells_reused: list[str] = field(default_factory=list)
+    cells_skipped: list[str] = field(default_factory=list)
+
+
+def evaluation_order(profile: Profile) -> list[tuple[int, str]]:
+    """``(I, method)`` in the order cells are evaluated: :data:`FIRST_METHODS` at every I, then the rest."""
+    first = [m for m in profile.methods if m in FIRST_METHODS]
+    rest = [m for m in profile.methods if m not in FIRST_METHODS]
+    return [(n, m) for group in (first, rest) for n in profile.targets for m in group]
 
 
 def reproduce(profile: Profile | str, out: str | Path | None = None, resume: bool = True,
               dgnn_checkpoints: str = DEFAULT_DGNN_CHECKPOINTS, ppo_checkpoint: str | None = None,
-              echo: Echo = print) -> ReproduceResult:
-    """Run the whole pipeline (see the module docstring); returns the rows and figure paths."""
+              echo: Echo = print, time_budget_s: float | None = None) -> ReproduceResult:
+    """Run the whole pipeline (see the module docstring); returns the rows and figure paths.
+
+    ``time_budget_s``: once this much wall time has passed since the start, no further cell is computed
+    (finished cells are still reused); the cells left are reported "not computed" in the table, with the
+    reason, and ``ReproduceResult.cells_skipped`` lists them; rerunning resumes there.
+    """
+    if time_budget_s is not None and not time_budget_s > 0:
+        raise ConfigError("time_budget_s", time_budget_s, "must be > 0 seconds (or None: no budget)")
     if isinstance(profile, str):
         if profile not in PROFILES:
             raise ConfigError("profile", profile, f"unknown profile; known: {sorted(PROFILES)}")
@@ -553,15 +575,23 @@ def reproduce(profile: Profile | str, out: str | Path | None = None, resume: boo
     cells: dict[tuple[str, int], dict] = {}
     unavailable: dict[tuple[str, int], str] = {}
     result = ReproduceResult(out=out, rows=[], figures={}, training=training)
-    for num in profile.targets:
-        for method in profile.methods:
-            ckpt = _method_checkpoint(method, num, dgnn_checkpoints, training)
-            if method == PROPOSED and ckpt is None:
-                unavailable[(method, num)] = training[num]["reason"]
-                echo(f"[evaluate] {method} I={num}: not available ({training[num]['reason']})")
-                continue
-            cells[(method, num)], reused = evaluate_cell(profile, method, num, ckpt, out, resume, echo)
-            (result.cells_reused if reused else result.cells_computed).append(f"{method}-I{num}")
+    for num, method in evaluation_order(profile):
+        ckpt = _method_checkpoint(method, num, dgnn_checkpoints, training)
+        if method == PROPOSED and ckpt is None:
+            unavailable[(method, num)] = training[num]["reason"]
+            echo(f"[evaluate] {method} I={num}: not available ({training[num]['reason']})")
+            continue
+        spent = time.perf_counter() - t_start
+        compute = time_budget_s is None or spent < time_budget_s
+        record, reused = evaluate_cell(profile, method, num, ckpt, out, resume, echo, compute=compute)
+        if record is None:
+            unavailable[(method, num)] = (f"not computed: this run's time budget ({time_budget_s:.0f} s) was spent "
+                                          f"({spent:.0f} s); rerunning resumes at this cell")
+            echo(f"[evaluate] {method} I={num}: {unavailable[(method, num)]}")
+            result.cells_skipped.append(f"{method}-I{num}")
+            continue
+        cells[(method, num)] = record
+        (result.cells_reused if reused else result.cells_computed).append(f"{method}-I{num}")
 
     echo("[table] stage start")
     rows = table_rows(profile, cells, unavailable)
@@ -578,13 +608,15 @@ def reproduce(profile: Profile | str, out: str | Path | None = None, resume: boo
     echo("[figures] stage start")
     from rl_isac.evaluation import figures
 
-    fig3_method, fig3_ckpt = _fig3_method(profile, cells, training, dgnn_checkpoints)
-    episode = figures.record_episode(profile, fig3_method, profile.fig3_i, fig3_ckpt, out, resume, echo)
-    result.figures = {
-        "fig3": figures.fig3(episode, out / "fig3.png"),
-        "fig4": figures.fig4(profile, cells, out / "fig4.png"),
-        "training": figures.training_curve(training, out / "training.png"),
-    }
+    result.figures = {}
+    if any(num == profile.fig3_i for _, num in cells) or not result.cells_skipped:
+        fig3_method, fig3_ckpt = _fig3_method(profile, cells, training, dgnn_checkpoints)
+        episode = figures.record_episode(profile, fig3_method, profile.fig3_i, fig3_ckpt, out, resume, echo)
+        result.figures["fig3"] = figures.fig3(episode, out / "fig3.png")
+    else:
+        echo(f"[figures] fig3 not drawn: no cell at I={profile.fig3_i} was computed within the time budget")
+    result.figures.update(fig4=figures.fig4(profile, cells, out / "fig4.png"),
+                          training=figures.training_curve(training, out / "training.png"))
     echo(f"[figures] wrote {', '.join(str(p) for p in result.figures.values())}")
     echo(f"[done] {time.perf_counter() - t_start:.0f} s")
     return result

@@ -228,3 +228,31 @@ def test_per_size_recipes_each_size_trains_with_its_own_config_and_a_missing_one
                         train={"iterations": 1, "config": recipes})
     with pytest.raises(ConfigError, match="no PPO recipe for I=8"):
         rep.train_stage(short, tmp_path / "o2", rep.DEFAULT_DGNN_CHECKPOINTS, True, lambda s: None)
+
+
+def test_time_budget_reuses_finished_cells_reports_the_rest_and_a_rerun_resumes(tiny_run, tmp_path):
+    import shutil
+
+    src, _ = tiny_run
+    out = tmp_path / "tiny"
+    shutil.copytree(src, out)
+    rep.cell_path(out, "ekf-greedy", 4).unlink()
+    lines: list[str] = []
+    res = rep.reproduce("tiny", out=out, echo=lines.append, time_budget_s=1e-9)
+    assert res.cells_skipped == ["ekf-greedy-I4"] and res.cells_computed == []
+    assert sorted(res.cells_reused) == ["dgnn-milp-I4", "ekf-convex-I4"]
+    row = next(r for r in res.rows if r["method"] == "ekf-greedy")
+    assert row["status"] == "not available" and "time budget" in row["reason"] and row["rmse_m"] is None
+    assert "time budget" in (out / "table1.md").read_text()
+    res = rep.reproduce("tiny", out=out, echo=lambda s: None)
+    assert res.cells_computed == ["ekf-greedy-I4"] and res.cells_skipped == []
+    with pytest.raises(rep.ConfigError, match="time_budget_s"):
+        rep.reproduce("tiny", out=out, time_budget_s=0)
+
+
+def test_evaluation_order_puts_the_ppo_comparison_first_at_every_size():
+    order = rep.evaluation_order(rep.PROFILES["full"])
+    assert len(order) == len(set(order)) == 3 * len(rep.ALL_METHODS)
+    first = [(n, m) for n, m in order[:15]]
+    assert {m for _, m in first} == set(rep.FIRST_METHODS) and [n for n, _ in first] == [4] * 5 + [6] * 5 + [8] * 5
+    assert {m for _, m in order[15:]} == {"dgnn-exhaustive", "ekf-greedy"}
