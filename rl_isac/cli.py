@@ -339,7 +339,8 @@ def _cmd_bench(args) -> int:
 
         data = bench_clusters(targets=tuple(args.cluster_targets), episodes=args.cluster_episodes,
                               blocks=args.cluster_blocks,
-                              env_episodes=1 if args.quick else 2, fidelity=args.cluster_fidelity)
+                              env_episodes=1 if args.quick else 2, fidelity=args.cluster_fidelity,
+                              policy_calls=5 if args.quick else 40)
         print(data["table_md"])
         write_bench_clusters(data, args.json or "results/clusters.json")
         return 0

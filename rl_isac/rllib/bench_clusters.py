@@ -14,6 +14,8 @@ load and 12 targets = half load):
   one block of the whole network, every agent acting) and ``agent_steps_per_s = C x env_steps_per_s``,
   ``step_ms_p50``. ``C = 1`` is the one-CU env (window + EKF anchor); ``C > 1`` the cluster path (per-cluster
   EKFs, handover, per-cluster windows).
+* ``policy``: the shared PPO module's inference time on a cluster's observation (:func:`policy_latency`),
+  one agent alone and all ``C`` agents batched (skipped without the phase-1 checkpoint).
 * ``decision`` and ``rmse``: the clustered ``ekf-milp`` (:class:`~rl_isac.controllers.clustered.ClusteredCU`,
   one sub-CU per cluster with handover) in the evaluation harness on the evaluation seeds of ``seed``;
   ``C = 1`` is the whole-network ``ekf-milp`` (one CU over all 12 BSs; the same numbers, a test checks it).
@@ -29,6 +31,7 @@ machine's load; only the ratios within one run mean much.
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from pathlib import Path
@@ -44,6 +47,9 @@ from rl_isac.network import nearest_association
 from rl_isac.physics.arrays import beams_toward
 from rl_isac.physics.channel import geometry
 from rl_isac.scenario import ScenarioConfig
+
+DEFAULT_PRETRAINED = Path(__file__).resolve().parents[2] / "results" / "checkpoints" / "dgnn-I4"
+"""Phase-1 encoder of the policy-latency figure (its cost, not its accuracy, matters there)."""
 
 
 def nearest_cluster_actions(env) -> dict:
@@ -105,6 +111,51 @@ def env_throughput(clusters: int, targets: int = 24, episodes: int = 2, blocks: 
             "step_ms_p99": 1e3 * float(np.percentile(step_s, 99)), "handovers": handovers}
 
 
+def policy_latency(clusters: int, pretrained: str | Path, targets: int = 24, calls: int = 40, seed: int = 0,
+                   preset: str = "large") -> dict:
+    """Decision time of the shared PPO module (:class:`~rl_isac.rllib.module.ISACPPOModule`, untrained actor on
+    the phase-1 encoder ``pretrained``: the cost does not depend on the weights) on one block's observations of
+    every agent: ``batch_ms``: all ``C`` agents in one batch; ``agent_ms``: one agent's observation alone (what a
+    sub-CU deciding on its own waits for). One torch thread, inference (greedy) pass."""
+    import torch
+    from ray.rllib.core.columns import Columns
+
+    from rl_isac.rllib.env import ISACMultiAgentEnv
+    from rl_isac.rllib.module import ISACPPOModule
+    from rl_isac.training.pretrain import load_configs
+
+    torch.set_num_threads(1)
+    env = ISACMultiAgentEnv({"preset": preset, "targets": targets, "clusters": clusters, "blocks": 20,
+                             "fidelity": "surrogate"})
+    obs, _ = env.reset(seed=seed)
+    for _ in range(10):  # a window with measurements in it
+        obs, *_ = env.step(nearest_cluster_actions(env))
+    aid = env.agents[0]
+    torch.manual_seed(seed)
+    module = ISACPPOModule(observation_space=env.observation_spaces[aid], action_space=env.action_spaces[aid],
+                           model_config={"dgnn": load_configs(Path(pretrained))["dgnn"].to_dict(),
+                                         "dgnn_weights": str(Path(pretrained) / "model.pt")})
+    module.eval()
+
+    def batch(agents):
+        return {Columns.OBS: {k: torch.as_tensor(np.stack([obs[a][k] for a in agents])) for k in obs[aid]}}
+
+    def timed(b) -> list[float]:
+        out = []
+        with torch.no_grad():
+            module.forward_inference(b)  # warm-up
+            for _ in range(calls):
+                t0 = time.perf_counter()
+                module.forward_inference(b)
+                out.append(1e3 * (time.perf_counter() - t0))
+        return out
+
+    all_ms, one_ms = timed(batch(env.agents)), timed(batch([aid]))
+    return {"clusters": clusters, "batch_ms_p50": float(np.median(all_ms)),
+            "batch_ms_p99": float(np.percentile(all_ms, 99)), "agent_ms_p50": float(np.median(one_ms)),
+            "agent_ms_p99": float(np.percentile(one_ms, 99)), "calls": calls}
+
+
 def clustered_evaluation(clusters: int, targets: int = 24, episodes: int = 8, blocks: int = 100, seed: int = 0,
                          fidelity: str = "surrogate", preset: str = "large", method: str = "ekf-milp") -> dict:
     """The clustered ``method`` in the harness; adds the slowest sub-CU's decision time and the handovers."""
@@ -114,7 +165,8 @@ def clustered_evaluation(clusters: int, targets: int = 24, episodes: int = 8, bl
                  controller=cu)
     slowest = cu.slowest_cluster_ms
     return {"clusters": clusters, "method": r["method"], "rmse_m": r["rmse_m"], "rmse_ci95_m": rmse_ci95(r),
-            "rmse_per_episode_m": r["rmse_per_episode_m"], "lost_fraction": r["lost_fraction"],
+            "rmse_per_episode_m": r["rmse_per_episode_m"],
+            "median_episode_rmse_m": float(np.median(r["rmse_per_episode_m"])), "lost_fraction": r["lost_fraction"],
             "pcrb_rmse_m": r["pcrb_rmse_m"], "missed_fraction": r["missed_fraction"],
             "track_losses": r["track_losses"], "decision_ms_p50": r["decision_ms_p50"],
             "decision_ms_p99": r["decision_ms_p99"], "slowest_cluster_ms_p50": float(np.percentile(slowest, 50)),
@@ -130,7 +182,7 @@ def _paired(a: list[float], b: list[float]) -> tuple[float, float]:
 
 def bench_clusters(counts: tuple[int, ...] = CLUSTER_COUNTS, targets: tuple[int, ...] = (24, 12), episodes: int = 8,
                    blocks: int = 100, env_episodes: int = 2, seed: int = 0, fidelity: str = "surrogate",
-                   echo=print) -> dict:
+                   pretrained: str | Path | None = DEFAULT_PRETRAINED, policy_calls: int = 40, echo=print) -> dict:
     """Every figure of the module docstring, per cluster count; returns the JSON dict (with ``table_md``).
 
     The env throughput runs at ``targets[0]``; the evaluation at every entry of ``targets`` (24 = full load:
@@ -138,10 +190,18 @@ def bench_clusters(counts: tuple[int, ...] = CLUSTER_COUNTS, targets: tuple[int,
     places some with a neighbour; 12 = half load, no cluster is ever full)."""
     if 1 not in counts:
         counts = (1, *counts)
+    load_start = os.getloadavg()[0]
     env_rows, eval_rows = [], []
     for C in counts:
         env_rows.append(env_throughput(C, targets=targets[0], episodes=env_episodes, blocks=blocks, seed=seed))
         echo(f"C={C}: env {env_rows[-1]['env_steps_per_s']:.1f} steps/s")
+    policy_rows, policy_note = [], None
+    if pretrained is not None and (Path(pretrained) / "model.pt").is_file():
+        for C in counts:
+            policy_rows.append(policy_latency(C, pretrained, targets=targets[0], calls=policy_calls, seed=seed))
+            echo(f"C={C}: policy {policy_rows[-1]['agent_ms_p50']:.1f} ms per agent")
+    else:
+        policy_note = f"no phase-1 checkpoint at {pretrained}: policy latency not measured"
     for I in targets:
         rows = []
         for C in counts:
@@ -155,9 +215,11 @@ def bench_clusters(counts: tuple[int, ...] = CLUSTER_COUNTS, targets: tuple[int,
         eval_rows += rows
     data = {"protocol": {"preset": "large", "targets": list(targets), "episodes": episodes, "blocks": blocks,
                          "fidelity": fidelity, "evaluation_seed": seed, "env_episodes": env_episodes,
+                         "load_average_1min": [load_start, os.getloadavg()[0]], "cpu_count": os.cpu_count(),
                          "note": f"a handful of episodes ({episodes} x {blocks}) at {fidelity} fidelity, not the "
                                  "30 x 100 signal-level protocol; timings on a shared machine, one process"},
-            "env": env_rows, "evaluation": eval_rows, "machine": platform.processor() or platform.machine(),
+            "env": env_rows, "policy": policy_rows, "policy_note": policy_note, "evaluation": eval_rows,
+            "machine": platform.processor() or platform.machine(),
             "git_revision": git_revision()}
     data["table_md"] = markdown(data)
     return data
@@ -168,21 +230,32 @@ def markdown(data: dict) -> str:
     p = data["protocol"]
     lines = ["# Several CU clusters on the `large` preset (12 BSs, 600 m x 100 m)", "",
              "Command: `nice -n 10 rl-isac bench --clusters` (rl_isac/rllib/bench_clusters.py). "
-             f"Protocol: {p['note']}.", "",
+             f"Protocol: {p['note']}. Load average at start/end: {p['load_average_1min'][0]:.1f} / "
+             f"{p['load_average_1min'][1]:.1f} on {p['cpu_count']} cores.", "",
              f"Env throughput at {p['targets'][0]} targets:", "",
              "| C | BSs per cluster | env steps/s | agent steps/s | env step p50 ms | handovers (env) |",
              "|---|---|---|---|---|---|"]
     for r in data["env"]:
         lines.append(f"| {r['clusters']} | {12 // r['clusters']} | {r['env_steps_per_s']:.1f} | "
                      f"{r['agent_steps_per_s']:.1f} | {r['step_ms_p50']:.1f} | {r['handovers']} |")
+    if data.get("policy"):
+        lines += ["", f"Shared PPO module (`ISACPPOModule`, inference pass, one torch thread) on one block's "
+                      f"observations at {p['targets'][0]} targets:", "",
+                  "| C | one agent p50/p99 ms | all C agents in one batch p50/p99 ms |", "|---|---|---|"]
+        for r in data["policy"]:
+            lines.append(f"| {r['clusters']} | {r['agent_ms_p50']:.1f} / {r['agent_ms_p99']:.1f} | "
+                         f"{r['batch_ms_p50']:.1f} / {r['batch_ms_p99']:.1f} |")
+    elif data.get("policy_note"):
+        lines += ["", data["policy_note"]]
     lines += ["", f"Clustered `ekf-milp` vs whole-network `ekf-milp` (C = 1), {p['episodes']} episodes x "
                   f"{p['blocks']} blocks, {p['fidelity']}, evaluation seeds of seed {p['evaluation_seed']} "
                   "(the same worlds for every C):", "",
-              "| I | C | RMSE m (95 %) | vs C=1, paired m (95 %) | lost | PCRB m | decision p50/p99 ms | "
-              "slowest cluster p50/p99 ms | handovers |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "| I | C | RMSE m (95 %) | median episode m | vs C=1, paired m (95 %) | lost | PCRB m | "
+              "decision p50/p99 ms | slowest cluster p50/p99 ms | handovers |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in data["evaluation"]:
         lines.append(f"| {r['targets']} | {r['clusters']} | {r['rmse_m']:.3f} +- {r['rmse_ci95_m']:.3f} | "
+                     f"{r['median_episode_rmse_m']:.3f} | "
                      f"{r['paired_rmse_diff_m']:+.3f} +- {r['paired_rmse_diff_ci95_m']:.3f} | "
                      f"{r['lost_fraction']:.4f} | {r['pcrb_rmse_m']:.3f} | {r['decision_ms_p50']:.1f} / "
                      f"{r['decision_ms_p99']:.1f} | {r['slowest_cluster_ms_p50']:.1f} / "
@@ -193,7 +266,9 @@ def markdown(data: dict) -> str:
               "", "RMSE per target over targets, blocks and episodes; lost: target-blocks with error > 5 m. The "
                   "decision is all sub-CUs one after another; 'slowest cluster' is what parallel sub-CUs would wait "
                   "for. Env steps: one block of the whole network (every agent acting), surrogate fidelity, "
-                  "nearest-BS actions per cluster."]
+                  "nearest-BS actions per cluster; the cluster path runs its C EKFs and C windows one after "
+                  "another in one process (per-call overhead dominates at these sizes), so env steps/s fall with "
+                  "C while agent steps/s rise."]
     return "\n".join(lines)
 
 
@@ -203,5 +278,5 @@ def write_bench_clusters(data: dict, json_path: str | Path) -> None:
     Path(json_path).with_suffix(".md").write_text(data["table_md"] + "\n")
 
 
-__all__ = ["nearest_cluster_actions", "env_throughput", "clustered_evaluation", "bench_clusters", "markdown",
-           "write_bench_clusters"]
+__all__ = ["nearest_cluster_actions", "env_throughput", "policy_latency", "clustered_evaluation", "bench_clusters",
+           "markdown", "write_bench_clusters"]

@@ -26,4 +26,11 @@ def test_bench_clusters_writes_every_figure(tmp_path):
     for r in data["evaluation"]:
         assert np.isfinite(r["rmse_m"]) and r["slowest_cluster_ms_p50"] <= r["decision_ms_p99"] + 1e-9
         assert len(r["world_seeds"]) == 2 and r["world_seeds"] == base["world_seeds"]  # the same worlds for every C
+    from rl_isac.rllib.bench_clusters import DEFAULT_PRETRAINED
+
+    if (DEFAULT_PRETRAINED / "model.pt").is_file():
+        assert [r["clusters"] for r in data["policy"]] == [1, 2, 4]
+        assert all(0 < r["agent_ms_p50"] <= r["agent_ms_p99"] for r in data["policy"])
+    else:
+        assert data["policy"] == [] and "not measured" in data["policy_note"]
     assert "surrogate" in data["protocol"]["note"] and "| 8 | 4 |" in out.with_suffix(".md").read_text()
