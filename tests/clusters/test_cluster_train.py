@@ -66,3 +66,15 @@ def test_train_large_with_two_clusters_one_shared_module(dgnn_i4, tmp_path):
     assert module.observation_space["features"].shape == obs_space["features"].shape == (8, 6, 12, 12)
     assert "target_valid" in module.observation_space.spaces
     assert any(line.startswith("it   1") for line in lines)
+
+
+def test_cli_train_clusters_default_targets_and_errors(dgnn_i4, tmp_path, capsys):
+    from rl_isac.cli import main
+
+    rc = main(["train", "--preset", "large", "--clusters", "2", "--targets", "12", "--pretrained", str(dgnn_i4),
+               "--out", str(tmp_path / "x"), "--iterations", "1"])
+    assert rc == 2 and "every target slot in use" in capsys.readouterr().err
+    rc = main(["train", "--preset", "large", "--clusters", "5", "--pretrained", str(dgnn_i4),
+               "--out", str(tmp_path / "y"), "--iterations", "1"])
+    assert rc == 2 and "clusters=5: must divide the 12 BSs" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()  # refused before anything is written
