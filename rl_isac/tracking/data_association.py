@@ -33,11 +33,14 @@ every block; the window's EKF anchor and every EKF-based CU inherit it.
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+LOG_2PI = math.log(2.0 * math.pi)
 CHI2_GATE_999 = 13.815510557964274
 """99.9 % point of the chi-square distribution with 2 degrees of freedom, ``-2 ln(0.001)``."""
 
@@ -54,6 +57,9 @@ class PeakSet:
         z: ``(N, 2)`` ``(range_m, angle_rad)``.
         R: ``(N, 2, 2)`` reported covariance.
         snr_db: ``(N,)``.
+        range_only: ``(N,)`` bool, peaks whose angle is unusable (reported angle std above
+            :data:`MAX_ANGLE_STD_RAD`: near a BS's endfire): only their range is compared and fused
+            (a 1-D innovation, :func:`innovation_matrix`). ``None``: none.
     """
 
     bs: np.ndarray
@@ -63,30 +69,60 @@ class PeakSet:
     z: np.ndarray
     R: np.ndarray
     snr_db: np.ndarray
+    range_only: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.range_only is None:
+            object.__setattr__(self, "range_only", np.zeros(len(self.bs), bool))
 
     def __len__(self) -> int:
         return len(self.bs)
 
 
 MAX_ANGLE_STD_RAD = 0.05
-"""Peaks with a reported angle std above this (rad) are left out of the assignment: they are range-only
-looks (a target near a BS's endfire, ``|cos theta| -> 1``, where ``var(theta) = var(u) / sin^2 theta`` blows
-up), consistent with any track on a whole range circle, and one of them pulled into the wrong track
-starts a loss. 0.05 rad is 5 m across the line of sight at 100 m."""
+"""Peaks with a reported angle std above this (rad) are range-only looks: a target near a BS's endfire
+(``|cos theta| -> 1``, where ``var(theta) = var(u) / sin^2 theta`` blows up). Their angle is left out (a 2-D
+innovation with such an ``R`` would gate them against any track on a whole range circle); their range
+is still a good measurement and is used alone (1-D innovation, gate :func:`range_only_gate`). 0.05 rad is
+5 m across the line of sight at 100 m. (They used to be dropped altogether: a target running along the
+BS row's edge then had no accepted measurement for blocks on end although its range was measured every
+block, went searching and re-initialised on the next stray peak: tracks_findings.md, mechanism B.)"""
 
 
-def collect_peaks(meas, max_angle_std_rad: float | None = MAX_ANGLE_STD_RAD) -> PeakSet:
-    """The valid peaks of a :class:`~rl_isac.physics.measurements.Measurements` as a :class:`PeakSet`
-    (without the range-only ones, angle std above ``max_angle_std_rad``; ``None`` keeps every peak)."""
+@functools.lru_cache(maxsize=16)
+def range_only_gate(gate: float) -> float:
+    """The 1-D NIS gate with the same false-rejection probability as the 2-D ``gate``: ``gate`` is
+    the ``1 - a`` point of chi-square(2) (``a = exp(-gate / 2)``), the result that of chi-square(1)."""
+    from scipy.stats import chi2
+
+    return float(chi2.isf(math.exp(-0.5 * gate), 1))
+
+
+def peak_gates(peaks: PeakSet, gate: float) -> np.ndarray:
+    """``(N,)`` NIS gate of each peak: ``gate`` (2 dof) or :func:`range_only_gate` (1 dof, range-only peaks)."""
+    return np.where(peaks.range_only, range_only_gate(gate), gate)
+
+
+def collect_peaks(meas, max_angle_std_rad: float | None = MAX_ANGLE_STD_RAD, keep_range_only: bool = True
+                  ) -> PeakSet:
+    """The valid peaks of a :class:`~rl_isac.physics.measurements.Measurements` as a :class:`PeakSet`.
+
+    Peaks with an angle std above ``max_angle_std_rad`` are flagged ``range_only`` (``keep_range_only``) or
+    left out; ``max_angle_std_rad=None`` keeps every peak as a 2-D measurement.
+    """
     valid = np.asarray(meas.peak_valid, bool)  # (M, I, P)
+    cov = np.asarray(meas.peak_cov)
+    bad_angle = np.zeros(valid.shape, bool)
     if max_angle_std_rad is not None:
-        valid = valid & (np.asarray(meas.peak_cov)[..., 1, 1] <= max_angle_std_rad**2)
+        bad_angle = cov[..., 1, 1] > max_angle_std_rad**2
+        if not keep_range_only:
+            valid = valid & ~bad_angle
     bs, label, peak = np.nonzero(valid)
     num_targets = valid.shape[1]
     z = np.stack([meas.peak_range_m[bs, label, peak], meas.peak_angle_rad[bs, label, peak]], axis=-1)
     return PeakSet(bs=bs, label=label, peak=peak, scan=bs * num_targets + label, z=z.reshape(-1, 2),
-                   R=np.asarray(meas.peak_cov)[bs, label, peak].reshape(-1, 2, 2),
-                   snr_db=np.asarray(meas.peak_snr_db)[bs, label, peak])
+                   R=cov[bs, label, peak].reshape(-1, 2, 2), snr_db=np.asarray(meas.peak_snr_db)[bs, label, peak],
+                   range_only=bad_angle[bs, label, peak])
 
 
 def widen_for_merges(peaks: PeakSet, x: np.ndarray, bs_positions_m: np.ndarray, range_resolution_m: float,
@@ -125,12 +161,15 @@ def widen_for_merges(peaks: PeakSet, x: np.ndarray, bs_positions_m: np.ndarray, 
         R[n, 0, 0] += (0.5 * dr) ** 2
         R[n, 1, 1] += (0.5 * dth) ** 2
     return PeakSet(bs=peaks.bs, label=peaks.label, peak=peaks.peak, scan=peaks.scan, z=peaks.z, R=R,
-                   snr_db=peaks.snr_db)
+                   snr_db=peaks.snr_db, range_only=peaks.range_only)
 
 
 def innovation_matrix(x: np.ndarray, P: np.ndarray, peaks: PeakSet, bs_positions_m: np.ndarray
                       ) -> tuple[np.ndarray, np.ndarray]:
     """NIS ``d2 (N, I)`` and ``ln det S (N, I)`` of every peak against every track's prediction.
+
+    For a ``range_only`` peak both are those of the range alone: ``d2 = y_r^2 / S_rr``, ``ln S_rr``
+    (1 dof; :func:`peak_gates` gives the matching gate).
 
     Args:
         x: ``(I, 4)`` predicted states; P: ``(I, 4, 4)`` their covariances.
@@ -155,7 +194,13 @@ def innovation_matrix(x: np.ndarray, P: np.ndarray, peaks: PeakSet, bs_positions
     # y^T S^-1 y for a 2x2 S, in closed form
     y0, y1 = y[..., 0], y[..., 1]
     nis = (S[..., 1, 1] * y0 * y0 - 2 * S[..., 0, 1] * y0 * y1 + S[..., 0, 0] * y1 * y1) / det
-    return nis, np.log(det)
+    logdet = np.log(det)
+    ro = peaks.range_only
+    if ro.any():
+        s_rr = np.maximum(S[ro, :, 0, 0], 1e-300)
+        nis[ro] = y0[ro] ** 2 / s_rr
+        logdet[ro] = np.log(s_rr)
+    return nis, logdet
 
 
 OTHER_TARGET_COST = 1.0
@@ -190,8 +235,10 @@ def gnn_assign(x: np.ndarray, P: np.ndarray, peaks: PeakSet, bs_positions_m: np.
     if num == 0:
         return track, nis_out
     nis, logdet = innovation_matrix(x, P, peaks, bs_positions_m)
-    gated = nis <= gate
-    cost = nis + logdet + other_target_cost * (np.arange(len(x))[None, :] != peaks.label[:, None])
+    gated = nis <= peak_gates(peaks, gate)[:, None]
+    # -2 ln of the Gaussian likelihood: d2 + ln det S + dim ln(2 pi) (dim 1 for range-only peaks), + label prior
+    dim = np.where(peaks.range_only, 1.0, 2.0)[:, None]
+    cost = nis + logdet + dim * LOG_2PI + other_target_cost * (np.arange(len(x))[None, :] != peaks.label[:, None])
     cost = np.where(gated, cost, np.inf)
     # Scans with a single peak: its cheapest gated track (no conflict possible).
     order = np.argsort(peaks.scan, kind="stable")
@@ -227,7 +274,7 @@ def label_assign(x: np.ndarray, P: np.ndarray, peaks: PeakSet, bs_positions_m: n
         return track, nis_out
     nis, _ = innovation_matrix(x, P, peaks, bs_positions_m)
     own = nis[np.arange(num), peaks.label]
-    ok = (peaks.peak == 0) & (True if gate is None else own <= gate)
+    ok = (peaks.peak == 0) & (True if gate is None else own <= peak_gates(peaks, gate))
     track[ok] = peaks.label[ok]
     nis_out[ok] = own[ok]
     return track, nis_out
@@ -236,6 +283,7 @@ def label_assign(x: np.ndarray, P: np.ndarray, peaks: PeakSet, bs_positions_m: n
 ASSOCIATION_RULES = {"gnn": gnn_assign, "label": label_assign}
 """Data-association rules by name (:attr:`rl_isac.tracking.ekf.EKFSettings.data_association`)."""
 
-__all__ = ["widen_for_merges", "CHI2_GATE_999", "MAX_ANGLE_STD_RAD", "OTHER_TARGET_COST", "PeakSet", "collect_peaks",
+__all__ = ["widen_for_merges", "CHI2_GATE_999", "MAX_ANGLE_STD_RAD", "range_only_gate", "peak_gates",
+           "OTHER_TARGET_COST", "PeakSet", "collect_peaks",
            "innovation_matrix", "gnn_assign", "label_assign",
            "ASSOCIATION_RULES"]

@@ -50,7 +50,14 @@ import numpy as np
 
 from rl_isac.config import ConfigMixin
 from rl_isac.errors import ConfigError, MeasurementError
-from rl_isac.tracking.data_association import ASSOCIATION_RULES, collect_peaks, innovation_matrix, widen_for_merges
+from rl_isac.tracking.data_association import (
+    ASSOCIATION_RULES,
+    collect_peaks,
+    innovation_matrix,
+    peak_gates,
+    widen_for_merges,
+)
+from rl_isac.tracking.identity import CHI2_MEDIAN_2DOF, DECISIVE_COST, pairwise_nis, retrodiction_cost, swap_margin
 from rl_isac.tracking.motion import (
     PROCESS_NOISE_MODELS,
     cv_transition,
@@ -59,6 +66,10 @@ from rl_isac.tracking.motion import (
     reflect_into_area,
 )
 
+CHI2_GATE = 13.815510557964274  # 99.9 % point of chi-square(2), the gate of the identity logic without a gate
+IDENTITY_MAX_WAIT_BLOCKS = 8
+"""Blocks apart after which an undecided encounter is closed with the filter's own pairing (a swap needs a
+margin of ``DECISIVE_COST``: the assignment's labelling is evidence too)."""
 SEEN_MISS_WEIGHT = 0.34
 """Weight of a block without an accepted peak but with a peak inside the track's gate (see
 :attr:`EKFEstimator.missed`): three such blocks count as one miss."""
@@ -186,6 +197,65 @@ def update_range_angle(x: np.ndarray, P: np.ndarray, z: np.ndarray, R: np.ndarra
     return xi, 0.5 * (P_new + np.swapaxes(P_new, -1, -2))
 
 
+def update_range_angle_gated(x: np.ndarray, P: np.ndarray, z: np.ndarray, R: np.ndarray, bs_pos_m: np.ndarray,
+                             gate: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`innovation_nis` and the plain EKF :func:`update_range_angle` in one pass (``H``, ``S``, ``y``
+    computed once), updating only the targets whose NIS is within ``gate (num_targets,)``.
+
+    Returns:
+        ``(x, P, keep)``: posterior (the prior where not kept) and ``keep (num_targets,)`` bool.
+    """
+    x0 = np.asarray(x, dtype=float)
+    P0 = np.asarray(P, dtype=float)
+    H = range_angle_jacobian(x0, bs_pos_m)
+    HP = H @ P0
+    S = HP @ np.swapaxes(H, -1, -2) + R  # S = H P H^T + R
+    y = z - range_angle(x0, bs_pos_m)
+    y[..., 1] = wrap_angle(y[..., 1])
+    Sinv_y = np.linalg.solve(S, y[..., None])[..., 0]
+    keep = np.einsum("...i,...i->...", y, Sinv_y) <= gate  # NIS y^T S^-1 y
+    if not keep.any():
+        return x0, P0, keep
+    H, HP, S, y, R = H[keep], HP[keep], S[keep], y[keep], R[keep]
+    K = np.swapaxes(np.linalg.solve(S, HP), -1, -2)  # K = P H^T S^-1
+    x_new, P_new = x0.copy(), P0.copy()
+    x_new[keep] = x0[keep] + np.einsum("...ij,...j->...i", K, y)
+    I_KH = np.eye(4) - K @ H
+    Pk = I_KH @ P0[keep] @ np.swapaxes(I_KH, -1, -2) + K @ R @ np.swapaxes(K, -1, -2)  # Joseph form
+    P_new[keep] = 0.5 * (Pk + np.swapaxes(Pk, -1, -2))
+    return x_new, P_new, keep
+
+
+def update_range(x: np.ndarray, P: np.ndarray, range_m: np.ndarray, var_range_m2: np.ndarray, bs_pos_m: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """EKF update with a range-only measurement per target (the angle of a peak near a BS's endfire is
+    unusable), batched over targets: the scalar form of :func:`update_range_angle` with ``h = ||u - p||``,
+    ``H`` its first Jacobian row::
+
+        S = H P H^T + var_r,   K = P H^T / S,   x = x + K (r - ||u - p||),
+        P = (I - K H) P (I - K H)^T + K var_r K^T
+
+    Args:
+        x: ``(num_targets, 4)``; P: ``(num_targets, 4, 4)``.
+        range_m: ``(num_targets,)`` measured ranges; var_range_m2: ``(num_targets,)`` their variances.
+        bs_pos_m: ``(2,)`` or ``(num_targets, 2)``.
+    Returns:
+        ``(x, P)`` posterior (new arrays).
+    """
+    x = np.asarray(x, dtype=float)
+    P = np.asarray(P, dtype=float)
+    H = range_angle_jacobian(x, bs_pos_m)[..., :1, :]  # (I, 1, 4)
+    PHt = P @ np.swapaxes(H, -1, -2)  # (I, 4, 1)
+    var = np.asarray(var_range_m2, dtype=float)
+    S = (H @ PHt)[..., 0, 0] + var  # S = H P H^T + R
+    K = PHt[..., 0] / S[..., None]  # (I, 4)
+    y = np.asarray(range_m, dtype=float) - range_angle(x, bs_pos_m)[..., 0]
+    x_new = x + K * y[..., None]
+    I_KH = np.eye(4) - K[..., :, None] * H  # (I, 4, 4)
+    P_new = I_KH @ P @ np.swapaxes(I_KH, -1, -2) + var[..., None, None] * K[..., :, None] * K[..., None, :]
+    return x_new, 0.5 * (P_new + np.swapaxes(P_new, -1, -2))
+
+
 def update_speed(x: np.ndarray, P: np.ndarray, speed_mps: float, std_mps: float) -> tuple[np.ndarray, np.ndarray]:
     """Pseudo-measurement ``||v|| = speed`` (soft speed knowledge), batched over targets.
 
@@ -272,6 +342,16 @@ class EKFSettings(ConfigMixin):
     objective, the beam selector and the gate see how little it knows) and the first peak the assignment
     gives it re-initialises it at that peak (position from the measurement, velocity back to the uniform
     heading prior). ``None``: never."""
+    range_only_peaks: bool = True
+    """Use the range of peaks whose angle is unusable (endfire; ``MAX_ANGLE_STD_RAD``) as a 1-D measurement;
+    ``False`` drops them (the earlier rule)."""
+    resolve_identities: bool = True
+    """Keep track identities through close encounters (:mod:`rl_isac.tracking.identity`): when two tracks
+    that were confusable separate, swap them if the retrodiction to their pre-encounter anchors says so;
+    two tracks indistinguishable for ``duplicate_after_blocks`` blocks in which their beams saw an
+    unclaimed peak are one target tracked twice, and the one whose anchor fits worse goes searching."""
+    duplicate_after_blocks: int = 3
+    """See :attr:`resolve_identities`."""
     search_growth_m: float = 2.0
     """Extra position std per axis added (in quadrature) to a searching track's prediction each block, m
     (until ``SEARCH_MAX_STD_M``); also the largest position std (major axis) of a peak that may
@@ -350,6 +430,16 @@ class EKFEstimator:
         """Tracks that became searching (:attr:`EKFSettings.search_after_blocks`) since the last reset."""
         self.reacquired_after: list[int] = []
         """Blocks without a measurement of each track re-initialised on a peak, since the last reset."""
+        self.identity_swaps = 0
+        """Pairs of tracks swapped after a close encounter (:attr:`EKFSettings.resolve_identities`)."""
+        self.duplicates = 0
+        """Tracks sent searching as the duplicate of another (:attr:`EKFSettings.resolve_identities`)."""
+        self._anchor_m = np.zeros((0, 2))
+        self._anchor_var_m2 = np.zeros(0)
+        self._anchor_block = np.zeros(0, np.int64)
+        self._encounter = np.zeros((0, 0), bool)
+        self._same_blocks = np.zeros((0, 0), np.int64)
+        self._apart_blocks = np.zeros((0, 0), np.int64)
 
     # ------------------------------------------------------------------ state
     @property
@@ -444,6 +534,13 @@ class EKFEstimator:
         self.missed = np.zeros(num)
         self.losses = 0
         self.reacquired_after = []
+        self.identity_swaps = self.duplicates = 0
+        self._anchor_m = u0.copy()
+        self._anchor_var_m2 = np.full(num, self.cfg.acquisition_std_m**2)
+        self._anchor_block = np.zeros(num, np.int64)
+        self._encounter = np.zeros((num, num), bool)
+        self._same_blocks = np.zeros((num, num), np.int64)
+        self._apart_blocks = np.zeros((num, num), np.int64)
         return u0.copy()
 
     def _initial_state(self, z: np.ndarray, R: np.ndarray, bs_pos_m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -457,6 +554,67 @@ class EKFEstimator:
         P = np.zeros((4, 4))
         P[:2, :2] = J @ R @ J.T
         P[2, 2] = P[3, 3] = self.cfg.speed_mps**2 / 2.0
+        return x, P
+
+    def _resolve_identities(self, x: np.ndarray, P: np.ndarray, unclaimed_labels: np.ndarray
+                            ) -> tuple[np.ndarray, np.ndarray]:
+        """Swaps after encounters, duplicates, anchors (:mod:`rl_isac.tracking.identity`); posterior
+        ``x (I, 4)``, ``P (I, 4, 4)`` of the new block; ``unclaimed_labels``: labels of the scans with a 2-D
+        peak no track fused. Returns ``(x, P)`` (rows of swapped tracks exchanged)."""
+        cfg = self.cfg
+        q = self.block + 1
+        gate = CHI2_GATE if self.settings.innovation_gate is None else self.settings.innovation_gate
+        nis = pairwise_nis(x, P)
+        dist = np.linalg.norm(x[:, None, :2] - x[None, :, :2], axis=-1)
+        # confusable: inside each other's gate and near enough for merged echoes (2 range cells)
+        close = (nis <= gate) & (dist <= 2.0 * cfg.range_resolution_m)
+        vel_std = np.sqrt(np.trace(P[:, 2:, 2:], axis1=-2, axis2=-1))
+        vel_known = vel_std <= self.settings.speed_max_std * cfg.speed_mps
+        heading_var = cfg.heading_step_rad**2 / 3.0  # var of U(-h, h)
+
+        def cost(rows, anchors):
+            return retrodiction_cost(x[rows], P[rows], self._anchor_m[anchors], self._anchor_var_m2[anchors],
+                                     q - self._anchor_block[anchors], cfg.block_duration_s, cfg.step_m, heading_var)
+
+        # 1. Encounters that ended (apart for duplicate_after_blocks blocks, so that the velocities come from
+        # clean looks again, and both known): keep or swap the identities.
+        apart = self._encounter & ~close
+        self._apart_blocks = np.where(apart, self._apart_blocks + 1, 0)
+        ended = np.triu(apart & (self._apart_blocks >= self.settings.duplicate_after_blocks)
+                        & vel_known[:, None] & vel_known[None, :], 1)
+        last_chance = self._apart_blocks >= IDENTITY_MAX_WAIT_BLOCKS
+        for i, j in zip(*np.nonzero(ended)):
+            margin = swap_margin(cost([i, j], [i, j]))
+            if margin < DECISIVE_COST and not last_chance[i, j]:
+                continue  # not decisive yet: wait for better velocities, anchors kept
+            if margin >= DECISIVE_COST:  # the filter's own pairing stands unless the swap is clearly likelier
+                x[[i, j]], P[[i, j]] = x[[j, i]], P[[j, i]]
+                self.missed[[i, j]] = self.missed[[j, i]]
+                self.identity_swaps += 1
+            self._encounter[i, j] = self._encounter[j, i] = False
+            self._apart_blocks[i, j] = self._apart_blocks[j, i] = 0
+        # 2. Duplicates: indistinguishable while their beams see a peak nobody claims.
+        watched = np.isin(np.arange(len(x)), unclaimed_labels)
+        same = (nis <= CHI2_MEDIAN_2DOF) & (watched[:, None] | watched[None, :])
+        self._same_blocks = np.where(same, self._same_blocks + 1, 0)
+        after = self.settings.search_after_blocks
+        if after is not None:
+            searching = self.searching
+            for i, j in zip(*np.nonzero(np.triu(self._same_blocks >= self.settings.duplicate_after_blocks, 1))):
+                if searching[i] or searching[j]:
+                    continue
+                c = cost([i], [i, j])[0]  # the common state against both anchors
+                k = i if c[0] > c[1] else j
+                self.missed[k] = max(self.missed[k], float(after))
+                self.losses += 1
+                self.duplicates += 1
+                self._same_blocks[i, j] = self._same_blocks[j, i] = 0
+        # 3. New encounters; anchors of the tracks confusable with no other.
+        self._encounter |= close
+        free = ~self._encounter.any(axis=1) & ~self.searching  # no pending encounter
+        self._anchor_m[free] = x[free, :2]
+        self._anchor_var_m2[free] = 0.5 * np.trace(P[free, :2, :2], axis1=-2, axis2=-1)
+        self._anchor_block[free] = q
         return x, P
 
     def _check(self, meas) -> None:
@@ -493,7 +651,7 @@ class EKFEstimator:
         self._check(meas)
         x, P = self._prediction()  # q-1 -> q
         x, P = x.copy(), P.copy()
-        peaks = collect_peaks(meas)
+        peaks = collect_peaks(meas, keep_range_only=self.settings.range_only_peaks)
         if self.settings.widen_merges:
             peaks = widen_for_merges(peaks, x, self.bs_positions_m, self.cfg.range_resolution_m,
                                      2.0 / self.cfg.codebook_size)
@@ -511,16 +669,19 @@ class EKFEstimator:
         # track if it pins the position (largest eigenvalue of its position covariance at most
         # search_growth_m^2), and is fused as an ordinary update otherwise.
         nis_all = innovation_matrix(x, P, peaks, self.bs_positions_m)[0] if len(peaks) else np.zeros((0, len(x)))
+        gates = peak_gates(peaks, np.inf if gate is None else gate)  # (N,): 2-D or range-only gate
         for i in np.flatnonzero(self.searching):
             mine = np.flatnonzero(track == i)
             if gate is not None and mine.size and len(x) > 1:
-                shared = (np.delete(nis_all[mine], i, axis=1) <= gate).any(axis=1)
+                shared = (np.delete(nis_all[mine], i, axis=1) <= gates[mine, None]).any(axis=1)
                 track[mine[shared]] = -1
                 mine = mine[~shared]
             if mine.size == 0:
                 continue
             best = mine[np.argmin(nis_all[mine, i])]
             track[mine[mine != best]] = -1
+            if peaks.range_only[best]:  # a range alone does not pin the position: an ordinary update
+                continue
             start_x, start_P = self._initial_state(peaks.z[best], peaks.R[best], self.bs_positions_m[peaks.bs[best]])
             if np.linalg.eigvalsh(start_P[:2, :2])[-1] > self.settings.search_growth_m**2:
                 continue
@@ -533,24 +694,41 @@ class EKFEstimator:
             while todo.size:
                 _, first = np.unique(track[todo], return_index=True)
                 batch, todo = todo[first], np.delete(todo, first)
-                rows = track[batch]
-                z, R = peaks.z[batch], peaks.R[batch]
-                if gate is not None:  # the state may have moved since the assignment: gate again
-                    nis = innovation_nis(x[rows], P[rows], z, R, self.bs_positions_m[bs_idx])
-                    keep = nis <= gate
-                    batch, rows, z, R = batch[keep], rows[keep], z[keep], R[keep]
-                if rows.size == 0:
-                    continue
-                x[rows], P[rows] = update_range_angle(x[rows], P[rows], z, R, self.bs_positions_m[bs_idx],
-                                                      num_iterations=self.settings.num_iterations)
-                fused[batch] = accepted[rows] = True
+                for ro in np.unique(peaks.range_only[batch]):  # 2-D peaks, then range-only ones (1-D)
+                    sub = batch[peaks.range_only[batch] == ro]
+                    rows = track[sub]
+                    z, R = peaks.z[sub], peaks.R[sub]
+                    bs_pos = self.bs_positions_m[bs_idx]
+                    if not ro and gate is not None and self.settings.num_iterations == 1:
+                        # re-gate (the state may have moved since the assignment) and update in one pass
+                        x[rows], P[rows], keep = update_range_angle_gated(x[rows], P[rows], z, R, bs_pos, gates[sub])
+                        fused[sub[keep]] = accepted[rows[keep]] = True
+                        continue
+                    if gate is not None:  # the state may have moved since the assignment: gate again
+                        if ro:
+                            H = range_angle_jacobian(x[rows], bs_pos)[:, 0, :]
+                            s_rr = np.einsum("na,nab,nb->n", H, P[rows], H) + R[:, 0, 0]
+                            y = z[:, 0] - range_angle(x[rows], bs_pos)[:, 0]
+                            nis = y * y / s_rr
+                        else:
+                            nis = innovation_nis(x[rows], P[rows], z, R, bs_pos)
+                        keep = nis <= gates[sub]
+                        sub, rows, z, R = sub[keep], rows[keep], z[keep], R[keep]
+                    if rows.size == 0:
+                        continue
+                    if ro:
+                        x[rows], P[rows] = update_range(x[rows], P[rows], z[:, 0], R[:, 0, 0], bs_pos)
+                    else:
+                        x[rows], P[rows] = update_range_angle(x[rows], P[rows], z, R, bs_pos,
+                                                              num_iterations=self.settings.num_iterations)
+                    fused[sub] = accepted[rows] = True
         self.rejected += int(len(peaks) - fused.sum())
         was_searching = self.searching
         # A track that fused nothing but had a peak inside its gate (it lost that peak to a neighbour's track:
         # the two echoes merge while the targets pass each other) is probably not missing its target: such a
         # block counts SEEN_MISS_WEIGHT of a miss (a track that stays merged into its neighbour's echo for
         # good is a duplicate, and searches after a while all the same).
-        seen = (nis_all <= (np.inf if gate is None else gate)).any(axis=0) if len(peaks) else np.zeros(len(x), bool)
+        seen = (nis_all <= gates[:, None]).any(axis=0) if len(peaks) else np.zeros(len(x), bool)
         self.missed = np.where(accepted, 0.0, self.missed + np.where(seen, SEEN_MISS_WEIGHT, 1.0))
         self.losses += int(np.sum(self.searching & ~was_searching))
         if self.settings.speed_std_mps is not None:
@@ -560,11 +738,14 @@ class EKFEstimator:
                                   & (vel_std <= self.settings.speed_max_std * v))
             if rows.size and v > 0:
                 x[rows], P[rows] = update_speed(x[rows], P[rows], v, self.settings.speed_std_mps)
+        if self.settings.resolve_identities and len(x) > 1:
+            unclaimed = ~fused & ~peaks.range_only
+            x, P = self._resolve_identities(x, P, np.unique(peaks.label[unclaimed]))
         self._x, self._P = x, P
         self._pred = None
         self.block += 1
         return x[:, :2].copy(), self.predicted_position()
 
 
-__all__ = ["wrap_angle", "predict", "range_angle", "range_angle_jacobian", "update_range_angle", "update_speed",
-           "EKFSettings", "EKFEstimator"]
+__all__ = ["wrap_angle", "predict", "range_angle", "range_angle_jacobian", "update_range_angle",
+           "update_range_angle_gated", "update_range", "update_speed", "EKFSettings", "EKFEstimator"]

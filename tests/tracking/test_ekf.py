@@ -580,3 +580,22 @@ def test_one_block_prediction_is_calibrated_against_the_truth():
     nees = np.concatenate(nees)
     assert np.mean(nees > 13.8) <= 0.002
     assert 1.0 < np.mean(nees) < 3.0  # not simply inflated out of use (chi-square 2 dof: mean 2)
+
+
+def test_gated_update_equals_the_gate_then_the_plain_update():
+    from rl_isac.tracking.ekf import innovation_nis, update_range_angle_gated
+
+    rng = np.random.default_rng(3)
+    x = np.column_stack([rng.uniform(20, 280, 6), rng.uniform(10, 90, 6), rng.normal(0, 7, (6, 2))])
+    P = np.stack([np.diag(rng.uniform(0.1, 4.0, 4)) for _ in range(6)])
+    bs = np.array([150.0, 0.0])
+    R = np.tile(np.diag([0.04, 1e-4]), (6, 1, 1))
+    z = range_angle(x, bs) + rng.normal(0, 1, (6, 2)) * [4.0, 0.05]
+    gate = np.full(6, 13.8)
+    xg, Pg, keep = update_range_angle_gated(x, P, z, R, bs, gate)
+    want = innovation_nis(x, P, z, R, bs) <= 13.8
+    assert keep.tolist() == want.tolist() and 0 < keep.sum() < 6  # both branches exercised
+    xu, Pu = update_range_angle(x[keep], P[keep], z[keep], R[keep], bs)
+    np.testing.assert_allclose(xg[keep], xu, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(Pg[keep], Pu, rtol=1e-10, atol=1e-12)
+    np.testing.assert_array_equal(xg[~keep], x[~keep])

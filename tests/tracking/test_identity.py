@@ -1,0 +1,163 @@
+"""Mechanisms of lost tracks found on development worlds (``/work/coord/tracks_findings.md``), each as a
+scripted scenario that fails without its fix: range-only (endfire) peaks, an identity swap in a
+start-up encounter, and a coalesced (duplicate) track."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rl_isac.scenario import ScenarioConfig
+from rl_isac.tracking import EKFEstimator, EKFSettings
+from rl_isac.tracking.ekf import update_range, update_range_angle
+from rl_isac.tracking.identity import retrodiction_cost, should_swap
+from tests.tracking.test_data_association import _peaks_block
+
+BIG_ANGLE_STD = 1.0  # rad: a peak at a BS's endfire (its angle is useless)
+
+
+def _truths(start, vel, blocks, dt):
+    return [np.asarray(start, float) + np.asarray(vel, float) * dt * q for q in range(1, blocks + 1)]
+
+
+def _run(est, truth, entries, confuse_at=None):
+    """Feed ``entries(q, truth_q)`` block by block; ``confuse_at``: after that block exchange the states of
+    tracks 0 and 1 (what a wrong assignment of the merged echoes does, as on the development worlds)."""
+    errs = []
+    for q, t in enumerate(truth, 1):
+        est.block_prediction_m = est.predicted_position()  # where the beams of block q point
+        u_hat, _ = est.update(_peaks_block(est.cfg, entries(q, t), block=q))
+        if q == confuse_at:
+            est._x[[0, 1]], est._P[[0, 1]] = est._x[[1, 0]], est._P[[1, 0]]
+            est._pred = None
+            u_hat = est.state[:, :2]
+        errs.append(np.linalg.norm(u_hat - t, axis=1))
+    return np.array(errs)
+
+
+def test_range_update_is_the_limit_of_a_range_angle_update_with_no_angle_information():
+    x = np.array([[60.0, 20.0, 3.0, -1.0]])
+    P = np.diag([2.0, 1.5, 4.0, 4.0])[None]
+    bs = np.array([0.0, 0.0])
+    z = np.array([[np.hypot(61.0, 20.5), np.arctan2(20.5, 61.0)]])
+    x1, P1 = update_range(x, P, z[:, 0], np.array([0.04]), bs)
+    x2, P2 = update_range_angle(x, P, z, np.diag([0.04, 1e12])[None], bs)
+    np.testing.assert_allclose(x1, x2, atol=1e-6)
+    np.testing.assert_allclose(P1, P2, atol=1e-6)
+
+
+def test_a_target_at_the_endfire_of_its_bss_is_held_by_their_ranges():
+    """Target 0 runs along the bottom edge (y = 3 m): BSs 0 and 1 see it at endfire (range-only peaks) every
+    block, BS 3 measures it fully only every 5th block. Dropping the range-only peaks (the earlier rule)
+    leaves the track without a measurement for 4 blocks in 5: it goes searching every time; using their
+    ranges keeps it on track and never searching."""
+    cfg = ScenarioConfig.paper(4)
+    start = np.array([[60.0, 3.0], [120.0, 60.0], [220.0, 60.0], [140.0, 30.0]])
+    vel = np.array([[1.0, 0.0], [1.0, 0.0], [-1.0, 0.0], [0.0, 1.0]]) * cfg.speed_mps
+    truth = _truths(start, vel, 40, cfg.block_duration_s)
+
+    def entries(q, t):
+        out = [(0, 0, 0, t[0], 0.05, BIG_ANGLE_STD), (1, 0, 0, t[0], 0.05, BIG_ANGLE_STD),
+               (4, 1, 0, t[1], 0.05, 0.003), (2, 2, 0, t[2], 0.05, 0.003), (4, 3, 0, t[3], 0.05, 0.003)]
+        if q % 5 == 0:
+            out.append((3, 0, 0, t[0], 0.05, 0.003))
+        return out
+
+    used = EKFEstimator(cfg, EKFSettings())
+    used.reset(start)
+    err_used = _run(used, truth, entries)
+    dropped = EKFEstimator(cfg, EKFSettings(range_only_peaks=False))
+    dropped.reset(start)
+    _run(dropped, truth, entries)
+    assert used.losses == 0 and used.missed.max() == 0
+    assert err_used[:, 0].max() < 0.5
+    assert dropped.losses >= 3  # searching again and again with a correct prediction
+
+
+def _crossing(cfg, blocks=30):
+    """Targets 0 and 1 start 4 m apart on the same line and run head-on through each other (cross at block 2);
+    targets 2 and 3 far away."""
+    start = np.array([[60.0, 40.0], [64.0, 40.0], [220.0, 60.0], [140.0, 20.0]])
+    vel = np.array([[1.0, 0.0], [-1.0, 0.0], [-1.0, 0.0], [0.0, 1.0]]) * cfg.speed_mps
+    return start, _truths(start, vel, blocks, cfg.block_duration_s)
+
+
+def _crossing_entries(cfg, est):
+    """Pairs (BS 0, track 0) and (BS 3, track 1) aim at the tracks' predictions: unresolved targets give one
+    merged peak; resolved ones, the target nearest the prediction as peak 0 and the other as peak 1 while
+    both are inside the beams and gate (10 m)."""
+    def entries(q, t):
+        out = [(2, 2, 0, t[2], 0.05, 0.003), (4, 3, 0, t[3], 0.05, 0.003)]
+        sep = np.linalg.norm(t[0] - t[1])
+        for bs, label in ((0, 0), (3, 1), (1, 0), (5, 1)):
+            if sep < cfg.range_resolution_m:  # unresolved: one merged peak per look
+                out.append((bs, label, 0, t[:2].mean(axis=0), 0.05, 0.003))
+                continue
+            d = np.linalg.norm(t[:2] - est.block_prediction_m[label], axis=1)
+            order = np.argsort(d)
+            out.append((bs, label, 0, t[order[0]], 0.05, 0.003))
+            if sep < 10.0:
+                out.append((bs, label, 1, t[order[1]], 0.05, 0.003))
+        return out
+
+    return entries
+
+
+def test_tracks_that_swap_in_a_start_up_crossing_get_their_identities_back():
+    """Two tracks confused while their targets were unresolved (states exchanged in the last merged block,
+    velocities still unknown) each follow the other's target for good without the identity rule (each is
+    consistent with every later peak). Retrodicting both to where they were before the encounter (the
+    acquisition) swaps them back as soon as the targets are apart and the velocities known."""
+    cfg = ScenarioConfig.paper(4)
+    start, truth = _crossing(cfg)
+    plain = EKFEstimator(cfg, EKFSettings(resolve_identities=False))
+    plain.reset(start)
+    err_plain = _run(plain, truth, _crossing_entries(cfg, plain), confuse_at=3)
+    fixed = EKFEstimator(cfg, EKFSettings())
+    fixed.reset(start)
+    err_fixed = _run(fixed, truth, _crossing_entries(cfg, fixed), confuse_at=3)
+    assert err_plain[-10:, :2].min() > 3.0  # swapped and never recovered
+    assert fixed.identity_swaps >= 1
+    back = int(np.flatnonzero(err_fixed[:, :2].max(axis=1) >= 1.0).max()) + 1
+    assert back <= 10 and err_fixed[-10:, :2].max() < 0.3
+
+
+def test_retrodiction_prefers_the_pairing_that_explains_both_anchors():
+    x = np.array([[70.0, 40.0, 10.0, 0.0], [54.0, 40.0, -10.0, 0.0]])  # after 1 s: moved +-10 m
+    P = np.tile(np.diag([0.1, 0.1, 0.5, 0.5]), (2, 1, 1))
+    anchors = np.array([[60.0, 40.0], [64.0, 40.0]])
+    cost = retrodiction_cost(x, P, anchors, np.array([1.0, 1.0]), np.array([10, 10]), 0.1, 1.0,
+                             np.deg2rad(15.0) ** 2 / 3)
+    assert not should_swap(cost)
+    assert should_swap(cost[::-1])  # the same states in the other order
+
+
+def test_a_track_coalesced_onto_its_neighbour_searches_and_reacquires_its_own_target():
+    """Track 0 is pulled onto target 1 (merged echoes at start-up) and follows it; target 0's echoes, 6 m
+    away, are then claimed by no track. Without the duplicate rule track 0 never misses (it takes target
+    1's peaks) and is lost for good; with it, it searches and re-acquires target 0 within 10 blocks."""
+    cfg = ScenarioConfig.paper(4)
+    start = np.array([[60.0, 40.0], [60.0, 46.0], [220.0, 60.0], [140.0, 20.0]])
+    vel = np.array([[1.0, 0.0], [1.0, 0.0], [-1.0, 0.0], [0.0, 1.0]]) * cfg.speed_mps
+    truth = _truths(start, vel, 40, cfg.block_duration_s)
+
+    def entries(q, t):
+        # Beams of both tracks point at target 1: each pair sees target 1 (peak 0) and target 0 (peak 1).
+        return [(0, 0, 0, t[1], 0.05, 0.003), (0, 0, 1, t[0], 0.05, 0.003), (3, 1, 0, t[1], 0.05, 0.003),
+                (3, 1, 1, t[0], 0.05, 0.003), (1, 0, 0, t[1], 0.05, 0.003),
+                (2, 2, 0, t[2], 0.05, 0.003), (4, 3, 0, t[3], 0.05, 0.003)]
+
+    results = {}
+    for name, settings in (("plain", EKFSettings(resolve_identities=False)), ("fixed", EKFSettings())):
+        est = EKFEstimator(cfg, settings)
+        est.reset(start)
+        # the coalescence: block 1 starts with track 0 on target 1 (state copied from track 1's prior)
+        est._x[0] = est._x[1]
+        est._P[0] = est._P[1]
+        results[name] = (est, _run(est, truth, entries))
+    plain, err_plain = results["plain"]
+    fixed, err_fixed = results["fixed"]
+    assert err_plain[-10:, 0].min() > 5.0 and plain.missed[0] == 0  # a duplicate that never searches
+    assert fixed.duplicates >= 1
+    back = int(np.flatnonzero(err_fixed[:, 0] >= 1.0).max()) + 1
+    assert back <= 10 and err_fixed[-10:, 0].max() < 0.3
+    assert err_fixed[:, 1].max() < 0.5  # target 1's track undisturbed
