@@ -24,7 +24,10 @@ Capacity (the fixed per-agent shapes)
     index in :attr:`ClusteredEKF.slots`) or is empty (``-1``; ``target_valid = 0`` in the
     observation). An empty slot is neither required by (5d) nor choosable (5e):
     :func:`padded_action_mask` is the exact mask. With ``C K == I`` (the ``large`` default: 24
-    targets, 2 x 12 or 4 x 6 chains) every slot is always full.
+    targets, 2 x 12 or 4 x 6 chains) every slot is always full: each cluster owns exactly ``M_c N_RF``
+    targets, so the targets beyond a cluster's share of its strip are owned (and tracked from farther
+    BSs) by a neighbour; that, and fewer BSs to resolve close pairs, is what clustering costs at full
+    load (``results/clusters.md``).
 
 Ownership (:func:`assign_owners`), by the *predicted* position ``u_tilde_{q+1}`` (the CU's, never the
 truth), decided after block ``q`` for block ``q + 1``:
