@@ -394,63 +394,24 @@ class ISACMultiAgentEnv(MultiAgentEnv):
 
     # ------------------------------------------------------------------ several clusters
     def _init_clusters(self) -> None:
-        cfg, L = self.cfg, self.layout
-        self._sub = [L.sub_scenario(cfg, c) for c in range(self.num_clusters)]
-        self.tracker = ClusteredEKF(cfg, L)
-        self._builders = [ObservationBuilder(sub) for sub in self._sub]
-        # per cluster: a window object used only for its feature computation (block_features) against the
-        # cluster's anchors; its own anchor logic is not used (the cluster's EKF is the anchor)
-        self._feature_windows = [MeasurementWindow(sub, anchor="measurement") for sub in self._sub]
-        self._blocks: list = []
-        self._subset_cache: list[dict] = [{} for _ in range(self.num_clusters)]
-        self._age = np.zeros(cfg.num_targets, dtype=int)
+        self.observer = ClusterObserver(self.cfg, self.layout)
+        self.tracker = self.observer.tracker
+        self._sub, self._pad_m = self.observer.sub, self.observer.pad_m
         self._normalizers = {a: RunningReturnStd() for a in self.agents} if self._normalizer is not None else None
-        self._cluster_info: list[tuple[np.ndarray, np.ndarray]] = []
-        H = cfg.area_size_m[1]
-        b = L.boundaries_m
-        self._pad_m = [np.array([(b[c] + b[c + 1]) / 2.0, H / 2.0]) for c in range(self.num_clusters)]
 
     def _reset_clusters(self):
         cfg = self.cfg
         acq = self.world.reset(self.world_seed)
-        self.tracker.reset(acq)
-        self._blocks = []
-        self._subset_cache = [{} for _ in range(self.num_clusters)]
-        self._age = np.zeros(cfg.num_targets, dtype=int)
+        self.observer.reset(acq)
         self._q = 0
         std2 = cfg.acquisition_std_m**2
         self._pcrb_cov = np.tile(np.diag([std2, std2, np.pi**2 / 3]), (cfg.num_targets, 1, 1))
         self._pcrb_now = np.full(cfg.num_targets, 2 * std2)
-        self._post_var = np.full(cfg.num_targets, 2 * std2)
         return self._cluster_observations(), {a: {"world_seed": self.world_seed} for a in self.agents}
 
     def _cluster_observations(self) -> dict[str, dict[str, np.ndarray]]:
-        """Every agent's observation of block q (window arrays over its BSs and slots + extras + target_valid)."""
-        trk = self.tracker
-        u_hat, u_next = trk.estimate_m, trk.predicted_position()
-        cov_next = trk.predicted_position_covariance()
-        out, self._cluster_info = {}, []
-        for c, aid in enumerate(self.agents):
-            slots = trk.slots[c]
-            valid = slots >= 0
-            rows = np.where(valid, slots, 0)
-            pad = self._pad_m[c]
-            anchor = np.where(valid[:, None], u_hat[rows], pad)
-            anchor_next = np.where(valid[:, None], u_next[rows], pad)
-            cov = np.where(valid[:, None, None], cov_next[rows], np.eye(2))
-            view = _ClusterWindow(self._feature_windows[c], self._sub[c], self._bs[aid], slots, self._blocks,
-                                  anchor, anchor_next, cov, np.where(valid, self._age[rows], 0),
-                                  np.where(valid, self._post_var[rows], 1.0), self._subset_cache[c])
-            obs = self._builders[c].build(view, self._q, self.num_blocks)
-            b = self._builders[c]
-            self._cluster_info.append((b.last_info[:, valid], b.last_prior_info[valid]))
-            for key in ("anchor", "anchor_next", "anchor_age", "anchor_log_std", "prior_cov", "prior_fim"):
-                obs[key][~valid] = 0.0
-            for key in ("pair_info", "pair_fim", "features"):
-                obs[key][..., ~valid, :] = 0.0
-            obs["target_valid"] = valid.astype(np.float32)
-            out[aid] = obs
-        return out
+        obs = self.observer.observations(self._q, self.num_blocks)
+        return {aid: obs[c] for c, aid in enumerate(self.agents)}
 
     def _step_clusters(self, action_dict: dict):
         if set(action_dict) != set(self.agents):
@@ -476,18 +437,11 @@ class ISACMultiAgentEnv(MultiAgentEnv):
         fisher = []
         for c, aid in enumerate(self.agents):
             valid = slots_now[c] >= 0
-            info, prior = self._cluster_info[c]
+            info, prior = self.observer.cluster_info[c]
             fisher.append(float(association_cost(checked[aid][0][:, valid], info, prior)) if valid.any() else 0.0)
         headings = self.world.headings_rad.copy()
         meas = self.world.step(assoc, beams, predicted_positions_m=trk.predicted_position())
-        self._blocks = (self._blocks + [meas])[-cfg.window:]
-        oldest = self._blocks[0].block
-        for cache in self._subset_cache:  # forget the blocks that left the window
-            for key in [k for k in cache if k[0] < oldest]:
-                del cache[key]
-        trk.update(meas)
-        self._age = np.where(meas.detected.any(axis=0), 0, np.minimum(self._age + 1, _AGE_CAP_BLOCKS))
-        self._post_var = np.trace(trk.covariance[:, :2, :2], axis1=-2, axis2=-1)
+        self.observer.push(meas)
         self._q += 1
         self._advance_pcrb(assoc, beams, headings)
         done = self._q > self.num_blocks
@@ -578,6 +532,88 @@ class ISACMultiAgentEnv(MultiAgentEnv):
         """The STOP step value ``M * I`` (``M_c * K`` with several clusters)."""
         cfg = self._sub[0] if self.num_clusters > 1 else self.cfg
         return stop_action(cfg.num_bs, cfg.num_targets)
+
+
+class ClusterObserver:
+    """The CU side of several clusters, without learning: the clustered EKF (:class:`rl_isac.clusters.ClusteredEKF`,
+    ownership and handover), the last ``W`` blocks, and every cluster's observation (module docstring, "Several
+    clusters"). The env and the clustered PPO CU (:mod:`rl_isac.rllib.cluster_controller`) both use it, so a
+    policy sees the same observations in training and in the harness.
+
+    Usage: ``reset(acquisition_m)``; per block ``observations(q, Q)`` (a list over clusters) then, once the block
+    is measured, ``push(meas)`` (global ``(M, I)`` measurements).
+    """
+
+    def __init__(self, cfg: ScenarioConfig, layout: ClusterLayout) -> None:
+        self.cfg, self.layout = cfg, layout
+        C = layout.num_clusters
+        self.sub = [layout.sub_scenario(cfg, c) for c in range(C)]
+        self.bs = [layout.bs_array(c) for c in range(C)]
+        self.tracker = ClusteredEKF(cfg, layout)
+        self._builders = [ObservationBuilder(sub) for sub in self.sub]
+        # per cluster: a window object used only for its feature computation (block_features) against the
+        # cluster's anchors; its own anchor logic is not used (the cluster's EKF is the anchor)
+        self._feature_windows = [MeasurementWindow(sub, anchor="measurement") for sub in self.sub]
+        H = cfg.area_size_m[1]
+        b = layout.boundaries_m
+        self.pad_m = [np.array([(b[c] + b[c + 1]) / 2.0, H / 2.0]) for c in range(C)]
+        """Where an empty slot's (unused, zeroed) geometry is computed: the strip's centre, metres."""
+        self.cluster_info: list[tuple[np.ndarray, np.ndarray]] = []
+        """Per cluster, of the last :meth:`observations`: ``(J (M_c, n, 2, 2), P^-1 (n, 2, 2))`` of its owned slots."""
+        self._clear()
+
+    def _clear(self) -> None:
+        cfg = self.cfg
+        self.blocks: list = []
+        self._subset_cache: list[dict] = [{} for _ in self.sub]
+        self.age = np.zeros(cfg.num_targets, dtype=int)
+        self.post_var = np.full(cfg.num_targets, 2 * cfg.acquisition_std_m**2)
+
+    def reset(self, acquisition_m: np.ndarray) -> None:
+        """Start an episode from the acquisition ``(I, 2)`` metres (owners from it, empty window)."""
+        self.tracker.reset(acquisition_m)
+        self._clear()
+
+    def push(self, meas) -> None:
+        """The block's global measurements: into the window, then the tracker (fusion, ownership, handover)."""
+        self.blocks = (self.blocks + [meas])[-self.cfg.window:]
+        oldest = self.blocks[0].block
+        for cache in self._subset_cache:  # forget the blocks that left the window
+            for key in [k for k in cache if k[0] < oldest]:
+                del cache[key]
+        trk = self.tracker
+        trk.update(meas)
+        self.age = np.where(meas.detected.any(axis=0), 0, np.minimum(self.age + 1, _AGE_CAP_BLOCKS))
+        self.post_var = np.trace(trk.covariance[:, :2, :2], axis1=-2, axis2=-1)
+
+    def observations(self, block: int, num_blocks: int) -> list[dict[str, np.ndarray]]:
+        """Every cluster's observation of block ``q = block`` (window arrays over its BSs and slots, the extra keys of
+        :mod:`rl_isac.rllib.observation`, ``target_valid``; an empty slot's entries are 0)."""
+        trk = self.tracker
+        u_hat, u_next = trk.estimate_m, trk.predicted_position()
+        cov_next = trk.predicted_position_covariance()
+        out, self.cluster_info = [], []
+        for c in range(self.layout.num_clusters):
+            slots = trk.slots[c]
+            valid = slots >= 0
+            rows = np.where(valid, slots, 0)
+            pad = self.pad_m[c]
+            anchor = np.where(valid[:, None], u_hat[rows], pad)
+            anchor_next = np.where(valid[:, None], u_next[rows], pad)
+            cov = np.where(valid[:, None, None], cov_next[rows], np.eye(2))
+            view = _ClusterWindow(self._feature_windows[c], self.sub[c], self.bs[c], slots, self.blocks,
+                                  anchor, anchor_next, cov, np.where(valid, self.age[rows], 0),
+                                  np.where(valid, self.post_var[rows], 1.0), self._subset_cache[c])
+            b = self._builders[c]
+            obs = b.build(view, block, num_blocks)
+            self.cluster_info.append((b.last_info[:, valid], b.last_prior_info[valid]))
+            for key in ("anchor", "anchor_next", "anchor_age", "anchor_log_std", "prior_cov", "prior_fim"):
+                obs[key][~valid] = 0.0
+            for key in ("pair_info", "pair_fim", "features"):
+                obs[key][..., ~valid, :] = 0.0
+            obs["target_valid"] = valid.astype(np.float32)
+            out.append(obs)
+        return out
 
 
 class _ClusterWindow:
