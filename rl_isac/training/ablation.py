@@ -180,7 +180,25 @@ def ablation(targets: int, pretrained: str, out: str, json_path: str, variants: 
     return data
 
 
-def table(compare_jsons: list[str], ppo_jsons: list[str], json_path: str, command: str = "") -> dict:
+TABLE_METHODS = ("dgnn-ppo", "dgnn-milp", "ekf-milp", "dgnn-l2o", "ekf-convex")
+
+
+def reproduce_cells(cells_dir: str, targets: tuple[int, ...] = (4, 6, 8)) -> list[dict]:
+    """The harness results of the table's methods from ``rl-isac reproduce`` cells (``<out>/cells/<method>-I<I>.json``,
+    status ok); a cell that is missing is left out (the table shows "-")."""
+    out = []
+    for num in targets:
+        for method in TABLE_METHODS:
+            path = Path(cells_dir) / f"{method}-I{num}.json"
+            if path.is_file():
+                rec = json.loads(path.read_text())
+                if rec.get("status") == "ok":
+                    out.append(rec["result"])
+    return out
+
+
+def table(compare_jsons: list[str], ppo_jsons: list[str], json_path: str, command: str = "",
+          cells_dirs: list[str] = ()) -> dict:
     """The RMSE table of issue 9 from ``rl-isac compare`` outputs and ``rl-isac evaluate --method dgnn-ppo --json``
     results (within one evaluation seed the same episodes, blocks and fidelity, checked): per method and ``I`` the
     RMSE with its 95 % bootstrap interval, the median episode, the lost fraction, the (5c)-(5f) violations and the
@@ -188,13 +206,16 @@ def table(compare_jsons: list[str], ppo_jsons: list[str], json_path: str, comman
     against dgnn-milp block by block (Fig. 4 style: the blocks where PPO's RMSE over episodes is lower) and the
     paired per-episode difference to every other method. Inputs of several evaluation seeds (``seed`` of the
     harness: disjoint sets of world seeds) give one section per seed (``data["seeds"]``; with one seed the
-    section's keys are also at the top level, as before). Writes ``json_path`` and a .md beside it."""
+    section's keys are also at the top level, as before). ``cells_dirs``: ``rl-isac reproduce`` cell folders
+    whose table methods are added (:func:`reproduce_cells`). Writes ``json_path`` and a .md beside it."""
     from rl_isac.evaluation.harness import write_json_atomic
 
     results = []
     for path in compare_jsons:
         results += json.loads(Path(path).read_text())["results"]
     results += [json.loads(Path(p).read_text()) for p in ppo_jsons]
+    for cells in cells_dirs:
+        results += reproduce_cells(cells)
     seeds = sorted({r["seed"] for r in results})
     sections = {seed: _seed_table([r for r in results if r["seed"] == seed]) for seed in seeds}
     data = {"seeds": {str(seed): sec for seed, sec in sections.items()}, "command": command}
@@ -238,7 +259,7 @@ def _seed_table(results: list[dict]) -> dict:
     data = {"rows": rows, "per_block": per_block, "episodes": episodes, "blocks": blocks, "fidelity": fidelity,
             "seed": seed}
     targets = sorted({r["targets"] for r in rows})
-    methods = ["dgnn-ppo", "dgnn-milp", "ekf-milp", "dgnn-l2o", "ekf-convex"]
+    methods = list(TABLE_METHODS)
     cell = {(r["method"], r["targets"]): r for r in rows}
     lines = [f"## Evaluation seed {seed} ({episodes} episodes x {blocks} blocks, {fidelity} level)", "",
              f"| method | {' | '.join(f'I = {i}' for i in targets)} |", "|---|" + "---|" * len(targets)]
@@ -283,6 +304,7 @@ if __name__ == "__main__":  # python -m rl_isac.training.ablation table OUT.json
     ap.add_argument("json")
     ap.add_argument("--compare", nargs="*", default=[])
     ap.add_argument("--ppo", nargs="*", default=[])
+    ap.add_argument("--cells", nargs="*", default=[], help="rl-isac reproduce cell folders (e.g. results/full/cells)")
     a = ap.parse_args()
     table(a.compare, a.ppo, a.json, command="python -m rl_isac.training.ablation " +
-          " ".join(shlex.quote(x) for x in sys.argv[1:]))
+          " ".join(shlex.quote(x) for x in sys.argv[1:]), cells_dirs=a.cells)

@@ -84,6 +84,19 @@ def test_table_of_two_evaluation_seeds_has_one_section_each_and_reports_violatio
     assert one["rows"] == one["seeds"]["0"]["rows"]
 
 
+def test_table_reads_reproduce_cells_ok_ones_only(tmp_path):
+    cells = tmp_path / "cells"
+    cells.mkdir()
+    for method in ("dgnn-ppo", "dgnn-milp"):
+        rec = {"status": "ok", "result": fake_result(method, 4, [0.1, 0.2, 0.1])}
+        (cells / f"{method}-I4.json").write_text(json.dumps(rec))
+    (cells / "ekf-milp-I4.json").write_text(json.dumps({"status": "refused", "reason": "x"}))
+    (cells / "ekf-greedy-I4.json").write_text(json.dumps(rec))  # not a table method
+    data = table([], [], str(tmp_path / "t.json"), cells_dirs=[str(cells)])
+    assert sorted(r["method"] for r in data["rows"]) == ["dgnn-milp", "dgnn-ppo"]
+    assert data["per_block"][4]["paired_vs"]["dgnn-milp"]["diff_m"] == 0.0
+
+
 def test_ablation_markdown_lists_every_row():
     rows = [summarise(fake_result("dgnn-ppo", 4, [0.1, 0.2]), variant="paper", overrides=VARIANTS["paper"],
                       env_steps=3636, train_wall_s=60.0),
