@@ -33,59 +33,100 @@ from pathlib import Path
 import numpy as np
 
 
-def _measure(algo, iterations: int) -> dict:
-    rows = [algo.train() for _ in range(iterations)]
-    measured = rows[1:] if len(rows) > 1 else rows
-    steps = sum(float(r["env_runners"]["num_env_steps_sampled"]) for r in measured)
-    wall = sum(float(r["time_this_iter_s"]) for r in measured)
-    timers = {k: float(np.mean([r["timers"].get(k, np.nan) for r in measured]))
+def _train_row(algo) -> tuple[dict, float]:
+    t0 = time.thread_time()
+    row = algo.train()
+    return row, time.thread_time() - t0  # the driver's thread: the local learner (+ the driver's own work)
+
+
+def _summary(pairs: list[tuple[dict, float]]) -> dict:
+    """Throughput of the measured iterations (the first, actor start-up and caches, is dropped)."""
+    measured = pairs[1:] if len(pairs) > 1 else pairs
+    rows = [r for r, _ in measured]
+    steps = sum(float(r["env_runners"]["num_env_steps_sampled"]) for r in rows)
+    wall = sum(float(r["time_this_iter_s"]) for r in rows)
+    timers = {k: float(np.mean([r["timers"].get(k, np.nan) for r in rows]))
               for k in ("env_runner_sampling_timer", "learner_update_timer", "synch_weights")}
     return {"env_steps_per_s": steps / wall, "env_steps": steps, "wall_s": wall, "timers_s": timers,
-            "iterations_measured": len(measured)}
+            "driver_thread_cpu_s": float(np.mean([c for _, c in measured])), "iterations_measured": len(rows)}
+
+
+def _measure_interleaved(algos: list, iterations: int) -> list[dict]:
+    """``iterations`` of each algorithm, taken in turns (one iteration of each, then the next), so a load
+    that changes on a shared machine weighs on all of them alike."""
+    rows: list[list] = [[] for _ in algos]
+    for _ in range(iterations):
+        for k, algo in enumerate(algos):
+            rows[k].append(_train_row(algo))
+    return [_summary(r) for r in rows]
 
 
 def _micro_breakdown(cfg, module, batch: int, steps: int = 40) -> dict:
-    """Per-env-step cost of the sampling pieces at the runner's batch (``batch`` envs), one thread."""
+    """Per-env-step thread CPU time (ms) of the sampling pieces at the runner's batch (``batch`` envs).
+
+    The envs are stepped through their full ``step`` (as the runner does); the world step, the window
+    push and the observation are timed inside it (wrapped), ``env_other`` is the rest of ``step`` (action
+    checks, the Fisher cost, the PCRB bookkeeping, infos). The module pieces are timed on the same
+    observations: ``encoder`` (frozen DGNN), ``ar_sampling`` (pair embeddings + the auto-regressive
+    decoder the module uses at this batch), ``module_forward`` (the whole ``forward_exploration``,
+    RLlib's wrapper included). Thread CPU time, so a busy shared machine's waits are not counted.
+    """
     import torch
     from ray.rllib.core.columns import Columns
 
     from rl_isac.rllib.env import ISACMultiAgentEnv
     from rl_isac.tracking.window import stack_observations
 
+    acc = {"env_step": 0.0, "env_world": 0.0, "window_push_ekf": 0.0, "observation": 0.0}
+
+    def timed(fn, key):
+        def wrapper(*args, **kwargs):
+            t0 = time.thread_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                acc[key] += time.thread_time() - t0
+        return wrapper
+
     envs = [ISACMultiAgentEnv({"targets": cfg.num_targets, "blocks": steps + 5, "fidelity": "surrogate"})
             for _ in range(batch)]
     obs = [e.reset(seed=100 + k)[0]["cu_0"] for k, e in enumerate(envs)]
-    t_env = t_push = t_obs = t_enc = t_dec = 0.0
-    for _ in range(steps):
-        ob = {k: torch.as_tensor(v) for k, v in stack_observations(obs).items()}
-        with torch.inference_mode():
-            t0 = time.perf_counter()
-            enc = module.encode(ob)
-            t1 = time.perf_counter()
-            E, g = module.pair_embeddings(ob, enc)
-            pairs, _, _ = module.decode_auto(E, g, ob, explore=True)
-            t2 = time.perf_counter()
-        t_enc += t1 - t0
-        t_dec += t2 - t1
-        out = module.forward_exploration({Columns.OBS: ob})[Columns.ACTIONS]
-        obs = []
-        for k, e in enumerate(envs):
-            a = {key: v[k].numpy() for key, v in out.items()}
-            assoc, beams, est = e.check_action(a)
-            t0 = time.perf_counter()
-            meas = e.world.step(assoc, beams, predicted_positions_m=e.window.anchor_next_m)
-            t1 = time.perf_counter()
-            e.window.push(meas)
-            t2 = time.perf_counter()
-            e._q += 1
-            obs.append(e._observation())
-            t3 = time.perf_counter()
-            t_env += t1 - t0
-            t_push += t2 - t1
-            t_obs += t3 - t2
+    for e in envs:  # instance attributes shadow the methods: the env's own step calls the wrapped ones
+        e.world.step = timed(e.world.step, "env_world")
+        e.window.push = timed(e.window.push, "window_push_ekf")
+        e._observation = timed(e._observation, "observation")
+    t_enc = t_dec = t_fwd = 0.0
+    was_training = module.training
+    module.train()  # as on a runner: RLlib flips eval()/train() around each exploration pass
+    try:
+        for _ in range(steps):
+            ob = {k: torch.as_tensor(v) for k, v in stack_observations(obs).items()}
+            with torch.inference_mode():
+                t0 = time.thread_time()
+                enc = module.encode(ob)
+                t1 = time.thread_time()
+                E, g = module.pair_embeddings(ob, enc)
+                module.decode_auto(E, g, ob, explore=True)
+                t2 = time.thread_time()
+            t_enc += t1 - t0
+            t_dec += t2 - t1
+            t0 = time.thread_time()
+            out = module.forward_exploration({Columns.OBS: ob}, t=0)[Columns.ACTIONS]
+            t_fwd += time.thread_time() - t0
+            obs = []
+            for k, e in enumerate(envs):
+                a = {key: v[k].numpy() for key, v in out.items()}
+                t0 = time.thread_time()
+                o, *_ = e.step({"cu_0": a})
+                acc["env_step"] += time.thread_time() - t0
+                obs.append(o["cu_0"])
+    finally:
+        module.train(was_training)
     n = steps * batch
-    return {"env_step": 1e3 * t_env / n, "window_push_ekf": 1e3 * t_push / n, "observation": 1e3 * t_obs / n,
-            "encoder": 1e3 * t_enc / n, "ar_sampling": 1e3 * t_dec / n}
+    res = {k: 1e3 * v / n for k, v in acc.items()}
+    res["env_other"] = res["env_step"] - res["env_world"] - res["window_push_ekf"] - res["observation"]
+    res.update(encoder=1e3 * t_enc / n, ar_sampling=1e3 * t_dec / n, module_forward=1e3 * t_fwd / n)
+    return res
 
 
 def _sampled_env_steps(runner, num_timesteps: int) -> int:
@@ -146,19 +187,11 @@ def ppo_bench(targets: int = 8, iterations: int = 3, quick: bool = False, echo=p
     out: dict = {"settings": {"targets": targets, "iterations": iterations, "train": t.to_dict(),
                               "pretrained": str(ckpt)}}
     started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=t.cores, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    if started:  # both algorithms live at once (each asks for t.cores CPUs) but never run at the same time
+        ray.init(num_cpus=2 * t.cores, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         algo = build_ppo_config(t, env_config_for(t, targets, seed=0), load_configs(ckpt)["dgnn"].to_dict(),
                                 str(ckpt / "model.pt"), seed=0).build_algo()
-        try:
-            ours = _measure(algo, iterations)
-            module_dir = Path(tempfile.mkdtemp(prefix="ppo-bench-"))
-            learner_module = algo.learner_group._learner.module[MODULE_ID]
-            learner_module.save_to_path(str(module_dir))
-        finally:
-            algo.stop()
-        echo(f"ppo I={targets}: {ours['env_steps_per_s']:.0f} env steps/s ({ours['timers_s']})")
         floor_cfg = (PPOConfig().environment("CartPole-v1")
                      .env_runners(num_env_runners=t.num_env_runners, num_envs_per_env_runner=t.num_envs_per_env_runner,
                                   num_cpus_per_env_runner=t.cpus_per_env_runner, batch_mode="complete_episodes",
@@ -169,10 +202,18 @@ def ppo_bench(targets: int = 8, iterations: int = 3, quick: bool = False, echo=p
                      .debugging(seed=0))
         floor_algo = floor_cfg.build_algo()
         try:
-            floor = _measure(floor_algo, iterations)
+            ours, floor = _measure_interleaved([algo, floor_algo], iterations)
+            module_dir = Path(tempfile.mkdtemp(prefix="ppo-bench-"))
+            learner_module = algo.learner_group._learner.module[MODULE_ID]
+            learner_module.save_to_path(str(module_dir))
         finally:
+            algo.stop()
             floor_algo.stop()
+        echo(f"ppo I={targets}: {ours['env_steps_per_s']:.0f} env steps/s ({ours['timers_s']})")
         echo(f"rllib floor (CartPole-v1, same layout and PPO settings): {floor['env_steps_per_s']:.0f} env steps/s")
+        layouts = ((1, 2), (2, 1)) if quick else ((1, 8), (2, 4), (2, 8))
+        out["sampling_env_steps_per_s"] = sampling_throughput(t, targets, ckpt, layouts=layouts,
+                                                              steps=40 if quick else 2000, echo=echo)
     finally:
         if started:
             ray.shutdown()
@@ -224,10 +265,12 @@ def _decision_figures(out: dict, ours: dict, module_dir: Path, targets: int, t, 
     micro = _micro_breakdown(cfg, module, t.num_envs_per_env_runner, steps=10 if quick else 40)
     trained = ours["env_steps"] / ours["iterations_measured"]
     micro["learner"] = 1e3 * ours["timers_s"]["learner_update_timer"] / trained
+    micro["learner_driver_cpu"] = 1e3 * ours["driver_thread_cpu_s"] / trained
     micro["sampling_total"] = 1e3 * ours["timers_s"]["env_runner_sampling_timer"] / trained
     out["ppo_breakdown_ms_per_env_step"] = micro
     echo("ppo time per env step (ms): " + ", ".join(f"{k} {v:.2f}" for k, v in micro.items()))
     single = _micro_breakdown(cfg, module, 1, steps=10 if quick else 60)
-    out["ppo_decision_breakdown_ms"] = {k: v for k, v in single.items() if k != "env_step"}
+    out["ppo_decision_breakdown_ms"] = {k: single[k] for k in ("window_push_ekf", "observation", "encoder",
+                                                                "ar_sampling", "module_forward")}
     echo("dgnn-ppo decision pieces at batch 1 (ms): " + ", ".join(f"{k} {v:.2f}" for k, v in
                                                               out["ppo_decision_breakdown_ms"].items()))

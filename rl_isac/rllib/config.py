@@ -263,9 +263,9 @@ def build_ppo_config(train_cfg: PPOTrainConfig, env_config: dict, dgnn_cfg_dict:
         .env_runners(num_env_runners=t.num_env_runners, num_envs_per_env_runner=t.num_envs_per_env_runner,
                      num_cpus_per_env_runner=t.cpus_per_env_runner, batch_mode="complete_episodes",
                      rollout_fragment_length="auto")
-        .learners(num_learners=0, num_cpus_per_learner=1)
+        .learners(num_learners=0, num_cpus_per_learner=1, learner_class=ISACPPOTorchLearner)
         .resources(num_cpus_for_main_process=1)
-        .training(learner_class=ISACPPOTorchLearner, lr=t.lr, gamma=t.gamma, lambda_=t.lambda_, clip_param=t.clip_param,
+        .training(lr=t.lr, gamma=t.gamma, lambda_=t.lambda_, clip_param=t.clip_param,
                   entropy_coeff=t.entropy_coeff, vf_loss_coeff=t.vf_loss_coeff, vf_clip_param=t.vf_clip_param,
                   kl_coeff=t.kl_coeff, kl_target=t.kl_target, grad_clip=t.grad_clip, grad_clip_by="norm",
                   train_batch_size_per_learner=t.train_batch_size, minibatch_size=t.minibatch_size,

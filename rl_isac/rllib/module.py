@@ -63,6 +63,9 @@ ENC_Z = "enc_z"
 """Extra model output: the frozen encoder's target embeddings ``(B, I * D)``."""
 ENC_U = "enc_u"
 """Extra model output: the encoder's ``u_tilde_{q+1}`` ``(B, I * 2)`` metres."""
+TF_CTX_IN, TF_GAIN, TF_MASK = "tf_ctx_in", "tf_gain", "tf_mask"
+"""Train-batch columns of :meth:`ISACPPOModule.teacher_forcing_inputs` (added by the learner's connector)."""
+TF_KEYS = (TF_CTX_IN, TF_GAIN, TF_MASK)
 ACTOR_CRITIC_OBS_KEYS = ("scales_m", "bs_positions", "prior_cov", "anchor_log_std", "anchor_age", "pair_info",
                          "pair_fim", "prior_fim", "block")
 """Observation keys the actor and the critic read (besides the encodings)."""
@@ -283,45 +286,62 @@ class ISACPPOModule(TorchRLModule, ValueFunctionAPI):
         mask = valid_action_mask(remaining, covered, chosen, stopped)
         return torch.where(mask, logits, MASKED_LOGIT)
 
-    def train_logits(self, obs: dict[str, torch.Tensor], enc: dict[str, torch.Tensor], pairs: torch.Tensor
-                     ) -> torch.Tensor:
+    def teacher_forcing_inputs(self, obs: dict[str, torch.Tensor], pairs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What the teacher-forced pass needs from the stored steps that no parameter changes (no gradient).
+
+        Returns :data:`TF_CTX_IN` ``(B, J, M + I + 1)`` (the context input ``[v^(j) / N_RF, covered^(j), j / J]``),
+        :data:`TF_GAIN` ``(B, J, P)`` (:func:`gain_feature` of every pair given the steps before ``j``) and
+        :data:`TF_MASK` ``(B, J, P + 1)`` bool (the exact mask of every step). The same for every epoch and
+        minibatch of an iteration, so the learner computes them once per train batch
+        (:class:`rl_isac.rllib.learner.DropEncoderInputs`) and :meth:`train_logits` reads them from there.
+        """
+        with torch.no_grad():
+            remaining, covered, chosen, stopped = states_from_actions(pairs.long(), self.num_bs, self.num_targets,
+                                                                      self.num_rf)
+            B, J = pairs.shape
+            rem = remaining.float() / self.num_rf
+            step_f = (torch.arange(J, device=pairs.device).float() / self.num_steps).expand(B, J)[..., None]
+            pair_fim = obs["pair_fim"].float()
+            acc = torch.einsum("bjmi,bmic->bjic", chosen.float(), pair_fim)                # (B, J, I, 3)
+            gain = gain_feature(obs["prior_fim"].float()[:, None, self.pair_target] + acc[:, :, self.pair_target],
+                                pair_fim.reshape(B, 1, self.num_pairs, 3))                 # (B, J, P)
+            return {TF_CTX_IN: torch.cat([rem, covered.float(), step_f], dim=-1), TF_GAIN: gain,
+                    TF_MASK: valid_action_mask(remaining, covered, chosen, stopped)}
+
+    def train_logits(self, obs: dict[str, torch.Tensor], enc: dict[str, torch.Tensor], pairs: torch.Tensor,
+                     tf: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """The teacher-forced logits of :meth:`step_logits` for the stored ``pairs (B, J)``, computed cheaper.
 
         The same function, regrouped (float rounding apart; a test checks they agree): the bilinear term
         ``E_k . c_j`` with ``E_k = W_E h_k + b_E`` is ``h_k . (W_E^T c_j) + b_E . c_j``, so the ``(B, P, H) x (H, H)``
         product of ``E`` is replaced by a ``(B, J, H) x (H, H)`` one (``J = 12 < P = 48``); the pair heads
         of ``E`` fold into one ``H -> 4`` layer of ``h``; the STOP MLP's first layer on ``[g, c_j]`` runs its ``g``
-        half once per sample instead of once per step. Returns ``(B, J, P + 1)``, invalid entries ``MASKED_LOGIT``.
+        half once per sample instead of once per step; the parameter-free parts (context inputs, marginal
+        gains, mask) come from ``tf`` (:meth:`teacher_forcing_inputs`; computed here when ``None``).
+        Returns ``(B, J, P + 1)``, invalid entries ``MASKED_LOGIT``.
         """
+        if tf is None:
+            tf = self.teacher_forcing_inputs(obs, pairs)
         h, g = self._pair_features(obs, enc)
         B = h.shape[0]
-        P, H, I = self.num_pairs, self.hidden, self.num_targets
+        M, P, H = self.num_bs, self.num_pairs, self.hidden
         h = h.reshape(B, P, H)
-        remaining, covered, chosen, stopped = states_from_actions(pairs, self.num_bs, I, self.num_rf)
-        J = pairs.shape[1]
-        rem = remaining.float() / self.num_rf
-        step_f = (torch.arange(J, device=h.device).float() / self.num_steps).expand(B, J)[..., None]
-        cov_f = covered.float()
-        ctx = self.ctx_lin(torch.cat([rem, cov_f, step_f], dim=-1))                        # (B, J, H)
+        ctx_in = tf[TF_CTX_IN]
+        ctx = self.ctx_lin(ctx_in)                                                         # (B, J, H)
         We, be = self.pair_hidden.weight, self.pair_hidden.bias                            # E = h W_E^T + b_E
         Wh, bh = self.pair_heads.weight, self.pair_heads.bias
         heads = torch.addmm(torch.addmv(bh, Wh, be), h.reshape(B * P, H), (Wh @ We).t()).reshape(B, P, 4)
         ctx_e = ctx @ We                                                                   # (B, J, H): W_E^T c_j
         bilinear = torch.baddbmm((ctx @ be)[..., None], ctx_e, h.transpose(1, 2))          # (B, J, P)
-        pair_fim = obs["pair_fim"].float()
-        fim = pair_fim.reshape(B, P, 3)
-        acc = torch.einsum("bjmi,bmic->bjic", chosen.float(), pair_fim)                    # (B, J, I, 3)
-        gain = gain_feature(obs["prior_fim"].float()[:, None, self.pair_target] + acc[:, :, self.pair_target],
-                            fim[:, None])                                                  # (B, J, P)
-        pair_logits = (bilinear + heads[:, None, :, 0] * cov_f[..., self.pair_target]
-                       + heads[:, None, :, 1] * rem[..., self.pair_bs] + heads[:, None, :, 2] * gain
-                       + heads[:, None, :, 3])
+        rem_p = ctx_in[..., :M][..., self.pair_bs]                                         # (B, J, P) chains / N_RF
+        cov_p = ctx_in[..., M:M + self.num_targets][..., self.pair_target]                 # (B, J, P) covered
+        pair_logits = (bilinear + heads[:, None, :, 0] * cov_p + heads[:, None, :, 1] * rem_p
+                       + heads[:, None, :, 2] * tf[TF_GAIN] + heads[:, None, :, 3])
         s1, s2 = self.stop_mlp[0], self.stop_mlp[2]
         stop_g = torch.addmm(s1.bias, g, s1.weight[:, :H].t())                              # (B, H)
         stop_logit = s2(torch.nn.functional.gelu(stop_g[:, None] + ctx @ s1.weight[:, H:].t()))  # (B, J, 1)
         logits = torch.cat([pair_logits, stop_logit], dim=-1)
-        mask = valid_action_mask(remaining, covered, chosen, stopped)
-        return torch.where(mask, logits, MASKED_LOGIT)
+        return torch.where(tf[TF_MASK], logits, MASKED_LOGIT)
 
     def decode(self, E: torch.Tensor, g: torch.Tensor, obs: dict[str, torch.Tensor], explore: bool,
                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -495,7 +515,8 @@ class ISACPPOModule(TorchRLModule, ValueFunctionAPI):
         actions = batch[Columns.ACTIONS]
         device = enc["z"].device
         pairs = torch.as_tensor(actions["pairs"], device=device).long()
-        logits = self.train_logits(obs, enc, pairs)                                              # (B, J, P + 1)
+        tf = {k: batch[k] for k in TF_KEYS} if all(k in batch for k in TF_KEYS) else None
+        logits = self.train_logits(obs, enc, pairs, tf)                                          # (B, J, P + 1)
         B = logits.shape[0]
         beams = torch.as_tensor(actions["beams"], device=device).reshape(B, -1)
         estimate = torch.as_tensor(actions["estimate"], device=device).reshape(B, -1)

@@ -103,15 +103,29 @@ def test_learner_batch_without_encoder_inputs_gives_the_same_training_pass(env4,
 
     ob, acts, cat = rollout(env4, module4, 8, seed=4)
     full = {Columns.OBS: ob, Columns.ACTIONS: acts, ENC_Z: cat[ENC_Z], ENC_U: cat[ENC_U]}
-    batch = DropEncoderInputs()(rl_module=None, batch={"cu_policy": dict(full), "other": {Columns.OBS: dict(ob)}},
+    from ray.rllib.core.rl_module.multi_rl_module import MultiRLModule
+
+    multi = MultiRLModule(rl_module_specs={})
+    multi.add_module("cu_policy", module4)
+    batch = DropEncoderInputs()(rl_module=multi, batch={"cu_policy": dict(full), "other": {Columns.OBS: dict(ob)}},
                                 episodes=[])
     light = batch["cu_policy"]
     assert "features" in ENCODER_ONLY_OBS_KEYS and not set(ENCODER_ONLY_OBS_KEYS) & set(light[Columns.OBS])
     assert set(batch["other"][Columns.OBS]) == set(ob)  # no cached encodings: nothing dropped
+    from rl_isac.rllib.module import TF_KEYS
+
+    assert set(TF_KEYS) <= set(light) and not set(TF_KEYS) & set(full)  # the teacher-forcing inputs were added
     with torch.no_grad():
         a, b = module4.forward_train(full), module4.forward_train(light)
         torch.testing.assert_close(b[Columns.ACTION_DIST_INPUTS], a[Columns.ACTION_DIST_INPUTS], atol=0, rtol=0)
         torch.testing.assert_close(module4.compute_values(light), module4.compute_values(full), atol=0, rtol=0)
+        # a minibatch of the batch (rows sliced, as RLlib's iterator does) reads its rows of the columns
+        rows = torch.tensor([5, 0, 3])
+        sub = {Columns.OBS: {k: v[rows] for k, v in light[Columns.OBS].items()},
+               Columns.ACTIONS: {k: v[rows] for k, v in acts.items()}, ENC_Z: cat[ENC_Z][rows], ENC_U: cat[ENC_U][rows],
+               **{k: light[k][rows] for k in TF_KEYS}}
+        torch.testing.assert_close(module4.forward_train(sub)[Columns.ACTION_DIST_INPUTS],
+                                   a[Columns.ACTION_DIST_INPUTS][rows], atol=1e-5, rtol=1e-5)
 
 
 def test_actions_are_feasible_and_outputs_deterministic(env4, module4):
