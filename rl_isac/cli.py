@@ -269,7 +269,8 @@ def _cmd_evaluate(args) -> int:
 
         cfg = ScenarioConfig.preset(args.preset, num_targets=args.targets, fidelity=args.fidelity,
                                     num_blocks=args.blocks)
-        controller = make_controller(f"clustered-{args.method}", cfg, clusters=args.clusters)
+        controller = make_controller(f"clustered-{args.method}", cfg, checkpoint=args.checkpoint,
+                                     clusters=args.clusters)
     result = evaluate(args.method, targets=args.targets, episodes=args.episodes, blocks=args.blocks,
                       seed=args.seed, fidelity=args.fidelity, checkpoint=args.checkpoint, preset=args.preset,
                       controller=controller)

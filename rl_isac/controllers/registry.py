@@ -13,7 +13,8 @@ Classical methods (this module):
 =================  ===================================================================
 
 ``clustered-<m>`` (``m`` one of the ``ekf-*`` above; factory argument ``clusters``, default 2): the same
-composition as one sub-CU per CU cluster with handover (:mod:`rl_isac.controllers.clustered`).
+composition as one sub-CU per CU cluster with handover (:mod:`rl_isac.controllers.clustered`);
+``clustered-dgnn-ppo``: a policy trained with ``rl-isac train --clusters C`` (:mod:`rl_isac.rllib.cluster_controller`).
 
 Learned methods register themselves with :func:`register` (they need ``checkpoint``);
 ``dgnn-ppo`` (the trained PPO module, :mod:`rl_isac.rllib.controller`) is registered here with a
@@ -87,6 +88,17 @@ def _clustered(method: str) -> Factory:
 
 for _method in ("ekf-nearest", "ekf-greedy", "ekf-convex", "ekf-convex-ls", "ekf-milp", "ekf-exhaustive"):
     register(f"clustered-{_method}", _clustered(_method))
+
+
+def _clustered_dgnn_ppo(cfg: ScenarioConfig, checkpoint: str | None = None, **kwargs) -> Controller:
+    """A ``rl-isac train --clusters C`` policy: one shared module over every cluster
+    (:mod:`rl_isac.rllib.cluster_controller`)."""
+    from rl_isac.rllib.cluster_controller import make_clustered_ppo_controller
+
+    return make_clustered_ppo_controller(cfg, checkpoint=checkpoint, **kwargs)
+
+
+register("clustered-dgnn-ppo", _clustered_dgnn_ppo)
 
 
 def _load_learned() -> None:

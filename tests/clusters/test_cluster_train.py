@@ -66,6 +66,20 @@ def test_train_large_with_two_clusters_one_shared_module(dgnn_i4, tmp_path):
     assert module.observation_space["features"].shape == obs_space["features"].shape == (8, 6, 12, 12)
     assert "target_valid" in module.observation_space.spaces
     assert any(line.startswith("it   1") for line in lines)
+    # the trained policy in the harness, one shared module over both clusters (the cluster count from the run)
+    from rl_isac.cli import main
+
+    res = tmp_path / "eval.json"
+    assert main(["evaluate", "--preset", "large", "--targets", "24", "--clusters", "2", "--method", "dgnn-ppo",
+                 "--checkpoint", str(out), "--episodes", "1", "--blocks", "3", "--fidelity", "surrogate",
+                 "--json", str(res)]) == 0
+    r = json.loads(res.read_text())
+    assert r["method"] == "dgnn-ppo/C2" and r["violations"] == 0 and r["clusters"] == 2
+    from rl_isac.controllers import make_controller
+    from rl_isac.scenario import ScenarioConfig
+
+    with pytest.raises(ConfigError, match="trained with 2 clusters"):
+        make_controller("clustered-dgnn-ppo", ScenarioConfig.large(), checkpoint=str(out), clusters=4)
 
 
 def test_cli_train_clusters_default_targets_and_errors(dgnn_i4, tmp_path, capsys):

@@ -129,3 +129,27 @@ def test_cluster_env_config_errors():
         ISACMultiAgentEnv({"preset": "large", "targets": 24, "clusters": 5})
     with pytest.raises(ConfigError, match="cluster_hysteresis_m"):
         ISACMultiAgentEnv({"preset": "large", "clusters": 2, "cluster_hysteresis_m": -2.0})
+
+
+def test_clustered_ppo_cu_runs_the_shared_module_per_cluster_in_the_harness(dgnn_i4):
+    import torch
+
+    from rl_isac.evaluation.harness import evaluate
+    from rl_isac.rllib.cluster_controller import ClusteredPPOController
+    from rl_isac.rllib.module import ISACPPOModule
+    from rl_isac.scenario import ScenarioConfig
+    from rl_isac.training.pretrain import load_configs
+
+    obs_space, act_space = agent_spaces(LARGE2)
+    torch.manual_seed(0)
+    module = ISACPPOModule(observation_space=obs_space, action_space=act_space,
+                           model_config={"dgnn": load_configs(dgnn_i4)["dgnn"].to_dict(),
+                                         "dgnn_weights": str(dgnn_i4 / "model.pt"), "hidden": 16,
+                                         "critic_hidden": 16})
+    cfg = ScenarioConfig.large(fidelity="surrogate", num_blocks=4)
+    cu = ClusteredPPOController(cfg, module, 2)
+    r = evaluate("dgnn-ppo", cfg=cfg, episodes=1, blocks=4, progress=False, controller=cu)
+    assert r["method"] == "dgnn-ppo/C2" and r["violations"] == 0 and np.isfinite(r["rmse_m"])
+    # the module was built for 2 clusters of 6 BSs and 12 slots: not for 4 clusters of 3
+    with pytest.raises(ConfigError, match="another cluster size"):
+        ClusteredPPOController(cfg, module, 4)
