@@ -67,7 +67,7 @@ from rl_isac.tracking.motion import (
 )
 
 CHI2_GATE = 13.815510557964274  # 99.9 % point of chi-square(2), the gate of the identity logic without a gate
-IDENTITY_MAX_WAIT_BLOCKS = 8
+IDENTITY_MAX_WAIT_BLOCKS = 10
 """Blocks apart after which an undecided encounter is closed with the filter's own pairing (a swap needs a
 margin of ``DECISIVE_COST``: the assignment's labelling is evidence too)."""
 SEEN_MISS_WEIGHT = 0.34
