@@ -65,7 +65,11 @@ feasible. After the block is measured, ownership for the next block follows the 
 with its EKF track (state, covariance, miss counter: :class:`rl_isac.clusters.ClusteredEKF`); it keeps its
 slot while its cluster keeps it. Each agent's reward is eq. (5a) (or the Fisher reward) over its own
 targets; its infos count its own targets and pairs, plus ``handovers`` (targets it received) and
-``owned``. The clusters decide simultaneously: every step needs an action of every agent.
+``owned``. The clusters decide simultaneously: every step needs an action of every agent. The CU side
+(clustered EKF, window, observations; the clusters also exchange predicted tracks to drop each other's
+echoes, :mod:`rl_isac.clusters`) is :class:`ClusterObserver`, which the clustered PPO CU of the harness
+(:mod:`rl_isac.rllib.cluster_controller`) runs too. The PPO module does not read ``target_valid`` yet, so
+``rl-isac train --clusters`` requires full load (no empty slot, :mod:`rl_isac.training.ppo`).
 
 Seeding: ``reset(seed=s)`` restarts the env's episode counter at base seed ``s``; episode ``e``
 then uses world seed ``rl_isac.seeds.training_world_seed(s, split, e)`` (always below the
