@@ -333,8 +333,10 @@ class ISACPPOModule(TorchRLModule, ValueFunctionAPI):
         heads = torch.addmm(torch.addmv(bh, Wh, be), h.reshape(B * P, H), (Wh @ We).t()).reshape(B, P, 4)
         ctx_e = ctx @ We                                                                   # (B, J, H): W_E^T c_j
         bilinear = torch.baddbmm((ctx @ be)[..., None], ctx_e, h.transpose(1, 2))          # (B, J, P)
-        rem_p = ctx_in[..., :M][..., self.pair_bs]                                         # (B, J, P) chains / N_RF
-        cov_p = ctx_in[..., M:M + self.num_targets][..., self.pair_target]                 # (B, J, P) covered
+        I, J = self.num_targets, ctx_in.shape[1]
+        # per pair k = bs * I + target: its BS's chains left / N_RF and its target's coverage (broadcast copies)
+        rem_p = ctx_in[..., :M, None].expand(B, J, M, I).reshape(B, J, P)
+        cov_p = ctx_in[..., None, M:M + I].expand(B, J, M, I).reshape(B, J, P)
         pair_logits = (bilinear + heads[:, None, :, 0] * cov_p + heads[:, None, :, 1] * rem_p
                        + heads[:, None, :, 2] * tf[TF_GAIN] + heads[:, None, :, 3])
         s1, s2 = self.stop_mlp[0], self.stop_mlp[2]
