@@ -39,18 +39,19 @@ class ClusteredPPOController(Controller):
     Args:
         cfg: the whole network's scenario.
         module: a trained :class:`~rl_isac.rllib.module.ISACPPOModule` with a cluster's spaces.
-        clusters, capacity, hysteresis_m: the layout (as the training env's ``clusters``, ``cluster_capacity``,
-            ``cluster_hysteresis_m``).
+        clusters, capacity, hysteresis_m, area: the layout (as the training env's ``clusters``,
+            ``cluster_capacity``, ``cluster_hysteresis_m``, ``cluster_area``).
         widen: the re-acquisition sweep on uncertain or searching targets (default on).
     """
 
     def __init__(self, cfg: ScenarioConfig, module, clusters: int, capacity: int | None = None,
-                 hysteresis_m: float | None = None, widen: bool = True) -> None:
+                 hysteresis_m: float | None = None, area: str | None = None, widen: bool = True) -> None:
         from rl_isac.rllib.env import ENV_DEFAULTS, ClusterObserver
 
         torch.set_num_threads(1)
         h = ENV_DEFAULTS["cluster_hysteresis_m"] if hysteresis_m is None else hysteresis_m
-        self.layout = split_clusters(cfg, clusters, capacity=capacity, hysteresis_m=h)
+        self.layout = split_clusters(cfg, clusters, capacity=capacity, hysteresis_m=h,
+                                     area=ENV_DEFAULTS["cluster_area"] if area is None else area)
         sub = self.layout.sub_scenario(cfg, 0)
         if (module.num_bs, module.num_targets, module.num_rf) != (sub.num_bs, sub.num_targets, sub.num_rf):
             raise ConfigError("checkpoint", f"M={module.num_bs}, I={module.num_targets}, N_RF={module.num_rf}",
@@ -118,7 +119,8 @@ def make_clustered_ppo_controller(cfg: ScenarioConfig, checkpoint: str | None = 
     elif trained is not None and trained != clusters:
         raise ConfigError("--clusters", clusters, f"the checkpoint {checkpoint} was trained with {trained} clusters")
     return ClusteredPPOController(cfg, module, clusters, capacity=env_config.get("cluster_capacity"),
-                                  hysteresis_m=env_config.get("cluster_hysteresis_m"), **kwargs)
+                                  hysteresis_m=env_config.get("cluster_hysteresis_m"),
+                                  area=env_config.get("cluster_area"), **kwargs)
 
 
 __all__ = ["ClusteredPPOController", "make_clustered_ppo_controller"]

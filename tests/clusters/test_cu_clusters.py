@@ -69,7 +69,7 @@ def test_split_refuses_a_layout_that_cannot_be_split_and_bad_capacities():
 
 # ---------------------------------------------------------------------------------------------- ownership
 def test_ownership_follows_the_predicted_x_with_hysteresis():
-    layout = split_clusters(large(num_targets=4), 2)
+    layout = split_clusters(large(num_targets=4), 2, area="strip")
     x = np.array([100.0, 302.0, 306.0, 298.0])
     assert assign_owners(layout, x).tolist() == [0, 1, 1, 0]  # start: the strip of the predicted x
     prev = np.array([0, 0, 0, 1])
@@ -86,7 +86,7 @@ def test_ownership_follows_the_predicted_x_with_hysteresis():
 
 def test_capacity_repair_keeps_every_cluster_within_its_slots_and_moves_the_nearest():
     cfg = large(num_targets=24)
-    layout = split_clusters(cfg, 4)
+    layout = split_clusters(cfg, 4, area="strip")
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.uniform(0, 150, 10), rng.uniform(150, 600, 14)])  # 10 targets in strip 0 (K = 6)
     owner = assign_owners(layout, x)
@@ -94,11 +94,32 @@ def test_capacity_repair_keeps_every_cluster_within_its_slots_and_moves_the_near
     in0 = np.flatnonzero(x < 150)
     kept = in0[owner[in0] == 0]
     assert x[kept].max() < x[in0[owner[in0] != 0]].min()  # the 4 moved out are the ones nearest the border
+    vor = split_clusters(cfg, 4)
     for seed in range(20):  # any positions, any previous owners: never over capacity, C K >= I
         r = np.random.default_rng(seed)
         prev = r.integers(0, 4, 24)
         o = assign_owners(layout, r.uniform(0, 600, 24), prev)
         assert np.bincount(o, minlength=4).max() <= 6
+        pos = np.stack([r.uniform(0, 600, 24), r.uniform(0, 100, 24)], axis=1)
+        assert np.bincount(assign_owners(vor, pos, prev), minlength=4).max() <= 6
+
+
+def test_voronoi_areas_follow_the_nearest_bs_with_hysteresis():
+    layout = split_clusters(large(num_targets=4), 4)  # cluster 0 = (0, 0), (0, 100), (120, 0); 1 = (120, 100), ...
+    assert layout.area == "voronoi"
+    pos = np.array([[100.0, 95.0], [100.0, 5.0], [300.0, 50.0], [590.0, 50.0]])
+    assert assign_owners(layout, pos).tolist() == [1, 0, 1, 3]  # near (120, 100) -> 1; near (120, 0) -> 0
+    # distance outside an area: how much farther the cluster's nearest BS is than the nearest of all
+    d = layout.distance_to_area(pos, 0)
+    assert d[1] == 0.0 and d[0] == pytest.approx(np.hypot(20, 95) - np.hypot(20, 5))
+    # hysteresis: cluster 1's nearest BS 2.3 m farther than cluster 2's keeps the owner, 5.5 m moves it
+    for x, owner in ((301.5, 1), (303.6, 2)):
+        p = np.array([[x, 50.0], [100.0, 5.0], [100.0, 5.0], [590.0, 50.0]])
+        excess = np.hypot(x - 240, 50) - np.hypot(360 - x, 50)
+        assert (excess <= 5.0) == (owner == 1)
+        assert assign_owners(layout, p, np.array([1, 0, 0, 3]))[0] == owner
+    with pytest.raises(ConfigError, match=r"\(4, 2\) array"):
+        assign_owners(layout, np.array([1.0, 2.0, 3.0, 4.0]))  # Voronoi areas need positions, not only x
 
 
 def test_slots_are_stable_while_a_cluster_keeps_its_targets():
