@@ -76,12 +76,12 @@ class ClusteredCU(Controller):
         clusters: ``C`` (must divide the BSs; :func:`~rl_isac.clusters.split_clusters`).
         solver: an association solver name (``"milp"``, ...) or ``None`` for the nearest-BS rule.
         name: reported method name.
-        capacity, hysteresis_m, area: of the layout (defaults: ``min(I, M_c N_RF)``, 5 m, Voronoi areas).
+        capacity, hysteresis_m, area: of the layout (defaults: ``min(I, M_c N_RF)``, 5 m, strips).
         solver_kwargs: for :func:`~rl_isac.association.make_solver` (default chain price as ``ekf-*``).
     """
 
     def __init__(self, cfg: ScenarioConfig, clusters: int = 2, solver: str | None = "milp", name: str | None = None,
-                 capacity: int | None = None, hysteresis_m: float = HYSTERESIS_M, area: str = "voronoi",
+                 capacity: int | None = None, hysteresis_m: float = HYSTERESIS_M, area: str = "strip",
                  **solver_kwargs) -> None:
         self.cfg = cfg
         self.layout = split_clusters(cfg, clusters, capacity=capacity, hysteresis_m=hysteresis_m, area=area)

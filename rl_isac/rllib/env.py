@@ -80,7 +80,7 @@ env_config keys (all optional): ``targets`` (4), ``preset`` ("paper"), ``fidelit
 ("surrogate"; "signal" for evaluation-like rollouts), ``blocks`` (100), ``seed`` (0),
 ``split`` (0 = training), ``reward_scale`` (1.0), ``reward`` ("mse"), ``reward_mix`` (0.5),
 ``reward_normalize`` (False), ``clusters`` (1), ``cluster_capacity`` (None = ``min(I, M_c N_RF)``),
-``cluster_hysteresis_m`` (5.0), ``cluster_area`` ("voronoi"; or "strip", :mod:`rl_isac.clusters`), ``scenario``
+``cluster_hysteresis_m`` (5.0), ``cluster_area`` ("strip"; or "voronoi", :mod:`rl_isac.clusters`), ``scenario``
 (a dict overriding scenario fields).
 
 Rewards (issue 9's levers; ``infos`` carry both terms whatever the choice):
@@ -130,7 +130,7 @@ from rl_isac.tracking.window import _AGE_CAP_BLOCKS, FEATURE_NAMES, MeasurementW
 ENV_DEFAULTS: dict[str, Any] = {"targets": 4, "preset": "paper", "fidelity": "surrogate", "blocks": 100, "seed": 0,
                                 "split": 0, "reward_scale": 1.0, "reward": "mse", "reward_mix": 0.5,
                                 "reward_normalize": False, "clusters": 1, "cluster_capacity": None,
-                                "cluster_hysteresis_m": HYSTERESIS_M, "cluster_area": "voronoi", "scenario": None}
+                                "cluster_hysteresis_m": HYSTERESIS_M, "cluster_area": "strip", "scenario": None}
 
 
 class RunningReturnStd:

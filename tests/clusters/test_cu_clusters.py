@@ -94,7 +94,7 @@ def test_capacity_repair_keeps_every_cluster_within_its_slots_and_moves_the_near
     in0 = np.flatnonzero(x < 150)
     kept = in0[owner[in0] == 0]
     assert x[kept].max() < x[in0[owner[in0] != 0]].min()  # the 4 moved out are the ones nearest the border
-    vor = split_clusters(cfg, 4)
+    vor = split_clusters(cfg, 4, area="voronoi")
     for seed in range(20):  # any positions, any previous owners: never over capacity, C K >= I
         r = np.random.default_rng(seed)
         prev = r.integers(0, 4, 24)
@@ -105,8 +105,8 @@ def test_capacity_repair_keeps_every_cluster_within_its_slots_and_moves_the_near
 
 
 def test_voronoi_areas_follow_the_nearest_bs_with_hysteresis():
-    layout = split_clusters(large(num_targets=4), 4)  # cluster 0 = (0, 0), (0, 100), (120, 0); 1 = (120, 100), ...
-    assert layout.area == "voronoi"
+    layout = split_clusters(large(num_targets=4), 4, area="voronoi")  # cluster 0 = (0, 0), (0, 100), (120, 0); ...
+    assert layout.area == "voronoi" and split_clusters(large(num_targets=4), 4).area == "strip"
     pos = np.array([[100.0, 95.0], [100.0, 5.0], [300.0, 50.0], [590.0, 50.0]])
     assert assign_owners(layout, pos).tolist() == [1, 0, 1, 3]  # near (120, 100) -> 1; near (120, 0) -> 0
     # distance outside an area: how much farther the cluster's nearest BS is than the nearest of all
