@@ -10,14 +10,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DGNN=${DGNN:-results/checkpoints}
 EPISODES=${EPISODES:-30}
-SEEDS=${SEEDS:-"0 1"}
+# Evaluation seed 0 comes from the full reproduce profile's cells (make reproduce: 50 episodes, the same
+# checkpoints) when results/full/cells holds them; SEEDS lists the seeds computed here (30 episodes each).
+SEEDS=${SEEDS:-"1"}; [ -d results/full/cells ] || SEEDS="0 $SEEDS"
+ORDER=${ORDER:-"8 6 4"}
 RL=".venv/bin/rl-isac"
 export OMP_NUM_THREADS=1
 [ -f results/ppo_ablation.json ] || $RL ppo-ablation --targets 4 --pretrained "$DGNN/dgnn-I4" --out runs/ppo_ablation \
     --json results/ppo_ablation.json --iterations 3 --train-batch 1000 --episodes 20 --blocks 100 --fidelity surrogate
 mkdir -p results/ppo_table_inputs
-CMP=(); PPO=()
-for I in 4 6 8; do
+CMP=(); PPO=(); CELLS=(); [ -d results/full/cells ] && CELLS=(--cells results/full/cells)
+for I in $ORDER; do
   CONFIG=ppo.yaml; [ $I = 4 ] || CONFIG=ppo-long-bc.yaml   # I = 6, 8: the longer warm start (see ppo-long-bc.yaml)
   [ -d results/checkpoints/ppo-I$I/checkpoint ] || $RL train --targets $I --pretrained "$DGNN/dgnn-I$I" \
       --out results/checkpoints/ppo-I$I --config "results/checkpoints/$CONFIG" --iterations 5
@@ -41,4 +44,5 @@ if [ "${GAP:-0}" = 1 ]; then
         results/checkpoints/ppo-I4 $F results/ppo_table_inputs/bc_I4_$F.json 20
   done
 fi
-.venv/bin/python -m rl_isac.training.ablation table results/ppo_table.json --compare "${CMP[@]}" --ppo "${PPO[@]}"
+.venv/bin/python -m rl_isac.training.ablation table results/ppo_table.json --compare "${CMP[@]}" --ppo "${PPO[@]}" \
+    "${CELLS[@]}"
