@@ -4,7 +4,10 @@
 # DGNN=dir holding dgnn-I{4,6,8} (default results/checkpoints: the committed closed-loop DGNN checkpoints; the
 # ablation's committed figures were made from the DGNN checkpoints of revision a5a3f12).
 # Recipes (rl_isac.evaluation.reproduce.SHIPPED_PPO_CONFIGS, the same the full reproduce profile trains with):
-# I = 4 ppo.yaml, I = 6 and 8 ppo-long-bc.yaml.
+# I = 4 ppo.yaml, I = 6 and 8 ppo-long-bc.yaml. The committed ppo-I{4,6,8} are copies of results/full/ppo-I{I}
+# (not in git; trained by `make reproduce`'s training stage with these recipes, seed 0, copied before any
+# evaluation), so the full table and this table evaluate the same policies; the `rl-isac train` line below
+# trains the same recipe.
 # Steps whose output exists are skipped (delete it to redo). One process at a time; OMP_NUM_THREADS=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
