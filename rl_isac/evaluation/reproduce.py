@@ -66,7 +66,10 @@ ALL_METHODS = ("dgnn-ppo", "ekf-convex", "dgnn-l2o", "dgnn-exhaustive", "ekf-gre
 
 FIRST_METHODS = ("dgnn-ppo", "dgnn-milp", "ekf-milp", "ekf-convex", "dgnn-l2o")
 """Evaluation order (not table order): these methods (the PPO issue's comparison) at every I first, then the
-others at every I, so that a run stopped by its time budget has the proposed method's comparison complete."""
+others at every I, the slow exhaustive search last, so that a run stopped by its time budget has the proposed
+method's comparison complete."""
+
+LAST_METHODS = ("dgnn-exhaustive",)
 
 DEFAULT_DGNN_CHECKPOINTS = "results/checkpoints/dgnn-I{I}"
 """The committed phase-1 checkpoints (DGNN + beam head + L2O head); ``{I}`` is the target count."""
@@ -524,10 +527,12 @@ class ReproduceResult:
 
 
 def evaluation_order(profile: Profile) -> list[tuple[int, str]]:
-    """``(I, method)`` in the order cells are evaluated: :data:`FIRST_METHODS` at every I, then the rest."""
+    """``(I, method)`` in the order cells are evaluated: :data:`FIRST_METHODS` at every I, then the rest,
+    :data:`LAST_METHODS` last."""
     first = [m for m in profile.methods if m in FIRST_METHODS]
-    rest = [m for m in profile.methods if m not in FIRST_METHODS]
-    return [(n, m) for group in (first, rest) for n in profile.targets for m in group]
+    last = [m for m in profile.methods if m in LAST_METHODS and m not in FIRST_METHODS]
+    rest = [m for m in profile.methods if m not in first and m not in last]
+    return [(n, m) for group in (first, rest, last) for n in profile.targets for m in group]
 
 
 def reproduce(profile: Profile | str, out: str | Path | None = None, resume: bool = True,

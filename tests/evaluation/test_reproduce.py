@@ -255,4 +255,5 @@ def test_evaluation_order_puts_the_ppo_comparison_first_at_every_size():
     assert len(order) == len(set(order)) == 3 * len(rep.ALL_METHODS)
     first = [(n, m) for n, m in order[:15]]
     assert {m for _, m in first} == set(rep.FIRST_METHODS) and [n for n, _ in first] == [4] * 5 + [6] * 5 + [8] * 5
-    assert {m for _, m in order[15:]} == {"dgnn-exhaustive", "ekf-greedy"}
+    assert order[15:] == [(4, "ekf-greedy"), (6, "ekf-greedy"), (8, "ekf-greedy"), (4, "dgnn-exhaustive"),
+                          (6, "dgnn-exhaustive"), (8, "dgnn-exhaustive")]
