@@ -7,20 +7,79 @@ decision latency, and where the time goes.
   is not counted.
 * ``rllib_floor_env_steps_per_s``: in the same run, RLlib's PPO on ``CartPole-v1`` with its default
   module and the same runner layout, resources, batch mode and PPO settings: the framework's own
-  cost on this machine. Only the ratio (``ppo_over_floor``) is comparable across machines.
+  cost on this machine. The two algorithms live side by side and their iterations are taken in
+  turns, so a load that changes on a shared machine weighs on both alike. Only the ratio
+  (``ppo_over_floor``) is comparable across runs and machines.
+* ``sampling_env_steps_per_s``: the env runners alone (no learning), per ``RxE`` layout (``R`` runners
+  of ``E`` envs), each sampling ``2000 / R`` env steps in parallel (:func:`sampling_throughput`).
 * ``ppo_decision_ms_p50/p99``: one block's decision of the ``dgnn-ppo`` CU in the harness (window
   push with its EKF anchor, observation, frozen encoder, greedy decoding; estimate + pairs +
   beams), I = 8, one core (the module of the benchmark's algorithm, saved and reloaded as
-  ``rl-isac evaluate`` does; latency does not depend on the weights).
-* ``ppo_breakdown_ms_per_env_step``: per env step, ``env_step`` (world step: motion + surrogate
-  measurements), ``window_push_ekf`` (the window's push with its EKF anchor update),
-  ``observation`` (window arrays + the pair FIMs and their features),
-  ``encoder`` and ``ar_sampling`` (the module at the runner's batch, divided by it),
-  ``learner`` (RLlib's learner-update timer per env step trained), ``sampling_total`` (RLlib's
-  sampling timer per env step: env + module + connectors + episode bookkeeping).
-* ``ppo_decision_cpu_ms_p50/p99``: the same decision in thread CPU time (on a shared machine the
-  wall time also counts the waits for a core).
-* ``ppo_decision_breakdown_ms``: the same pieces at batch 1 (one CU's decision).
+  ``rl-isac evaluate`` does; latency does not depend on the weights);
+  ``ppo_decision_cpu_ms_p50/p99`` the same in thread CPU time (the wall time also counts the waits
+  for a core of a shared machine).
+* ``ppo_breakdown_ms_per_env_step`` (thread CPU, the runner's 8 envs, :func:`_micro_breakdown`):
+  ``env_step`` (the env's whole ``step``) = ``env_world`` (motion + surrogate measurements) +
+  ``window_push_ekf`` (the window's push with its EKF anchor) + ``observation`` (window arrays, pair
+  FIMs and features) + ``env_other`` (action checks, the Fisher cost, the PCRB bookkeeping);
+  ``module_forward`` (RLlib's ``forward_exploration`` at batch 8, per env) of which ``encoder`` (the
+  frozen DGNN) and ``ar_sampling`` (pair embeddings + the auto-regressive decoder); ``learner``
+  (RLlib's learner-update wall timer per env step trained) and ``learner_driver_cpu`` (the driver
+  thread's CPU time per env step: the local learner); ``sampling_total`` (RLlib's sampling wall
+  timer per env step). ``ppo_decision_breakdown_ms``: the same pieces at batch 1.
+
+Where the time goes (I = 8, 1 runner x 8 envs, train batch 2,000, 10 epochs x minibatch 250; this
+shared 2-core machine at load 4-7, 2026-12-02). "Before" is the code at the start of the speed round
+(commit 9dd5a67) measured with this same benchmark code 10 minutes before "now"
+(``results/bench_ppo.json``). Thread CPU time is inflated by the load too (the unchanged env pieces
+read 2.1x higher in the later run), so compare the ratio and the within-run shares, not absolute
+numbers across the two runs. Per env step, ms:
+
+* ppo / floor env steps/s: before 96 / 2087 = **0.046**; now 98 / 1680 = **0.058** (a second run of
+  the new code: 108 / 2157 = 0.050).
+* learner timer per iteration (2,424 env steps): before 7.78 s, now 6.06 s (4.55 s in the second
+  run); sampling timer per iteration: 18.9 s, now 19.9 s (19.6 s). Learner / sampling wall: 0.41 -> 0.30
+  (0.23).
+* env step, thread CPU: before 2.86 = world 0.53 + window push/EKF 1.24 + observation 0.62 + other
+  0.47; now 6.10 = 1.03 + 2.78 + 1.15 + 1.14 (same code, the load's inflation).
+* module pass at batch 8 per env: before 0.94 (encoder 0.64, embeddings + decoder 0.25) = 0.33 of the
+  env step; now 1.59 (1.14, 0.47) = 0.26 of it (0.26 in the second run as well).
+* learner, driver thread CPU per env step: before 2.05, now 1.47 (1.54).
+* decision of one block, thread CPU p50 / p99: before 6.8 / 10.8 ms, now 11.5 / 13.7 ms (its pieces
+  read 2x higher in that run: push 2.9, observation 1.2, encoder 5.5, embeddings + decoder 3.0);
+  wall p50 / p99 11.7 / 23.0 -> 24.1 / 50.1 ms (waits for a core).
+
+The same process, old and new module taken in turns (00:21 UTC, thread CPU): a learner minibatch
+(forward + backward + Adam, 249 samples) 38.7 -> 31.8 ms; the exploration pass at batch 8
+8.5 -> 7.4 ms; greedy inference at batch 1 3.5 -> 3.7 ms (unchanged). What changed: ``train()``/
+``eval()`` flip a flat list of the actor/critic submodules (RLlib toggles them around every runner
+pass; the recursive walk was ~0.4 ms a pass); the teacher-forced pass is regrouped (no
+``(B, P, H) x (H, H)`` product, the STOP MLP's ``g`` half once per sample) and reads its
+parameter-free inputs (context inputs, marginal gains, masks), computed once per train batch by the
+learner connector :class:`~rl_isac.rllib.learner.DropEncoderInputs`, which also drops the
+encoder-only observation keys (the ``features`` window is ~99 % of the batch's bytes, shuffled and
+sliced 10 times an iteration) once the cached encodings are there.
+
+Sampling throughput (``sampling_env_steps_per_s``, the final run): 1x8 82, 2x4 82, 2x8 131, 1x16 131
+env steps/s; runs 10 minutes apart gave 1x8 180 / 109, 2x4 93 / 74, 2x8 133 / 89: on this loaded
+2-core machine a second runner buys nothing reliable (it only helps when a core is idle), so the
+default stays 1 runner x 8 envs.
+
+What the rest needs. The floor costs ~0.5-0.6 ms per env step all in; ``ppo_over_floor >= 0.5``
+means ~1.1 ms per env step for env + module + learner, while the env step alone is ~2.9 ms of CPU
+(the before run). By share (now): the window push with its EKF ~45 % of the env step (request with
+profile in ``coord/REQUEST_TRACKS.md``: cache the anchor-independent block features, closed-form 2x2
+solves, no re-validation), the observation ~19 % (a third of it the window's ``as_arrays``, a third
+the pair Fisher information), ``env_other`` ~19 % (the PCRB's second Fisher computation on all
+48 pairs where the chosen <= 12 suffice; ``coord/REQUEST_CLUSTERS.md``), the world ~17 %. Beyond those
+fixes: a vectorised env path (``VectorCellFreeNetwork`` for a runner's envs plus a batched window /
+EKF / observation, which needs a hook in ``env.py``), a leaner DGNN inference path (the encoder is
+~70 % of the module pass), and free cores for parallel runners. The learner is now ~32 ms per
+minibatch of 249, bound by the pair MLP's ``(B, M, I, H)`` activations (GELU forward/backward and
+their products); fewer PPO epochs would cut it but also cut the floor's, and the recipe is issue 9's.
+The decision's p99 <= 5 ms is out of reach while the push (1.4-2.9 ms) plus the DGNN at batch 1
+(2.7-5.5 ms) exceed it; the decoder (1.2-1.5 ms at batch 1: 12 steps of ~95 small numpy ops) would
+need a compiled kernel to go below ~0.3 ms.
 """
 
 from __future__ import annotations
@@ -211,7 +270,7 @@ def ppo_bench(targets: int = 8, iterations: int = 3, quick: bool = False, echo=p
             floor_algo.stop()
         echo(f"ppo I={targets}: {ours['env_steps_per_s']:.0f} env steps/s ({ours['timers_s']})")
         echo(f"rllib floor (CartPole-v1, same layout and PPO settings): {floor['env_steps_per_s']:.0f} env steps/s")
-        layouts = ((1, 2), (2, 1)) if quick else ((1, 8), (2, 4), (2, 8))
+        layouts = ((1, 2), (2, 1)) if quick else ((1, 8), (2, 4), (2, 8), (1, 16))
         out["sampling_env_steps_per_s"] = sampling_throughput(t, targets, ckpt, layouts=layouts,
                                                               steps=40 if quick else 2000, echo=echo)
     finally:
