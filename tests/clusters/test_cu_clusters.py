@@ -236,6 +236,16 @@ def test_clusters_module_imports_neither_ray_nor_torch():
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'ray'))\nassert not bad, bad\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+    # and, in its source (imports inside functions too), nothing above the tracking/association layers
+    import ast
+
+    import rl_isac.clusters as mod
+
+    tree = ast.parse(open(mod.__file__).read())
+    names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    names += [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
+    assert not [n for n in names if n.startswith(("rl_isac.controllers", "rl_isac.training", "rl_isac.evaluation",
+                                                  "rl_isac.rllib", "ray", "torch"))]
 
 
 def test_foreign_echoes_are_dropped_and_the_peaks_stay_well_formed():
