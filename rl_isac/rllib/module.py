@@ -104,6 +104,21 @@ def ar_decode(score, batch: int, num_bs: int, num_targets: int, num_rf: int, exp
     return torch.stack(actions, 1), torch.stack(logps, 1).sum(1), torch.stack(rows, 1)
 
 
+def empty_slots(obs: dict[str, Any]) -> torch.Tensor | None:
+    """``(B, I)`` bool: the empty target slots of a clustered observation (``target_valid == 0``), or None.
+
+    An agent of a clustered env (:mod:`rl_isac.rllib.env`, ``clusters > 1``) has ``K`` target slots of which
+    ``target_valid`` says which hold an owned target. The exact mask with empty slots
+    (:func:`rl_isac.clusters.padded_action_mask`) treats an empty slot as covered (not required, (5d)) and
+    as already chosen at every BS (not choosable, (5e)): the decoders and the teacher-forced pass start
+    from that state. Observations without the key (one cluster) have no empty slot.
+    """
+    valid = obs.get("target_valid") if isinstance(obs, dict) else None
+    if valid is None:
+        return None
+    return torch.as_tensor(valid) < 0.5
+
+
 def gain_feature(info_before: torch.Tensor, pair_info: torch.Tensor) -> torch.Tensor:
     """``log10(max(g, 0) + 1e-6) / 4`` of the marginal gain ``g = tr A^-1 - tr (A + J)^-1`` (m^2).
 
@@ -298,6 +313,10 @@ class ISACPPOModule(TorchRLModule, ValueFunctionAPI):
         with torch.no_grad():
             remaining, covered, chosen, stopped = states_from_actions(pairs.long(), self.num_bs, self.num_targets,
                                                                       self.num_rf)
+            pad = empty_slots(obs)
+            if pad is not None:  # empty target slots: covered and chosen before the first step (as in decoding)
+                pad = pad.to(pairs.device)
+                covered, chosen = covered | pad[:, None], chosen | pad[:, None, None]
             B, J = pairs.shape
             rem = remaining.float() / self.num_rf
             step_f = (torch.arange(J, device=pairs.device).float() / self.num_steps).expand(B, J)[..., None]
@@ -367,6 +386,10 @@ class ISACPPOModule(TorchRLModule, ValueFunctionAPI):
         rem = torch.full((B, M), 1.0, device=E.device)                                 # remaining / N_RF
         cov = torch.zeros(B, I, device=E.device)
         cho = torch.zeros(B, P, device=E.device)
+        pad = empty_slots(obs)
+        if pad is not None:  # an empty target slot: covered (not required, (5d)) and chosen at every BS ((5e))
+            cov = pad.float().to(E.device)
+            cho = cov[:, self.pair_target].clone()
         acc = torch.zeros(B, I, 3, device=E.device)                                    # information chosen so far
         stopped = torch.zeros(B, dtype=torch.bool, device=E.device)
         rows_idx = torch.arange(B, device=E.device)
@@ -443,6 +466,10 @@ class ISACPPOModule(TorchRLModule, ValueFunctionAPI):
         rem = np.ones((B, M), np.float32)
         cov = np.zeros((B, I), np.float32)
         cho = np.zeros((B, P), np.float32)
+        pad = empty_slots(obs)
+        if pad is not None:  # an empty target slot: covered (not required, (5d)) and chosen at every BS ((5e))
+            cov = pad.cpu().numpy().astype(np.float32)
+            cho = cov[:, pt].copy()
         acc = np.zeros((B, I, 3), np.float32)
         stopped = np.zeros(B, bool)
         rows_idx = np.arange(B)

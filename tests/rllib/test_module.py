@@ -222,6 +222,36 @@ def test_decoder_never_violates_and_agrees_with_teacher_forcing(module4, explore
     torch.testing.assert_close(lp, logp[:n], atol=1e-3, rtol=1e-4)
 
 
+@pytest.mark.parametrize("method", ["decode", "decode_numpy"])
+@pytest.mark.parametrize("explore", [True, False])
+def test_empty_target_slots_are_never_chosen_nor_required(module4, explore, method):
+    """A clustered observation's ``target_valid``: decoding never pairs an empty slot and covers every owned
+    one (the env's own checker, rl_isac.clusters.check_cluster_pairs), and the teacher-forced mask of the
+    decoded steps is the decoder's; without the key nothing changes (the other tests)."""
+    from rl_isac.clusters import check_cluster_pairs
+    from rl_isac.rllib.module import TF_MASK
+
+    M, I, R, H = module4.num_bs, module4.num_targets, module4.num_rf, module4.hidden
+    gen = torch.Generator().manual_seed(7 + 2 * explore)
+    B = 3000
+    valid = (torch.rand(B, I, generator=gen) < 0.6).float()
+    valid[:50] = 0.0  # no owned target at all: STOP from the first step
+    obs = {"pair_fim": _random_fim(gen, (B, M, I)), "prior_fim": _random_fim(gen, (B, I)), "target_valid": valid}
+    E, g = 3.0 * torch.randn(B, M * I, H, generator=gen), 3.0 * torch.randn(B, H, generator=gen)
+    with torch.no_grad():
+        if method == "decode":
+            pairs, logp, logits = module4.decode(E, g, obs, explore, generator=gen)
+        else:
+            pairs, logp, logits = module4.decode_numpy(E, g, obs, explore, rng=np.random.default_rng(B))
+        tf_mask = module4.teacher_forcing_inputs(obs, pairs)[TF_MASK]
+    assert torch.isfinite(logp).all()
+    for b in range(B):
+        assoc = check_cluster_pairs(pairs[b].numpy(), M, I, R, valid[b].numpy())  # raises on any violation
+        np.testing.assert_array_equal(assoc.any(axis=0), valid[b].numpy() > 0.5)
+    assert (pairs[:50] == M * I).all()
+    np.testing.assert_array_equal(tf_mask.numpy(), (logits > MASKED_LOGIT / 2).numpy())
+
+
 def test_warm_start_fits_the_expert_and_seeds_the_module(env4, dgnn_i4, tmp_path):
     """Behaviour cloning lowers the order-free imitation loss on the expert's associations, and a module
     built with ``init_state`` (what every runner and the learner get) has exactly its weights."""
