@@ -29,25 +29,25 @@ decision latency, and where the time goes.
   timer per env step). ``ppo_decision_breakdown_ms``: the same pieces at batch 1.
 
 Where the time goes (I = 8, 1 runner x 8 envs, train batch 2,000, 10 epochs x minibatch 250; this
-shared 2-core machine at load 4-7, 2026-12-02). "Before" is the code at the start of the speed round
-(commit 9dd5a67) measured with this same benchmark code 10 minutes before "now"
-(``results/bench_ppo.json``). Thread CPU time is inflated by the load too (the unchanged env pieces
-read 2.1x higher in the later run), so compare the ratio and the within-run shares, not absolute
-numbers across the two runs. Per env step, ms:
+shared 2-core machine at load 4-7, 2026-12-02 00:04-00:35 UTC). "Before" is the code at the start of
+the speed round (commit 9dd5a67) measured with this same benchmark code; "now" first figure =
+``results/bench_ppo.json``, the others earlier runs of the same code. Thread CPU time is inflated by
+the load too (the unchanged env pieces read up to 2.1x higher from one run to the next), so compare
+the ratio and the within-run shares, not absolute numbers across runs. Per env step, ms:
 
-* ppo / floor env steps/s: before 96 / 2087 = **0.046**; now 98 / 1680 = **0.058** (a second run of
-  the new code: 108 / 2157 = 0.050).
-* learner timer per iteration (2,424 env steps): before 7.78 s, now 6.06 s (4.55 s in the second
-  run); sampling timer per iteration: 18.9 s, now 19.9 s (19.6 s). Learner / sampling wall: 0.41 -> 0.30
-  (0.23).
-* env step, thread CPU: before 2.86 = world 0.53 + window push/EKF 1.24 + observation 0.62 + other
-  0.47; now 6.10 = 1.03 + 2.78 + 1.15 + 1.14 (same code, the load's inflation).
-* module pass at batch 8 per env: before 0.94 (encoder 0.64, embeddings + decoder 0.25) = 0.33 of the
-  env step; now 1.59 (1.14, 0.47) = 0.26 of it (0.26 in the second run as well).
-* learner, driver thread CPU per env step: before 2.05, now 1.47 (1.54).
-* decision of one block, thread CPU p50 / p99: before 6.8 / 10.8 ms, now 11.5 / 13.7 ms (its pieces
-  read 2x higher in that run: push 2.9, observation 1.2, encoder 5.5, embeddings + decoder 3.0);
-  wall p50 / p99 11.7 / 23.0 -> 24.1 / 50.1 ms (waits for a core).
+* ppo / floor env steps/s: before 96 / 2087 = **0.046** and 44 / 1653 = 0.026 (a load spike on the
+  driver); now 127 / 2400 = **0.053**, 98 / 1680 = 0.058, 108 / 2157 = 0.050.
+* learner timer per iteration (2,424 env steps): before 7.78 s (15.4 s); now 4.17 s (6.06, 4.55);
+  sampling timer per iteration: before 18.9 s (16.6); now 13.7 s (19.9, 19.6); the learner's driver
+  thread CPU per env step: before 2.05 (2.47), now 1.51 (1.47, 1.54).
+* env step, thread CPU (code not changed this round): now 4.77 = world 0.84 + window push/EKF 2.20 +
+  observation 0.95 + other 0.79 (before-run: 2.86 = 0.53 + 1.24 + 0.62 + 0.47).
+* module pass at batch 8 per env: now 1.25 (encoder 0.90, embeddings + decoder 0.37) = 0.26 of the
+  env step in all three runs; before 0.94 (0.64, 0.25) = 0.33 (0.32 in the other run).
+* decision of one block, thread CPU p50 / p99: now 11.2 / 13.1 ms, wall 14.2 / 22.9 ms (pieces at
+  batch 1: push 2.5, observation 1.1, encoder 4.6, embeddings + decoder 2.6); before 6.8 / 10.8 and
+  8.0 / 12.4 ms CPU in quieter moments (push 1.4-1.6): the decision path did not change (same
+  process, interleaved: 3.5 -> 3.7 ms for the module at batch 1), the difference is the load.
 
 The same process, old and new module taken in turns (00:21 UTC, thread CPU): a learner minibatch
 (forward + backward + Adam, 249 samples) 38.7 -> 31.8 ms; the exploration pass at batch 8
@@ -60,18 +60,18 @@ learner connector :class:`~rl_isac.rllib.learner.DropEncoderInputs`, which also 
 encoder-only observation keys (the ``features`` window is ~99 % of the batch's bytes, shuffled and
 sliced 10 times an iteration) once the cached encodings are there.
 
-Sampling throughput (``sampling_env_steps_per_s``, the final run): 1x8 82, 2x4 82, 2x8 131, 1x16 131
-env steps/s; runs 10 minutes apart gave 1x8 180 / 109, 2x4 93 / 74, 2x8 133 / 89: on this loaded
-2-core machine a second runner buys nothing reliable (it only helps when a core is idle), so the
-default stays 1 runner x 8 envs.
+Sampling throughput (``sampling_env_steps_per_s``, ``results/bench_ppo.json``): 1x8 202, 2x4 133,
+2x8 167, 1x16 153 env steps/s; other runs: 1x8 180 / 109 / 82 / 65, 2x4 93 / 74 / 82 / 160, 2x8
+133 / 89 / 131 / 138: on this loaded 2-core machine a second runner buys nothing reliable (it only
+helps when a core is idle), so the default stays 1 runner x 8 envs.
 
-What the rest needs. The floor costs ~0.5-0.6 ms per env step all in; ``ppo_over_floor >= 0.5``
-means ~1.1 ms per env step for env + module + learner, while the env step alone is ~2.9 ms of CPU
-(the before run). By share (now): the window push with its EKF ~45 % of the env step (request with
+What the rest needs. The floor costs ~0.4-0.6 ms per env step all in; ``ppo_over_floor >= 0.5``
+means ~0.8-1.2 ms per env step for env + module + learner, while the env step alone is ~2.9 ms of CPU
+(the before run). By share (now): the window push with its EKF ~46 % of the env step (request with
 profile in ``coord/REQUEST_TRACKS.md``: cache the anchor-independent block features, closed-form 2x2
-solves, no re-validation), the observation ~19 % (a third of it the window's ``as_arrays``, a third
-the pair Fisher information), ``env_other`` ~19 % (the PCRB's second Fisher computation on all
-48 pairs where the chosen <= 12 suffice; ``coord/REQUEST_CLUSTERS.md``), the world ~17 %. Beyond those
+solves, no re-validation), the observation ~20 % (a third of it the window's ``as_arrays``, a third
+the pair Fisher information), ``env_other`` ~17 % (the PCRB's second Fisher computation on all
+48 pairs where the chosen <= 12 suffice; ``coord/REQUEST_CLUSTERS.md``), the world ~18 %. Beyond those
 fixes: a vectorised env path (``VectorCellFreeNetwork`` for a runner's envs plus a batched window /
 EKF / observation, which needs a hook in ``env.py``), a leaner DGNN inference path (the encoder is
 ~70 % of the module pass), and free cores for parallel runners. The learner is now ~32 ms per
