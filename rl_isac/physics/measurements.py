@@ -87,7 +87,29 @@ class Measurements:
         return self.assigned.shape[1]
 
     def validate(self) -> Measurements:
-        """Check shapes, masks and finiteness; return self or raise :class:`MeasurementError`."""
+        """Check shapes, masks and finiteness; return self or raise :class:`MeasurementError`.
+
+        Always checks every array (also on an object checked before). On success it marks the object
+        as validated for :meth:`validate_once`.
+        """
+        self._check_arrays()
+        object.__setattr__(self, "_validated", True)
+        return self
+
+    def validate_once(self) -> Measurements:
+        """:meth:`validate`, skipped for an object that already passed it (fast path of the CU's estimators,
+        which receive the same object from several callers in one block: e.g. an EKF-based CU validates and
+        then its EKF would validate again).
+
+        The mark lives on this object only: a new object (from the world, ``dataclasses.replace``, a foreign
+        caller) is checked in full on its first call. The arrays are treated as read-only once validated:
+        editing them in place afterwards is not re-checked here (call :meth:`validate` for that).
+        """
+        if self.__dict__.get("_validated", False):
+            return self
+        return self.validate()
+
+    def _check_arrays(self) -> None:
         shape = self.assigned.shape
         if len(shape) != 2:
             raise MeasurementError(f"assigned must be (M, I), got shape {shape}")
@@ -136,7 +158,6 @@ class Measurements:
         var = self.cov[det]
         if var.size and (np.any(var[:, 0, 0] <= 0) or np.any(var[:, 1, 1] <= 0)):
             raise MeasurementError("a detected pair has a non-positive variance in cov")
-        return self
 
     @classmethod
     def empty(cls, num_bs: int, num_targets: int, block: int = 0, num_peaks: int = 1) -> Measurements:
