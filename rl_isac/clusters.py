@@ -92,7 +92,7 @@ from rl_isac.errors import ConfigError, ConstraintViolation
 from rl_isac.physics.measurements import PEAK_FIELDS, Measurements
 from rl_isac.scenario import ScenarioConfig
 from rl_isac.tracking.data_association import CHI2_GATE_999, collect_peaks, innovation_matrix
-from rl_isac.tracking.ekf import EKFEstimator, EKFSettings
+from rl_isac.tracking.ekf import PAIR_FIELDS, EKFEstimator, EKFSettings
 
 HYSTERESIS_M = 5.0
 """Default ownership hysteresis, metres: a target changes cluster only this far inside another cluster's area."""
@@ -432,17 +432,13 @@ def cluster_sub_actions(association: np.ndarray, target_valid: np.ndarray, num_r
     return out
 
 
-def _load_tracks(ekf: EKFEstimator, x: np.ndarray, P: np.ndarray, missed: np.ndarray, block: int) -> None:
-    """Put tracks ``x (n, 4)``, ``P (n, 4, 4)``, miss counters ``(n,)`` into ``ekf`` (its posterior of ``block``).
-
-    The EKF has no public setter; ``reset`` sizes it, then its posterior state is replaced (a test checks
-    that the loaded EKF predicts exactly what the sending one did).
-    """
-    ekf.reset(x[:, :2])
-    ekf._x, ekf._P = np.array(x, float), np.array(P, float)
-    ekf.missed = np.array(missed, float)
-    ekf._pred = None
-    ekf.block = block
+def _load_tracks(ekf: EKFEstimator, tracks: dict[str, np.ndarray], rows: np.ndarray, block: int) -> None:
+    """Put the global tracks ``rows (n,)`` of ``tracks`` (per-target arrays ``(I, ...)`` and pairwise ``(I, I)`` ones,
+    keys of :meth:`EKFEstimator.export_tracks`) into ``ekf`` as its posterior of ``block``
+    (:meth:`EKFEstimator.load_tracks`: state, covariance, miss counter and the identity anchors/encounter counters;
+    a test checks that the loaded EKF predicts exactly what the sending one did)."""
+    grid = np.ix_(rows, rows)
+    ekf.load_tracks({k: (v[grid] if k in PAIR_FIELDS else v[rows]) for k, v in tracks.items()}, block)
 
 
 @dataclass(frozen=True)
@@ -529,9 +525,13 @@ class ClusteredEKF:
             raise ConfigError("measurements", meas.assigned.shape,
                               f"must be the global ({cfg.num_bs}, {cfg.num_targets}) arrays")
         I = cfg.num_targets
-        x = np.zeros((I, 4))
-        P = np.zeros((I, 4, 4))
-        missed = np.zeros(I)
+        # every target's posterior track, gathered from its owner's EKF (pairwise identity counters between
+        # targets of different clusters: none)
+        tracks = {"x": np.zeros((I, 4)), "P": np.zeros((I, 4, 4)), "missed": np.zeros(I),
+                  "anchor_m": np.zeros((I, 2)), "anchor_var_m2": np.zeros(I), "anchor_block": np.zeros(I, np.int64),
+                  "encounter": np.zeros((I, I), bool), "same_blocks": np.zeros((I, I), np.int64),
+                  "apart_blocks": np.zeros((I, I), np.int64)}
+        x, P, missed = tracks["x"], tracks["P"], tracks["missed"]
         exchange = self.exclude_foreign and layout.num_clusters > 1
         if exchange:  # the predicted tracks every cluster shares with the others before the block's update
             px, pP = self.predicted_state(), self.predicted_covariance()
@@ -548,7 +548,12 @@ class ClusteredEKF:
                     self.foreign_dropped += int(drop.sum())
                     sub = drop_peaks(sub, drop)
             ekf.update(sub)
-            x[rows], P[rows], missed[rows] = ekf.state, ekf.covariance, ekf.missed
+            grid = np.ix_(rows, rows)
+            for key, value in ekf.export_tracks().items():
+                if key in PAIR_FIELDS:
+                    tracks[key][grid] = value
+                else:
+                    tracks[key][rows] = value
         self.block += 1
         self._u_hat = x[:, :2].copy()
         pred = self.predicted_state()
@@ -565,7 +570,7 @@ class ClusteredEKF:
             rows = self._occupied(c)
             self._rows[c] = rows
             if rows.size:
-                _load_tracks(self._ekfs[c], x[rows], P[rows], missed[rows], self.block)
+                _load_tracks(self._ekfs[c], tracks, rows, self.block)
         for c in range(layout.num_clusters):  # slot order of unchanged clusters is unchanged too
             if c not in changed:
                 assert np.array_equal(self._rows[c], self._occupied(c))

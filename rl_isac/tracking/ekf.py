@@ -74,6 +74,10 @@ from rl_isac.tracking.motion import (
     reflect_into_area,
 )
 
+TRACK_FIELDS = ("x", "P", "missed", "anchor_m", "anchor_var_m2", "anchor_block")
+"""Per-track keys of :meth:`EKFEstimator.export_tracks` / :meth:`EKFEstimator.load_tracks`."""
+PAIR_FIELDS = ("encounter", "same_blocks", "apart_blocks")
+"""Pairwise ``(n, n)`` identity keys of :meth:`EKFEstimator.export_tracks` (between the exported tracks)."""
 CHI2_GATE = 13.815510557964274  # 99.9 % point of chi-square(2), the gate of the identity logic without a gate
 IDENTITY_MAX_WAIT_BLOCKS = 10
 """Blocks apart after which an undecided encounter is closed with the filter's own pairing (a swap needs a
@@ -571,6 +575,90 @@ class EKFEstimator:
         self._apart_blocks = np.zeros((num, num), np.int64)
         return u0.copy()
 
+    # ------------------------------------------------------------------ track export / import
+    def export_tracks(self, rows=None) -> dict[str, np.ndarray]:
+        """The posterior tracks of ``rows`` (default: all, in order), as copies, for :meth:`load_tracks` (e.g. a
+        handover of tracks between the EKFs of several CU clusters, :mod:`rl_isac.clusters`).
+
+        Args:
+            rows: ``(n,)`` distinct track indices, or ``None`` for every track.
+        Returns:
+            ``{key: array}`` with the per-track keys of :data:`TRACK_FIELDS` (``x (n, 4)``, ``P (n, 4, 4)``,
+            ``missed (n,)``, identity anchors ``anchor_m (n, 2)``, ``anchor_var_m2 (n,)``, ``anchor_block (n,)``
+            int64) and the pairwise identity counters of :data:`PAIR_FIELDS` restricted to ``rows``
+            (``encounter (n, n)`` bool, ``same_blocks (n, n)`` / ``apart_blocks (n, n)`` int64).
+        Raises:
+            ConfigError: a row out of range or repeated.
+        """
+        self._require_reset()
+        num = self._x.shape[0]
+        r = np.arange(num) if rows is None else np.asarray(rows)
+        if r.ndim != 1 or (r.size and r.dtype.kind not in "iu"):
+            raise ConfigError("rows", rows, "must be a 1-D array of integer track indices")
+        r = r.astype(np.int64)
+        if r.size and (r.min() < 0 or r.max() >= num or np.unique(r).size != r.size):
+            raise ConfigError("rows", r.tolist(), f"must be distinct track indices in [0, {num - 1}]")
+        grid = np.ix_(r, r)
+        return {"x": self._x[r].copy(), "P": self._P[r].copy(), "missed": np.array(self.missed, float)[r],
+                "anchor_m": self._anchor_m[r].copy(), "anchor_var_m2": self._anchor_var_m2[r].copy(),
+                "anchor_block": self._anchor_block[r].copy(), "encounter": self._encounter[grid].copy(),
+                "same_blocks": self._same_blocks[grid].copy(), "apart_blocks": self._apart_blocks[grid].copy()}
+
+    def load_tracks(self, tracks: dict, block: int) -> None:
+        """Replace every track by ``tracks`` (the posterior of block ``block``; the number of tracks ``n`` may
+        differ from before). Works on an estimator never reset.
+
+        Args:
+            tracks: ``x (n, 4)``, ``P (n, 4, 4)``, ``missed (n,)`` (required) and optionally the identity fields
+                of :meth:`export_tracks`; a missing identity field takes the value :meth:`reset` gives (anchor =
+                the position, anchor variance ``acquisition_std_m^2``, anchor block 0, no encounter, counters 0).
+            block: the block index the tracks are the posterior of (:attr:`block`).
+        The episode statistics (:attr:`rejected`, :attr:`losses`, :attr:`reacquired_after`,
+        :attr:`identity_swaps`, :attr:`duplicates`) are this estimator's and are kept.
+
+        Raises:
+            ConfigError: an unknown key, a missing required key, a wrong shape, or a non-finite value (named).
+        """
+        unknown = sorted(set(tracks) - set(TRACK_FIELDS) - set(PAIR_FIELDS))
+        if unknown:
+            raise ConfigError("tracks", unknown, f"unknown keys; known: {list(TRACK_FIELDS + PAIR_FIELDS)}")
+        missing = [k for k in ("x", "P", "missed") if k not in tracks]
+        if missing:
+            raise ConfigError("tracks", missing, "x, P and missed are required")
+        x = np.array(tracks["x"], dtype=float)
+        num = x.shape[0] if x.ndim == 2 else -1
+        if num < 1 or x.shape != (num, 4):
+            raise ConfigError("tracks.x", x.shape, "must be (n, 4) with n >= 1")
+        shapes = {"x": (num, 4), "P": (num, 4, 4), "missed": (num,), "anchor_m": (num, 2), "anchor_var_m2": (num,),
+                  "anchor_block": (num,), "encounter": (num, num), "same_blocks": (num, num),
+                  "apart_blocks": (num, num)}
+        val = {"x": x}
+        for key, dtype in (("P", float), ("missed", float), ("anchor_m", float), ("anchor_var_m2", float),
+                           ("anchor_block", np.int64), ("encounter", bool), ("same_blocks", np.int64),
+                           ("apart_blocks", np.int64)):
+            if key in tracks:
+                arr = np.asarray(tracks[key])
+                if arr.shape != shapes[key]:
+                    raise ConfigError(f"tracks.{key}", arr.shape, f"must be {shapes[key]}")
+                val[key] = np.array(arr, dtype=dtype)
+        for key in ("x", "P", "missed", "anchor_m", "anchor_var_m2"):
+            if key in val and not np.all(np.isfinite(val[key])):
+                raise ConfigError(f"tracks.{key}", val[key].tolist(), "must be finite")
+        if np.any(val["missed"] < 0):
+            raise ConfigError("tracks.missed", val["missed"].tolist(), "must be >= 0")
+        if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 0:
+            raise ConfigError("block", block, "must be an integer >= 0")
+        self._x, self._P = val["x"], val["P"]
+        self.missed = val["missed"]
+        self._pred = None
+        self.block = int(block)
+        self._anchor_m = val.get("anchor_m", x[:, :2].copy())
+        self._anchor_var_m2 = val.get("anchor_var_m2", np.full(num, self.cfg.acquisition_std_m**2))
+        self._anchor_block = val.get("anchor_block", np.zeros(num, np.int64))
+        self._encounter = val.get("encounter", np.zeros((num, num), bool))
+        self._same_blocks = val.get("same_blocks", np.zeros((num, num), np.int64))
+        self._apart_blocks = val.get("apart_blocks", np.zeros((num, num), np.int64))
+
     def _initial_state(self, z: np.ndarray, R: np.ndarray, bs_pos_m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """State ``(4,)`` and covariance ``(4, 4)`` started from one range/angle peak ``z (2,)``, ``R (2, 2)``:
         position ``p + d [cos t, sin t]`` with covariance ``J R J^T`` (``J = d(x, y)/d(d, t)``), velocity
@@ -775,5 +863,6 @@ class EKFEstimator:
         return x[:, :2].copy(), self.predicted_position()
 
 
-__all__ = ["wrap_angle", "predict", "range_angle", "range_angle_jacobian", "update_range_angle",
-           "update_range_angle_gated", "update_range", "update_speed", "EKFSettings", "EKFEstimator"]
+__all__ = ["TRACK_FIELDS", "PAIR_FIELDS", "wrap_angle", "predict", "range_angle", "range_angle_jacobian",
+           "update_range_angle", "update_range_angle_gated", "update_range", "update_speed", "EKFSettings",
+           "EKFEstimator"]
