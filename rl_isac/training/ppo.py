@@ -165,12 +165,12 @@ def _check_clustered(train_cfg: PPOTrainConfig, targets: int, seed: int, preset:
     if clusters > 1:
         env_config["clusters"] = clusters
     cfg = env_scenario(env_config)
-    layout = env_layout(env_config, cfg)
-    slots = layout.num_clusters * layout.capacity
-    if clusters > 1 and slots != targets:
-        raise ConfigError("--targets", targets, f"--clusters {clusters} trains with every target slot in use "
-                                                f"(targets == clusters x capacity = {slots}): the PPO module has "
-                                                f"no empty-slot mask yet")
+    env_layout(env_config, cfg)  # the layout's named errors (BS split, capacity) before Ray
+    # Spare capacity (targets < clusters x capacity) is fine: the env's observation carries target_valid, the
+    # env refuses a pair or a required target on an empty slot (rl_isac.clusters.check_cluster_pairs), and the
+    # module starts both decoders and the teacher-forced pass from covered[pad] = chosen[:, pad] = True
+    # (rl_isac.rllib.module.empty_slots). The warm start's own step loop (rl_isac.rllib.warm_start) builds its
+    # states without empty slots and is for one CU: refused with clusters.
     if clusters > 1 and train_cfg.warm_start:
         raise ConfigError("warm_start", True, "the behaviour-cloning warm start is for one CU; not with --clusters")
     sub = cluster_scenario(env_config)

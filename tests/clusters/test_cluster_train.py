@@ -26,8 +26,10 @@ def dgnn_i4() -> Path:
 def test_clustered_run_is_checked_before_ray(dgnn_i4, tmp_path):
     from rl_isac.training.ppo import prepare
 
-    with pytest.raises(ConfigError, match="every target slot in use"):  # 12 targets on 2 x 12 slots
-        prepare(12, str(dgnn_i4), str(tmp_path / "a"), preset="large", clusters=2, **TINY)
+    # spare capacity (12 targets on 2 x 12 slots: empty slots) trains: env and module mask empty slots
+    assert prepare(12, str(dgnn_i4), str(tmp_path / "a"), preset="large", clusters=2, **TINY)["targets"] == 12
+    with pytest.raises(ConfigError, match="needs every target covered"):  # more targets than RF chains
+        prepare(30, str(dgnn_i4), str(tmp_path / "a2"), preset="large", clusters=2, **TINY)
     with pytest.raises(ConfigError, match="warm start is for one CU"):
         prepare(24, str(dgnn_i4), str(tmp_path / "b"), preset="large", clusters=2, warm_start=True, **TINY)
     with pytest.raises(ConfigError, match="divide the 12 BSs"):
@@ -85,9 +87,9 @@ def test_train_large_with_two_clusters_one_shared_module(dgnn_i4, tmp_path):
 def test_cli_train_clusters_default_targets_and_errors(dgnn_i4, tmp_path, capsys):
     from rl_isac.cli import main
 
-    rc = main(["train", "--preset", "large", "--clusters", "2", "--targets", "12", "--pretrained", str(dgnn_i4),
+    rc = main(["train", "--preset", "large", "--clusters", "2", "--targets", "30", "--pretrained", str(dgnn_i4),
                "--out", str(tmp_path / "x"), "--iterations", "1"])
-    assert rc == 2 and "every target slot in use" in capsys.readouterr().err
+    assert rc == 2 and "needs every target covered" in capsys.readouterr().err
     rc = main(["train", "--preset", "large", "--clusters", "5", "--pretrained", str(dgnn_i4),
                "--out", str(tmp_path / "y"), "--iterations", "1"])
     assert rc == 2 and "clusters=5: must divide the 12 BSs" in capsys.readouterr().err
