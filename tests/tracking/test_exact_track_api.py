@@ -100,3 +100,13 @@ def test_export_and_load_name_bad_input():
     with pytest.raises(ConfigError, match="block"):
         ekf.load_tracks(tracks, block=-1)
     assert ekf.export_tracks()["x"].shape == (8, 4)  # a refused load left the estimator unchanged
+
+
+def test_first_peak_of_each_track_is_np_unique_return_index():
+    from rl_isac.tracking.ekf import _first_of_each
+
+    rng = np.random.default_rng(2)
+    for _ in range(3000):
+        values = rng.integers(0, rng.integers(1, 12), rng.integers(1, 25))
+        got = _first_of_each(values)
+        assert got.dtype == np.intp and np.array_equal(got, np.unique(values, return_index=True)[1])
