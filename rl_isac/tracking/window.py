@@ -289,7 +289,7 @@ class MeasurementWindow:
             self._anchor_next_m = self._anchor_m.copy()
         self._anchor_age = np.where(measured, 0, np.minimum(self._anchor_age + 1, _AGE_CAP_BLOCKS))
         self._blocks.append(meas)
-        self._cached.append(self._anchor_free_features(meas))
+        self._cached.append(self.anchor_free_features(meas))
 
     def _update_measurement_anchor(self, meas: Measurements) -> np.ndarray:
         """Iterated EKF update of the position-only anchors; returns which targets were updated ``(I,)``."""
@@ -330,8 +330,10 @@ class MeasurementWindow:
         return has
 
     # ------------------------------------------------------------------ arrays
-    def _anchor_free_features(self, meas: Measurements) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The part of :meth:`block_features` that does not depend on the anchors, computed once per block.
+    def anchor_free_features(self, meas: Measurements) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The part of :meth:`block_features` that does not depend on the anchors, computed once per block
+        (the window caches it at :meth:`push`; a caller featurising the same block against changing anchors can
+        cache it too and use :meth:`features_against_anchors`).
 
         Returns:
             ``features (M, I, F)`` float32 with the residual channels ``res_x``, ``res_y`` left 0,
@@ -363,6 +365,18 @@ class MeasurementWindow:
         res = (implied_m - self._anchor_m) / self.residual_scale_m
         return np.where(detected[..., None], np.clip(res, -RESIDUAL_CLIP, RESIDUAL_CLIP), 0.0)
 
+    def features_against_anchors(self, cached: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
+        """Features of ``n`` blocks from their :meth:`anchor_free_features`, against the current anchors
+        (bit-identical to :meth:`block_features` of each block).
+
+        Shapes:
+            returns ``(n, M, I, F)`` float32.
+        """
+        self._require_reset()
+        feats = np.stack([c[0] for c in cached])
+        feats[..., 6:8] = self._residual_features(np.stack([c[1] for c in cached]), np.stack([c[2] for c in cached]))
+        return feats
+
     def block_features(self, meas: Measurements) -> np.ndarray:
         """Features of one block relative to the current anchors.
 
@@ -370,7 +384,7 @@ class MeasurementWindow:
             returns ``(M, I, F)`` float32, layout :data:`FEATURE_NAMES`.
         """
         self._require_reset()
-        out, implied, det = self._anchor_free_features(meas)
+        out, implied, det = self.anchor_free_features(meas)
         out[..., 6:8] = self._residual_features(implied, det)  # float64 -> float32 as astype
         return out
 
@@ -390,9 +404,7 @@ class MeasurementWindow:
         if n:
             # anchor-independent channels cached at push (the same expressions as block_features); only the
             # residual channels are taken against the current anchors, for all held blocks at once
-            feats[W - n:] = np.stack([c[0] for c in self._cached])
-            feats[W - n:, ..., 6:8] = self._residual_features(np.stack([c[1] for c in self._cached]),
-                                                              np.stack([c[2] for c in self._cached]))
+            feats[W - n:] = self.features_against_anchors(list(self._cached))
             valid[W - n:] = 1.0
         return {
             "features": feats,

@@ -132,3 +132,19 @@ def test_ekf_still_rejects_a_foreign_invalid_object() -> None:
     with pytest.raises(MeasurementError, match="detected but not assigned"):
         ekf.update(bad)
     assert np.array_equal(ekf.state, x_before)
+
+
+def test_features_against_anchors_from_a_callers_cache_equal_block_features():
+    """The clustered observer's pattern: a feature window reset at other anchors, the same blocks featurised again."""
+    rng = np.random.default_rng(8)
+    win = MeasurementWindow(CFG, anchor="measurement")
+    truth = np.column_stack([rng.uniform(30, 270, 4), rng.uniform(20, 80, 4)])
+    blocks = [random_meas(rng, truth + rng.normal(0, 2, truth.shape), q) for q in range(6)]
+    cache = [win.anchor_free_features(m) for m in blocks]
+    for _ in range(4):
+        win.reset(truth + rng.normal(0, 5, truth.shape))
+        got = win.features_against_anchors(cache)
+        assert got.shape == (6, CFG.num_bs, CFG.num_targets, NUM_FEATURES)
+        for k, m in enumerate(blocks):
+            assert np.array_equal(got[k], reference_features(win, m))
+    assert np.all(cache[0][0][..., 6:8] == 0)  # the cached entries are not modified by use
