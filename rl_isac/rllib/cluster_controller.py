@@ -10,9 +10,9 @@ slots, and the module's greedy inference pass runs once on the batch of the ``C`
 pairs are checked against the exact padded mask (:func:`rl_isac.clusters.check_cluster_pairs`: (5c)-(5e) per
 cluster), its beams are the head's (with the re-acquisition sweep of
 :class:`~rl_isac.rllib.controller.PPOController` on uncertain or searching targets), its estimate the module's;
-the network's action is their union, the range-gate prediction the tracker's. With empty slots the module may
-pick one (it has no empty-slot mask yet): that is refused like any other violation, so evaluate at full load
-(``targets == C * K``, the ``large`` default).
+the network's action is their union, the range-gate prediction the tracker's. Empty slots (below full load,
+``targets < C * K``) are masked in the module (``target_valid``), so it never picks one; a pair on an empty
+slot from any other source is refused like every other violation.
 """
 
 from __future__ import annotations

@@ -68,8 +68,9 @@ targets; its infos count its own targets and pairs, plus ``handovers`` (targets 
 ``owned``. The clusters decide simultaneously: every step needs an action of every agent. The CU side
 (clustered EKF, window, observations; the clusters also exchange predicted tracks to drop each other's
 echoes, :mod:`rl_isac.clusters`) is :class:`ClusterObserver`, which the clustered PPO CU of the harness
-(:mod:`rl_isac.rllib.cluster_controller`) runs too. The PPO module does not read ``target_valid`` yet, so
-``rl-isac train --clusters`` requires full load (no empty slot, :mod:`rl_isac.training.ppo`).
+(:mod:`rl_isac.rllib.cluster_controller`) runs too. The PPO module reads ``target_valid`` (an empty slot
+starts covered and chosen in its mask), so ``rl-isac train --clusters`` also runs below full load; the
+warm start is refused with clusters (:mod:`rl_isac.training.ppo`).
 
 Seeding: ``reset(seed=s)`` restarts the env's episode counter at base seed ``s``; episode ``e``
 then uses world seed ``rl_isac.seeds.training_world_seed(s, split, e)`` (always below the
