@@ -9,7 +9,7 @@ from rl_isac.controllers import make_controller
 from rl_isac.errors import ConfigError
 from rl_isac.network import CellFreeNetwork
 from rl_isac.scenario import ScenarioConfig
-from rl_isac.tracking.ekf import PAIR_FIELDS, TRACK_FIELDS, EKFEstimator
+from rl_isac.tracking.ekf import PAIR_FIELDS, TRACK_FIELDS, EKFEstimator, EKFSettings
 
 CFG = ScenarioConfig.paper(8, fidelity="surrogate", num_blocks=40)
 
@@ -34,14 +34,15 @@ def _same(a: dict, b: dict) -> bool:
 
 def test_loaded_tracks_continue_exactly_like_the_sender():
     acq, blocks = _episode(4, 40)
-    sender = EKFEstimator(CFG)
+    identities = EKFSettings(resolve_identities=True)  # the identity fields move, so loading them matters
+    sender = EKFEstimator(CFG, identities)
     sender.reset(acq)
     for meas in blocks[:15]:
         sender.update(meas)
     tracks = sender.export_tracks()
     assert set(tracks) == set(TRACK_FIELDS + PAIR_FIELDS)
     assert np.any(tracks["anchor_block"] > 0)  # the identity anchors moved on since reset: loading them matters
-    receiver = EKFEstimator(CFG)  # never reset
+    receiver = EKFEstimator(CFG, identities)  # never reset
     receiver.load_tracks(tracks, block=sender.block)
     assert _same(receiver.export_tracks(), tracks) and receiver.block == sender.block
     assert np.array_equal(receiver.predicted_state(), sender.predicted_state())

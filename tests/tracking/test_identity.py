@@ -62,7 +62,7 @@ def test_a_target_at_the_endfire_of_its_bss_is_held_by_their_ranges():
             out.append((3, 0, 0, t[0], 0.05, 0.003))
         return out
 
-    used = EKFEstimator(cfg, EKFSettings())
+    used = EKFEstimator(cfg, EKFSettings(range_only_peaks=True))
     used.reset(start)
     err_used = _run(used, truth, entries)
     dropped = EKFEstimator(cfg, EKFSettings(range_only_peaks=False))
@@ -112,7 +112,7 @@ def test_tracks_that_swap_in_a_start_up_crossing_get_their_identities_back():
     plain = EKFEstimator(cfg, EKFSettings(resolve_identities=False))
     plain.reset(start)
     err_plain = _run(plain, truth, _crossing_entries(cfg, plain), confuse_at=3)
-    fixed = EKFEstimator(cfg, EKFSettings())
+    fixed = EKFEstimator(cfg, EKFSettings(resolve_identities=True))
     fixed.reset(start)
     err_fixed = _run(fixed, truth, _crossing_entries(cfg, fixed), confuse_at=3)
     assert err_plain[-10:, :2].min() > 3.0  # swapped and never recovered
@@ -147,7 +147,8 @@ def test_a_track_coalesced_onto_its_neighbour_searches_and_reacquires_its_own_ta
                 (2, 2, 0, t[2], 0.05, 0.003), (4, 3, 0, t[3], 0.05, 0.003)]
 
     results = {}
-    for name, settings in (("plain", EKFSettings(resolve_identities=False)), ("fixed", EKFSettings())):
+    for name, settings in (("plain", EKFSettings(resolve_identities=False)),
+                           ("fixed", EKFSettings(resolve_identities=True))):
         est = EKFEstimator(cfg, settings)
         est.reset(start)
         # the coalescence: block 1 starts with track 0 on target 1 (state copied from track 1's prior)
