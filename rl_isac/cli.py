@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from rl_isac.errors import RlIsacError
 from rl_isac.scenario import FIDELITIES, PRESETS
@@ -221,17 +222,26 @@ def _add_reproduce_parser(sub) -> None:
     p.add_argument("--time-budget-s", type=float, default=None,
                    help="compute no further cell after this wall time (s); the rest is reported 'not computed' "
                         "and a rerun resumes there (exit status 4)")
+    p.add_argument("--readme", metavar="PATH",
+                   help="also copy the table into this README between its markers for <out>/table1.md "
+                        "(see rl_isac.evaluation.reproduce.readme_markers)")
 
 
 def _cmd_reproduce(args) -> int:
-    from rl_isac.evaluation.reproduce import PROFILES, reproduce, terminal_table
+    from rl_isac.evaluation.reproduce import PROFILES, check_readme, embed_table_in_readme, reproduce, terminal_table
 
+    table_key = str(Path(args.out or f"results/{args.profile}") / "table1.md")
+    if args.readme:
+        check_readme(args.readme, table_key)  # before any work
     res = reproduce(args.profile, out=args.out, resume=args.resume, dgnn_checkpoints=args.dgnn_checkpoints,
                     ppo_checkpoint=args.ppo_checkpoint, time_budget_s=args.time_budget_s)
     print()
     print(terminal_table(PROFILES[args.profile], res.rows))
     print()
     print(f"table: {res.out / 'table1.md'} and {res.out / 'table1.json'}")
+    if args.readme:
+        embed_table_in_readme(args.readme, res.out / "table1.md", table_key)
+        print(f"table copied into {args.readme}")
     for name, path in res.figures.items():
         print(f"{name}: {path}")
     print(PROFILES[args.profile].summary)

@@ -627,6 +627,46 @@ def reproduce(profile: Profile | str, out: str | Path | None = None, resume: boo
     return result
 
 
+def readme_markers(table_path: str) -> tuple[str, str]:
+    """The two HTML comments between which :func:`embed_table_in_readme` writes ``table_path``'s table."""
+    return f"<!-- BEGIN {table_path} (written by rl-isac reproduce --readme) -->", f"<!-- END {table_path} -->"
+
+
+def embed_table_in_readme(readme: str | Path, table_md: str | Path, table_key: str | None = None) -> None:
+    """Copy the generated ``table1.md`` into ``readme`` between its markers (:func:`readme_markers`).
+
+    The README shows the table itself without a number typed by hand: what lies between the two markers is
+    replaced by the file's text, everything else is kept, and the file is replaced atomically.
+    ``table_key`` names the table in the markers (default: ``table_md`` as given, e.g.
+    ``results/full/table1.md``). Raises :class:`~rl_isac.errors.ConfigError` when the README lacks either
+    marker, or has them out of order (then nothing is written).
+    """
+    from rl_isac.io import atomic_write_text
+
+    readme, table_md = Path(readme), Path(table_md)
+    text, (i, j) = readme.read_text(), check_readme(readme, table_key or str(table_md))
+    body = table_md.read_text().strip()
+    atomic_write_text(text[:i] + "\n" + body + "\n" + text[j:], readme)
+
+
+def check_readme(readme: str | Path, table_key: str) -> tuple[int, int]:
+    """Where the table goes in ``readme``: the character span between its two markers.
+
+    Raises :class:`~rl_isac.errors.ConfigError` naming the missing marker (a run checks this first, so a
+    wrong ``--readme`` fails before any training).
+    """
+    readme = Path(readme)
+    if not readme.is_file():
+        raise ConfigError("readme", str(readme), "no such file")
+    begin, end = readme_markers(table_key)
+    text = readme.read_text()
+    i, j = text.find(begin), text.find(end)
+    if i < 0 or j < 0 or j < i:
+        raise ConfigError("readme", str(readme), f"needs the line {begin!r} and after it {end!r} "
+                          "to embed the table between them")
+    return i + len(begin), j
+
+
 def _fig3_method(profile: Profile, cells: dict, training: dict, dgnn_checkpoints: str) -> tuple[str, str | None]:
     """Fig. 3 shows the proposed method when it was trained, else the first other method evaluated OK."""
     num = profile.fig3_i

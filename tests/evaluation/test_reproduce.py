@@ -11,6 +11,7 @@ import matplotlib.image as mpimg
 import pytest
 
 from rl_isac.cli import main
+from rl_isac.errors import ConfigError
 from rl_isac.evaluation import reproduce as rep
 from rl_isac.seeds import evaluation_seeds
 
@@ -257,3 +258,34 @@ def test_evaluation_order_puts_the_ppo_comparison_first_at_every_size():
     assert {m for _, m in first} == set(rep.FIRST_METHODS) and [n for n, _ in first] == [4] * 5 + [6] * 5 + [8] * 5
     assert order[15:] == [(4, "ekf-greedy"), (6, "ekf-greedy"), (8, "ekf-greedy"), (4, "dgnn-exhaustive"),
                           (6, "dgnn-exhaustive"), (8, "dgnn-exhaustive")]
+
+
+def test_the_table_is_embedded_between_the_readme_markers_and_a_readme_without_them_is_refused(tmp_path):
+    from rl_isac.evaluation.reproduce import embed_table_in_readme, readme_markers
+
+    table = tmp_path / "table1.md"
+    table.write_text("| method | I = 4 |\n|---|---|\n| ekf-milp | 0.1 |\n")
+    begin, end = readme_markers("results/full/table1.md")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# intro\n\n{begin}\nold table\n{end}\n\ntail\n")
+    embed_table_in_readme(readme, table, "results/full/table1.md")
+    text = readme.read_text()
+    assert "old table" not in text and "| ekf-milp | 0.1 |" in text
+    assert text.startswith("# intro") and text.endswith("tail\n") and begin in text and end in text
+    embed_table_in_readme(readme, table, "results/full/table1.md")  # idempotent
+    assert readme.read_text() == text
+    bare = tmp_path / "BARE.md"
+    bare.write_text("# no markers\n")
+    with pytest.raises(ConfigError, match="BEGIN results/full/table1.md"):
+        embed_table_in_readme(bare, table, "results/full/table1.md")
+    assert bare.read_text() == "# no markers\n"
+
+
+def test_a_readme_without_markers_stops_reproduce_before_any_work(tmp_path):
+    bare = tmp_path / "README.md"
+    bare.write_text("# no markers\n")
+    out = tmp_path / "tiny"
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(["reproduce", "--profile", "tiny", "--out", str(out), "--readme", str(bare)])
+    assert code == 2 and "readme" in err.getvalue() and not out.exists()
