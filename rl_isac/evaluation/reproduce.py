@@ -636,7 +636,8 @@ def embed_table_in_readme(readme: str | Path, table_md: str | Path, table_key: s
     """Copy the generated ``table1.md`` into ``readme`` between its markers (:func:`readme_markers`).
 
     The README shows the table itself without a number typed by hand: what lies between the two markers is
-    replaced by the file's text, everything else is kept, and the file is replaced atomically.
+    replaced by the file's text (its headings three levels lower), everything else is kept, and the file is
+    replaced atomically.
     ``table_key`` names the table in the markers (default: ``table_md`` as given, e.g.
     ``results/full/table1.md``). Raises :class:`~rl_isac.errors.ConfigError` when the README lacks either
     marker, or has them out of order (then nothing is written).
@@ -645,7 +646,9 @@ def embed_table_in_readme(readme: str | Path, table_md: str | Path, table_key: s
 
     readme, table_md = Path(readme), Path(table_md)
     text, (i, j) = readme.read_text(), check_readme(readme, table_key or str(table_md))
-    body = table_md.read_text().strip()
+    # the table's own headings go three levels down, under the README section that holds it
+    body = "\n".join("###" + line if line.startswith("#") else line
+                     for line in table_md.read_text().strip().splitlines())
     atomic_write_text(text[:i] + "\n" + body + "\n" + text[j:], readme)
 
 

@@ -264,13 +264,13 @@ def test_the_table_is_embedded_between_the_readme_markers_and_a_readme_without_t
     from rl_isac.evaluation.reproduce import embed_table_in_readme, readme_markers
 
     table = tmp_path / "table1.md"
-    table.write_text("| method | I = 4 |\n|---|---|\n| ekf-milp | 0.1 |\n")
+    table.write_text("# Table 1\n\n| method | I = 4 |\n|---|---|\n| ekf-milp | 0.1 |\n")
     begin, end = readme_markers("results/full/table1.md")
     readme = tmp_path / "README.md"
     readme.write_text(f"# intro\n\n{begin}\nold table\n{end}\n\ntail\n")
     embed_table_in_readme(readme, table, "results/full/table1.md")
     text = readme.read_text()
-    assert "old table" not in text and "| ekf-milp | 0.1 |" in text
+    assert "old table" not in text and "| ekf-milp | 0.1 |" in text and "\n#### Table 1\n" in text
     assert text.startswith("# intro") and text.endswith("tail\n") and begin in text and end in text
     embed_table_in_readme(readme, table, "results/full/table1.md")  # idempotent
     assert readme.read_text() == text
