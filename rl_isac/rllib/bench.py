@@ -28,12 +28,20 @@ decision latency, and where the time goes.
   thread's CPU time per env step: the local learner); ``sampling_total`` (RLlib's sampling wall
   timer per env step). ``ppo_decision_breakdown_ms``: the same pieces at batch 1.
 
-Where the time goes (I = 8, 1 runner x 8 envs, train batch 2,000, 10 epochs x minibatch 250; this
-shared 2-core machine at load 4-7, 2026-12-02 00:04-00:35 UTC). "Before" is the code at the start of
-the speed round (commit 9dd5a67) measured with this same benchmark code; "now" first figure =
-``results/bench_ppo.json``, the others earlier runs of the same code. Thread CPU time is inflated by
-the load too (the unchanged env pieces read up to 2.1x higher from one run to the next), so compare
-the ratio and the within-run shares, not absolute numbers across runs. Per env step, ms:
+Quiet machine (load 0.6, 2026-12-02 01:36 UTC, after the exact tracker speed-ups of dbfdfa6/188700e;
+this is ``results/bench_ppo.json``): ppo / floor 153 / 2391 = **0.064**; sampling 1x8 204, 2x4 366,
+2x8 388, 1x16 209 env steps/s (two runners: 1.8-1.9x); decision p50 / p99 7.4 / 11.6 ms wall, 7.5 /
+10.6 ms thread CPU; per env step (thread CPU) env step 2.85 = world 0.61 + window push/EKF 1.25 +
+observation 0.45 + other 0.54, module pass 1.01 (encoder 0.76, decoder 0.29), learner 1.89; at batch 1
+push 1.28, observation 0.44, encoder 2.66, decoder 1.50 ms. The ratio goal (0.5) needs about 1 ms per
+env step in all; the env step alone is 2.85.
+
+Where the time goes (I = 8, 1 runner x 8 envs, train batch 2,000, 10 epochs x minibatch 250; this shared
+2-core machine at load 4-7, 2026-12-02 00:04-00:35 UTC; the figures below are those runs'). "Before" is
+the code at the start of the speed round (commit 9dd5a67) measured with this same benchmark code; "now"
+= runs of the same code under load (``results/bench_ppo.json`` is the quiet run above). Thread CPU time
+is inflated by the load too (the unchanged env pieces read up to 2.1x higher from one run to the next),
+so compare the ratio and the within-run shares, not absolute numbers across runs. Per env step, ms:
 
 * ppo / floor env steps/s: before 96 / 2087 = **0.046** and 44 / 1653 = 0.026 (a load spike on the
   driver); now 127 / 2400 = **0.053**, 98 / 1680 = 0.058, 108 / 2157 = 0.050.
