@@ -56,9 +56,22 @@ class GeometricBeams:
         beams = beams_toward(u, self.cfg.codebook_size, self.cfg.num_tracking_symbols)
         if not self.widen or estimator is None:
             return beams
+        return self.sweep_wide(beams, prediction_m, estimator, (range_m, angle))
+
+    def sweep_wide(self, beams: np.ndarray, prediction_m: np.ndarray, estimator: Estimator,
+                   range_angle: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+        """``beams`` ``(M, I, K, 2)`` with every pair of :meth:`wide_pairs` replaced by :func:`sweep_beams`
+        around its predicted angle (a new array where a pair changed; ``beams`` itself is not written).
+
+        The one re-acquisition rule of every CU that aims beams (geometric, DGNN head, PPO head, clustered).
+        ``range_angle``: :func:`~rl_isac.physics.channel.geometry` of ``prediction_m`` if already computed.
+        """
+        range_m, angle = range_angle if range_angle is not None else geometry(self.bs_positions_m, prediction_m)
         wide = self.wide_pairs(range_m, angle, estimator)
-        if wide.any():
-            beams[wide] = sweep_beams(u[wide], self.cfg.codebook_size, self.cfg.num_tracking_symbols)
+        if not wide.any():
+            return beams
+        beams = np.array(beams, copy=True)
+        beams[wide] = sweep_beams(np.cos(angle[wide]), self.cfg.codebook_size, self.cfg.num_tracking_symbols)
         return beams
 
     def wide_pairs(self, range_m: np.ndarray, angle: np.ndarray, estimator: Estimator) -> np.ndarray:

@@ -28,10 +28,9 @@ import torch
 
 from rl_isac.association import DEFAULT_CHAIN_PRICE, make_solver
 from rl_isac.controllers.base import Controller, Estimator
-from rl_isac.controllers.composed import ComposedCU, GeometricBeams, sweep_beams
+from rl_isac.controllers.composed import ComposedCU, GeometricBeams
 from rl_isac.controllers.registry import register
 from rl_isac.errors import ConfigError
-from rl_isac.physics.channel import geometry
 from rl_isac.physics.measurements import Measurements
 from rl_isac.scenario import ScenarioConfig
 from rl_isac.tracking.window import MeasurementWindow
@@ -123,13 +122,7 @@ class HeadBeams:
         if last is None or "beams" not in last:
             return self.geometric.select(prediction_m, estimator if self.widen else None)
         beams = np.array(last["beams"], dtype=np.int64)
-        if self.widen:
-            range_m, angle = geometry(self.geometric.bs_positions_m, prediction_m)  # (M, I)
-            wide = self.geometric.wide_pairs(range_m, angle, estimator)
-            if wide.any():
-                beams[wide] = sweep_beams(np.cos(angle[wide]), self.cfg.codebook_size,
-                                          self.cfg.num_tracking_symbols)
-        return beams
+        return self.geometric.sweep_wide(beams, prediction_m, estimator) if self.widen else beams
 
 
 def _dgnn_factory(solver: str):

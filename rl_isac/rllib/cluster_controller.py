@@ -26,9 +26,8 @@ import torch
 from rl_isac.clusters import check_cluster_pairs, split_clusters
 from rl_isac.controllers.base import Controller, CUAction
 from rl_isac.controllers.clustered import _TrackerView
-from rl_isac.controllers.composed import GeometricBeams, sweep_beams
+from rl_isac.controllers.composed import GeometricBeams
 from rl_isac.errors import ConfigError
-from rl_isac.physics.channel import geometry
 from rl_isac.physics.measurements import Measurements
 from rl_isac.scenario import ScenarioConfig
 
@@ -85,10 +84,7 @@ class ClusteredPPOController(Controller):
             a = check_cluster_pairs(out["pairs"][c].numpy(), sub.num_bs, sub.num_targets, sub.num_rf, valid)
             b = out["beams"][c].numpy().astype(np.int64).reshape(sub.num_bs, sub.num_targets, K, 2)[:, valid]
             if self.widen and rows.size:
-                range_m, angle = geometry(np.asarray(sub.bs_positions_m), prediction[rows])
-                wide = GeometricBeams(sub).wide_pairs(range_m, angle, _TrackerView(trk, rows))
-                if wide.any():
-                    b[wide] = sweep_beams(np.cos(angle[wide]), sub.codebook_size, K)
+                b = GeometricBeams(sub).sweep_wide(b, prediction[rows], _TrackerView(trk, rows))
             assoc[np.ix_(bs, rows)] = a[:, valid]
             beams[np.ix_(bs, rows)] = b
             estimate[rows] = out["estimate"][c].numpy().astype(float).reshape(-1, 2)[valid]

@@ -101,17 +101,7 @@ class PPOController(Controller):
 
     def _widened(self, beams: np.ndarray, prediction_m: np.ndarray) -> np.ndarray:
         """The head's beams with the sweep of :class:`~rl_isac.controllers.learned.HeadBeams` on wide pairs."""
-        from rl_isac.controllers.composed import sweep_beams
-        from rl_isac.physics.channel import geometry
-
-        if not self.widen:
-            return beams
-        range_m, angle = geometry(self.geometric.bs_positions_m, prediction_m)  # (M, I)
-        wide = self.geometric.wide_pairs(range_m, angle, self)
-        if wide.any():
-            beams = beams.copy()
-            beams[wide] = sweep_beams(np.cos(angle[wide]), self.cfg.codebook_size, self.cfg.num_tracking_symbols)
-        return beams
+        return self.geometric.sweep_wide(beams, prediction_m, self) if self.widen else beams
 
     @torch.no_grad()
     def _decide(self) -> CUAction:
