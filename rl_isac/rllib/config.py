@@ -106,6 +106,15 @@ class PPOTrainConfig(ConfigMixin):
     policy, labelled by ``bc_expert``, aggregated, refitted; :func:`rl_isac.rllib.warm_start.behaviour_clone`)."""
     gain_prior: float = 8.0
     """Initial weight of the actor's marginal-gain feature (0: an uninformed start, the paper's)."""
+    detection_features: bool = False
+    """Give the actor what the MILP's objective weights each pair by: the observation's ``pair_detect`` (each
+    pair's credited detection probability) as a pair input, and the marginal gain of the *expected* objective
+    over detection outcomes (:func:`rl_isac.rllib.module.detection_gain_features`) beside the plain one (issue 9,
+    the I = 8 imitation ceiling). Off: the module of the checkpoints trained before it, unchanged."""
+    milp_features: bool = False
+    """With ``detection_features``: the observation also carries ``pair_milp``, the exact MILP's association on
+    the observation's own quantities, as a pair input and a scored feature (the actor starts next to the myopic
+    optimum and PPO learns where to leave it; :mod:`rl_isac.rllib.module`)."""
 
     def __post_init__(self) -> None:
         def num(name: str, lo: float, hi: float, lo_open: bool = False) -> None:
@@ -151,6 +160,12 @@ class PPOTrainConfig(ConfigMixin):
             raise ConfigError("reward_normalize", self.reward_normalize, "must be a bool")
         if not isinstance(self.warm_start, bool):
             raise ConfigError("warm_start", self.warm_start, "must be a bool")
+        if not isinstance(self.detection_features, bool):
+            raise ConfigError("detection_features", self.detection_features, "must be a bool")
+        if not isinstance(self.milp_features, bool):
+            raise ConfigError("milp_features", self.milp_features, "must be a bool")
+        if self.milp_features and not self.detection_features:
+            raise ConfigError("milp_features", True, "needs detection_features: true")
         if not isinstance(self.bc_expert, str) or not self.bc_expert:
             raise ConfigError("bc_expert", self.bc_expert, "must be a method name")
         if self.minibatch_size > self.train_batch_size:
@@ -218,7 +233,9 @@ def env_config_for(train_cfg: PPOTrainConfig, targets: int, seed: int, preset: s
     """The env_config of a training run."""
     return {"targets": targets, "preset": preset, "fidelity": train_cfg.fidelity, "blocks": train_cfg.blocks,
             "seed": seed, "split": 0, "reward_scale": train_cfg.reward_scale, "reward": train_cfg.reward,
-            "reward_mix": train_cfg.reward_mix, "reward_normalize": train_cfg.reward_normalize}
+            "reward_mix": train_cfg.reward_mix, "reward_normalize": train_cfg.reward_normalize,
+            **({"detection_features": True} if train_cfg.detection_features else {}),
+            **({"milp_features": True} if train_cfg.milp_features else {})}
 
 
 def module_spec(dgnn_cfg_dict: dict, dgnn_weights: str | None, train_cfg: PPOTrainConfig, cfg: ScenarioConfig,
@@ -231,11 +248,17 @@ def module_spec(dgnn_cfg_dict: dict, dgnn_weights: str | None, train_cfg: PPOTra
     from rl_isac.rllib.env import action_space, observation_space
     from rl_isac.rllib.module import ISACPPOModule
 
-    spec = RLModuleSpec(module_class=ISACPPOModule, observation_space=observation_space(cfg),
-                        action_space=action_space(cfg),
-                        model_config={"dgnn": dgnn_cfg_dict, "dgnn_weights": dgnn_weights,
-                                      "hidden": train_cfg.hidden, "critic_hidden": train_cfg.critic_hidden,
-                                      "gain_prior": train_cfg.gain_prior, "init_state": init_state})
+    detection = train_cfg.detection_features
+    model_config = {"dgnn": dgnn_cfg_dict, "dgnn_weights": dgnn_weights, "hidden": train_cfg.hidden,
+                    "critic_hidden": train_cfg.critic_hidden, "gain_prior": train_cfg.gain_prior,
+                    "init_state": init_state}
+    if detection:  # absent when off: the model_config of the modules trained before the option, exactly
+        model_config["detection_features"] = True
+    if train_cfg.milp_features:
+        model_config["milp_features"] = True
+    spec = RLModuleSpec(module_class=ISACPPOModule,
+                        observation_space=observation_space(cfg, detection=detection, milp=train_cfg.milp_features),
+                        action_space=action_space(cfg), model_config=model_config)
     return MultiRLModuleSpec(rl_module_specs={MODULE_ID: spec})
 
 

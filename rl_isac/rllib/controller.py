@@ -81,7 +81,9 @@ class PPOController(Controller):
         self.cfg = cfg
         self.module = module
         self.window = MeasurementWindow(cfg, anchor=module.dgnn.cfg.window_anchor)
-        self.builder = ObservationBuilder(cfg)
+        # the detection probabilities only for a module trained with them (detection_features)
+        self.builder = ObservationBuilder(cfg, detection=getattr(module, "detection_features", False),
+                                          milp=getattr(module, "milp_features", False))
         self.block = 0
         self.beam_shape = (cfg.num_bs, cfg.num_targets, cfg.num_tracking_symbols, 2)
         self.widen = bool(widen)

@@ -34,6 +34,10 @@ Observation (``Dict`` of fixed-shape float32 ``Box``es): the arrays of
 * ``prior_cov (I, 3)``: ``[log10 P_xx / 4, log10 P_yy / 4, P_xy / sqrt(P_xx P_yy)]`` of ``P``.
 * ``pair_fim (M, I, 3)`` and ``prior_fim (I, 3)``: the raw ``[xx, xy, yy]`` entries (1/m^2) of ``J_{m,i}``
   and of ``P^-1`` (the actor computes the myopic objective's marginal gains from them).
+* ``pair_detect (M, I)``, only with env_config ``detection_features=True``: each pair's credited detection
+  probability (:data:`rl_isac.rllib.observation.DETECTION_OBS_KEY`), what the MILP weights the pair by.
+* ``pair_milp (M, I)``, only with ``milp_features=True`` (needs ``detection_features``): the exact MILP's
+  association on the observation's own quantities (:data:`rl_isac.rllib.observation.MILP_OBS_KEY`).
 
 The mask needs nothing else: it is a function of the sub-actions chosen so far.
 
@@ -82,7 +86,8 @@ env_config keys (all optional): ``targets`` (4), ``preset`` ("paper"), ``fidelit
 ``split`` (0 = training), ``reward_scale`` (1.0), ``reward`` ("mse"), ``reward_mix`` (0.5),
 ``reward_normalize`` (False), ``clusters`` (1), ``cluster_capacity`` (None = ``min(I, M_c N_RF)``),
 ``cluster_hysteresis_m`` (5.0), ``cluster_area`` ("strip"; or "voronoi", :mod:`rl_isac.clusters`), ``scenario``
-(a dict overriding scenario fields).
+(a dict overriding scenario fields), ``detection_features`` (False; one cluster only: adds ``pair_detect``),
+``milp_features`` (False; adds ``pair_milp``).
 
 Rewards (issue 9's levers; ``infos`` carry both terms whatever the choice):
 
@@ -131,7 +136,8 @@ from rl_isac.tracking.window import _AGE_CAP_BLOCKS, FEATURE_NAMES, MeasurementW
 ENV_DEFAULTS: dict[str, Any] = {"targets": 4, "preset": "paper", "fidelity": "surrogate", "blocks": 100, "seed": 0,
                                 "split": 0, "reward_scale": 1.0, "reward": "mse", "reward_mix": 0.5,
                                 "reward_normalize": False, "clusters": 1, "cluster_capacity": None,
-                                "cluster_hysteresis_m": HYSTERESIS_M, "cluster_area": "strip", "scenario": None}
+                                "cluster_hysteresis_m": HYSTERESIS_M, "cluster_area": "strip", "scenario": None,
+                                "detection_features": False, "milp_features": False}
 
 
 class RunningReturnStd:
@@ -190,6 +196,14 @@ def env_scenario(env_config: dict) -> ScenarioConfig:
         raise ConfigError("env_config.reward_mix", mix, "must be a number in [0, 1]")
     if not isinstance(cfgd["reward_normalize"], bool):
         raise ConfigError("env_config.reward_normalize", cfgd["reward_normalize"], "must be a bool")
+    if not isinstance(cfgd["detection_features"], bool):
+        raise ConfigError("env_config.detection_features", cfgd["detection_features"], "must be a bool")
+    if cfgd["detection_features"] and cfgd["clusters"] > 1:
+        raise ConfigError("env_config.detection_features", True, "is for one cluster only (clusters = 1)")
+    if not isinstance(cfgd["milp_features"], bool):
+        raise ConfigError("env_config.milp_features", cfgd["milp_features"], "must be a bool")
+    if cfgd["milp_features"] and not cfgd["detection_features"]:
+        raise ConfigError("env_config.milp_features", True, "needs detection_features=True")
     overrides = dict(cfgd["scenario"] or {})
     overrides.update(fidelity=cfgd["fidelity"], num_blocks=int(cfgd["blocks"]))
     cfg = ScenarioConfig.preset(cfgd["preset"], num_targets=int(cfgd["targets"]), **overrides)
@@ -217,16 +231,17 @@ def agent_spaces(env_config: dict) -> tuple[gym.spaces.Dict, gym.spaces.Dict]:
     """``(observation_space, action_space)`` of every agent of an env_config (all agents share them)."""
     full = {**ENV_DEFAULTS, **dict(env_config)}
     sub = cluster_scenario(env_config)
-    obs = observation_space(sub)
+    obs = observation_space(sub, detection=bool(full["detection_features"]), milp=bool(full["milp_features"]))
     if full["clusters"] > 1:
         obs = gym.spaces.Dict({**obs.spaces, "target_valid": gym.spaces.Box(0.0, 1.0, shape=(sub.num_targets,),
                                                                             dtype=np.float32)})
     return obs, action_space(sub)
 
 
-def observation_space(cfg: ScenarioConfig) -> gym.spaces.Dict:
-    """The per-agent observation space: window arrays + :data:`EXTRA_OBS_KEYS` (float32 Boxes)."""
-    shapes = observation_shapes_rl(cfg)
+def observation_space(cfg: ScenarioConfig, detection: bool = False, milp: bool = False) -> gym.spaces.Dict:
+    """The per-agent observation space: window arrays + :data:`EXTRA_OBS_KEYS` (+ ``pair_detect``, ``pair_milp``)
+    (float32 Boxes)."""
+    shapes = observation_shapes_rl(cfg, detection, milp)
     return gym.spaces.Dict({k: gym.spaces.Box(-np.inf, np.inf, shape=s, dtype=np.float32)
                             for k, s in shapes.items()})
 
@@ -315,7 +330,8 @@ class ISACMultiAgentEnv(MultiAgentEnv):
         self.action_spaces = {a: act_space for a in self.agents}
         if C == 1:
             self.window = MeasurementWindow(cfg, anchor="ekf")
-            self._obs_builder = ObservationBuilder(cfg)
+            self._obs_builder = ObservationBuilder(cfg, detection=bool(self.env_config["detection_features"]),
+                                                   milp=bool(self.env_config["milp_features"]))
         else:
             self._init_clusters()
         self.observation_space = self.observation_spaces[self.agents[0]]

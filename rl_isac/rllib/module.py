@@ -37,7 +37,21 @@ Per observation (batch ``B``; ``M`` BSs, ``I`` targets, ``P = M * I`` pairs, ``J
 from an RLlib checkpoint gets the weights from its saved state instead, so the path may be
 absent there), ``hidden`` (``H``, 64), ``critic_hidden`` (128), ``pairing`` ("grid"),
 ``gain_prior`` (8.0; 0 = an uninformed start, the paper's), ``init_state`` (a full state dict loaded
-at construction, e.g. the warm start; absent when restoring, like ``dgnn_weights``).
+at construction, e.g. the warm start; absent when restoring, like ``dgnn_weights``), ``detection_features``
+(False; see below).
+
+``detection_features=True`` (issue 9: the MILP's objective weights each pair by its credited detection
+probability, which the plain actor never sees): the observation carries ``pair_detect (M, I)``
+(:data:`rl_isac.rllib.observation.DETECTION_OBS_KEY`), appended to the pair MLP's input, and each step scores
+two more per-pair features with their own coefficients (``pair_heads`` has 6 outputs instead of 4):
+:func:`detection_gain_features`, the marginal gain of the *expected* objective over detection outcomes given
+the pairs already chosen (log, as :func:`gain_feature`) and that gain relative to the target's expected cost
+(what the chain price compares). ``gain_prior`` then initialises the expected gain's coefficient.
+``milp_features=True`` (needs ``detection_features``) adds ``pair_milp (M, I)``
+(:data:`rl_isac.rllib.observation.MILP_OBS_KEY`: the exact MILP's association on the observation's own
+informations and detection probabilities) as one more pair input and one more scored feature (coefficient
+initialised at ``milp_prior``, 4): the actor starts next to the myopic optimum and learns where to leave it.
+Without these keys the module is the one of the checkpoints trained before the options, parameter for parameter.
 """
 
 from __future__ import annotations
@@ -54,6 +68,7 @@ from torch import nn
 
 from rl_isac.rllib.distribution import MaskedARDistribution, dist_input_sizes
 from rl_isac.rllib.mask import MASKED_LOGIT, apply_step, initial_state, states_from_actions, valid_action_mask
+from rl_isac.rllib.observation import DETECTION_OBS_KEY, MILP_OBS_KEY
 from rl_isac.tracking.dgnn.model import DGNN, DGNNConfig, beams_from_logits
 from rl_isac.tracking.window import OBS_KEYS
 
@@ -136,6 +151,54 @@ def gain_feature(info_before: torch.Tensor, pair_info: torch.Tensor) -> torch.Te
     return torch.log10(g.clamp_min(0.0) + 1e-6) / 4.0
 
 
+def detection_tables(prior_fim: torch.Tensor, pair_fim: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What :func:`detection_gain_features` needs of an observation, independent of the chosen pairs.
+
+    Returns ``cost (B, S, I)``: ``tr (P_i^-1 + sum_{m in D} J_{m,i})^-1`` (m^2) of every detected BS set ``D``
+    (bitmask, ``S = 2^M``), ``delta (B, M, S, I)``: ``cost[D] - cost[D + m]`` (what BS ``m`` removes when it is
+    detected too), and ``bits (S, M)`` bool.
+
+    Shapes: ``prior_fim (B, I, 3)``, ``pair_fim (B, M, I, 3)`` (``[xx, xy, yy]``, 1/m^2).
+    """
+    B, M, I, _ = pair_fim.shape
+    S = 1 << M
+    ids = torch.arange(S, device=pair_fim.device)
+    bits = ((ids[:, None] >> torch.arange(M, device=pair_fim.device)) & 1).bool()             # (S, M)
+    summed = prior_fim[:, None] + torch.einsum("sm,bmic->bsic", bits.to(pair_fim.dtype), pair_fim)  # (B, S, I, 3)
+    a, b, c = summed.unbind(-1)
+    cost = (a + c) / (a * c - b * b).clamp_min(1e-12)                                          # (B, S, I)
+    up = ids[None] | (1 << torch.arange(M, device=pair_fim.device))[:, None]                   # (M, S): D + m
+    delta = cost[:, None] - cost[:, up]                                                        # (B, M, S, I)
+    return cost, delta, bits
+
+
+def detection_gain_features(tables: tuple[torch.Tensor, torch.Tensor, torch.Tensor], detect: torch.Tensor,
+                            chosen: torch.Tensor) -> torch.Tensor:
+    """Marginal gain of the expected myopic objective (:mod:`rl_isac.association.objective`) of every pair.
+
+    With the BS set ``S_i`` already chosen for target ``i`` and detection probabilities ``p``, the expected cost
+    is ``E c_i(S_i) = sum_{D subset S_i} w(D) cost_i(D)``, ``w(D) = prod_{m in D} p_m prod_{m in S_i - D} (1 - p_m)``,
+    and adding BS ``m`` removes ``G = p_{m,i} sum_D w(D) (cost_i(D) - cost_i(D + m))`` (exactly). Returns
+    ``[log10(max(G, 0) + 1e-6) / 4, G / E c_i(S_i)]`` per pair ``k = m * I + i``.
+
+    Shapes: ``tables`` of :func:`detection_tables`, ``detect (B, M, I)``, ``chosen (B, J, M, I)`` (bool or 0/1)
+    -> ``(B, J, M * I, 2)``.
+    """
+    cost, delta, bits = tables
+    B, J, M, I = chosen.shape
+    cp = chosen.to(detect.dtype) * detect[:, None]                                             # (B, J, M, I)
+    w = torch.ones(B, J, bits.shape[0], I, dtype=detect.dtype, device=detect.device)           # (B, J, S, I)
+    for m in range(M):
+        f = cp[:, :, m, None, :]
+        w = w * torch.where(bits[:, m, None], f, 1.0 - f)
+    expected = (w * cost[:, None]).sum(2)                                                      # (B, J, I)
+    gain = detect[:, None] * torch.einsum("bjsi,bmsi->bjmi", w, delta)                          # (B, J, M, I)
+    rel = gain / expected.clamp_min(1e-12)[:, :, None]
+    out = torch.stack([torch.log10(gain.clamp_min(0.0) + 1e-6) / 4.0, rel], -1)
+    return out.reshape(B, J, M * I, 2)
+
+
 def _mlp(inp: int, hidden: int, out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(inp, hidden), nn.GELU(), nn.Linear(hidden, out))
 
@@ -173,16 +236,31 @@ class ISACPPOModule(TorchRLModule, ValueFunctionAPI):
         self.hidden = H
         # pair MLP [target part (D + 5), pair part (9)] -> H -> H; its first layer split in two so the target
         # part runs once per target (B I rows) instead of once per pair (B M I rows): the same function
+        self.detection_features = bool(mc.get("detection_features", False))
+        self.milp_features = bool(mc.get("milp_features", False))
+        if self.milp_features and not self.detection_features:
+            raise ValueError("milp_features needs detection_features")
+        for on, key in ((self.detection_features, DETECTION_OBS_KEY), (self.milp_features, MILP_OBS_KEY)):
+            if on and key not in obs_space.spaces:
+                raise ValueError(f"the module's options need the observation key {key!r} (env_config "
+                                 f"detection_features / milp_features)")
+        # per-pair step features scored beyond the plain four (detection gains, MILP bit): _extra_features
+        self.num_extra = 2 * self.detection_features + self.milp_features
         self.pair_in_target = nn.Linear(D + 5, H)
-        self.pair_in_pair = nn.Linear(9, H, bias=False)
+        self.pair_in_pair = nn.Linear(9 + self.detection_features + self.milp_features, H, bias=False)
         self.pair_hidden = nn.Linear(H, H)
         self.target_mlp = _mlp(D + 5, H, H)
         self.ctx_lin = nn.Linear(M + I + 1, H)          # context v^(j), coverage, j / J
         # per-pair coefficients of the step state: target covered, chains left at its BS, marginal gain; bias
-        self.pair_heads = nn.Linear(H, 4)
+        # (+ with detection_features: the expected objective's marginal gain, log and relative; + the MILP's bit)
+        self.pair_heads = nn.Linear(H, 4 + self.num_extra)
         with torch.no_grad():
             self.pair_heads.weight.mul_(0.1)
-            self.pair_heads.bias.copy_(torch.tensor([0.0, 0.0, float(mc.get("gain_prior", 8.0)), 0.0]))
+            prior = float(mc.get("gain_prior", 8.0))
+            bias = [0.0, 0.0, 0.0 if self.detection_features else prior, 0.0]
+            bias += [prior, 0.0] if self.detection_features else []
+            bias += [float(mc.get("milp_prior", 4.0))] if self.milp_features else []
+            self.pair_heads.bias.copy_(torch.tensor(bias))
         self.stop_mlp = _mlp(2 * H, H, 1)
         self.critic_target = _mlp(D + 5, HC, HC)
         self.critic_head = nn.Sequential(nn.Linear(2 * HC + 3, HC), nn.GELU(), nn.Linear(HC, HC), nn.GELU(),
@@ -264,6 +342,10 @@ class ISACPPOModule(TorchRLModule, ValueFunctionAPI):
         tgt = torch.cat([z, obs["prior_cov"].float(), obs["anchor_log_std"].float()[..., None],
                          obs["anchor_age"].float()[..., None]], dim=-1)                    # (B, I, D + 5)
         pair = torch.cat([obs["pair_info"].float(), bs[:, :, None].expand(B, M, I, 2), rel, dist], dim=-1)  # (.., 9)
+        if self.detection_features:
+            pair = torch.cat([pair, obs[DETECTION_OBS_KEY].float()[..., None]], dim=-1)           # (.., 10)
+        if self.milp_features:
+            pair = torch.cat([pair, obs[MILP_OBS_KEY].float()[..., None]], dim=-1)                # (.., 11)
         h = torch.nn.functional.gelu(self.pair_in_target(tgt)[:, None] + self.pair_in_pair(pair))  # (B, M, I, H)
         g = self.target_mlp(tgt).mean(1)
         return h, g
@@ -296,6 +378,8 @@ class ISACPPOModule(TorchRLModule, ValueFunctionAPI):
         h = heads[:, None]                                                                 # (B, 1, P, 4)
         pair_logits = (torch.einsum("bjh,bph->bjp", ctx, E) + h[..., 0] * covered.float()[..., self.pair_target]
                        + h[..., 1] * rem[..., self.pair_bs] + h[..., 2] * gain + h[..., 3])
+        if self.num_extra:
+            pair_logits = pair_logits + (h[..., 4:] * self._extra_features(obs, chosen)).sum(-1)
         stop_logit = self.stop_mlp(torch.cat([g[:, None].expand(B, ctx.shape[1], H), ctx], dim=-1))  # (B, J, 1)
         logits = torch.cat([pair_logits, stop_logit], dim=-1)
         mask = valid_action_mask(remaining, covered, chosen, stopped)
@@ -324,8 +408,23 @@ class ISACPPOModule(TorchRLModule, ValueFunctionAPI):
             acc = torch.einsum("bjmi,bmic->bjic", chosen.float(), pair_fim)                # (B, J, I, 3)
             gain = gain_feature(obs["prior_fim"].float()[:, None, self.pair_target] + acc[:, :, self.pair_target],
                                 pair_fim.reshape(B, 1, self.num_pairs, 3))                 # (B, J, P)
+            if self.num_extra:  # TF_GAIN (B, J, P, 1 + num_extra): the plain gain, then _extra_features
+                gain = torch.cat([gain[..., None], self._extra_features(obs, chosen)], -1)
             return {TF_CTX_IN: torch.cat([rem, covered.float(), step_f], dim=-1), TF_GAIN: gain,
                     TF_MASK: valid_action_mask(remaining, covered, chosen, stopped)}
+
+    def _extra_features(self, obs: dict[str, torch.Tensor], chosen: torch.Tensor, tables=None) -> torch.Tensor:
+        """The scored step features beyond the plain four, ``(B, J, P, num_extra)`` for ``chosen (B, J, M, I)``:
+        :func:`detection_gain_features`, then (``milp_features``) the MILP's bit of each pair."""
+        detect = obs[DETECTION_OBS_KEY].float()
+        if tables is None:
+            tables = detection_tables(obs["prior_fim"].float(), obs["pair_fim"].float())
+        out = detection_gain_features(tables, detect, chosen)
+        if self.milp_features:
+            B, J = chosen.shape[:2]
+            bit = obs[MILP_OBS_KEY].float().reshape(B, 1, self.num_pairs, 1).expand(B, J, self.num_pairs, 1)
+            out = torch.cat([out, bit], -1)
+        return out
 
     def train_logits(self, obs: dict[str, torch.Tensor], enc: dict[str, torch.Tensor], pairs: torch.Tensor,
                      tf: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
@@ -349,15 +448,20 @@ class ISACPPOModule(TorchRLModule, ValueFunctionAPI):
         ctx = self.ctx_lin(ctx_in)                                                         # (B, J, H)
         We, be = self.pair_hidden.weight, self.pair_hidden.bias                            # E = h W_E^T + b_E
         Wh, bh = self.pair_heads.weight, self.pair_heads.bias
-        heads = torch.addmm(torch.addmv(bh, Wh, be), h.reshape(B * P, H), (Wh @ We).t()).reshape(B, P, 4)
+        heads = torch.addmm(torch.addmv(bh, Wh, be), h.reshape(B * P, H), (Wh @ We).t()).reshape(B, P, -1)
         ctx_e = ctx @ We                                                                   # (B, J, H): W_E^T c_j
         bilinear = torch.baddbmm((ctx @ be)[..., None], ctx_e, h.transpose(1, 2))          # (B, J, P)
         I, J = self.num_targets, ctx_in.shape[1]
         # per pair k = bs * I + target: its BS's chains left / N_RF and its target's coverage (broadcast copies)
         rem_p = ctx_in[..., :M, None].expand(B, J, M, I).reshape(B, J, P)
         cov_p = ctx_in[..., None, M:M + I].expand(B, J, M, I).reshape(B, J, P)
+        gain = tf[TF_GAIN]
+        if self.num_extra:
+            gain, extra = gain[..., 0], gain[..., 1:]
         pair_logits = (bilinear + heads[:, None, :, 0] * cov_p + heads[:, None, :, 1] * rem_p
-                       + heads[:, None, :, 2] * tf[TF_GAIN] + heads[:, None, :, 3])
+                       + heads[:, None, :, 2] * gain + heads[:, None, :, 3])
+        if self.num_extra:
+            pair_logits = pair_logits + (heads[:, None, :, 4:] * extra).sum(-1)
         s1, s2 = self.stop_mlp[0], self.stop_mlp[2]
         stop_g = torch.addmm(s1.bias, g, s1.weight[:, :H].t())                              # (B, H)
         stop_logit = s2(torch.nn.functional.gelu(stop_g[:, None] + ctx @ s1.weight[:, H:].t()))  # (B, J, 1)
@@ -376,13 +480,15 @@ class ISACPPOModule(TorchRLModule, ValueFunctionAPI):
         Wc, bc = self.ctx_lin.weight, self.ctx_lin.bias                                # (H, M + I + 1)
         W_state = Wc[:, :M + I].t()                                                    # (M + I, H)
         w_step = Wc[:, M + I]
-        heads = self.pair_heads(E)                                                     # (B, P, 4)
-        alpha, beta, gamma, bias = heads.unbind(-1)
+        heads = self.pair_heads(E)                                                     # (B, P, 4 + num_extra)
+        alpha, beta, gamma, bias = heads[..., :4].unbind(-1)
         s1, s2 = self.stop_mlp[0], self.stop_mlp[2]
         stop_g = torch.addmm(s1.bias, g, s1.weight[:, :H].t())                          # (B, H) the g half, once
         stop_ctx_w = s1.weight[:, H:].t()
         fim = obs["pair_fim"].float().reshape(B, P, 3)
         prior_p = obs["prior_fim"].float()[:, self.pair_target]                          # (B, P, 3)
+        tables = (detection_tables(obs["prior_fim"].float(), obs["pair_fim"].float())
+                  if self.detection_features else None)
         rem = torch.full((B, M), 1.0, device=E.device)                                 # remaining / N_RF
         cov = torch.zeros(B, I, device=E.device)
         cho = torch.zeros(B, P, device=E.device)
@@ -403,6 +509,9 @@ class ISACPPOModule(TorchRLModule, ValueFunctionAPI):
             rem_p, cov_p = rem[:, pb], cov[:, pt]                                          # (B, P)
             gain = gain_feature(prior_p + acc[:, pt], fim)
             pair_logits = torch.bmm(E, ctx[:, :, None])[..., 0] + alpha * cov_p + beta * rem_p + gamma * gain + bias
+            if self.num_extra:
+                extra = self._extra_features(obs, cho.reshape(B, 1, M, I), tables)[:, 0]      # (B, P, num_extra)
+                pair_logits = pair_logits + (heads[..., 4:] * extra).sum(-1)
             stop = s2(torch.nn.functional.gelu(torch.addmm(stop_g, ctx, stop_ctx_w)))        # (B, 1)
             logits = torch.cat([pair_logits, stop], 1)                                     # (B, P + 1)
             # the exact mask (rl_isac.rllib.mask.valid_action_mask) from this state
@@ -456,6 +565,10 @@ class ISACPPOModule(TorchRLModule, ValueFunctionAPI):
         W_state, w_step = Wc[:, :M + I].T.copy(), Wc[:, M + I]
         heads = En @ self.pair_heads.weight.detach().numpy().T + self.pair_heads.bias.detach().numpy()
         alpha, beta, gamma, bias = heads[..., 0], heads[..., 1], heads[..., 2], heads[..., 3]
+        if self.num_extra:  # the extra features from the torch function (one call a step)
+            keys = ("prior_fim", "pair_fim", DETECTION_OBS_KEY) + ((MILP_OBS_KEY,) if self.milp_features else ())
+            det_obs = {k: obs[k].detach().cpu().float() for k in keys}
+            tables = detection_tables(det_obs["prior_fim"], det_obs["pair_fim"])
         W1, b1 = self.stop_mlp[0].weight.detach().numpy(), self.stop_mlp[0].bias.detach().numpy()
         W2, b2 = self.stop_mlp[2].weight.detach().numpy(), self.stop_mlp[2].bias.detach().numpy()
         stop_g = gn @ W1[:, :H].T + b1
@@ -484,6 +597,9 @@ class ISACPPOModule(TorchRLModule, ValueFunctionAPI):
             gain = np.log10(np.maximum(tr_inv(A) - tr_inv(A + fim), 0.0) + np.float32(1e-6)) / np.float32(4.0)
             pair_logits = (np.matmul(En, ctx[:, :, None])[..., 0] + alpha * cov_p + beta * rem_p + gamma * gain
                            + bias)
+            if self.num_extra:
+                extra = self._extra_features(det_obs, torch.from_numpy(cho.reshape(B, 1, M, I)), tables)[:, 0]
+                pair_logits = pair_logits + (heads[..., 4:] * extra.numpy()).sum(-1)
             stop = gelu(stop_g + ctx @ stop_ctx_w) @ W2.T + b2                             # (B, 1)
             n_cov = cov.sum(1)
             must_cover = (I - n_cov) >= rem.sum(1) * R - 0.5

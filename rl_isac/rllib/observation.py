@@ -10,19 +10,37 @@ import numpy as np
 
 from rl_isac.physics.arrays import beams_toward, dft_codebook
 from rl_isac.physics.channel import geometry
+from rl_isac.physics.detection import credited_detection_probability
 from rl_isac.physics.fisher import expected_position_information
 from rl_isac.scenario import ScenarioConfig
 from rl_isac.tracking.window import MeasurementWindow, observation_shapes
 
 EXTRA_OBS_KEYS = ("block", "pair_info", "prior_cov", "pair_fim", "prior_fim")
 """Keys added to the window arrays."""
+DETECTION_OBS_KEY = "pair_detect"
+"""Optional key (``ObservationBuilder(cfg, detection=True)``, env_config ``detection_features``): ``(M, I)``
+float32, the probability that pair ``(m, i)`` yields a measurement credited to target ``i``
+(:func:`~rl_isac.physics.detection.credited_detection_probability` at the prediction, with its covariance and
+the beams the CU transmits there: the geometric beams, swept where the re-acquisition rule sweeps), what the
+MILP's objective weights each pair by (:mod:`rl_isac.association.objective`)."""
+MILP_OBS_KEY = "pair_milp"
+"""Optional key (``ObservationBuilder(cfg, detection=True, milp=True)``, env_config ``milp_features``): ``(M, I)``
+float32 0/1, the exact MILP's association (:class:`~rl_isac.association.milp.MilpSolver`, the CUs' chain price)
+on the observation's own quantities: the pairs' information ``J``, the prediction's ``P^-1`` and
+:data:`DETECTION_OBS_KEY` (about 1 ms a block at I = 8)."""
 
 
-def observation_shapes_rl(cfg: ScenarioConfig) -> dict[str, tuple[int, ...]]:
-    """Shapes of every observation key (window arrays + :data:`EXTRA_OBS_KEYS`), all float32."""
+def observation_shapes_rl(cfg: ScenarioConfig, detection: bool = False, milp: bool = False
+                          ) -> dict[str, tuple[int, ...]]:
+    """Shapes of every observation key (window arrays + :data:`EXTRA_OBS_KEYS`, + :data:`DETECTION_OBS_KEY` with
+    ``detection``, + :data:`MILP_OBS_KEY` with ``milp``), all float32."""
     shapes = dict(observation_shapes(cfg))
     shapes.update(block=(1,), pair_info=(cfg.num_bs, cfg.num_targets, 4), prior_cov=(cfg.num_targets, 3),
                   pair_fim=(cfg.num_bs, cfg.num_targets, 3), prior_fim=(cfg.num_targets, 3))
+    if detection:
+        shapes[DETECTION_OBS_KEY] = (cfg.num_bs, cfg.num_targets)
+    if milp:
+        shapes[MILP_OBS_KEY] = (cfg.num_bs, cfg.num_targets)
     return shapes
 
 
@@ -50,8 +68,17 @@ def info_features(prior_cov_m2: np.ndarray, info: np.ndarray) -> tuple[np.ndarra
 class ObservationBuilder:
     """Observation of one CU cluster from its window (the CU's view only, never the truth)."""
 
-    def __init__(self, cfg: ScenarioConfig) -> None:
+    def __init__(self, cfg: ScenarioConfig, detection: bool = False, milp: bool = False) -> None:
+        from rl_isac.errors import ConfigError
+
+        if milp and not detection:
+            raise ConfigError("milp_features", True, "needs detection_features (the MILP weighs pairs by pair_detect)")
         self.cfg = cfg
+        self.detection = bool(detection)
+        """Add :data:`DETECTION_OBS_KEY` (about 0.5 ms a block at I = 8, so only when a module reads it)."""
+        self.milp = bool(milp)
+        """Add :data:`MILP_OBS_KEY`."""
+        self._solver = None
         self.bs_positions_m = np.asarray(cfg.bs_positions_m, dtype=float)
         self.codebook = dft_codebook(cfg.num_tx_antennas, cfg.codebook_size, cfg.antenna_spacing_wavelengths)
         self.last_info: np.ndarray | None = None
@@ -64,7 +91,7 @@ class ObservationBuilder:
         cfg = self.cfg
         obs = window.as_arrays()
         pred = window.anchor_next_m
-        _, angle = geometry(self.bs_positions_m, pred)
+        range_m, angle = geometry(self.bs_positions_m, pred)
         beams = beams_toward(np.cos(angle), cfg.codebook_size, cfg.num_tracking_symbols)
         info = expected_position_information(cfg, self.codebook, self.bs_positions_m, pred, beams)
         prior_cov = window.anchor_predicted_covariance()
@@ -77,4 +104,37 @@ class ObservationBuilder:
         obs["prior_fim"] = np.stack([prior_info[:, 0, 0], prior_info[:, 0, 1], prior_info[:, 1, 1]], -1).astype(
             np.float32)
         obs["block"] = np.array([block / num_blocks], dtype=np.float32)
+        if self.detection:
+            obs[DETECTION_OBS_KEY] = self._detection(window, pred, (range_m, angle), beams, prior_cov)
+        if self.milp:
+            if self._solver is None:  # one per builder: it keeps its warm-started LP model between blocks
+                from rl_isac.association.milp import MilpSolver
+                from rl_isac.association.objective import DEFAULT_CHAIN_PRICE
+
+                self._solver = MilpSolver(chain_price=DEFAULT_CHAIN_PRICE)
+            assoc = self._solver.solve(info, prior_info, cfg.num_rf,
+                                       detection_prob=obs[DETECTION_OBS_KEY].astype(np.float64).clip(0.0, 1.0))
+            obs[MILP_OBS_KEY] = np.asarray(assoc, dtype=np.float32)
         return obs
+
+    def _detection(self, window: MeasurementWindow, pred: np.ndarray, range_angle: tuple[np.ndarray, np.ndarray],
+                   beams: np.ndarray, prior_cov: np.ndarray) -> np.ndarray:
+        """:data:`DETECTION_OBS_KEY` ``(M, I)`` float32 (the sweep rule of
+        :meth:`~rl_isac.controllers.composed.GeometricBeams.sweep_wide`, as the ``dgnn-ppo`` CU applies it)."""
+        from rl_isac.controllers.composed import GeometricBeams
+
+        if getattr(self, "_geometric", None) is None:
+            self._geometric = GeometricBeams(self.cfg)
+        swept = self._geometric.sweep_wide(beams, pred, _AnchorView(window, prior_cov), range_angle)
+        return credited_detection_probability(self.cfg, pred, swept, prior_cov).astype(np.float32)
+
+
+class _AnchorView:
+    """The window's anchor as the estimator :meth:`GeometricBeams.sweep_wide` reads (covariance, searching)."""
+
+    def __init__(self, window: MeasurementWindow, cov: np.ndarray) -> None:
+        self._cov = cov
+        self.searching = getattr(window, "searching", None)
+
+    def predicted_position_covariance(self) -> np.ndarray:
+        return self._cov

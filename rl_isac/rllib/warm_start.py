@@ -39,8 +39,8 @@ from rl_isac.tracking.window import MeasurementWindow, stack_observations
 
 
 def collect(cfg: ScenarioConfig, expert: str, checkpoint: str, episodes: int, seed: int, gamma: float,
-            first_episode: int = 0, policy=None, reward: tuple[float, float, bool] = (0.0, 1.0, False)
-            ) -> dict[str, np.ndarray]:
+            first_episode: int = 0, policy=None, reward: tuple[float, float, bool] = (0.0, 1.0, False),
+            detection: bool = False, milp: bool = False) -> dict[str, np.ndarray]:
     """Expert-labelled episodes: ``obs`` (stacked), ``pairs (N, J)``, ``returns (N,)`` (discounted, from each block).
 
     ``policy`` (DAgger): a callable ``obs -> association (M, I) bool``; when given, the world executes the
@@ -51,10 +51,12 @@ def collect(cfg: ScenarioConfig, expert: str, checkpoint: str, episodes: int, se
     ``reward = (fisher_weight, reward_scale, normalize)``: the env's reward (:mod:`rl_isac.rllib.env`) the
     critic's targets are computed with, ``-scale ((1 - w) eq. (5a) + w fisher)``; with ``normalize`` the
     returns are divided by their standard deviation (what the env's running normaliser converges to).
+    ``detection`` / ``milp``: the observations carry ``pair_detect`` / ``pair_milp`` (a module with
+    ``detection_features`` / ``milp_features``).
     """
     w, reward_scale, normalize = reward
     cu = make_controller(expert, cfg, checkpoint=checkpoint)
-    builder = ObservationBuilder(cfg)
+    builder = ObservationBuilder(cfg, detection=detection, milp=milp)
     obs, pairs, returns = [], [], []
     for e in range(first_episode, first_episode + episodes):
         net = CellFreeNetwork(cfg)
@@ -191,8 +193,10 @@ def behaviour_clone(module, cfg: ScenarioConfig, checkpoint: str, *, expert: str
     """
     torch.manual_seed(seed)
     t0 = time.perf_counter()
-    train = collect(cfg, expert, checkpoint, episodes, seed, gamma, reward=reward)
-    val = collect(cfg, expert, checkpoint, val_episodes, seed, gamma, first_episode=episodes, reward=reward)
+    feats = {"detection": bool(getattr(module, "detection_features", False)),
+             "milp": bool(getattr(module, "milp_features", False))}
+    train = collect(cfg, expert, checkpoint, episodes, seed, gamma, reward=reward, **feats)
+    val = collect(cfg, expert, checkpoint, val_episodes, seed, gamma, first_episode=episodes, reward=reward, **feats)
     collect_s = time.perf_counter() - t0
     enc_val = _encode_all(module, val)
     params = [p for n, p in module.named_parameters() if p.requires_grad and not n.startswith("dgnn.")]
@@ -204,7 +208,7 @@ def behaviour_clone(module, cfg: ScenarioConfig, checkpoint: str, *, expert: str
             t1 = time.perf_counter()
             module.eval()
             new = collect(cfg, expert, checkpoint, max(1, episodes // 2), seed, gamma, first_episode=first,
-                          policy=greedy_policy(module, cfg.num_bs, cfg.num_targets), reward=reward)
+                          policy=greedy_policy(module, cfg.num_bs, cfg.num_targets), reward=reward, **feats)
             first += max(1, episodes // 2)
             train = _concat(train, new)
             collect_s += time.perf_counter() - t1
