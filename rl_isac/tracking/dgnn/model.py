@@ -80,6 +80,7 @@ estimation errors are heavy-tailed and the learned correction cuts the RMSE by 1
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -87,6 +88,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch_geometric.utils import scatter as pyg_scatter
+from torch_geometric.utils import softmax as pyg_softmax
 
 from rl_isac.config import ConfigMixin
 from rl_isac.errors import ConfigError
@@ -355,6 +358,89 @@ class DGNN(nn.Module):
         return {"u_hat": u_hat, "u_tilde": u_tilde, "beam_logits_tx": tx, "beam_logits_rx": rx,
                 "target_embedding": z2}
 
+    # ------------------------------------------------------------------ lean inference
+    @torch.no_grad()
+    def infer(self, obs: dict[str, Tensor]) -> dict[str, Tensor]:
+        """:meth:`forward` in eval mode without gradients, with fewer and cheaper torch ops (inference only).
+
+        The same function as :meth:`forward` (a test checks them equal to 1e-5 on random and real windows; they
+        differ by float rounding only): the SAM without PyG's ``propagate`` machinery (:meth:`_spatial_lean`,
+        bit-identical), the positional encoding cached, the TAM's second layer evaluated at the current block
+        only (:meth:`_last_query_layer`: its keys and values need every block, its query, feed-forward and norms
+        only the one whose output is read). At batch 1 (a CU's decision) the encoder is bound by per-op overhead.
+        A model in training mode (dropout) takes :meth:`forward`.
+        """
+        if self.training:
+            return self.forward(obs)
+        h = self._spatial_lean(obs)
+        z1, z2 = self._temporal_cached(h, obs["block_valid"])
+        u_hat = self._positions(self.head_now(z1), obs, "anchor")
+        u_tilde = self._positions(self.head_next(z2), obs, "anchor_next")
+        tx, rx = self.beam_logits(u_tilde, z2, obs)
+        return {"u_hat": u_hat, "u_tilde": u_tilde, "beam_logits_tx": tx, "beam_logits_rx": rx,
+                "target_embedding": z2}
+
+    def _spatial_lean(self, obs: dict[str, Tensor]) -> Tensor:
+        """:meth:`spatial` without PyG's ``propagate`` machinery, eqs. (6)-(8). Shapes: returns ``(B, W, I, D)``.
+
+        The same edge list (the detected pairs of the valid blocks, in ``dense_to_edges``' order), the same
+        per-edge ops in the same order, PyG's own ``softmax`` and ``scatter``: bit-identical to
+        :class:`~rl_isac.tracking.dgnn.layers.SpatialAttentionLayer` (a test checks it). The BS messages
+        ``MLP_x(p_m)`` run once per sample instead of once per block (the same rows).
+        """
+        feats = obs["features"]
+        B, W, M, I, F = feats.shape
+        D = self.cfg.hidden_dim
+        if self.init_mlp is not None:
+            scales = obs["scales_m"]
+            step = (obs["anchor_next"] - obs["anchor"]) * (scales[:, 0] / scales[:, 1])[:, None, None]
+            tgt = torch.cat([obs["anchor"], step, obs["anchor_age"][..., None], obs["anchor_log_std"][..., None]],
+                            dim=-1)                                                     # (B, I, 6)
+            h0 = self.init_mlp(tgt)                                                     # (B, I, D)
+        else:
+            h0 = feats.new_zeros(B, I, D)
+        N = B * W * I
+        h = h0[:, None].expand(B, W, I, D).reshape(N, D)
+        edge = (feats[..., FEATURE_INDEX["detected"]] > 0.5) & (obs["block_valid"] > 0.5)[:, :, None, None]
+        flat = edge.reshape(-1).nonzero().squeeze(-1)                                   # (E,) as dense_to_edges
+        target_node = (flat // (M * I)) * I + flat % I                                  # graph (b, w), target i
+        bs_row = (flat // (W * M * I)) * M + (flat // I) % M                            # sample b, BS m
+        attr = feats.reshape(-1, F)[flat]
+        if self.cfg.edge_features != "cartesian":
+            attr = attr[:, self.edge_channels]
+        has_edge = edge.any(2).reshape(N, 1)
+        bs = obs["bs_positions"].reshape(B * M, -1)
+        E = flat.shape[0]
+        for layer in self.sam:
+            heads = layer.heads
+            b = torch.cat([layer.mlp_x(bs)[bs_row], layer.mlp_e(attr)], dim=-1)        # eq. (6), (E, D)
+            alpha = pyg_softmax(layer.attn(torch.cat([h[target_node], b], dim=-1)), target_node, None, N)  # eq. (8)
+            msg = (alpha[:, :, None] * b.view(E, heads, D // heads)).view(E, D)
+            agg = pyg_scatter(msg, target_node, 0, N, reduce="sum")
+            h = torch.where(has_edge, layer.norm(nn.functional.gelu(h + agg)), h)      # eq. (7); no edge: kept
+        return h.view(B, W, I, D)
+
+    def _temporal_cached(self, h: Tensor, block_valid: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`temporal` with the positional encoding cached. Shapes: as there."""
+        B, W, I, D = h.shape
+        pad = block_valid <= 0.5
+        pad[:, -1] = False  # the current block always attends (a fresh tensor: the input is not modified)
+        if self.cfg.target_mode == "shared":
+            seq = h.permute(0, 2, 1, 3).reshape(B * I, W, D)
+            pad = pad[:, None].expand(B, I, W).reshape(B * I, W)
+        else:
+            if I != self.cfg.num_targets:
+                raise ValueError(f"concat-mode DGNN built for {self.cfg.num_targets} targets got {I}")
+            seq = h.reshape(B, W, I * D)
+        key = (W, seq.shape[-1], seq.device)
+        cache = self.__dict__.setdefault("_pe_cache", {})
+        pe = cache.get(key)
+        if pe is None:
+            pe = cache[key] = sinusoidal_encoding(W, seq.shape[-1], seq.device).flip(0)  # row W-1 = age 0
+        z1 = self.tam1(seq + pe, src_key_padding_mask=pad)  # eq. (9)
+        z2 = _last_query_layer(self.tam2, z1, pad)
+        return z1[:, -1].reshape(B, I, D), z2.reshape(B, I, D)
+
     @torch.no_grad()
     def predict(self, obs: dict[str, np.ndarray], num_symbols: int | None = None,
                 pairing: str = "grid") -> dict[str, np.ndarray]:
@@ -376,6 +462,29 @@ class DGNN(nn.Module):
         return {k: (v if batched else v[0]).cpu().numpy() for k, v in out.items()}
 
 
+def _last_query_layer(layer: nn.TransformerEncoderLayer, x: Tensor, pad: Tensor) -> Tensor:
+    """Output of a post-norm ``TransformerEncoderLayer`` (eval mode) at the last position only.
+
+    Its self-attention's keys and values come from every position, the query, the output projection, the
+    feed-forward block and both norms from the last one: the same function as ``layer(x)[:, -1]``
+    (float rounding apart) at a fraction of the cost. A pre-norm layer takes the full layer.
+
+    Shapes:
+        x: ``(N, W, d)``; pad: ``(N, W)`` bool (True = ignored key, as ``src_key_padding_mask``); returns ``(N, d)``.
+    """
+    if layer.norm_first:
+        return layer(x, src_key_padding_mask=pad)[:, -1]
+    N, W, d = x.shape
+    sa = layer.self_attn
+    heads = sa.num_heads
+    w, b = sa.in_proj_weight, sa.in_proj_bias
+    q = nn.functional.linear(x[:, -1], w[:d], b[:d]).view(N, heads, 1, d // heads)
+    k, v = nn.functional.linear(x, w[d:], b[d:]).view(N, W, 2, heads, d // heads).permute(2, 0, 3, 1, 4)
+    att = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=~pad[:, None, None, :])  # (N, heads, 1, dh)
+    y = layer.norm1(x[:, -1] + sa.out_proj(att.reshape(N, d)))
+    return layer.norm2(y + layer.linear2(layer.activation(layer.linear1(y))))
+
+
 def _pair_order(num_symbols: int, pairing: str) -> list[tuple[int, int]]:
     """Rank pairs ``(tx_rank, rx_rank)`` per symbol for :func:`beams_from_logits`."""
     if pairing == "distinct":
@@ -385,6 +494,14 @@ def _pair_order(num_symbols: int, pairing: str) -> list[tuple[int, int]]:
     for s in range(2, ranks + 1):
         order += [(s, s)] + [(s, t) for t in range(s)] + [(t, s) for t in range(s)]
     return order[:num_symbols]
+
+
+@functools.lru_cache(maxsize=32)
+def _grid_rank_index(num_symbols: int, depth: int, device: str) -> Tensor:
+    """``(2 K,)`` int64: positions ``[tx rank of symbol 0, depth + its rx rank, ...]`` in a flattened
+    ``(2, depth)`` ranking of ``(tx, rx)`` (the grid pairing of :func:`beams_from_logits`), cached."""
+    order = _pair_order(num_symbols, "grid")
+    return torch.tensor([r for a, b in order for r in (a % depth, depth + b % depth)], device=device)
 
 
 def beams_from_logits(tx_logits: Tensor, rx_logits: Tensor, num_symbols: int, pairing: str = "grid") -> Tensor:
@@ -417,13 +534,15 @@ def beams_from_logits(tx_logits: Tensor, rx_logits: Tensor, num_symbols: int, pa
     C = tx_logits.shape[-1]
     order = _pair_order(num_symbols, pairing)
     depth = min(C, max(max(a, b) for a, b in order) + 2)
+    if pairing == "grid":  # one top-k over tx and rx together, one gather of the (tx, rx) ranks of every symbol
+        ranked = torch.stack([tx_logits, rx_logits], dim=-2).topk(depth, dim=-1).indices  # (..., 2, depth)
+        index = _grid_rank_index(num_symbols, depth, str(tx_logits.device))
+        return ranked.flatten(-2)[..., index].unflatten(-1, (num_symbols, 2))
     tx_ranked = tx_logits.topk(depth, dim=-1).indices
     rx_ranked = rx_logits.topk(depth, dim=-1).indices
     tx_r = torch.tensor([a % depth for a, _ in order], device=tx_logits.device)
     rx_r = torch.tensor([b % depth for _, b in order], device=tx_logits.device)
     tx = tx_ranked[..., tx_r]                                                  # (..., K)
-    if pairing == "grid":
-        return torch.stack([tx, rx_ranked[..., rx_r]], dim=-1)
     # candidates per symbol: the preferred rank first, then all ranks best first
     cand = torch.cat([rx_r[:, None], torch.arange(depth, device=tx.device).expand(len(order), depth)], dim=1)
     rx_cand = rx_ranked[..., cand]                                             # (..., K, depth + 1)

@@ -1,0 +1,112 @@
+"""The DGNN's lean inference path (DGNN.infer) is the same function as its PyG forward pass."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rl_isac.tracking.dgnn import DGNN, DGNNConfig, beams_from_logits
+from rl_isac.tracking.dgnn.model import _pair_order, to_tensors
+from tests.tracking.test_dgnn import random_obs, randomise
+
+torch.set_num_threads(1)
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = [DGNNConfig(hidden_dim=16, tam_heads=2, sam_heads=2, ff_dim=32), DGNNConfig(hidden_dim=16, tam_heads=4),
+           DGNNConfig(hidden_dim=16, tam_heads=2, edge_features="paper", anchor_init=False, residual=False,
+                      beam_input="paper"),
+           DGNNConfig.paper(4, hidden_dim=8, tam_heads=2)]
+
+
+def _assert_same_function(model: DGNN, obs: dict[str, torch.Tensor]) -> None:
+    """``infer`` equals ``forward`` to 1e-5 (relative to each output's scale) and its SAM equals PyG's exactly."""
+    with torch.no_grad():
+        ref, lean = model(obs), model.infer(obs)
+        torch.testing.assert_close(model._spatial_lean(obs), model.spatial(obs), rtol=0, atol=0)
+    assert ref.keys() == lean.keys()
+    for key, r in ref.items():
+        scale = float(r.abs().max()) + 1.0
+        np.testing.assert_allclose(lean[key].numpy(), r.numpy(), rtol=1e-5, atol=1e-5 * scale, err_msg=key)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"{c.target_mode}-{c.edge_features}-h{c.sam_heads}")
+def test_infer_equals_forward_on_random_windows(cfg: DGNNConfig) -> None:
+    """Random weights and windows (random detections, padding blocks, an empty block), batches 1 and 6."""
+    model = randomise(DGNN(cfg), seed=3)
+    for seed, batch in ((0, 1), (1, 6), (2, 6)):
+        raw = random_obs(batch, seed=seed)
+        raw["features"][:, -2, ..., 0] = 0.0  # a block without any detection: no edge, states kept
+        _assert_same_function(model, to_tensors(raw))
+
+
+def test_infer_equals_forward_with_dropout_configured_and_in_training_mode() -> None:
+    """A model in training mode (dropout) takes the PyG forward pass itself."""
+    model = randomise(DGNN(DGNNConfig(hidden_dim=16, tam_heads=2, dropout=0.3)), seed=1).train()
+    obs = to_tensors(random_obs(3, seed=5))
+    torch.manual_seed(0)
+    a = model.infer(obs)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        b = model(obs)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("targets", [4, 8])
+def test_infer_equals_forward_on_real_windows_of_the_reference_checkpoint(targets: int) -> None:
+    """The shipped phase-1 checkpoint on the windows of a surrogate episode (EKF anchor, ekf-greedy CU)."""
+    from rl_isac.controllers.registry import make_controller
+    from rl_isac.network import CellFreeNetwork
+    from rl_isac.scenario import ScenarioConfig
+    from rl_isac.tracking.dgnn.checkpoint import load_dgnn_checkpoint
+    from rl_isac.tracking.window import MeasurementWindow
+
+    ckpt = REPO / "results" / "checkpoints" / f"dgnn-I{targets}"
+    if not (ckpt / "model.pt").is_file():
+        pytest.skip(f"reference checkpoint {ckpt} not in this checkout")
+    model, _ = load_dgnn_checkpoint(ckpt)
+    model.eval()
+    cfg = ScenarioConfig.paper(targets, fidelity="surrogate")
+    net, cu = CellFreeNetwork(cfg), make_controller("ekf-greedy", cfg)
+    window = MeasurementWindow(cfg, anchor=model.cfg.window_anchor)
+    start = net.reset(11)
+    action = cu.reset(start)
+    window.reset(start)
+    windows = []
+    for _ in range(14):
+        meas = net.step(action.association, action.beams, predicted_positions_m=action.prediction_m)
+        action = cu.act(meas)
+        window.push(meas)
+        windows.append(window.as_arrays())
+    batch = {k: np.stack([w[k] for w in windows]) for k in windows[0]}
+    _assert_same_function(model, to_tensors(batch))
+    for w in windows[::5]:  # batch 1, as the CU runs it
+        _assert_same_function(model, to_tensors(w))
+    out = model.predict(windows[-1], num_symbols=cfg.num_tracking_symbols)
+    with torch.no_grad():
+        lean = model.infer(to_tensors(windows[-1]))
+    beams = beams_from_logits(lean["beam_logits_tx"], lean["beam_logits_rx"], cfg.num_tracking_symbols)[0]
+    np.testing.assert_array_equal(beams.numpy(), out["beams"])  # the same beams on this episode
+
+
+def _beams_two_topk(tx_logits, rx_logits, num_symbols):
+    """The grid pairing as before the single-top-k form: two top-k, two gathers."""
+    order = _pair_order(num_symbols, "grid")
+    depth = min(tx_logits.shape[-1], max(max(a, b) for a, b in order) + 2)
+    tx = tx_logits.topk(depth, dim=-1).indices[..., torch.tensor([a % depth for a, _ in order])]
+    rx = rx_logits.topk(depth, dim=-1).indices[..., torch.tensor([b % depth for _, b in order])]
+    return torch.stack([tx, rx], dim=-1)
+
+
+@pytest.mark.parametrize("num_symbols", [1, 2, 4, 5, 9, 12])
+def test_grid_beams_from_one_topk_equal_two_topk_even_with_ties(num_symbols: int) -> None:
+    gen = torch.Generator().manual_seed(num_symbols)
+    for C in (2, 3, 8, 32):
+        for ties in (False, True):
+            shape = (2, 3, 6, 4, C)
+            both = torch.randint(0, 3, shape, generator=gen).float() if ties else torch.randn(shape, generator=gen)
+            tx, rx = both[0], both[1]
+            torch.testing.assert_close(beams_from_logits(tx, rx, num_symbols), _beams_two_topk(tx, rx, num_symbols),
+                                       rtol=0, atol=0)
