@@ -14,7 +14,10 @@ Variants (:data:`VARIANTS`; overrides of :class:`~rl_isac.rllib.config.PPOTrainC
 * ``paper``: eq. (5a) reward, no warm start, an uninformed actor (``gain_prior 0``);
 * ``gain_prior``, ``normalize``, ``fisher``, ``mix``, ``warm_start``: one lever each on top of ``paper``;
   ``dagger``: the warm start plus one DAgger round;
-* ``shipped``: the combination the reference checkpoints use (:data:`SHIPPED`).
+* ``shipped``: the combination the reference checkpoints use (:data:`SHIPPED`);
+* ``detection``: ``shipped`` + the actor's detection features (``detection_features``: each pair's credited
+  detection probability and the expected objective's marginal gains, :mod:`rl_isac.rllib.module`);
+  ``milp_features``: ``detection`` + the MILP's association on the observation's own quantities as a pair feature.
 
 Each variant's run lives in ``--out/<variant>`` and its evaluation in ``--out/<variant>/ablation_eval.json``;
 a rerun reuses both (delete the folder to redo one). Writes ``--json`` and a Markdown table beside it.
@@ -44,6 +47,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "warm_start": {**PAPER, "warm_start": True},
     "dagger": {**PAPER, "warm_start": True, "dagger_rounds": 1},
     "shipped": SHIPPED,
+    "detection": {**SHIPPED, "detection_features": True},
+    "milp_features": {**SHIPPED, "detection_features": True, "milp_features": True},
 }
 """Ablation variants (PPOTrainConfig overrides)."""
 EVAL_FILE = "ablation_eval.json"

@@ -34,8 +34,12 @@ def test_rmse_interval_brackets_the_rmse_and_shrinks_with_episodes():
 def test_variants_are_single_levers_on_the_paper_recipe():
     paper = VARIANTS["paper"]
     assert paper["reward"] == "mse" and paper["warm_start"] is False and paper["gain_prior"] == 0.0
+    on_shipped = {"detection": {"detection_features"}, "milp_features": {"detection_features", "milp_features"}}
     for name, over in VARIANTS.items():
         if name in ("paper", "shipped"):
+            continue
+        if name in on_shipped:  # the actor's features: levers on top of the shipped recipe
+            assert {k for k in over if over[k] != SHIPPED.get(k)} == on_shipped[name], name
             continue
         changed = {k for k in over if over[k] != paper.get(k)}
         assert len(changed - {"reward_mix", "dagger_rounds"}) == 1, name
