@@ -66,9 +66,11 @@ from ray.rllib.core.rl_module.apis.value_function_api import ValueFunctionAPI
 from ray.rllib.core.rl_module.torch.torch_rl_module import TorchRLModule
 from torch import nn
 
+from rl_isac.rllib import ar_numpy
 from rl_isac.rllib.distribution import MaskedARDistribution, dist_input_sizes
 from rl_isac.rllib.mask import MASKED_LOGIT, apply_step, initial_state, states_from_actions, valid_action_mask
 from rl_isac.rllib.observation import DETECTION_OBS_KEY, MILP_OBS_KEY
+from rl_isac.tracking.dgnn import numpy_infer
 from rl_isac.tracking.dgnn.model import DGNN, DGNNConfig, beams_from_logits
 from rl_isac.tracking.window import OBS_KEYS
 
@@ -308,8 +310,18 @@ class ISACPPOModule(TorchRLModule, ValueFunctionAPI):
     @torch.no_grad()
     def encode(self, obs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The frozen DGNN on a batch of observations: ``u_hat (B, I, 2)``, ``u_tilde (B, I, 2)`` metres,
-        ``beams (B, M, I, K, 2)`` int64, ``z (B, I, D)``."""
-        out = self.dgnn({k: obs[k].float() for k in OBS_KEYS})
+        ``beams (B, M, I, K, 2)`` int64, ``z (B, I, D)``.
+
+        The same function by the cheapest path (tests check them equal to 1e-5): batches up to
+        :data:`NUMPY_DECODE_MAX_BATCH` on the CPU (the CU, the env runners) in float32 numpy
+        (:func:`~rl_isac.tracking.dgnn.numpy_infer.numpy_forward`), larger ones by the lean torch pass
+        (:meth:`~rl_isac.tracking.dgnn.model.DGNN.infer`)."""
+        first = obs[OBS_KEYS[0]]
+        if first.shape[0] <= NUMPY_DECODE_MAX_BATCH and first.device.type == "cpu" and numpy_infer.supports(self.dgnn):
+            out = {k: torch.from_numpy(v) for k, v in numpy_infer.numpy_forward(
+                self.dgnn, {k: obs[k].float().numpy() for k in OBS_KEYS}).items()}
+        else:
+            out = self.dgnn.infer({k: obs[k].float() for k in OBS_KEYS})
         beams = beams_from_logits(out["beam_logits_tx"], out["beam_logits_rx"], self.num_symbols, self.pairing)
         return {"u_hat": out["u_hat"], "u_tilde": out["u_tilde"], "beams": beams, "z": out["target_embedding"]}
 
@@ -546,80 +558,10 @@ class ISACPPOModule(TorchRLModule, ValueFunctionAPI):
 
         The same arithmetic as :meth:`decode` / :meth:`step_logits` (a test checks the teacher-forced
         log-probabilities and the greedy choices agree); a numpy op costs a fraction of a torch op's
-        dispatch, which dominates at batch sizes of 1-16 (12 steps of ~35 small ops).
+        dispatch, which dominates at batch sizes of 1-16. The step loop is :func:`rl_isac.rllib.ar_numpy.decode_numpy`
+        (bit-identical to the loop it replaced, a test checks it).
         """
-        from scipy.special import erf
-
-        def gelu(x):  # torch's default (exact) GELU
-            return 0.5 * x * (1.0 + erf(x * np.float32(0.7071067811865476)))
-
-        def tr_inv(m):
-            a, b, c = m[..., 0], m[..., 1], m[..., 2]
-            return (a + c) / np.maximum(a * c - b * b, np.float32(1e-12))
-
-        En, gn = E.detach().cpu().numpy(), g.detach().cpu().numpy()
-        B, P, H = En.shape
-        M, I, R, J = self.num_bs, self.num_targets, self.num_rf, self.num_steps
-        Wc = self.ctx_lin.weight.detach().numpy()
-        bc = self.ctx_lin.bias.detach().numpy()
-        W_state, w_step = Wc[:, :M + I].T.copy(), Wc[:, M + I]
-        heads = En @ self.pair_heads.weight.detach().numpy().T + self.pair_heads.bias.detach().numpy()
-        alpha, beta, gamma, bias = heads[..., 0], heads[..., 1], heads[..., 2], heads[..., 3]
-        if self.num_extra:  # the extra features from the torch function (one call a step)
-            keys = ("prior_fim", "pair_fim", DETECTION_OBS_KEY) + ((MILP_OBS_KEY,) if self.milp_features else ())
-            det_obs = {k: obs[k].detach().cpu().float() for k in keys}
-            tables = detection_tables(det_obs["prior_fim"], det_obs["pair_fim"])
-        W1, b1 = self.stop_mlp[0].weight.detach().numpy(), self.stop_mlp[0].bias.detach().numpy()
-        W2, b2 = self.stop_mlp[2].weight.detach().numpy(), self.stop_mlp[2].bias.detach().numpy()
-        stop_g = gn @ W1[:, :H].T + b1
-        stop_ctx_w = W1[:, H:].T.copy()
-        pb, pt = self.pair_bs.cpu().numpy(), self.pair_target.cpu().numpy()
-        fim = obs["pair_fim"].detach().cpu().numpy().astype(np.float32).reshape(B, P, 3)
-        prior_p = obs["prior_fim"].detach().cpu().numpy().astype(np.float32)[:, pt]
-        rem = np.ones((B, M), np.float32)
-        cov = np.zeros((B, I), np.float32)
-        cho = np.zeros((B, P), np.float32)
-        pad = empty_slots(obs)
-        if pad is not None:  # an empty target slot: covered (not required, (5d)) and chosen at every BS ((5e))
-            cov = pad.cpu().numpy().astype(np.float32)
-            cho = cov[:, pt].copy()
-        acc = np.zeros((B, I, 3), np.float32)
-        stopped = np.zeros(B, bool)
-        rows_idx = np.arange(B)
-        if explore:
-            rng = rng if rng is not None else np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
-            gumbel = rng.gumbel(size=(J, B, P + 1)).astype(np.float32)
-        actions, rows = np.empty((B, J), np.int64), np.empty((B, J, P + 1), np.float32)
-        for j in range(J):
-            ctx = np.concatenate([rem, cov], 1) @ W_state + (bc + np.float32(j / J) * w_step)
-            rem_p, cov_p = rem[:, pb], cov[:, pt]
-            A = prior_p + acc[:, pt]
-            gain = np.log10(np.maximum(tr_inv(A) - tr_inv(A + fim), 0.0) + np.float32(1e-6)) / np.float32(4.0)
-            pair_logits = (np.matmul(En, ctx[:, :, None])[..., 0] + alpha * cov_p + beta * rem_p + gamma * gain
-                           + bias)
-            if self.num_extra:
-                extra = self._extra_features(det_obs, torch.from_numpy(cho.reshape(B, 1, M, I)), tables)[:, 0]
-                pair_logits = pair_logits + (heads[..., 4:] * extra.numpy()).sum(-1)
-            stop = gelu(stop_g + ctx @ stop_ctx_w) @ W2.T + b2                             # (B, 1)
-            n_cov = cov.sum(1)
-            must_cover = (I - n_cov) >= rem.sum(1) * R - 0.5
-            ok = (rem_p > 0) & (cho < 0.5) & (~must_cover[:, None] | (cov_p < 0.5)) & ~stopped[:, None]
-            mask = np.concatenate([ok, (stopped | (n_cov >= I))[:, None]], 1)
-            logits = np.where(mask, np.concatenate([pair_logits, stop], 1), np.float32(MASKED_LOGIT))
-            a = (logits + gumbel[j]).argmax(-1) if explore else logits.argmax(-1)
-            actions[:, j] = a
-            rows[:, j] = logits
-            k = np.minimum(a, P - 1)
-            f = ((a < P) & ~stopped).astype(np.float32)
-            rem[rows_idx, pb[k]] -= f / R
-            cho[rows_idx, k] += f
-            t = pt[k]
-            cov[rows_idx, t] = np.maximum(cov[rows_idx, t], f)
-            acc[rows_idx, t] += f[:, None] * fim[rows_idx, k]
-            stopped |= a == P
-        pairs, logits = torch.from_numpy(actions), torch.from_numpy(rows)
-        logp = torch.log_softmax(logits, -1).gather(-1, pairs[..., None])[..., 0].sum(1)
-        return pairs, logp, logits
+        return ar_numpy.decode_numpy(self, E, g, obs, explore, rng)
 
     def decode_auto(self, E: torch.Tensor, g: torch.Tensor, obs: dict[str, torch.Tensor], explore: bool):
         """:meth:`decode_numpy` up to :data:`NUMPY_DECODE_MAX_BATCH` on the CPU, else :meth:`decode`."""

@@ -1,4 +1,5 @@
-"""The DGNN's lean inference path (DGNN.infer) is the same function as its PyG forward pass."""
+"""The DGNN's lean inference paths (DGNN.infer in torch, numpy_forward in numpy) are the same function as its PyG
+forward pass."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 
 from rl_isac.tracking.dgnn import DGNN, DGNNConfig, beams_from_logits
 from rl_isac.tracking.dgnn.model import _pair_order, to_tensors
+from rl_isac.tracking.dgnn.numpy_infer import numpy_forward, supports
 from tests.tracking.test_dgnn import random_obs, randomise
 
 torch.set_num_threads(1)
@@ -21,14 +23,23 @@ CONFIGS = [DGNNConfig(hidden_dim=16, tam_heads=2, sam_heads=2, ff_dim=32), DGNNC
 
 
 def _assert_same_function(model: DGNN, obs: dict[str, torch.Tensor]) -> None:
-    """``infer`` equals ``forward`` to 1e-5 (relative to each output's scale) and its SAM equals PyG's exactly."""
+    """``infer`` and ``numpy_forward`` equal ``forward`` to 1e-5 (relative to each output's scale); ``infer``'s SAM
+    equals PyG's exactly."""
     with torch.no_grad():
-        ref, lean = model(obs), model.infer(obs)
+        ref = model(obs)
+        paths = {"infer": {k: v.numpy() for k, v in model.infer(obs).items()}}
         torch.testing.assert_close(model._spatial_lean(obs), model.spatial(obs), rtol=0, atol=0)
-    assert ref.keys() == lean.keys()
-    for key, r in ref.items():
-        scale = float(r.abs().max()) + 1.0
-        np.testing.assert_allclose(lean[key].numpy(), r.numpy(), rtol=1e-5, atol=1e-5 * scale, err_msg=key)
+    if model.cfg.target_mode == "shared":
+        assert supports(model)
+        paths["numpy"] = numpy_forward(model, {k: v.numpy() for k, v in obs.items()})
+    else:
+        assert not supports(model)
+    for name, out in paths.items():
+        assert out.keys() == ref.keys()
+        for key, r in ref.items():
+            scale = float(r.abs().max()) + 1.0
+            assert out[key].dtype == np.float32 and out[key].shape == r.shape, (name, key)
+            np.testing.assert_allclose(out[key], r.numpy(), rtol=1e-5, atol=1e-5 * scale, err_msg=f"{name} {key}")
 
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"{c.target_mode}-{c.edge_features}-h{c.sam_heads}")
@@ -41,9 +52,29 @@ def test_infer_equals_forward_on_random_windows(cfg: DGNNConfig) -> None:
         _assert_same_function(model, to_tensors(raw))
 
 
+def test_numpy_weights_follow_in_place_updates_and_replaced_parameters() -> None:
+    """The cached numpy views see an in-place weight update (``load_state_dict``) and are rebuilt when a
+    parameter is replaced by another tensor."""
+    model = randomise(DGNN(DGNNConfig(hidden_dim=16, tam_heads=2)), seed=2)
+    other = randomise(DGNN(DGNNConfig(hidden_dim=16, tam_heads=2)), seed=9)
+    obs = random_obs(2, seed=4)
+    before = numpy_forward(model, obs)
+    model.load_state_dict(other.state_dict())                                 # in place
+    after = numpy_forward(model, obs)
+    assert not np.allclose(after["u_hat"], before["u_hat"])
+    np.testing.assert_allclose(after["u_hat"], numpy_forward(other, obs)["u_hat"], rtol=0, atol=0)
+    model.head_now[2].weight = torch.nn.Parameter(2.0 * model.head_now[2].weight.detach())   # replaced
+    with torch.no_grad():
+        ref = model(to_tensors(obs))
+    np.testing.assert_allclose(numpy_forward(model, obs)["u_hat"], ref["u_hat"].numpy(), rtol=1e-5, atol=1e-3)
+
+
 def test_infer_equals_forward_with_dropout_configured_and_in_training_mode() -> None:
-    """A model in training mode (dropout) takes the PyG forward pass itself."""
+    """A model in training mode (dropout) takes the PyG forward pass itself; the numpy path refuses it."""
     model = randomise(DGNN(DGNNConfig(hidden_dim=16, tam_heads=2, dropout=0.3)), seed=1).train()
+    assert not supports(model)
+    with pytest.raises(ValueError, match="eval mode"):
+        numpy_forward(model, random_obs(1, seed=5))
     obs = to_tensors(random_obs(3, seed=5))
     torch.manual_seed(0)
     a = model.infer(obs)

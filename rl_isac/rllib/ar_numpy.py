@@ -1,0 +1,134 @@
+"""The auto-regressive decoder of eq. (11) in float32 numpy, lean (the env runners' and the CU's small batches).
+
+:func:`decode_numpy` is :meth:`rl_isac.rllib.module.ISACPPOModule.decode_numpy`'s step loop with the same float
+operations on the same values in the same order, so the same numbers bit for bit (a test compares it with a
+verbatim copy of the previous loop on random inputs, batch 1 and more, both modes, empty slots); only the
+bookkeeping around them is cheaper, which is what a step of ~50 numpy ops on arrays of ~50 entries costs:
+
+* the context bias ``b_c + (j / J) w_step`` of every step in one go, the state ``[v / N_RF, covered]`` kept as
+  one array (no concatenation a step), the per-pair gathers of both in one indexing;
+* ``tr A^-1`` and ``tr (A + J)^-1`` of the marginal gain in one pass over a stacked array;
+* the STOP scorer (an MLP) only at steps where some row may STOP (otherwise the mask overwrites it);
+* at batch 1 (the CU's decision) the state update with scalars instead of fancy indexing.
+
+Shapes as :meth:`~rl_isac.rllib.module.ISACPPOModule.decode`: ``E (B, P, H)``, ``g (B, H)``; returns ``pairs (B, J)``
+int64, joint ``logp (B,)``, masked logits ``(B, J, P + 1)`` (torch tensors).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.special import erf
+
+from rl_isac.rllib.mask import MASKED_LOGIT
+
+_F32 = np.float32
+
+
+def _gelu(x: np.ndarray) -> np.ndarray:
+    """torch's default (exact) GELU."""
+    return 0.5 * x * (1.0 + erf(x * _F32(0.7071067811865476)))
+
+
+def decode_numpy(module: Any, E: torch.Tensor, g: torch.Tensor, obs: dict[str, torch.Tensor], explore: bool,
+                 rng: np.random.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Greedy (``explore=False``) or Gumbel-max sampled decoding of ``module`` (an ``ISACPPOModule``)."""
+    from rl_isac.rllib.module import empty_slots
+
+    En, gn = E.detach().cpu().numpy(), g.detach().cpu().numpy()
+    B, P, H = En.shape
+    M, I, R, J = module.num_bs, module.num_targets, module.num_rf, module.num_steps
+    Wc = module.ctx_lin.weight.detach().numpy()
+    bc = module.ctx_lin.bias.detach().numpy()
+    W_state, w_step = Wc[:, :M + I].T.copy(), Wc[:, M + I]
+    # b_c + (j / J) w_step of every step: float32(j / J) as the per-step expression rounded it
+    ctx_bias = bc + (np.arange(J) / J).astype(_F32)[:, None] * w_step
+    heads = En @ module.pair_heads.weight.detach().numpy().T + module.pair_heads.bias.detach().numpy()
+    alpha, beta, gamma, bias = heads[..., 0], heads[..., 1], heads[..., 2], heads[..., 3]
+    if module.num_extra:  # the extra step features (detection gains, MILP bit) from the torch function
+        from rl_isac.rllib.module import detection_tables
+        from rl_isac.rllib.observation import DETECTION_OBS_KEY, MILP_OBS_KEY
+
+        keys = ("prior_fim", "pair_fim", DETECTION_OBS_KEY) + ((MILP_OBS_KEY,) if module.milp_features else ())
+        det_obs = {k: obs[k].detach().cpu().float() for k in keys}
+        tables = detection_tables(det_obs["prior_fim"], det_obs["pair_fim"])
+    W1, b1 = module.stop_mlp[0].weight.detach().numpy(), module.stop_mlp[0].bias.detach().numpy()
+    W2, b2 = module.stop_mlp[2].weight.detach().numpy(), module.stop_mlp[2].bias.detach().numpy()
+    stop_g = gn @ W1[:, :H].T + b1
+    stop_ctx_w = W1[:, H:].T.copy()
+    W2t = W2.T
+    pb, pt = module.pair_bs.cpu().numpy(), module.pair_target.cpu().numpy()
+    state_index = np.concatenate([pb, M + pt])                         # [v, covered] -> per pair (rem_p | cov_p)
+    fim = obs["pair_fim"].detach().cpu().numpy().astype(_F32).reshape(B, P, 3)
+    prior_p = obs["prior_fim"].detach().cpu().numpy().astype(_F32)[:, pt]
+    state = np.zeros((B, M + I), _F32)                                 # [remaining chains / N_RF, covered]
+    rem, cov = state[:, :M], state[:, M:]
+    rem[:] = 1.0
+    cho = np.zeros((B, P), _F32)
+    pad = empty_slots(obs)
+    if pad is not None:  # an empty target slot: covered (not required, (5d)) and chosen at every BS ((5e))
+        cov[:] = pad.cpu().numpy().astype(_F32)
+        cho = cov[:, pt].copy()
+    acc = np.zeros((B, I, 3), _F32)
+    stopped = np.zeros(B, bool)
+    rows_idx = np.arange(B)
+    step_rf = (np.ones(1, _F32) / R)[0]                                # f / R of a chosen pair (f = 1)
+    if explore:
+        rng = rng if rng is not None else np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
+        gumbel = rng.gumbel(size=(J, B, P + 1)).astype(_F32)
+    actions, rows = np.empty((B, J), np.int64), np.empty((B, J, P + 1), _F32)
+    infos = np.empty((2, B, P, 3), _F32)                               # [A, A + J] of the marginal gain
+    masked = _F32(MASKED_LOGIT)
+    for j in range(J):
+        ctx = state @ W_state + ctx_bias[j]
+        per_pair = state[:, state_index]
+        rem_p, cov_p = per_pair[:, :P], per_pair[:, P:]
+        np.add(prior_p, acc[:, pt], out=infos[0])
+        np.add(infos[0], fim, out=infos[1])
+        a_, b_, c_ = infos[..., 0], infos[..., 1], infos[..., 2]
+        tr_inv = (a_ + c_) / np.maximum(a_ * c_ - b_ * b_, _F32(1e-12))
+        gain = np.log10(np.maximum(tr_inv[0] - tr_inv[1], 0.0) + _F32(1e-6)) / _F32(4.0)
+        pair_logits = np.matmul(En, ctx[:, :, None])[..., 0] + alpha * cov_p + beta * rem_p + gamma * gain + bias
+        if module.num_extra:
+            extra = module._extra_features(det_obs, torch.from_numpy(cho.reshape(B, 1, M, I)), tables)[:, 0]
+            pair_logits = pair_logits + (heads[..., 4:] * extra.numpy()).sum(-1)
+        n_cov = cov.sum(1)
+        stop_ok = stopped | (n_cov >= I)
+        free = ~((I - n_cov) >= rem.sum(1) * R - 0.5)                  # not yet at the (5d) lookahead
+        ok = (rem_p > 0) & (cho < 0.5) & (free[:, None] | (cov_p < 0.5)) & ~stopped[:, None]
+        logits = rows[:, j]
+        logits[:, :P] = np.where(ok, pair_logits, masked)
+        if stop_ok.any():
+            stop = _gelu(stop_g + ctx @ stop_ctx_w) @ W2t + b2                                 # (B, 1)
+            logits[:, P] = np.where(stop_ok, stop[:, 0], masked)
+        else:
+            logits[:, P] = masked
+        a = (logits + gumbel[j]).argmax(-1) if explore else logits.argmax(-1)
+        actions[:, j] = a
+        if B == 1:
+            k = int(a[0])
+            if stopped[0]:
+                continue
+            if k == P:
+                stopped[0] = True
+                continue
+            t = k % I
+            rem[0, k // I] -= step_rf
+            cho[0, k] += _F32(1.0)
+            cov[0, t] = max(cov[0, t], _F32(1.0))
+            acc[0, t] += fim[0, k]
+            continue
+        k = np.minimum(a, P - 1)
+        f = ((a < P) & ~stopped).astype(_F32)
+        rem[rows_idx, pb[k]] -= f / R
+        cho[rows_idx, k] += f
+        t = pt[k]
+        cov[rows_idx, t] = np.maximum(cov[rows_idx, t], f)
+        acc[rows_idx, t] += f[:, None] * fim[rows_idx, k]
+        stopped |= a == P
+    pairs, logits_t = torch.from_numpy(actions), torch.from_numpy(rows)
+    logp = torch.log_softmax(logits_t, -1).gather(-1, pairs[..., None])[..., 0].sum(1)
+    return pairs, logp, logits_t
