@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -24,8 +25,23 @@ DEV_SPLIT = 4
 """``training_world_seed`` split of these development worlds."""
 
 
+def _warm_controller(run_dir: str, cfg):
+    """The ``dgnn-ppo`` CU of a run's behaviour-cloned module (``warm_start.pt``: before PPO)."""
+    from rl_isac.rllib.callbacks import MODULE_ID
+    from rl_isac.rllib.config import PPOTrainConfig, module_spec
+    from rl_isac.rllib.controller import PPOController
+    from rl_isac.rllib.env import env_scenario
+
+    run = json.loads((Path(run_dir) / "train_config.json").read_text())
+    spec = module_spec(run["dgnn"], None, PPOTrainConfig.from_dict(run["train"]), env_scenario(run["env_config"]),
+                       init_state=str(Path(run_dir) / "warm_start.pt"))
+    module = spec.rl_module_specs[MODULE_ID].build()
+    module.eval()
+    return PPOController(cfg, module)
+
+
 def compare(targets: int, ppo_dirs: list[str], episodes: int = 20, blocks: int = 100, seed: int = 0,
-            fidelity: str = "signal", dgnn: str | None = None, echo=print) -> dict:
+            fidelity: str = "signal", dgnn: str | None = None, warm_dirs: tuple[str, ...] = (), echo=print) -> dict:
     from rl_isac.controllers import make_controller
     from rl_isac.evaluation.harness import LOST_M, git_revision, run_episode
     from rl_isac.scenario import ScenarioConfig
@@ -36,10 +52,11 @@ def compare(targets: int, ppo_dirs: list[str], episodes: int = 20, blocks: int =
     dgnn = dgnn or f"results/checkpoints/dgnn-I{targets}"
     seeds = [training_world_seed(seed, DEV_SPLIT, e) for e in range(episodes)]
     methods = [("dgnn-milp", "dgnn-milp", dgnn)] + [(f"dgnn-ppo:{d}", "dgnn-ppo", d) for d in ppo_dirs]
+    methods += [(f"warm-start-only:{d}", "warm", d) for d in warm_dirs]
     rows = {}
     for label, method, ckpt in methods:
         t0 = time.perf_counter()
-        cu = make_controller(method, cfg, checkpoint=ckpt)
+        cu = _warm_controller(ckpt, cfg) if method == "warm" else make_controller(method, cfg, checkpoint=ckpt)
         sq = np.stack([run_episode(cu, cfg, s, blocks)["sq_err"] for s in seeds])  # (E, Q, I)
         per_ep = np.sqrt(sq.mean(axis=(1, 2)))
         lo, hi = rmse_interval(per_ep)
@@ -78,13 +95,15 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--targets", type=int, required=True)
     ap.add_argument("--ppo", nargs="+", required=True, help="PPO run directories (rl-isac train --out)")
+    ap.add_argument("--warm", nargs="*", default=[], help="runs whose warm start alone (warm_start.pt) is compared too")
     ap.add_argument("--episodes", type=int, default=20)
     ap.add_argument("--blocks", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--fidelity", default="signal")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
-    res = compare(a.targets, a.ppo, a.episodes, a.blocks, a.seed, a.fidelity)
+    res = compare(a.targets, a.ppo, a.episodes, a.blocks, a.seed, a.fidelity, warm_dirs=tuple(a.warm))
+    res["command"] = "python -m rl_isac.training.dev_compare " + " ".join(argv if argv is not None else sys.argv[1:])
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(res, indent=1))
     Path(a.out).with_suffix(".md").write_text(markdown(res))
