@@ -125,6 +125,68 @@ def collect_peaks(meas, max_angle_std_rad: float | None = MAX_ANGLE_STD_RAD, kee
                    range_only=bad_angle[bs, label, peak])
 
 
+def _merge_cells(peaks: PeakSet, x: np.ndarray, bs_positions_m: np.ndarray, range_resolution_m: float,
+                 beam_spacing_u: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``near (N, I)``: track ``i``'s prediction lies in peak ``n``'s resolution cell (closer than
+    ``range_resolution_m`` in range and ``beam_spacing_u`` in ``u = cos(theta)`` from the peak's BS), and the
+    predicted ranges ``(N, I)`` m and angles ``(N, I)`` rad from each peak's BS."""
+    bs_pos = np.asarray(bs_positions_m, float)[peaks.bs]
+    delta = x[None, :, :2] - bs_pos[:, None, :]  # (N, I, 2)
+    r_pred = np.hypot(delta[..., 0], delta[..., 1])
+    th_pred = np.arctan2(delta[..., 1], delta[..., 0])
+    u_pred = np.cos(th_pred)
+    near = ((np.abs(r_pred - peaks.z[:, None, 0]) < range_resolution_m)
+            & (np.abs(u_pred - np.cos(peaks.z[:, None, 1])) < beam_spacing_u))  # (N, I)
+    return near, r_pred, th_pred
+
+
+def merge_partners(peaks: PeakSet, x: np.ndarray, bs_positions_m: np.ndarray, range_resolution_m: float,
+                   beam_spacing_u: float) -> np.ndarray:
+    """``(N, 2)`` int: the two tracks whose echoes peak ``n`` may be the merge of, ``-1`` where none.
+
+    A peak is a two-target merge when exactly two tracks' predictions lie in its resolution cell
+    (:func:`widen_for_merges`' test) and its BS did not resolve them: no other peak of that BS in the cell
+    of either track lies a half range cell or more from it (a second echo there means the front end saw
+    two targets apart, and each peak is one of them). Such a peak measures where the pair's echoes add
+    up, about their centroid, and says nothing about their separation:
+    :func:`rl_isac.tracking.ekf.update_merged` fuses it that way into both tracks.
+    """
+    out = np.full((len(peaks), 2), -1, np.int64)
+    if len(peaks) == 0 or len(x) < 2:
+        return out
+    near, _, _ = _merge_cells(peaks, x, bs_positions_m, range_resolution_m, beam_spacing_u)
+    for n in np.flatnonzero(near.sum(axis=1) == 2):
+        pair = np.flatnonzero(near[n])
+        same_bs = np.flatnonzero((peaks.bs == peaks.bs[n]) & near[:, pair].any(axis=1))
+        if np.any(np.abs(peaks.z[same_bs, 0] - peaks.z[n, 0]) >= 0.5 * range_resolution_m):
+            continue  # the BS resolved two echoes there
+        out[n] = pair
+    return out
+
+
+def same_beams(peaks: PeakSet, x: np.ndarray, bs_positions_m: np.ndarray, beam_spacing_u: float) -> np.ndarray:
+    """``(N, I)`` bool: track ``i`` may own peak ``n`` as far as the beams of ``n``'s scan say.
+
+    A 2-D peak carries its own angle, which the gate checks: always ``True``. A range-only peak
+    (:attr:`PeakSet.range_only`) is gated on its range alone, which every track on the same range circle
+    around the BS passes; it can only be the echo of a target inside the scan's beams, which were steered
+    at the scan's label, so it may go only to tracks whose predicted direction ``u = cos(theta)`` from that
+    BS lies within ``beam_spacing_u`` of the label's predicted one (the label itself always). Without this
+    check a range-only peak was given to a track across the area on the same range circle (one
+    development episode lost 252 target-blocks that way: tracks_findings.md).
+    """
+    ok = np.ones((len(peaks), len(x)), bool)
+    ro = np.flatnonzero(peaks.range_only)
+    if ro.size == 0:
+        return ok
+    bs_pos = np.asarray(bs_positions_m, float)[peaks.bs[ro]]
+    delta = x[None, :, :2] - bs_pos[:, None, :]  # (n, I, 2)
+    u = delta[..., 0] / np.maximum(np.hypot(delta[..., 0], delta[..., 1]), 1e-9)
+    u_label = u[np.arange(ro.size), peaks.label[ro]]
+    ok[ro] = np.abs(u - u_label[:, None]) < beam_spacing_u
+    return ok
+
+
 def widen_for_merges(peaks: PeakSet, x: np.ndarray, bs_positions_m: np.ndarray, range_resolution_m: float,
                      beam_spacing_u: float) -> PeakSet:
     """Peaks that may be two targets' merged echoes, with their covariance widened to cover both.
@@ -143,13 +205,7 @@ def widen_for_merges(peaks: PeakSet, x: np.ndarray, bs_positions_m: np.ndarray, 
     """
     if len(peaks) == 0 or len(x) < 2:
         return peaks
-    bs_pos = np.asarray(bs_positions_m, float)[peaks.bs]
-    delta = x[None, :, :2] - bs_pos[:, None, :]  # (N, I, 2)
-    r_pred = np.hypot(delta[..., 0], delta[..., 1])
-    th_pred = np.arctan2(delta[..., 1], delta[..., 0])
-    u_pred = np.cos(th_pred)
-    near = ((np.abs(r_pred - peaks.z[:, None, 0]) < range_resolution_m)
-            & (np.abs(u_pred - np.cos(peaks.z[:, None, 1])) < beam_spacing_u))  # (N, I)
+    near, r_pred, th_pred = _merge_cells(peaks, x, bs_positions_m, range_resolution_m, beam_spacing_u)
     merged = near.sum(axis=1) >= 2
     if not merged.any():
         return peaks
@@ -214,8 +270,8 @@ tracks goes to the one with the tighter prediction (the ``ln det S`` term) more 
 
 
 def gnn_assign(x: np.ndarray, P: np.ndarray, peaks: PeakSet, bs_positions_m: np.ndarray,
-               gate: float = CHI2_GATE_999, other_target_cost: float = OTHER_TARGET_COST
-               ) -> tuple[np.ndarray, np.ndarray]:
+               gate: float = CHI2_GATE_999, other_target_cost: float = OTHER_TARGET_COST,
+               allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Global nearest neighbour, scan by scan.
 
     Args:
@@ -225,6 +281,7 @@ def gnn_assign(x: np.ndarray, P: np.ndarray, peaks: PeakSet, bs_positions_m: np.
         gate: NIS gate (chi-square, 2 dof).
         other_target_cost: added to the cost of giving a peak to a track other than the pair's label
             (:data:`OTHER_TARGET_COST`).
+        allowed: optional ``(N, I)`` bool, pairs that may be assigned at all (e.g. :func:`same_beams`).
     Returns:
         ``track (N,)`` int: the track each peak is assigned to, ``-1`` where none (outside every gate or
         lost the assignment); ``nis (N,)``: its NIS against that track (``inf`` where unassigned).
@@ -236,6 +293,8 @@ def gnn_assign(x: np.ndarray, P: np.ndarray, peaks: PeakSet, bs_positions_m: np.
         return track, nis_out
     nis, logdet = innovation_matrix(x, P, peaks, bs_positions_m)
     gated = nis <= peak_gates(peaks, gate)[:, None]
+    if allowed is not None:
+        gated &= allowed
     # -2 ln of the Gaussian likelihood: d2 + ln det S + dim ln(2 pi) (dim 1 for range-only peaks), + label prior
     dim = np.where(peaks.range_only, 1.0, 2.0)[:, None]
     cost = nis + logdet + dim * LOG_2PI + other_target_cost * (np.arange(len(x))[None, :] != peaks.label[:, None])
@@ -283,7 +342,8 @@ def label_assign(x: np.ndarray, P: np.ndarray, peaks: PeakSet, bs_positions_m: n
 ASSOCIATION_RULES = {"gnn": gnn_assign, "label": label_assign}
 """Data-association rules by name (:attr:`rl_isac.tracking.ekf.EKFSettings.data_association`)."""
 
-__all__ = ["widen_for_merges", "CHI2_GATE_999", "MAX_ANGLE_STD_RAD", "range_only_gate", "peak_gates",
+__all__ = ["widen_for_merges", "merge_partners", "same_beams", "CHI2_GATE_999", "MAX_ANGLE_STD_RAD",
+           "range_only_gate", "peak_gates",
            "OTHER_TARGET_COST", "PeakSet", "collect_peaks",
            "innovation_matrix", "gnn_assign", "label_assign",
            "ASSOCIATION_RULES"]

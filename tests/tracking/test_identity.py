@@ -148,7 +148,8 @@ def test_a_track_coalesced_onto_its_neighbour_searches_and_reacquires_its_own_ta
 
     results = {}
     for name, settings in (("plain", EKFSettings(resolve_identities=False)),
-                           ("fixed", EKFSettings(resolve_identities=True))):
+                           ("fixed", EKFSettings(resolve_identities=True)),
+                           ("duplicates only", EKFSettings(detect_duplicates=True))):
         est = EKFEstimator(cfg, settings)
         est.reset(start)
         # the coalescence: block 1 starts with track 0 on target 1 (state copied from track 1's prior)
@@ -162,3 +163,6 @@ def test_a_track_coalesced_onto_its_neighbour_searches_and_reacquires_its_own_ta
     back = int(np.flatnonzero(err_fixed[:, 0] >= 1.0).max()) + 1
     assert back <= 10 and err_fixed[-10:, 0].max() < 0.3
     assert err_fixed[:, 1].max() < 0.5  # target 1's track undisturbed
+    dup, err_dup = results["duplicates only"]  # the duplicate rule alone does the same, and swaps nothing
+    np.testing.assert_array_equal(err_dup, err_fixed)
+    assert dup.identity_swaps == 0
