@@ -29,6 +29,11 @@ Track-holding metrics (issue 7), all against the truth:
   episode did (re-acquired; ``null`` when none), ``never_reacquired``: runs still open at the end;
 * ``track_swaps``: tracks that end the episode lost and nearer another target than their own
   (a track that ends on another target);
+* ``acquisition_ambiguous_targets``: targets whose q = 0 acquisition already favours a wrong labelling
+  (:func:`acquisition_label_errors`: the most likely assignment of the noisy acquisitions to the true
+  positions is not the identity, so even a tracker that knew every true position could only guess the
+  labels, and would take the likelier, wrong one); ``lost_fraction_unambiguous``: ``lost_fraction`` over
+  the other targets only (the part of the loss a tracker can be blamed for);
 * NIS calibration: ``meas_nis_outside_fraction``, the fraction of valid peaks whose normalised
   error against the nearest true target (``(z - h(u_i))^T R^-1 (z - h(u_i))`` with the reported
   covariance ``R``) exceeds ``NIS_GATE`` (the 99.9 % point: nominal 0.001); and
@@ -46,6 +51,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scipy.optimize import linear_sum_assignment
 
 from rl_isac.controllers import make_controller
 from rl_isac.controllers.base import Controller
@@ -77,6 +83,7 @@ def run_episode(cu: Controller, cfg: ScenarioConfig, world_seed: int, blocks: in
     """One episode: returns squared errors ``(Q, I)``, PCRB traces ``(Q, I)``, miss counts, decision times."""
     net = CellFreeNetwork(cfg)
     acq = net.reset(world_seed)
+    ambiguous = acquisition_label_errors(acq, net.positions_m)
     action = cu.reset(acq)
     sq_err = np.zeros((blocks, cfg.num_targets))
     meas_info = np.zeros((blocks, cfg.num_targets, 2, 2))
@@ -116,7 +123,25 @@ def run_episode(cu: Controller, cfg: ScenarioConfig, world_seed: int, blocks: in
     return {"sq_err": sq_err, "pcrb": pcrb, "assigned": assigned, "detected": detected, "decision_s": decision_s,
             "peaks": peaks_total, "peaks_outside": peaks_outside,
             "pred_nis": np.concatenate(pred_nis) if pred_nis else None,
-            "swaps": track_swaps(final_truth, final_est)}
+            "swaps": track_swaps(final_truth, final_est), "ambiguous": ambiguous}
+
+
+def acquisition_label_errors(acquisition_m: np.ndarray, truth_m: np.ndarray) -> np.ndarray:
+    """``(I,)`` bool: targets the maximum-likelihood labelling of the acquisition gets wrong.
+
+    The CU learns the targets' identities only from the q = 0 acquisition ``a_k = u_k + n_k`` (i.i.d.
+    isotropic Gaussian noise). Given the true positions (unlabelled), the likeliest labelling is the
+    assignment ``k -> pi(k)`` minimising ``sum_k ||a_k - u_pi(k)||^2``
+    (``scipy.optimize.linear_sum_assignment``); where it is not the identity, the acquisition itself points
+    the wrong way, and those targets are flagged.
+
+    Args:
+        acquisition_m: ``(I, 2)`` acquired positions; truth_m: ``(I, 2)`` true positions at q = 0, metres.
+    """
+
+    a, u = np.asarray(acquisition_m, float), np.asarray(truth_m, float)
+    _, perm = linear_sum_assignment(np.sum((a[:, None, :] - u[None, :, :]) ** 2, axis=-1))
+    return perm != np.arange(len(a))
 
 
 def measurement_nis_outside(meas, bs_positions_m: np.ndarray, positions_m: np.ndarray) -> tuple[int, int]:
@@ -132,6 +157,13 @@ def measurement_nis_outside(meas, bs_positions_m: np.ndarray, positions_m: np.nd
     truth[:, :2] = positions_m
     nis, _ = innovation_matrix(truth, np.zeros((len(positions_m), 4, 4)), peaks, bs_positions_m)
     return len(peaks), int(np.sum(nis.min(axis=1) > NIS_GATE))
+
+
+def _lost_unambiguous(sq: np.ndarray, ambiguous: np.ndarray) -> float:
+    """``lost_fraction`` over the target-blocks of targets not in :func:`acquisition_label_errors`:
+    ``sq (E, Q, I)`` squared errors, ``ambiguous (E, I)`` bool."""
+    keep = np.broadcast_to(~ambiguous[:, None, :], sq.shape)
+    return float(np.mean(sq[keep] > LOST_M**2)) if keep.any() else 0.0
 
 
 def _predicted_cov(cu: Controller) -> np.ndarray | None:
@@ -237,6 +269,8 @@ def evaluate(method: str, targets: int = 4, episodes: int = 10, blocks: int = 10
         "reacquire_blocks_max": int(max(runs)) if runs else None,
         "never_reacquired": still_open,
         "track_swaps": sum(r["swaps"] for r in results),
+        "acquisition_ambiguous_targets": int(sum(int(r["ambiguous"].sum()) for r in results)),
+        "lost_fraction_unambiguous": _lost_unambiguous(sq, np.stack([r["ambiguous"] for r in results])),
         "meas_nis_outside_fraction": float(sum(r["peaks_outside"] for r in results) / max(peaks, 1)),
         "pred_nis_outside_fraction": float(np.mean(np.concatenate(pred) > NIS_GATE)) if pred else None,
         "rmse_per_episode_m": np.sqrt(sq.mean(axis=(1, 2))).tolist(),

@@ -11,6 +11,7 @@ from rl_isac.cli import main
 from rl_isac.controllers import CUAction, make_controller
 from rl_isac.errors import ConfigError, ConstraintViolation
 from rl_isac.evaluation.harness import (
+    acquisition_label_errors,
     evaluate,
     loss_runs,
     measurement_nis_outside,
@@ -148,6 +149,14 @@ def test_track_swaps_counts_tracks_ending_on_another_target():
     assert track_swaps(truth, est) == 1
 
 
+def test_acquisition_label_errors_flag_targets_whose_acquisition_points_to_another():
+    truth = np.array([[0.0, 0.0], [2.0, 0.0], [50.0, 50.0]])
+    good = truth + np.array([[0.4, 0.3], [-0.5, 0.2], [1.5, -1.0]])  # noisy, but each nearest its own target
+    assert not acquisition_label_errors(good, truth).any()
+    crossed = truth + np.array([[1.6, 0.0], [-1.5, 0.1], [0.0, 0.0]])  # 0 and 1 each nearer the other target
+    assert acquisition_label_errors(crossed, truth).tolist() == [True, True, False]
+
+
 def test_measurement_nis_uses_the_nearest_target_and_the_reported_covariance():
     bs = np.array([[0.0, 0.0]])
     truth = np.array([[30.0, 40.0], [60.0, 80.0]])  # ranges 50 and 100 m, same angle
@@ -165,5 +174,6 @@ def test_measurement_nis_uses_the_nearest_target_and_the_reported_covariance():
 def test_track_metrics_are_in_the_result_and_the_summary():
     r = evaluate("ekf-milp", targets=4, episodes=2, blocks=15, seed=2, fidelity="surrogate", progress=False)
     assert r["track_losses"] >= r["never_reacquired"] >= 0 and r["track_swaps"] >= 0
+    assert r["acquisition_ambiguous_targets"] >= 0 and 0 <= r["lost_fraction_unambiguous"] <= 1
     assert 0 <= r["meas_nis_outside_fraction"] < 0.05 and 0 <= r["pred_nis_outside_fraction"] < 0.05
     assert "swaps" in summary_table([r]) and "nis_z" in summary_table([r])
