@@ -33,6 +33,43 @@ def _gelu(x: np.ndarray) -> np.ndarray:
     return 0.5 * x * (1.0 + erf(x * _F32(0.7071067811865476)))
 
 
+def _linear(x: np.ndarray, layer) -> np.ndarray:
+    y = x @ layer.weight.detach().numpy().T
+    return y if layer.bias is None else y + layer.bias.detach().numpy()
+
+
+def _torch_gelu(x: np.ndarray) -> np.ndarray:
+    """torch's exact GELU kernel on the array's memory (vectorised)."""
+    return torch.nn.functional.gelu(torch.from_numpy(x)).numpy()
+
+
+def pair_embeddings(module: Any, obs: dict[str, np.ndarray], z: np.ndarray, u_tilde: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """:meth:`~rl_isac.rllib.module.ISACPPOModule.pair_embeddings` in float32 numpy (inference, small batches):
+    ``E (B, P, H)`` and ``g (B, H)`` from the observation arrays and the encoder's ``z (B, I, D)`` and
+    ``u_tilde (B, I, 2)`` metres. The same function (a test checks 1e-5 against the torch one)."""
+    from rl_isac.rllib.observation import DETECTION_OBS_KEY, MILP_OBS_KEY
+
+    B, I, D = z.shape
+    M = module.num_bs
+    scales = obs["scales_m"]
+    s0 = scales[:, 0, None, None, None]
+    bs = obs["bs_positions"]                                                           # (B, M, 2) normalised
+    rel = (u_tilde[:, None] - bs[:, :, None] * s0) / s0                                # (B, M, I, 2)
+    dist = np.sqrt((rel * rel).sum(-1, keepdims=True)) * (scales[:, 0] / scales[:, 2])[:, None, None, None]
+    tgt = np.concatenate([z, obs["prior_cov"], obs["anchor_log_std"][..., None], obs["anchor_age"][..., None]], -1)
+    parts = [obs["pair_info"], np.broadcast_to(bs[:, :, None], (B, M, I, 2)), rel, dist]
+    if module.detection_features:
+        parts.append(obs[DETECTION_OBS_KEY][..., None])
+    if module.milp_features:
+        parts.append(obs[MILP_OBS_KEY][..., None])
+    h = _torch_gelu(_linear(tgt, module.pair_in_target)[:, None] + _linear(np.concatenate(parts, -1),
+                                                                            module.pair_in_pair))  # (B, M, I, H)
+    t1, t2 = module.target_mlp[0], module.target_mlp[2]
+    g = _linear(_torch_gelu(_linear(tgt, t1)), t2).mean(1)
+    return _linear(h, module.pair_hidden).reshape(B, module.num_pairs, module.hidden), g
+
+
 def decode_numpy(module: Any, E: torch.Tensor, g: torch.Tensor, obs: dict[str, torch.Tensor], explore: bool,
                  rng: np.random.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Greedy (``explore=False``) or Gumbel-max sampled decoding of ``module`` (an ``ISACPPOModule``)."""

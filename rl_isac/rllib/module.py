@@ -316,14 +316,42 @@ class ISACPPOModule(TorchRLModule, ValueFunctionAPI):
         :data:`NUMPY_DECODE_MAX_BATCH` on the CPU (the CU, the env runners) in float32 numpy
         (:func:`~rl_isac.tracking.dgnn.numpy_infer.numpy_forward`), larger ones by the lean torch pass
         (:meth:`~rl_isac.tracking.dgnn.model.DGNN.infer`)."""
-        first = obs[OBS_KEYS[0]]
-        if first.shape[0] <= NUMPY_DECODE_MAX_BATCH and first.device.type == "cpu" and numpy_infer.supports(self.dgnn):
-            out = {k: torch.from_numpy(v) for k, v in numpy_infer.numpy_forward(
-                self.dgnn, {k: obs[k].float().numpy() for k in OBS_KEYS}).items()}
-        else:
-            out = self.dgnn.infer({k: obs[k].float() for k in OBS_KEYS})
+        if self._numpy_path(obs):
+            return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v
+                    for k, v in self._encode_numpy({k: obs[k].float().numpy() for k in OBS_KEYS}).items()}
+        out = self.dgnn.infer({k: obs[k].float() for k in OBS_KEYS})
         beams = beams_from_logits(out["beam_logits_tx"], out["beam_logits_rx"], self.num_symbols, self.pairing)
         return {"u_hat": out["u_hat"], "u_tilde": out["u_tilde"], "beams": beams, "z": out["target_embedding"]}
+
+    def _numpy_path(self, obs: dict[str, Any]) -> bool:
+        """Whether a batch takes the numpy inference path (CPU, at most :data:`NUMPY_DECODE_MAX_BATCH`)."""
+        first = obs[OBS_KEYS[0]]
+        on_cpu = not isinstance(first, torch.Tensor) or first.device.type == "cpu"
+        return first.shape[0] <= NUMPY_DECODE_MAX_BATCH and on_cpu and numpy_infer.supports(self.dgnn)
+
+    def _encode_numpy(self, obs: dict[str, np.ndarray]) -> dict[str, Any]:
+        """:meth:`encode` of float32 observation arrays: numpy ``u_hat``, ``u_tilde``, ``z``; torch int64 ``beams``."""
+        out = numpy_infer.numpy_forward(self.dgnn, obs)
+        beams = beams_from_logits(torch.from_numpy(out["beam_logits_tx"]), torch.from_numpy(out["beam_logits_rx"]),
+                                  self.num_symbols, self.pairing)
+        return {"u_hat": out["u_hat"], "u_tilde": out["u_tilde"], "beams": beams, "z": out["target_embedding"]}
+
+    @torch.no_grad()
+    def decide(self, obs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Greedy inference of ONE observation (numpy arrays without a batch axis), the CU's decision: ``pairs (J,)``
+        int64, ``beams (M * I * K * 2,)`` int64, ``estimate (I * 2,)`` float32 metres, exactly the ``ACTIONS`` of
+        :meth:`forward_inference` on it (a test checks it) without RLlib's wrapper, the joint log-probability
+        and the distribution inputs (what a CU does not read)."""
+        batch = {k: np.asarray(v, dtype=np.float32)[None] for k, v in obs.items()}
+        if not self._numpy_path(batch):
+            out = self.forward_inference({Columns.OBS: {k: torch.from_numpy(v) for k, v in batch.items()}})
+            act = out[Columns.ACTIONS]
+            return act["pairs"][0].numpy(), act["beams"][0].numpy(), act["estimate"][0].numpy()
+        enc = self._encode_numpy({k: batch[k] for k in OBS_KEYS})
+        E, g = ar_numpy.pair_embeddings(self, batch, enc["z"], enc["u_tilde"])
+        tobs = {k: torch.from_numpy(v) for k, v in batch.items()}
+        pairs, _, _ = ar_numpy.decode_numpy(self, torch.from_numpy(E), torch.from_numpy(g), tobs, explore=False)
+        return pairs[0].numpy(), enc["beams"][0].reshape(-1).numpy(), enc["u_hat"][0].reshape(-1).astype(np.float32)
 
     def _encoding(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Encoder outputs the critic and actor need: from the batch's cached columns when present."""
@@ -570,8 +598,15 @@ class ISACPPOModule(TorchRLModule, ValueFunctionAPI):
 
     def _act(self, batch: dict[str, Any], explore: bool) -> dict[str, Any]:
         obs = batch[Columns.OBS]
-        enc = self.encode(obs)
-        E, g = self.pair_embeddings(obs, enc)
+        if self._numpy_path(obs):  # the CU's and the env runners' small batches: encoder + pair MLP in numpy
+            obs_np = {k: v.float().numpy() for k, v in obs.items()}
+            enc = self._encode_numpy({k: obs_np[k] for k in OBS_KEYS})
+            E, g = ar_numpy.pair_embeddings(self, obs_np, enc["z"], enc["u_tilde"])
+            enc = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in enc.items()}
+            E, g = torch.from_numpy(E), torch.from_numpy(g)
+        else:
+            enc = self.encode(obs)
+            E, g = self.pair_embeddings(obs, enc)
         B = E.shape[0]
         pairs, logp, logits = self.decode_auto(E, g, obs, explore)
         beams = enc["beams"].reshape(B, -1)

@@ -151,3 +151,65 @@ def test_lean_decoder_with_the_detection_and_milp_features_is_bit_identical(env4
     assert module.num_extra == 3
     cases = [(1, s) for s in range(40)] + [(B, 2000 + B) for B in (2, 8)]
     _assert_bit_identical(module, cases, explore, pad=False)
+
+
+def _env_observations(env, module, steps: int, seed: int) -> list[dict[str, np.ndarray]]:
+    """Observations of a greedy rollout of ``module`` in ``env`` (real windows, informations, coverage)."""
+    from ray.rllib.core.columns import Columns
+
+    obs, _ = env.reset(seed=seed)
+    out = []
+    for _ in range(steps):
+        out.append(obs["cu_0"])
+        act = module.forward_inference({Columns.OBS: {k: torch.as_tensor(v)[None] for k, v in obs["cu_0"].items()}})
+        obs, _, term, _, _ = env.step({"cu_0": {k: v[0].numpy() for k, v in act[Columns.ACTIONS].items()}})
+        if term["__all__"]:
+            obs, _ = env.reset()
+    return out
+
+
+def test_numpy_inference_path_equals_the_torch_path(env4, module4, monkeypatch):
+    """The CU's and the runners' small batches (numpy encoder, pair MLP and decoder) against the torch modules on
+    real observations: encodings, pair embeddings and logits to 1e-5 (relative), the same pairs and beams."""
+    from ray.rllib.core.columns import Columns
+
+    from rl_isac.rllib import ar_numpy
+    from rl_isac.rllib.module import ISACPPOModule
+    from rl_isac.tracking.window import OBS_KEYS, stack_observations
+
+    obs_list = _env_observations(env4, module4, 10, seed=3)
+    ob = {k: torch.as_tensor(v) for k, v in stack_observations(obs_list).items()}
+    assert module4._numpy_path(ob)
+    with torch.no_grad():
+        enc_np = module4.encode(ob)
+        enc_t = module4.dgnn.infer({k: ob[k] for k in OBS_KEYS})
+        torch.testing.assert_close(enc_np["u_hat"], enc_t["u_hat"], rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(enc_np["z"], enc_t["target_embedding"], rtol=1e-5, atol=1e-5)
+        E_t, g_t = module4.pair_embeddings(ob, enc_np)
+        E_n, g_n = ar_numpy.pair_embeddings(module4, {k: v.numpy() for k, v in ob.items()}, enc_np["z"].numpy(),
+                                            enc_np["u_tilde"].numpy())
+    np.testing.assert_allclose(E_n, E_t.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(g_n, g_t.numpy(), rtol=1e-5, atol=1e-5)
+    fast = module4.forward_inference({Columns.OBS: ob})
+    monkeypatch.setattr(ISACPPOModule, "_numpy_path", lambda self, obs: False)  # the torch modules throughout
+    slow = module4.forward_inference({Columns.OBS: ob})
+    for key in ("pairs", "beams"):
+        torch.testing.assert_close(fast[Columns.ACTIONS][key], slow[Columns.ACTIONS][key], rtol=0, atol=0)
+    torch.testing.assert_close(fast[Columns.ACTIONS]["estimate"], slow[Columns.ACTIONS]["estimate"], rtol=1e-5,
+                               atol=1e-4)
+    torch.testing.assert_close(fast[Columns.ACTION_DIST_INPUTS], slow[Columns.ACTION_DIST_INPUTS], rtol=1e-5,
+                               atol=1e-3)
+
+
+def test_decide_is_forward_inference_of_one_observation(env4, module4):
+    """The CU's decision (:meth:`ISACPPOModule.decide`) returns exactly the ACTIONS of forward_inference."""
+    from ray.rllib.core.columns import Columns
+
+    for obs in _env_observations(env4, module4, 8, seed=5):
+        pairs, beams, estimate = module4.decide(obs)
+        ref = module4.forward_inference({Columns.OBS: {k: torch.as_tensor(v)[None] for k, v in obs.items()}})
+        act = ref[Columns.ACTIONS]
+        np.testing.assert_array_equal(pairs, act["pairs"][0].numpy())
+        np.testing.assert_array_equal(beams, act["beams"][0].numpy())
+        np.testing.assert_array_equal(estimate, act["estimate"][0].numpy())
+        assert pairs.dtype == np.int64 and beams.dtype == np.int64 and estimate.dtype == np.float32

@@ -18,6 +18,7 @@ Only ``target_mode="shared"`` (the shipped checkpoints); :func:`supports` says w
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,7 @@ import torch
 from rl_isac.tracking.window import FEATURE_INDEX
 
 _F32 = np.float32
+_data_ptr = torch.Tensor.data_ptr
 
 
 def _gelu(x: np.ndarray) -> np.ndarray:
@@ -47,12 +49,10 @@ def _mlp(x: np.ndarray, layers: tuple) -> np.ndarray:
     return x
 
 
-def _layer_norm(x: np.ndarray, wbe: tuple[np.ndarray, np.ndarray, float]) -> np.ndarray:
-    """torch's LayerNorm over the last axis (biased variance)."""
+def _layer_norm(x: np.ndarray, wbe: tuple[torch.Tensor, torch.Tensor, float]) -> np.ndarray:
+    """torch's LayerNorm over the last axis, its own kernel on the array's memory (one call instead of eight)."""
     w, b, eps = wbe
-    inv_n = _F32(1.0 / x.shape[-1])
-    xc = x - x.sum(-1, keepdims=True) * inv_n
-    return xc / np.sqrt((xc * xc).sum(-1, keepdims=True) * inv_n + _F32(eps)) * w + b
+    return torch.nn.functional.layer_norm(torch.from_numpy(x), w.shape, w, b, eps).numpy()
 
 
 def _np(t) -> np.ndarray:
@@ -63,8 +63,8 @@ def _lin(mod) -> tuple[np.ndarray, np.ndarray | None]:
     return _np(mod.weight), (None if mod.bias is None else _np(mod.bias))
 
 
-def _ln(mod) -> tuple[np.ndarray, np.ndarray, float]:
-    return _np(mod.weight), _np(mod.bias), float(mod.eps)
+def _ln(mod) -> tuple[torch.Tensor, torch.Tensor, float]:
+    return mod.weight.detach(), mod.bias.detach(), float(mod.eps)
 
 
 def _seq(seq) -> tuple:
@@ -90,12 +90,14 @@ def _weights(model) -> dict[str, Any]:
     """Numpy views of the parameters, cached on the model: views share the tensors' memory, so in-place updates
     (``load_state_dict``, an optimiser step) are seen; a parameter replaced by another tensor (``.to()``,
     ``load_state_dict(assign=True)``) or moved storage rebuilds them."""
-    cached = model.__dict__.get("_numpy_weights")
-    if cached is not None and all(mod._parameters[name] is t and t.data_ptr() == ptr
-                                  for mod, name, t, ptr in cached[0]):
-        return cached[1]
-    slots = [(mod, name, t, t.data_ptr()) for mod in model.modules() for name, t in mod._parameters.items()
+    cached = model.__dict__.get("_numpy_inference_weights")
+    if cached is not None:
+        slots, tensors, ptrs, w = cached
+        if all(map(operator.is_, [d[name] for d, name in slots], tensors)) and list(map(_data_ptr, tensors)) == ptrs:
+            return w
+    slots = [(mod._parameters, name) for mod in model.modules() for name, t in mod._parameters.items()
              if t is not None]
+    tensors = [d[name] for d, name in slots]
     cfg = model.cfg
     w: dict[str, Any] = {
         "init": None if model.init_mlp is None else (_seq(model.init_mlp[0]), _ln(model.init_mlp[1])),
@@ -108,7 +110,7 @@ def _weights(model) -> dict[str, Any]:
         "channels": None if cfg.edge_features == "cartesian" else _np(model.edge_channels),
         "pe": {},
     }
-    model.__dict__["_numpy_weights"] = (slots, w)
+    model.__dict__["_numpy_inference_weights"] = (slots, tensors, list(map(_data_ptr, tensors)), w)
     return w
 
 
