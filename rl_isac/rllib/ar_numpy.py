@@ -9,7 +9,10 @@ bookkeeping around them is cheaper, which is what a step of ~50 numpy ops on arr
   one array (no concatenation a step), the per-pair gathers of both in one indexing;
 * ``tr A^-1`` and ``tr (A + J)^-1`` of the marginal gain in one pass over a stacked array;
 * the STOP scorer (an MLP) only at steps where some row may STOP (otherwise the mask overwrites it);
-* at batch 1 (the CU's decision) the state update with scalars instead of fancy indexing.
+* at batch 1 (the CU's decision) the state update with scalars instead of fancy indexing, the mask from two
+  maintained boolean rows (a chain left and not chosen; target uncovered) and two counters (covered targets,
+  chains left: the (5d) lookahead ``uncovered >= chains left`` of the float state is the same test on integers),
+  nothing but the STOP scorer after a STOP.
 
 Shapes as :meth:`~rl_isac.rllib.module.ISACPPOModule.decode`: ``E (B, P, H)``, ``g (B, H)``; returns ``pairs (B, J)``
 int64, joint ``logp (B,)``, masked logits ``(B, J, P + 1)`` (torch tensors).
@@ -119,44 +122,67 @@ def decode_numpy(module: Any, E: torch.Tensor, g: torch.Tensor, obs: dict[str, t
     actions, rows = np.empty((B, J), np.int64), np.empty((B, J, P + 1), _F32)
     infos = np.empty((2, B, P, 3), _F32)                               # [A, A + J] of the marginal gain
     masked = _F32(MASKED_LOGIT)
+    single = B == 1
+    if single:  # the CU's decision: the mask's bookkeeping in scalars and two maintained boolean rows
+        avail = (rem[0, pb] > 0) & (cho[0] < 0.5)                     # a chain left at its BS, not chosen yet
+        uncovered = cov[0, pt] < 0.5                                   # its target not covered yet
+        n_covered, chains, stopped_1 = int(round(float(cov[0].sum()))), M * R, False
     for j in range(J):
         ctx = state @ W_state + ctx_bias[j]
-        per_pair = state[:, state_index]
-        rem_p, cov_p = per_pair[:, :P], per_pair[:, P:]
-        np.add(prior_p, acc[:, pt], out=infos[0])
-        np.add(infos[0], fim, out=infos[1])
-        a_, b_, c_ = infos[..., 0], infos[..., 1], infos[..., 2]
-        tr_inv = (a_ + c_) / np.maximum(a_ * c_ - b_ * b_, _F32(1e-12))
-        gain = np.log10(np.maximum(tr_inv[0] - tr_inv[1], 0.0) + _F32(1e-6)) / _F32(4.0)
-        pair_logits = np.matmul(En, ctx[:, :, None])[..., 0] + alpha * cov_p + beta * rem_p + gamma * gain + bias
-        if module.num_extra:
-            extra = module._extra_features(det_obs, torch.from_numpy(cho.reshape(B, 1, M, I)), tables)[:, 0]
-            pair_logits = pair_logits + (heads[..., 4:] * extra.numpy()).sum(-1)
-        n_cov = cov.sum(1)
-        stop_ok = stopped | (n_cov >= I)
-        free = ~((I - n_cov) >= rem.sum(1) * R - 0.5)                  # not yet at the (5d) lookahead
-        ok = (rem_p > 0) & (cho < 0.5) & (free[:, None] | (cov_p < 0.5)) & ~stopped[:, None]
         logits = rows[:, j]
-        logits[:, :P] = np.where(ok, pair_logits, masked)
-        if stop_ok.any():
+        if single and stopped_1:  # after a STOP every pair is masked and STOP is allowed (sticky)
+            logits[0, :P] = masked
+            stop_any, stop_ok = True, None
+        else:
+            per_pair = state[:, state_index]
+            rem_p, cov_p = per_pair[:, :P], per_pair[:, P:]
+            np.add(prior_p, acc[:, pt], out=infos[0])
+            np.add(infos[0], fim, out=infos[1])
+            a_, b_, c_ = infos[..., 0], infos[..., 1], infos[..., 2]
+            tr_inv = (a_ + c_) / np.maximum(a_ * c_ - b_ * b_, _F32(1e-12))
+            gain = np.log10(np.maximum(tr_inv[0] - tr_inv[1], 0.0) + _F32(1e-6)) / _F32(4.0)
+            pair_logits = (np.matmul(En, ctx[:, :, None])[..., 0] + alpha * cov_p + beta * rem_p + gamma * gain
+                           + bias)
+            if module.num_extra:
+                extra = module._extra_features(det_obs, torch.from_numpy(cho.reshape(B, 1, M, I)), tables)[:, 0]
+                pair_logits = pair_logits + (heads[..., 4:] * extra.numpy()).sum(-1)
+            if single:  # (5d) lookahead: as many uncovered targets as chains left -> only uncovered targets
+                ok = avail & uncovered if I - n_covered >= chains else avail
+                logits[0, :P] = np.where(ok, pair_logits[0], masked)
+                stop_any, stop_ok = n_covered >= I, None
+            else:
+                n_cov = cov.sum(1)
+                stop_ok = stopped | (n_cov >= I)
+                free = ~((I - n_cov) >= rem.sum(1) * R - 0.5)              # not yet at the (5d) lookahead
+                ok = (rem_p > 0) & (cho < 0.5) & (free[:, None] | (cov_p < 0.5)) & ~stopped[:, None]
+                logits[:, :P] = np.where(ok, pair_logits, masked)
+                stop_any = stop_ok.any()
+        if stop_any:
             stop = _gelu(stop_g + ctx @ stop_ctx_w) @ W2t + b2                                 # (B, 1)
-            logits[:, P] = np.where(stop_ok, stop[:, 0], masked)
+            logits[:, P] = stop[:, 0] if stop_ok is None else np.where(stop_ok, stop[:, 0], masked)
         else:
             logits[:, P] = masked
         a = (logits + gumbel[j]).argmax(-1) if explore else logits.argmax(-1)
         actions[:, j] = a
-        if B == 1:
+        if single:
             k = int(a[0])
-            if stopped[0]:
+            if stopped_1:
                 continue
             if k == P:
-                stopped[0] = True
+                stopped_1 = True
                 continue
-            t = k % I
-            rem[0, k // I] -= step_rf
+            m, t = divmod(k, I)
+            rem[0, m] -= step_rf
+            if not rem[0, m] > 0:
+                avail[m * I:(m + 1) * I] = False
             cho[0, k] += _F32(1.0)
+            avail[k] = False
+            if cov[0, t] < 0.5:
+                n_covered += 1
+                uncovered[t::I] = False
             cov[0, t] = max(cov[0, t], _F32(1.0))
             acc[0, t] += fim[0, k]
+            chains -= 1
             continue
         k = np.minimum(a, P - 1)
         f = ((a < P) & ~stopped).astype(_F32)
