@@ -28,13 +28,19 @@ decision latency, and where the time goes.
   thread's CPU time per env step: the local learner); ``sampling_total`` (RLlib's sampling wall
   timer per env step). ``ppo_decision_breakdown_ms``: the same pieces at batch 1.
 
-Quiet machine (load 0.6, 2026-12-02 01:36 UTC, after the exact tracker speed-ups of dbfdfa6/188700e;
-this is ``results/bench_ppo.json``): ppo / floor 153 / 2391 = **0.064**; sampling 1x8 204, 2x4 366,
-2x8 388, 1x16 209 env steps/s (two runners: 1.8-1.9x); decision p50 / p99 7.4 / 11.6 ms wall, 7.5 /
-10.6 ms thread CPU; per env step (thread CPU) env step 2.85 = world 0.61 + window push/EKF 1.25 +
-observation 0.45 + other 0.54, module pass 1.01 (encoder 0.76, decoder 0.29), learner 1.89; at batch 1
-push 1.28, observation 0.44, encoder 2.66, decoder 1.50 ms. The ratio goal (0.5) needs about 1 ms per
-env step in all; the env step alone is 2.85.
+``results/bench_ppo.json`` (2026-12-02 02:37 UTC, after the inference speed-ups of f713e28..: the frozen
+encoder in float32 numpy for small CPU batches, the pair MLP in numpy, a leaner numpy decoder loop; shared
+machine at load 3.5-4, so absolute figures are inflated): ppo / floor 210 / 3311 = **0.064**; sampling 1x8 247,
+2x4 322, 2x8 311, 1x16 252 env steps/s; decision p50 / p99 5.0 / 11.0 ms wall, 5.0 / 7.0 ms thread CPU; per env
+step (thread CPU) env step 2.78 = world 0.56 + window push/EKF 1.27 + observation 0.45 + other 0.51, module
+pass 0.78 (encoder 0.59, pair MLP + decoder 0.25), learner 1.36; at batch 1 push 1.37, observation 0.49,
+encoder 1.55, pair MLP + decoder 0.97 ms. The run before (quiet machine, load 0.6, 01:36 UTC, code of
+bb2d1e2): ppo / floor 153 / 2391 = 0.064; sampling 1x8 204, 2x4 366, 2x8 388, 1x16 209; decision 7.4 / 11.6 ms
+wall, 7.5 / 10.6 ms CPU; module pass 1.01 (encoder 0.76, decoder 0.29); at batch 1 encoder 2.66, decoder 1.50.
+Old and new decision code taken in turns in ONE process on the same window states (harness episodes, I = 8,
+surrogate, 200 blocks, load 4; a scratch A/B, not a committed command), thread CPU p50 / p99: 7.66 / 10.8 ->
+5.36 / 7.6 ms (push 1.55 of it in both), the same associations and beams in every block, estimates within
+2e-5 m. The ratio goal (0.5) needs about 1 ms per env step in all; the env step alone is 2.8.
 
 Where the time goes (I = 8, 1 runner x 8 envs, train batch 2,000, 10 epochs x minibatch 250; this shared
 2-core machine at load 4-7, 2026-12-02 00:04-00:35 UTC; the figures below are those runs'). "Before" is
@@ -141,8 +147,9 @@ def _micro_breakdown(cfg, module, batch: int, steps: int = 40) -> dict:
     import torch
     from ray.rllib.core.columns import Columns
 
+    from rl_isac.rllib import ar_numpy
     from rl_isac.rllib.env import ISACMultiAgentEnv
-    from rl_isac.tracking.window import stack_observations
+    from rl_isac.tracking.window import OBS_KEYS, stack_observations
 
     acc = {"env_step": 0.0, "env_world": 0.0, "window_push_ekf": 0.0, "observation": 0.0}
 
@@ -168,12 +175,20 @@ def _micro_breakdown(cfg, module, batch: int, steps: int = 40) -> dict:
     try:
         for _ in range(steps):
             ob = {k: torch.as_tensor(v) for k, v in stack_observations(obs).items()}
-            with torch.inference_mode():
-                t0 = time.thread_time()
-                enc = module.encode(ob)
-                t1 = time.thread_time()
-                E, g = module.pair_embeddings(ob, enc)
-                module.decode_auto(E, g, ob, explore=True)
+            with torch.inference_mode():  # the pieces of the module's _act at this batch (numpy or torch path)
+                if module._numpy_path(ob):
+                    t0 = time.thread_time()
+                    ob_np = {k: v.numpy() for k, v in ob.items()}
+                    enc = module._encode_numpy({k: ob_np[k] for k in OBS_KEYS})
+                    t1 = time.thread_time()
+                    E, g = ar_numpy.pair_embeddings(module, ob_np, enc["z"], enc["u_tilde"])
+                    module.decode_auto(torch.from_numpy(E), torch.from_numpy(g), ob, explore=True)
+                else:
+                    t0 = time.thread_time()
+                    enc = module.encode(ob)
+                    t1 = time.thread_time()
+                    E, g = module.pair_embeddings(ob, enc)
+                    module.decode_auto(E, g, ob, explore=True)
                 t2 = time.thread_time()
             t_enc += t1 - t0
             t_dec += t2 - t1
