@@ -63,6 +63,10 @@ def test_numpy_weights_follow_in_place_updates_and_replaced_parameters() -> None
     after = numpy_forward(model, obs)
     assert not np.allclose(after["u_hat"], before["u_hat"])
     np.testing.assert_allclose(after["u_hat"], numpy_forward(other, obs)["u_hat"], rtol=0, atol=0)
+    with torch.no_grad():  # an in-place update of the BS message MLP alone (its outputs are cached)
+        model.sam[0].mlp_x[0].weight.mul_(1.5)
+        ref = model(to_tensors(obs))
+    np.testing.assert_allclose(numpy_forward(model, obs)["u_hat"], ref["u_hat"].numpy(), rtol=1e-5, atol=1e-3)
     model.head_now[2].weight = torch.nn.Parameter(2.0 * model.head_now[2].weight.detach())   # replaced
     with torch.no_grad():
         ref = model(to_tensors(obs))

@@ -154,6 +154,28 @@ def _positional_encoding(model, w: dict[str, Any], length: int, dim: int) -> np.
     return pe
 
 
+def _grid_tables(w: dict[str, Any], B: int, W: int, M: int, I: int) -> tuple[np.ndarray, np.ndarray]:
+    """For every flat index of the ``(B, W, M, I)`` grid: its target node ``(b W + w) I + i`` and its BS row
+    ``b M + m`` (cached per shape)."""
+    key = ("grid", B, W, M, I)
+    tables = w["pe"].get(key)
+    if tables is None:
+        flat = np.arange(B * W * M * I)
+        tables = w["pe"][key] = ((flat // (M * I)) * I + flat % I, (flat // (W * M * I)) * M + (flat // I) % M)
+    return tables
+
+
+def _bs_messages(model, w: dict[str, Any], bs: np.ndarray) -> list[np.ndarray]:
+    """``MLP_x(p_m)`` of every SAM layer for the BS positions ``bs (B M, 2)``, cached for the last positions and
+    weights (the network's BSs do not move, so every block asks for the same ones; an in-place weight update
+    bumps the parameters' version counters and recomputes them)."""
+    key = (bs.tobytes(), tuple(p._version for layer in model.sam for p in layer.mlp_x.parameters()))
+    last = w.get("bs_messages")
+    if last is None or last[0] != key:
+        last = w["bs_messages"] = (key, [_mlp(bs, lw["x"]) for lw in w["sam"]])
+    return last[1]
+
+
 def numpy_forward(model, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """:meth:`~rl_isac.tracking.dgnn.model.DGNN.forward` of ``model`` (eval mode) on float32 arrays with a batch axis.
 
@@ -179,8 +201,8 @@ def numpy_forward(model, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     h = np.broadcast_to(h0[:, None], (B, W, I, D)).reshape(N, D)
     edge = (feats[..., FEATURE_INDEX["detected"]] > 0.5) & (f["block_valid"] > 0.5)[:, :, None, None]
     flat = np.flatnonzero(edge)                                              # (E,) as dense_to_edges
-    target_node = (flat // (M * I)) * I + flat % I
-    bs_row = (flat // (W * M * I)) * M + (flat // I) % M
+    target_table, bs_table = _grid_tables(w, B, W, M, I)
+    target_node, bs_row = target_table[flat], bs_table[flat]
     attr = feats.reshape(-1, F)[flat]
     if w["channels"] is not None:
         attr = attr[:, w["channels"]]
@@ -188,9 +210,9 @@ def numpy_forward(model, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     bs = f["bs_positions"].reshape(B * M, -1)
     E = flat.shape[0]
     grid_shape = (B * W, M, I)
-    for lw in w["sam"]:
+    for lw, xb in zip(w["sam"], _bs_messages(model, w, bs)):
         heads = lw["heads"]
-        b = np.concatenate([_mlp(bs, lw["x"])[bs_row], _mlp(attr, lw["e"])], 1)                 # (E, D) eq. (6)
+        b = np.concatenate([xb[bs_row], _mlp(attr, lw["e"])], 1)                                # (E, D) eq. (6)
         logits = _mlp(np.concatenate([h[target_node], b], 1), lw["attn"])                        # (E, heads)
         grid = np.full((B * W * M * I, heads), -np.inf, _F32)
         grid[flat] = logits
