@@ -75,6 +75,9 @@ from rl_isac.tracking.dgnn.model import DGNN, DGNNConfig, beams_from_logits
 from rl_isac.tracking.window import OBS_KEYS
 
 NUMPY_DECODE_MAX_BATCH = 64
+NUMPY_ENCODE_MAX_BATCH = 8
+"""Batches up to this size run the frozen encoder and the pair MLP in numpy (:meth:`ISACPPOModule._numpy_path`):
+per-op cost dominates there (batch 1: 0.8 vs 1.2 ms thread CPU), at 16 the torch pass's kernels win (6.5 vs 5.4)."""
 """Batches up to this size decode with :meth:`ISACPPOModule.decode_numpy` (CPU), larger ones in torch."""
 ENC_Z = "enc_z"
 """Extra model output: the frozen encoder's target embeddings ``(B, I * D)``."""
@@ -313,7 +316,7 @@ class ISACPPOModule(TorchRLModule, ValueFunctionAPI):
         ``beams (B, M, I, K, 2)`` int64, ``z (B, I, D)``.
 
         The same function by the cheapest path (tests check them equal to 1e-5): batches up to
-        :data:`NUMPY_DECODE_MAX_BATCH` on the CPU (the CU, the env runners) in float32 numpy
+        :data:`NUMPY_ENCODE_MAX_BATCH` on the CPU (the CU, the env runners) in float32 numpy
         (:func:`~rl_isac.tracking.dgnn.numpy_infer.numpy_forward`), larger ones by the lean torch pass
         (:meth:`~rl_isac.tracking.dgnn.model.DGNN.infer`)."""
         if self._numpy_path(obs):
@@ -324,10 +327,10 @@ class ISACPPOModule(TorchRLModule, ValueFunctionAPI):
         return {"u_hat": out["u_hat"], "u_tilde": out["u_tilde"], "beams": beams, "z": out["target_embedding"]}
 
     def _numpy_path(self, obs: dict[str, Any]) -> bool:
-        """Whether a batch takes the numpy inference path (CPU, at most :data:`NUMPY_DECODE_MAX_BATCH`)."""
+        """Whether a batch takes the numpy inference path (CPU, at most :data:`NUMPY_ENCODE_MAX_BATCH`)."""
         first = obs[OBS_KEYS[0]]
         on_cpu = not isinstance(first, torch.Tensor) or first.device.type == "cpu"
-        return first.shape[0] <= NUMPY_DECODE_MAX_BATCH and on_cpu and numpy_infer.supports(self.dgnn)
+        return first.shape[0] <= NUMPY_ENCODE_MAX_BATCH and on_cpu and numpy_infer.supports(self.dgnn)
 
     def _encode_numpy(self, obs: dict[str, np.ndarray]) -> dict[str, Any]:
         """:meth:`encode` of float32 observation arrays: numpy ``u_hat``, ``u_tilde``, ``z``; torch int64 ``beams``."""
