@@ -164,7 +164,8 @@ def merge_partners(peaks: PeakSet, x: np.ndarray, bs_positions_m: np.ndarray, ra
     return out
 
 
-def same_beams(peaks: PeakSet, x: np.ndarray, bs_positions_m: np.ndarray, beam_spacing_u: float) -> np.ndarray:
+def same_beams(peaks: PeakSet, x: np.ndarray, bs_positions_m: np.ndarray, beam_spacing_u: float,
+               range_resolution_m: float | None = None) -> np.ndarray:
     """``(N, I)`` bool: track ``i`` may own peak ``n`` as far as the beams of ``n``'s scan say.
 
     A 2-D peak carries its own angle, which the gate checks: always ``True``. A range-only peak
@@ -173,7 +174,9 @@ def same_beams(peaks: PeakSet, x: np.ndarray, bs_positions_m: np.ndarray, beam_s
     at the scan's label, so it may go only to tracks whose predicted direction ``u = cos(theta)`` from that
     BS lies within ``beam_spacing_u`` of the label's predicted one (the label itself always). Without this
     check a range-only peak was given to a track across the area on the same range circle (one
-    development episode lost 252 target-blocks that way: tracks_findings.md).
+    development episode lost 252 target-blocks that way: tracks_findings.md). With ``range_resolution_m``
+    a range-only peak goes to its label's track only, and only where no other track's prediction lies in
+    the same beams within two range cells of it (a range alone cannot tell two such tracks apart).
     """
     ok = np.ones((len(peaks), len(x)), bool)
     ro = np.flatnonzero(peaks.range_only)
@@ -181,9 +184,15 @@ def same_beams(peaks: PeakSet, x: np.ndarray, bs_positions_m: np.ndarray, beam_s
         return ok
     bs_pos = np.asarray(bs_positions_m, float)[peaks.bs[ro]]
     delta = x[None, :, :2] - bs_pos[:, None, :]  # (n, I, 2)
-    u = delta[..., 0] / np.maximum(np.hypot(delta[..., 0], delta[..., 1]), 1e-9)
+    r = np.hypot(delta[..., 0], delta[..., 1])
+    u = delta[..., 0] / np.maximum(r, 1e-9)
     u_label = u[np.arange(ro.size), peaks.label[ro]]
     ok[ro] = np.abs(u - u_label[:, None]) < beam_spacing_u
+    if range_resolution_m is not None:  # unambiguous only: the label's track alone near the peak in those beams
+        near = ok[ro] & (np.abs(r - peaks.z[ro, None, 0]) < 2.0 * range_resolution_m)
+        label_only = np.zeros_like(near)
+        label_only[np.arange(ro.size), peaks.label[ro]] = True
+        ok[ro] = np.where((near.sum(axis=1) <= 1)[:, None], label_only, False)
     return ok
 
 

@@ -429,8 +429,11 @@ class EKFSettings(ConfigMixin):
     Only for two tracks past their start-up (:attr:`merged_after_blocks`) and neither searching: the
     centroid model holds their separation where it was, which keeps crossing and co-moving targets apart
     on their velocities; at start-up (velocities unknown) it held both tracks on the average motion and
-    the pair swapped when the targets parted (development worlds: lost fraction 0.0129 vs 0.0070 at
-    I = 6, start-up swaps in 3 more episodes of 100)."""
+    the pair swapped when the targets parted (``merged_after_blocks=0`` on 100 development worlds: lost
+    fraction 0.0129 vs 0.0070 at I = 6, start-up swaps in 3 more episodes). With the wait, on 200
+    development worlds (``results/tracks/dev_variants.md``): 0.0065 / 0.0069 at I = 6 / 8 against
+    0.0051 / 0.0092 without it -- two mid-episode crossing swaps fewer at I = 8, one slow-crossing swap
+    more at I = 6; off by default until a larger study separates it from the noise of start-up swaps."""
     merged_after_blocks: int = 10
     """Blocks since a track started (the acquisition, or its re-initialisation on a peak) before
     :attr:`merged_update` applies to it (its velocity is learnt by then; the marginal velocity covariance
@@ -450,6 +453,15 @@ class EKFSettings(ConfigMixin):
     that way). Each rule fixes the scripted case of its test (tests/tracking/test_identity.py); turning them
     on needs the angle check of the pair's beams (a range-only peak only for a track whose predicted angle
     lies inside them)."""
+    range_only_unambiguous: bool = False
+    """With :attr:`range_only_peaks`: a range-only peak may go only to its scan's own target, and only where
+    no other track lies in the same beams within two range cells
+    (:func:`~rl_isac.tracking.data_association.same_beams`). On 200 development worlds
+    (``results/tracks/dev_variants.md``) the pair lost 0.0049 / 0.0086 of the target-blocks at I = 6 / 8
+    against 0.0051 / 0.0092 with both off and 0.0072 / 0.0095 with range-only peaks restricted to the beams
+    alone: it removes the endfire losses (mechanism B) without the wrong-track ones, but the difference
+    is one or two episodes, inside the noise of the start-up swaps that dominate every option set, so
+    the defaults stay off (every committed result is from them)."""
     resolve_identities: bool = False
     """Keep track identities through close encounters (:mod:`rl_isac.tracking.identity`): when two tracks
     that were confusable separate, swap them if the retrodiction to their pre-encounter anchors says so;
@@ -877,7 +889,8 @@ class EKFEstimator:
         else:
             rule = ASSOCIATION_RULES[self.settings.data_association]
             if rule is gnn_assign and peaks.range_only.any():
-                allowed = same_beams(peaks, x, self.bs_positions_m, 2.0 / self.cfg.codebook_size)
+                allowed = same_beams(peaks, x, self.bs_positions_m, 2.0 / self.cfg.codebook_size,
+                                     self.cfg.range_resolution_m if self.settings.range_only_unambiguous else None)
                 track, _ = rule(x, P, peaks, self.bs_positions_m, gate, allowed=allowed)
             else:
                 track, _ = rule(x, P, peaks, self.bs_positions_m, gate)

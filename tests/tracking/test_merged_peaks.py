@@ -130,3 +130,18 @@ def test_a_range_only_peak_goes_only_to_tracks_inside_its_scans_beams():
     ok = same_beams(peaks, x, bs, 2.0 / cfg.codebook_size)
     assert ok[0].tolist() == [True, False, False, False]  # the label's track only (1 is on the same circle)
     assert ok[1].all()  # a 2-D peak: its own angle decides (the gate)
+
+
+def test_an_unambiguous_range_only_peak_goes_to_its_label_alone_and_an_ambiguous_one_to_nobody():
+    cfg = ScenarioConfig.paper(4)
+    bs = np.asarray(cfg.bs_positions_m)
+    x = np.zeros((4, 4))
+    x[:, :2] = [[99.9, 4.0], [70.7, 70.7], [150.0, 95.0], [60.0, 90.0]]
+    entries = [(0, 0, 0, x[0, :2], 0.05, 1.0)]
+    peaks = collect_peaks(_peaks_block(cfg, entries))
+    ok = same_beams(peaks, x, bs, 2.0 / cfg.codebook_size, cfg.range_resolution_m)
+    assert ok[0].tolist() == [True, False, False, False]
+    x[1, :2] = [102.0, 5.0]  # a second track in the same beams, 2 m further: the range cannot tell them apart
+    ok = same_beams(peaks, x, bs, 2.0 / cfg.codebook_size, cfg.range_resolution_m)
+    assert not ok[0].any()
+    assert same_beams(peaks, x, bs, 2.0 / cfg.codebook_size)[0, :2].all()  # without the rule: both may take it
