@@ -3,11 +3,12 @@
 # results/checkpoints/ppo-I{4,6,8} and the signal-level table results/ppo_table.{json,md} (evaluation seeds 0 and 1).
 # DGNN=dir holding dgnn-I{4,6,8} (default results/checkpoints: the committed closed-loop DGNN checkpoints; the
 # ablation's committed figures were made from the DGNN checkpoints of revision a5a3f12).
-# Recipes (rl_isac.evaluation.reproduce.SHIPPED_PPO_CONFIGS, the same the full reproduce profile trains with):
-# I = 4 ppo.yaml, I = 6 and 8 ppo-long-bc.yaml. The committed ppo-I{4,6,8} are copies of results/full/ppo-I{I}
-# (not in git; trained by `make reproduce`'s training stage with these recipes, seed 0, copied before any
-# evaluation), so the full table and this table evaluate the same policies; the `rl-isac train` line below
-# trains the same recipe.
+# Recipes: I = 4 ppo.yaml, I = 6 ppo-long-bc.yaml (rl_isac.evaluation.reproduce.SHIPPED_PPO_CONFIGS, the same the
+# full reproduce profile trains with; the committed ppo-I4/-I6 are copies of results/full/ppo-I{I}, not in git,
+# trained by `make reproduce`'s training stage, seed 0, copied before any evaluation), I = 8 ppo-long-bc-milp.yaml
+# (the same + the actor's detection and MILP features; the committed ppo-I8 since b748853, chosen on training-side
+# worlds, results/ppo_dev/dev_I8.md): its evaluation-seed-0 dgnn-ppo cell is computed here (PPO_S0_TARGETS, 50
+# episodes) and replaces the full profile's cell in the table.
 # Steps whose output exists are skipped (delete it to redo). One process at a time; OMP_NUM_THREADS=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +26,7 @@ mkdir -p results/ppo_table_inputs
 CMP=(); PPO=(); CELLS=(); [ -d results/full/cells ] && CELLS=(--cells results/full/cells)
 for I in $ORDER; do
   CONFIG=ppo.yaml; [ $I = 4 ] || CONFIG=ppo-long-bc.yaml   # I = 6, 8: the longer warm start (see ppo-long-bc.yaml)
+  [ $I = 8 ] && CONFIG=ppo-long-bc-milp.yaml               # I = 8: + detection and MILP features
   [ -d results/checkpoints/ppo-I$I/checkpoint ] || $RL train --targets $I --pretrained "$DGNN/dgnn-I$I" \
       --out results/checkpoints/ppo-I$I --config "results/checkpoints/$CONFIG" --iterations 5
   for S in $SEEDS; do
@@ -36,6 +38,12 @@ for I in $ORDER; do
         --episodes "$EPISODES" --blocks 100 --seed $S --fidelity signal --json $P
     CMP+=("$B"); PPO+=("$P")
   done
+  if [ -d results/full/cells ] && [[ " ${PPO_S0_TARGETS:-8} " == *" $I "* ]]; then  # newer than the full cell
+    P=results/ppo_table_inputs/ppo_I${I}_s0.json
+    [ -f $P ] || $RL evaluate --method dgnn-ppo --checkpoint results/checkpoints/ppo-I$I --targets $I \
+        --episodes 50 --blocks 100 --seed 0 --fidelity signal --json $P
+    PPO+=("$P")
+  fi
 done
 # GAP=1: the surrogate-signal gap and what PPO adds after the warm start (I = 4, seed 0, 20 episodes)
 if [ "${GAP:-0}" = 1 ]; then

@@ -212,21 +212,33 @@ def table(compare_jsons: list[str], ppo_jsons: list[str], json_path: str, comman
     paired per-episode difference to every other method. Inputs of several evaluation seeds (``seed`` of the
     harness: disjoint sets of world seeds) give one section per seed (``data["seeds"]``; with one seed the
     section's keys are also at the top level, as before). ``cells_dirs``: ``rl-isac reproduce`` cell folders
-    whose table methods are added (:func:`reproduce_cells`). Writes ``json_path`` and a .md beside it."""
+    whose table methods are added (:func:`reproduce_cells`), except where an explicit input has the same method,
+    ``I`` and seed (it replaces the cell; listed in ``cells_replaced_by_inputs``). Writes ``json_path`` and a .md
+    beside it."""
     from rl_isac.evaluation.harness import write_json_atomic
 
     results = []
     for path in compare_jsons:
         results += json.loads(Path(path).read_text())["results"]
     results += [json.loads(Path(p).read_text()) for p in ppo_jsons]
-    for cells in cells_dirs:
-        results += reproduce_cells(cells)
+    given = {(r["method"], r["targets"], r["seed"]) for r in results}
+    replaced = []
+    for cells in cells_dirs:  # an explicit input replaces the cell of the same method, I and seed (a newer checkpoint)
+        for r in reproduce_cells(cells):
+            if (r["method"], r["targets"], r["seed"]) in given:
+                replaced.append(f"{r['method']} I={r['targets']} seed {r['seed']}")
+            else:
+                results.append(r)
     seeds = sorted({r["seed"] for r in results})
     sections = {seed: _seed_table([r for r in results if r["seed"] == seed]) for seed in seeds}
-    data = {"seeds": {str(seed): sec for seed, sec in sections.items()}, "command": command}
+    data = {"seeds": {str(seed): sec for seed, sec in sections.items()}, "command": command,
+            "cells_replaced_by_inputs": replaced}
     if len(seeds) == 1:
         data.update(sections[seeds[0]])
     md = [sec["table_md"] for sec in sections.values()]
+    if replaced:
+        md.append(f"Cells replaced by explicit inputs (a newer checkpoint than the reproduce run's): "
+                  f"{', '.join(replaced)}.\n")
     if command:
         md.append(f"Command: `{command}`.\n")
     data["table_md"] = "\n".join(md)

@@ -99,6 +99,11 @@ def test_table_reads_reproduce_cells_ok_ones_only(tmp_path):
     data = table([], [], str(tmp_path / "t.json"), cells_dirs=[str(cells)])
     assert sorted(r["method"] for r in data["rows"]) == ["dgnn-milp", "dgnn-ppo"]
     assert data["per_block"][4]["paired_vs"]["dgnn-milp"]["diff_m"] == 0.0
+    # an explicit dgnn-ppo input (a newer checkpoint) replaces the cell of the same I and seed
+    (tmp_path / "new.json").write_text(json.dumps(fake_result("dgnn-ppo", 4, [0.3, 0.2, 0.1])))
+    data = table([], [str(tmp_path / "new.json")], str(tmp_path / "t2.json"), cells_dirs=[str(cells)])
+    assert [r["median_episode_rmse_m"] for r in data["rows"] if r["method"] == "dgnn-ppo"] == [0.2]
+    assert data["cells_replaced_by_inputs"] == ["dgnn-ppo I=4 seed 0"]
 
 
 def test_ablation_markdown_lists_every_row():
