@@ -79,6 +79,53 @@ def pair_embeddings(module: Any, obs: dict[str, np.ndarray], z: np.ndarray, u_ti
     return _linear(h, module.pair_hidden).reshape(B, module.num_pairs, module.hidden), g
 
 
+class _ExtraFeatures:
+    """:meth:`~rl_isac.rllib.module.ISACPPOModule._extra_features` of chosen BS sets in float32 numpy, per target
+    (the decoder at batch 1 recomputes the one target a step changes): :func:`~rl_isac.rllib.module.
+    detection_gain_features` (expected-objective gain of each pair over the detection outcomes, log and
+    relative) and the MILP bit, from the observation's ``detection_tables``. The same arithmetic in float32
+    (reductions in another order: ~1e-7 relative; a test checks pairs exactly and logits to 1e-5)."""
+
+    def __init__(self, module: Any, det_obs: dict[str, torch.Tensor], tables, bits: np.ndarray) -> None:
+        from rl_isac.rllib.observation import DETECTION_OBS_KEY, MILP_OBS_KEY
+
+        cost, delta, _ = tables
+        self.cost = cost[0].numpy()                                       # (S, I)
+        self.delta = delta[0].numpy()                                     # (M, S, I)
+        self.detect = det_obs[DETECTION_OBS_KEY][0].numpy()               # (M, I)
+        self.milp = det_obs[MILP_OBS_KEY][0].numpy() if module.milp_features else None   # (M, I)
+        self.bits = bits                                                  # (S, M) bool
+        self.set_bits = bits.astype(_F32)                                 # row s: the BSs of set s, 0/1
+        self.M = bits.shape[1]
+        self.width = module.num_extra
+
+    def update(self, rows: np.ndarray, t: int, chosen: int) -> None:
+        """Rewrite target ``t``'s rows of ``rows (M * I, num_extra)`` (pairs ``m * I + t``) for its chosen-BS
+        bitmask ``chosen``: :meth:`rows` for one target, with fewer ops."""
+        I = self.cost.shape[1]
+        p = self.detect[:, t]                                             # (M,)
+        cp = self.set_bits[chosen] * p
+        w = np.where(self.bits, cp, _F32(1.0) - cp).prod(-1)              # (S,)
+        gain = p * (self.delta[:, :, t] @ w)                              # (M,)
+        rows[t::I, 0] = np.log10(np.maximum(gain, _F32(0.0)) + _F32(1e-6)) / _F32(4.0)
+        rows[t::I, 1] = gain / np.maximum(w @ self.cost[:, t], _F32(1e-12))
+
+    def rows(self, targets: np.ndarray, sets: np.ndarray) -> np.ndarray:
+        """Rows ``(M * T, num_extra)`` in pair order ``m * T + t`` (so ``rows[t::T]`` is target ``t``'s) for the
+        targets ``(T,)`` with chosen-BS bitmasks ``sets (T,)``."""
+        M = self.M
+        p = self.detect[:, targets].T                                     # (T, M)
+        cp = ((sets[:, None] >> np.arange(M)) & 1).astype(_F32) * p       # (T, M) chosen x detection probability
+        w = np.where(self.bits[None], cp[:, None, :], _F32(1.0) - cp[:, None, :]).prod(-1)   # (T, S)
+        expected = (w * self.cost[:, targets].T).sum(-1)                  # (T,)
+        gain = p * np.einsum("ts,mst->tm", w, self.delta[:, :, targets])  # (T, M)
+        rel = gain / np.maximum(expected, _F32(1e-12))[:, None]
+        out = [np.log10(np.maximum(gain, _F32(0.0)) + _F32(1e-6)) / _F32(4.0), rel]
+        if self.milp is not None:
+            out.append(self.milp[:, targets].T)
+        return np.stack(out, -1).transpose(1, 0, 2).reshape(M * len(targets), self.width).astype(_F32)
+
+
 def decode_numpy(module: Any, E: torch.Tensor, g: torch.Tensor, obs: dict[str, torch.Tensor], explore: bool,
                  rng: np.random.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Greedy (``explore=False``) or Gumbel-max sampled decoding of ``module`` (an ``ISACPPOModule``)."""
@@ -105,8 +152,9 @@ def decode_numpy(module: Any, E: torch.Tensor, g: torch.Tensor, obs: dict[str, t
         # for every target at once), then each step gathers its targets' rows (instead of one call a step)
         n_sets = 1 << M
         bits = ((np.arange(n_sets)[:, None] >> np.arange(M)) & 1).astype(bool)          # (2^M, M)
-        sets = torch.from_numpy(np.ascontiguousarray(np.broadcast_to(bits[None, :, :, None], (B, n_sets, M, I))))
-        extra_table = module._extra_features(det_obs, sets, tables).numpy()              # (B, 2^M, P, num_extra)
+        if B > 1:
+            sets = torch.from_numpy(np.ascontiguousarray(np.broadcast_to(bits[None, :, :, None], (B, n_sets, M, I))))
+            extra_table = module._extra_features(det_obs, sets, tables).numpy()          # (B, 2^M, P, num_extra)
         pair_index = np.arange(P)
     W1, b1 = module.stop_mlp[0].weight.detach().numpy(), module.stop_mlp[0].bias.detach().numpy()
     W2, b2 = module.stop_mlp[2].weight.detach().numpy(), module.stop_mlp[2].bias.detach().numpy()
@@ -128,6 +176,9 @@ def decode_numpy(module: Any, E: torch.Tensor, g: torch.Tensor, obs: dict[str, t
     acc = np.zeros((B, I, 3), _F32)
     if module.num_extra:  # each target's chosen BS set as a bitmask (empty slots: every BS)
         chosen_set = ((cho.reshape(B, M, I) >= 0.5).astype(np.int64) << np.arange(M)[None, :, None]).sum(1)  # (B, I)
+        if B == 1:  # the CU: each target's rows from its own set, recomputed for the one target a step changes
+            extra_of = _ExtraFeatures(module, det_obs, tables, bits)
+            extra_rows = extra_of.rows(np.arange(I), chosen_set[0])                       # (P, num_extra)
     stopped = np.zeros(B, bool)
     rows_idx = np.arange(B)
     step_rf = (np.ones(1, _F32) / R)[0]                                # f / R of a chosen pair (f = 1)
@@ -159,7 +210,8 @@ def decode_numpy(module: Any, E: torch.Tensor, g: torch.Tensor, obs: dict[str, t
             pair_logits = (np.matmul(En, ctx[:, :, None])[..., 0] + alpha * cov_p + beta * rem_p + gamma * gain
                            + bias)
             if module.num_extra:
-                extra = extra_table[rows_idx[:, None], chosen_set[:, pt], pair_index]         # (B, P, num_extra)
+                extra = (extra_rows[None] if single else
+                         extra_table[rows_idx[:, None], chosen_set[:, pt], pair_index])     # (B, P, num_extra)
                 pair_logits = pair_logits + (heads[..., 4:] * extra).sum(-1)
             if single:  # (5d) lookahead: as many uncovered targets as chains left -> only uncovered targets
                 ok = avail & uncovered if I - n_covered >= chains else avail
@@ -194,6 +246,7 @@ def decode_numpy(module: Any, E: torch.Tensor, g: torch.Tensor, obs: dict[str, t
             avail[k] = False
             if module.num_extra:
                 chosen_set[0, t] |= 1 << m
+                extra_of.update(extra_rows, t, int(chosen_set[0, t]))
             if cov[0, t] < 0.5:
                 n_covered += 1
                 uncovered[t::I] = False
