@@ -15,9 +15,11 @@ decision latency, and where the time goes.
 * ``ppo_decision_ms_p50/p99``: one block's decision of the ``dgnn-ppo`` CU in the harness (window
   push with its EKF anchor, observation, frozen encoder, greedy decoding; estimate + pairs +
   beams), I = 8, one core (the module of the benchmark's algorithm, saved and reloaded as
-  ``rl-isac evaluate`` does; latency does not depend on the weights);
-  ``ppo_decision_cpu_ms_p50/p99`` the same in thread CPU time (the wall time also counts the waits
-  for a core of a shared machine).
+  ``rl-isac evaluate`` does; latency does not depend on the weights, but on the actor options: the
+  benchmark's module has the default ones); ``ppo_decision_cpu_ms_p50/p99`` the same in thread CPU time (the
+  wall time also counts the waits for a core of a shared machine); ``shipped_checkpoint_decision``: the same
+  for ``results/checkpoints/ppo-I8`` when present (its ``detection_features`` / ``milp_features`` add the
+  detection probabilities and a MILP solve to every block's observation).
 * ``ppo_breakdown_ms_per_env_step`` (thread CPU, the runner's 8 envs, :func:`_micro_breakdown`):
   ``env_step`` (the env's whole ``step``) = ``env_world`` (motion + surrogate measurements) +
   ``window_push_ekf`` (the window's push with its EKF anchor) + ``observation`` (window arrays, pair
@@ -342,6 +344,19 @@ def _decision_figures(out: dict, ours: dict, module_dir: Path, targets: int, t, 
     out["ppo_decision_ms_p50"], out["ppo_decision_ms_p99"] = r["decision_ms_p50"], r["decision_ms_p99"]
     echo(f"dgnn-ppo decision I={targets}: p50 {r['decision_ms_p50']:.2f} ms, p99 {r['decision_ms_p99']:.2f} ms")
     out["ppo_decision_cpu_ms_p50"], out["ppo_decision_cpu_ms_p99"] = _decision_cpu_ms(cfg, module, blocks)
+    shipped = Path(__file__).resolve().parents[2] / "results" / "checkpoints" / f"ppo-I{targets}"
+    if (shipped / "checkpoint").is_dir():  # the reference checkpoint: its actor options may cost more per block
+        ref = load_module(shipped)
+        r = evaluate("dgnn-ppo", cfg=cfg, episodes=1 if quick else 3, blocks=blocks, progress=False,
+                     controller=PPOController(cfg.replace(num_blocks=blocks), ref))
+        cpu50, cpu99 = _decision_cpu_ms(cfg, ref, blocks)
+        out["shipped_checkpoint_decision"] = {
+            "checkpoint": str(shipped), "detection_features": bool(ref.detection_features),
+            "milp_features": bool(ref.milp_features), "ms_p50": r["decision_ms_p50"], "ms_p99": r["decision_ms_p99"],
+            "cpu_ms_p50": cpu50, "cpu_ms_p99": cpu99}
+        echo(f"dgnn-ppo decision I={targets}, shipped {shipped.name} (detection {ref.detection_features}, milp "
+             f"{ref.milp_features}): p50 {r['decision_ms_p50']:.2f} ms, p99 {r['decision_ms_p99']:.2f} ms wall; "
+             f"{cpu50:.2f} / {cpu99:.2f} ms thread CPU")
     echo(f"dgnn-ppo decision I={targets}, thread CPU time: p50 {out['ppo_decision_cpu_ms_p50']:.2f} ms, "
          f"p99 {out['ppo_decision_cpu_ms_p99']:.2f} ms")
     micro = _micro_breakdown(cfg, module, t.num_envs_per_env_runner, steps=10 if quick else 40)
