@@ -32,6 +32,13 @@ Per observation (batch ``B``; ``M`` BSs, ``I`` targets, ``P = M * I`` pairs, ``J
    max over targets of ``MLP([z_i, anchor_log_std_i, anchor_age_i, prior_cov_i])``, the block
    index ``q / Q`` and the mean/max anchor log-std.
 
+Inference speed (the CU's decision at batch 1, the env runners' batches of 8): up to
+:data:`NUMPY_ENCODE_MAX_BATCH` observations on the CPU, the frozen encoder and the pair MLP run in float32
+numpy (:mod:`rl_isac.tracking.dgnn.numpy_infer`, :func:`rl_isac.rllib.ar_numpy.pair_embeddings`; per-op
+dispatch, not arithmetic, bounds torch there), the decoder up to :data:`NUMPY_DECODE_MAX_BATCH` in
+:mod:`rl_isac.rllib.ar_numpy`; the same functions as the torch modules (tests: 1e-5, decoder bit-identical).
+:meth:`ISACPPOModule.decide` is the CU's one-observation decision without RLlib's wrapper.
+
 ``model_config`` keys: ``dgnn`` (the :class:`~rl_isac.tracking.dgnn.DGNNConfig` dict, required),
 ``dgnn_weights`` (path of the phase-1 ``model.pt`` loaded at construction; a module restored
 from an RLlib checkpoint gets the weights from its saved state instead, so the path may be
