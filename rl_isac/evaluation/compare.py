@@ -34,7 +34,8 @@ def compare(methods: list[str], targets: list[int], episodes: int, blocks: int, 
                 continue
             results.append(r)
             echo(f"{method:<16} I={num}: rmse {r['rmse_m']:.4f} m  pcrb {r['pcrb_rmse_m']:.4f} m  "
-                 f"missed {r['missed_fraction']:.3f}  lost {r['lost_fraction']:.4f} ({_unamb(r)} unambiguous)  "
+                 f"missed {r['missed_fraction']:.3f}  lost {r['lost_fraction']:.4f} ({_unamb(r)} unambiguous, "
+                 f"{_get(r, 'lost_fraction_unlabelled')} unlabelled)  "
                  f"swaps {r['track_swaps']}  "
                  f"reacq {reacquire_text(r)}  nis out {r['meas_nis_outside_fraction']:.4f} (meas) "
                  f"{_frac(r['pred_nis_outside_fraction'])} (pred)  decision p50 {r['decision_ms_p50']:.2f} ms")
@@ -45,7 +46,8 @@ def compare(methods: list[str], targets: list[int], episodes: int, blocks: int, 
 
 def markdown_table(results: list[dict], refused: list[dict], methods: list[str], targets: list[int]) -> str:
     cell = {(r["method"], r["targets"]): f"{r['rmse_m']:.3f} ± {rmse_ci95(r):.3f} ({r['pcrb_rmse_m']:.3f}; "
-                                        f"lost {r['lost_fraction']:.4f}/{_unamb(r)}; reacq {reacquire_text(r)}; "
+                                        f"lost {r['lost_fraction']:.4f}/{_unamb(r)}/"
+                                        f"{_get(r, 'lost_fraction_unlabelled')}; reacq {reacquire_text(r)}; "
                                         f"nis {r['meas_nis_outside_fraction']:.4f})"
             for r in results}
     for r in refused:
@@ -59,15 +61,20 @@ def markdown_table(results: list[dict], refused: list[dict], methods: list[str],
                  "interval over episodes (normal, on the mean squared error); in brackets the PCRB of the "
                  "associations and beams each method used, the fraction of target-blocks with an error above "
                  "5 m (lost tracks) / the same over the targets whose q = 0 acquisition does not already favour "
-                 "a wrong labelling (harness.acquisition_label_errors; '-' in older results), the mean/max "
+                 "a wrong labelling (harness.acquisition_label_errors) / the same with estimates matched to "
+                 "targets whatever their labels (swaps not counted; '-' in older results), the mean/max "
                  "blocks to re-acquire a lost track (+n: never re-acquired) and the "
                  "fraction of peaks outside the 99.9 % NIS gate against the truth (nominal 0.001).")
     return "\n".join(lines)
 
 
-def _unamb(r: dict) -> str:
-    v = r.get("lost_fraction_unambiguous")
+def _get(r: dict, key: str) -> str:
+    v = r.get(key)
     return "-" if v is None else f"{v:.4f}"
+
+
+def _unamb(r: dict) -> str:
+    return _get(r, "lost_fraction_unambiguous")
 
 
 def rmse_ci95(r: dict) -> float:

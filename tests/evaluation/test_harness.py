@@ -17,6 +17,7 @@ from rl_isac.evaluation.harness import (
     measurement_nis_outside,
     summary_table,
     track_swaps,
+    unlabelled_squared_errors,
     write_json_atomic,
 )
 from rl_isac.physics.measurements import Measurements
@@ -157,6 +158,14 @@ def test_acquisition_label_errors_flag_targets_whose_acquisition_points_to_anoth
     assert acquisition_label_errors(crossed, truth).tolist() == [True, True, False]
 
 
+def test_unlabelled_errors_ignore_a_swap_but_not_a_lost_track():
+    truth = np.array([[0.0, 0.0], [20.0, 0.0], [50.0, 50.0]])
+    swapped = np.array([[20.1, 0.0], [0.0, 0.2], [50.0, 50.0]])  # tracks 0 and 1 on each other's target
+    np.testing.assert_allclose(unlabelled_squared_errors(truth, swapped), [0.04, 0.01, 0.0])
+    lost = np.array([[0.3, 0.0], [20.0, 0.0], [60.0, 50.0]])  # track 2 10 m off: lost either way
+    np.testing.assert_allclose(unlabelled_squared_errors(truth, lost), [0.09, 0.0, 100.0])
+
+
 def test_measurement_nis_uses_the_nearest_target_and_the_reported_covariance():
     bs = np.array([[0.0, 0.0]])
     truth = np.array([[30.0, 40.0], [60.0, 80.0]])  # ranges 50 and 100 m, same angle
@@ -175,5 +184,6 @@ def test_track_metrics_are_in_the_result_and_the_summary():
     r = evaluate("ekf-milp", targets=4, episodes=2, blocks=15, seed=2, fidelity="surrogate", progress=False)
     assert r["track_losses"] >= r["never_reacquired"] >= 0 and r["track_swaps"] >= 0
     assert r["acquisition_ambiguous_targets"] >= 0 and 0 <= r["lost_fraction_unambiguous"] <= 1
+    assert r["rmse_unlabelled_m"] <= r["rmse_m"] + 1e-12 and 0 <= r["lost_fraction_unlabelled"] <= 1
     assert 0 <= r["meas_nis_outside_fraction"] < 0.05 and 0 <= r["pred_nis_outside_fraction"] < 0.05
     assert "swaps" in summary_table([r]) and "nis_z" in summary_table([r])
