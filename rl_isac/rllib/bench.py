@@ -30,19 +30,36 @@ decision latency, and where the time goes.
   thread's CPU time per env step: the local learner); ``sampling_total`` (RLlib's sampling wall
   timer per env step). ``ppo_decision_breakdown_ms``: the same pieces at batch 1.
 
-``results/bench_ppo.json`` (2026-12-02 02:37 UTC, after the inference speed-ups of f713e28..: the frozen
-encoder in float32 numpy for small CPU batches, the pair MLP in numpy, a leaner numpy decoder loop; shared
-machine at load 3.5-4, so absolute figures are inflated): ppo / floor 210 / 3311 = **0.064**; sampling 1x8 247,
-2x4 322, 2x8 311, 1x16 252 env steps/s; decision p50 / p99 5.0 / 11.0 ms wall, 5.0 / 7.0 ms thread CPU; per env
-step (thread CPU) env step 2.78 = world 0.56 + window push/EKF 1.27 + observation 0.45 + other 0.51, module
-pass 0.78 (encoder 0.59, pair MLP + decoder 0.25), learner 1.36; at batch 1 push 1.37, observation 0.49,
-encoder 1.55, pair MLP + decoder 0.97 ms. The run before (quiet machine, load 0.6, 01:36 UTC, code of
-bb2d1e2): ppo / floor 153 / 2391 = 0.064; sampling 1x8 204, 2x4 366, 2x8 388, 1x16 209; decision 7.4 / 11.6 ms
-wall, 7.5 / 10.6 ms CPU; module pass 1.01 (encoder 0.76, decoder 0.29); at batch 1 encoder 2.66, decoder 1.50.
-Old and new decision code taken in turns in ONE process on the same window states (harness episodes, I = 8,
-surrogate, 200 blocks, load 4; a scratch A/B, not a committed command), thread CPU p50 / p99: 7.66 / 10.8 ->
-5.36 / 7.6 ms (push 1.55 of it in both), the same associations and beams in every block, estimates within
-2e-5 m. The ratio goal (0.5) needs about 1 ms per env step in all; the env step alone is 2.8.
+``results/bench_ppo.json`` (2026-12-02 03:02 UTC, code e6126d6 exported; after the inference speed-ups of
+f713e28..e6126d6: the frozen encoder, the pair MLP and the decoder in float32 numpy for small CPU batches; shared
+machine at load 4.3, so the wall figures wait for a core): ppo / floor 149 / 2262 = **0.066**; sampling 1x8 210,
+2x4 215, 2x8 186, 1x16 247 env steps/s; decision p50 / p99 7.6 / 17.0 ms wall, **4.2 / 5.5 ms thread CPU**; the
+shipped ``results/checkpoints/ppo-I8`` (detection + MILP actor options: every block's observation adds the
+detection probabilities and a MILP solve) 10.8 / 21.5 ms wall, 6.8 / 10.3 ms CPU; per env step (thread CPU) env
+step 2.53 = world 0.52 + window push/EKF 1.14 + observation 0.41 + other 0.47, module pass 0.74 (encoder 0.54,
+pair MLP + decoder 0.23), learner 2.46 (wall timer; 1.51 driver CPU); at batch 1 push 1.22, observation 0.44,
+encoder 1.42, pair MLP + decoder 0.86 ms (the CU's greedy path is cheaper than this exploration one). Two runs
+earlier the same day on the same code path (loads 3.5-3.7): decision CPU p50 / p99 4.98 / 6.95 and 6.40 / 8.22 ms,
+ppo / floor 0.064 and 0.059. The run before the speed-ups (quiet machine, load 0.6, 01:36 UTC, bb2d1e2): ppo /
+floor 153 / 2391 = 0.064; decision 7.4 / 11.6 ms wall, 7.5 / 10.6 ms CPU; module pass 1.01 (encoder 0.76,
+decoder 0.29); at batch 1 encoder 2.66, decoder 1.50.
+
+Before / after in ONE process (a scratch A/B, not a committed command: the old code paths -- PyG encoder, torch
+pair MLP, the previous numpy decoder loop kept verbatim in ``tests/rllib/test_ar_numpy.py`` -- and the new ones
+taken in turns on the same window states of harness episodes, I = 8, surrogate, 3 x 100 blocks, thread CPU p50 /
+p99, push included): a plain module (default actor options) 5.66 / 9.00 -> 3.99 / 6.66 ms (load 4.6; push 1.15 /
+2.05 of it); the shipped detection + MILP ppo-I8 10.14 / 16.52 -> 6.82 / 10.56 ms (load 3.7); with
+:meth:`~rl_isac.rllib.module.ISACPPOModule.decide` in the CU (requested from the controller's owner) 6.72 /
+10.39. The same associations and beams in every block, estimates within 2e-5 m.
+
+What the decision still costs (plain module, in the CU, thread CPU p50 at load ~4): window push + EKF 1.2-1.5
+(the tracker's, a request with a profile in ``coord/REQUEST_LEAD.md``), observation 0.45-0.5 (the window's
+arrays and the pair Fisher information), encoder 1.3-1.7 (numpy: ~250 small calls, ~0.8 ms when the caches are
+warm; the in-situ cost is cold caches between blocks), pair MLP 0.2, decoder 0.55-0.65 (12 steps of ~35 numpy
+calls), RLlib's wrapper and the distribution inputs ~0.2 (``decide`` removes them), association + beam sweep
+0.15. p99 <= 5 ms wall needs a quiet core and the push halved; the shipped ppo-I8's MILP solve (~1.3 ms) and
+detection probabilities (~0.7 ms) per block put it out of reach for that checkpoint. The ratio goal (0.5) needs
+about 1 ms per env step in all; the env step alone is 2.5 (push 1.1, world 0.5: both outside the RLlib layer).
 
 Where the time goes (I = 8, 1 runner x 8 envs, train batch 2,000, 10 epochs x minibatch 250; this shared
 2-core machine at load 4-7, 2026-12-02 00:04-00:35 UTC; the figures below are those runs'). "Before" is
