@@ -482,30 +482,6 @@ class CellFreeNetwork:
         """
         return expected_position_information(self.cfg, self.codebook, self.bs_positions_m, positions_m, beams)
 
-    def expected_information_pairs(self, positions_m: np.ndarray, beams: np.ndarray, pairs: np.ndarray) -> np.ndarray:
-        """:meth:`expected_information` computed for the pairs of ``pairs`` only (e.g. an association), zero
-        elsewhere: the chosen pairs' entries are the same numbers bit for bit (every step of
-        :func:`~rl_isac.physics.fisher.expected_position_information` is elementwise over pairs; a test checks
-        it), at the cost of those pairs (a PCRB step needs at most ``M * N_RF`` of the ``M * I``).
-
-        Args:
-            positions_m: ``(I, 2)`` metres; beams: ``(M, I, K, 2)`` int; pairs: ``(M, I)`` bool or 0/1.
-        Returns:
-            ``(M, I, 2, 2)`` in 1/m^2.
-        """
-        from rl_isac.physics.channel import received_amplitude
-        from rl_isac.physics.fisher import angle_variance, position_information, range_angle_crb
-
-        sel = np.asarray(pairs).astype(bool)
-        out = np.zeros(sel.shape + (2, 2))
-        if sel.any():
-            range_m, angle = geometry(self.bs_positions_m, np.asarray(positions_m, float))
-            r, a = range_m[sel], angle[sel]
-            var_r, var_u = range_angle_crb(self.cfg, self.codebook, received_amplitude(self.cfg, r), np.cos(a),
-                                           np.asarray(beams)[sel])
-            out[sel] = position_information(r, a, var_r, angle_variance(var_u, a))
-        return out
-
     def nearest_association(self, positions_m: np.ndarray) -> np.ndarray:
         """A simple feasible association: each target to its nearest BS with a free chain, then fill.
 

@@ -406,7 +406,7 @@ class ISACMultiAgentEnv(MultiAgentEnv):
     def _advance_pcrb(self, assoc: np.ndarray, beams: np.ndarray, headings: np.ndarray) -> None:
         """Posterior CRB of block q+1 for the global association ``(M, I)`` and beams (evaluation.bounds, one step)."""
         cfg = self.cfg
-        info = self.world.expected_information_pairs(self.world.positions_m, beams, assoc)  # chosen pairs only
+        info = self.world.expected_information(self.world.positions_m, beams)
         f = heading_transition(cfg, headings)
         pred = f @ self._pcrb_cov @ np.swapaxes(f, -1, -2) + np.diag([0.0, 0.0, cfg.heading_step_rad**2 / 3])
         jinfo = np.linalg.inv(pred + 1e-12 * np.eye(3))
