@@ -80,10 +80,12 @@ quick profile: BC warm start from dgnn-milp (16 episodes, 15 epochs) + 1 DAgger 
 5 iterations."""
 
 SHIPPED_PPO_CONFIGS: dict[int, str] = {4: SHIPPED_PPO_CONFIG, 6: "results/checkpoints/ppo-long-bc.yaml",
-                                       8: "results/checkpoints/ppo-long-bc.yaml"}
+                                       8: "results/checkpoints/ppo-long-bc-milp.yaml"}
 """Per I, the recipe of each reference checkpoint results/checkpoints/ppo-I{I} (``train_config.json`` of each
 holds it resolved; results/run_ppo.sh trains them): the full profile trains with exactly these, so its
-dgnn-ppo is trained as the shipped checkpoint of the same I (same recipe, same seed)."""
+dgnn-ppo is trained as the shipped checkpoint of the same I (same recipe, same seed). I = 8 uses the actor's
+detection and MILP features (``ppo-long-bc-milp.yaml``) since b748853; the committed results/full was made
+before that, with ``ppo-long-bc.yaml`` at I = 8 (its ``run.json`` records the configs it trained with)."""
 
 PAPER_FIG3_BLOCK = 55
 """The paper draws Fig. 3's association snapshot at block q = 55."""
