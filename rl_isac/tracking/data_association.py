@@ -280,7 +280,8 @@ tracks goes to the one with the tighter prediction (the ``ln det S`` term) more 
 
 def gnn_assign(x: np.ndarray, P: np.ndarray, peaks: PeakSet, bs_positions_m: np.ndarray,
                gate: float = CHI2_GATE_999, other_target_cost: float = OTHER_TARGET_COST,
-               allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+               allowed: np.ndarray | None = None, innovation: tuple[np.ndarray, np.ndarray] | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
     """Global nearest neighbour, scan by scan.
 
     Args:
@@ -291,6 +292,8 @@ def gnn_assign(x: np.ndarray, P: np.ndarray, peaks: PeakSet, bs_positions_m: np.
         other_target_cost: added to the cost of giving a peak to a track other than the pair's label
             (:data:`OTHER_TARGET_COST`).
         allowed: optional ``(N, I)`` bool, pairs that may be assigned at all (e.g. :func:`same_beams`).
+        innovation: optional ``(nis, logdet)`` of :func:`innovation_matrix` for these ``x, P, peaks`` (a caller
+            that needs them too computes them once).
     Returns:
         ``track (N,)`` int: the track each peak is assigned to, ``-1`` where none (outside every gate or
         lost the assignment); ``nis (N,)``: its NIS against that track (``inf`` where unassigned).
@@ -300,7 +303,7 @@ def gnn_assign(x: np.ndarray, P: np.ndarray, peaks: PeakSet, bs_positions_m: np.
     nis_out = np.full(num, np.inf)
     if num == 0:
         return track, nis_out
-    nis, logdet = innovation_matrix(x, P, peaks, bs_positions_m)
+    nis, logdet = innovation if innovation is not None else innovation_matrix(x, P, peaks, bs_positions_m)
     gated = nis <= peak_gates(peaks, gate)[:, None]
     if allowed is not None:
         gated &= allowed

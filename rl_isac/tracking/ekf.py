@@ -884,14 +884,17 @@ class EKFEstimator:
             if not (partners[:, 0] >= 0).any():
                 partners = None
         gate = self.settings.innovation_gate
+        innovation = innovation_matrix(x, P, peaks, self.bs_positions_m) if len(peaks) else None  # once a block
         if gate is None:
             track, _ = ASSOCIATION_RULES["label"](x, P, peaks, self.bs_positions_m, gate=None)
         else:
             rule = ASSOCIATION_RULES[self.settings.data_association]
+            allowed = None
             if rule is gnn_assign and peaks.range_only.any():
                 allowed = same_beams(peaks, x, self.bs_positions_m, 2.0 / self.cfg.codebook_size,
                                      self.cfg.range_resolution_m if self.settings.range_only_unambiguous else None)
-                track, _ = rule(x, P, peaks, self.bs_positions_m, gate, allowed=allowed)
+            if rule is gnn_assign:
+                track, _ = rule(x, P, peaks, self.bs_positions_m, gate, allowed=allowed, innovation=innovation)
             else:
                 track, _ = rule(x, P, peaks, self.bs_positions_m, gate)
         accepted = np.zeros(x.shape[0], bool)
@@ -902,7 +905,7 @@ class EKFEstimator:
         # wide gate several echoes fit, and the most precise is not the most likely); it re-initialises the
         # track if it pins the position (largest eigenvalue of its position covariance at most
         # search_growth_m^2), and is fused as an ordinary update otherwise.
-        nis_all = innovation_matrix(x, P, peaks, self.bs_positions_m)[0] if len(peaks) else np.zeros((0, len(x)))
+        nis_all = innovation[0] if innovation is not None else np.zeros((0, len(x)))
         gates = peak_gates(peaks, np.inf if gate is None else gate)  # (N,): 2-D or range-only gate
         for i in np.flatnonzero(self.searching):
             mine = np.flatnonzero(track == i)
