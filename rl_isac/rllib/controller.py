@@ -107,17 +107,14 @@ class PPOController(Controller):
 
     @torch.no_grad()
     def _decide(self) -> CUAction:
-        from ray.rllib.core.columns import Columns
-
         obs = self.builder.build(self.window, self.block, self.cfg.num_blocks)
-        batch = {Columns.OBS: {k: torch.from_numpy(v)[None] for k, v in obs.items()}}
-        out = self.module.forward_inference(batch)[Columns.ACTIONS]
-        pairs = out["pairs"][0].numpy()
+        # the module's one-observation greedy decision: forward_inference's ACTIONS without RLlib's wrapper
+        pairs, beams_flat, estimate_flat = self.module.decide(obs)
         assoc = sub_actions_to_association(pairs, self.cfg.num_bs, self.cfg.num_targets)
         assoc = check_association(assoc, self.cfg.num_rf, shape=(self.cfg.num_bs, self.cfg.num_targets))
         prediction = self.window.anchor_next_m
-        beams = self._widened(out["beams"][0].numpy().reshape(self.beam_shape).astype(np.int64), prediction)
-        estimate = out["estimate"][0].numpy().astype(float).reshape(-1, 2)
+        beams = self._widened(np.asarray(beams_flat).reshape(self.beam_shape).astype(np.int64), prediction)
+        estimate = np.asarray(estimate_flat).astype(float).reshape(-1, 2)
         return CUAction(association=assoc, beams=beams, estimate_m=estimate, prediction_m=prediction)
 
     def reset(self, initial_positions_m: np.ndarray) -> CUAction:
