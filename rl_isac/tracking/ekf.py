@@ -456,12 +456,14 @@ class EKFSettings(ConfigMixin):
     range_only_unambiguous: bool = False
     """With :attr:`range_only_peaks`: a range-only peak may go only to its scan's own target, and only where
     no other track lies in the same beams within two range cells
-    (:func:`~rl_isac.tracking.data_association.same_beams`). On 200 development worlds
-    (``results/tracks/dev_variants.md``) the pair lost 0.0049 / 0.0086 of the target-blocks at I = 6 / 8
-    against 0.0051 / 0.0092 with both off and 0.0072 / 0.0095 with range-only peaks restricted to the beams
-    alone: it removes the endfire losses (mechanism B) without the wrong-track ones, but the difference
-    is one or two episodes, inside the noise of the start-up swaps that dominate every option set, so
-    the defaults stay off (every committed result is from them)."""
+    (:func:`~rl_isac.tracking.data_association.same_beams`). On 400 development worlds
+    (``results/tracks/dev_variants.md``) the pair lost 1274 / 2579 target-blocks at I = 6 / 8 against
+    1313 / 2762 with both off (better in 6 / 24 episodes, worse in 3 / 10: a sign test at I = 8 gives
+    p ~ 0.02); on 200 of them range-only peaks with the beams check alone lost more than both off
+    (0.0072 / 0.0095 vs 0.0051 / 0.0092). It removes most endfire losses (targets along the top or bottom
+    edge) without the wrong-track ones. A small gain next to the start-up swaps that dominate every
+    option set, and the committed results all come from the defaults, so it is off until they are
+    regenerated with it (the candidate default)."""
     resolve_identities: bool = False
     """Keep track identities through close encounters (:mod:`rl_isac.tracking.identity`): when two tracks
     that were confusable separate, swap them if the retrodiction to their pre-encounter anchors says so;
