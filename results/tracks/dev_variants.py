@@ -67,6 +67,16 @@ def run(name: str, targets: int, first: int, last: int, settings: dict) -> dict:
             "ambiguous_acquisition_episodes": ambiguous, "wall_s": round(time.time() - t0)}
 
 
+def _per_episode(rows: list[dict], name: str, targets: int) -> dict[int, int]:
+    """Lost target-blocks per episode of one option set at one I (0 for an episode not in its bad list)."""
+    out: dict[int, int] = {}
+    for r in rows:
+        if r["name"] == name and r["targets"] == targets:
+            out.update({e: 0 for e in range(*r["episodes"])})
+            out.update({b[0]: b[1] for b in r["bad"]})
+    return out
+
+
 def table() -> str:
     rows = [json.loads(line) for f in sorted((HERE / "dev").glob("*.jsonl")) for line in f.read_text().splitlines()
             if line.strip()]
@@ -88,6 +98,17 @@ def table() -> str:
             if len(sub) > 1:
                 lines.append(f"| {name} | | {targets} | all ({sum(r['episodes'][1] - r['episodes'][0] for r in sub)}) "
                              f"| {np.mean([r['lost_fraction'] for r in sub]):.4f} | | |")
+    lines += ["", "Paired against `base` on the episodes both ran (lost target-blocks per episode):", "",
+              "| option set | I | episodes | better | worse | lost target-blocks (base -> option) |",
+              "|---|---|---|---|---|---|"]
+    for name in names[1:]:
+        for targets in sorted({r["targets"] for r in rows if r["name"] == name}):
+            base, other = _per_episode(rows, "base", targets), _per_episode(rows, name, targets)
+            common = sorted(set(base) & set(other))
+            if common:
+                lines.append(f"| {name} | {targets} | {len(common)} | {sum(other[e] < base[e] for e in common)} | "
+                             f"{sum(other[e] > base[e] for e in common)} | {sum(base[e] for e in common)} -> "
+                             f"{sum(other[e] for e in common)} |")
     sources = sorted({r["source"] for r in rows if r.get("source")})
     if sources:
         lines += ["", "Rows with a `source` field (" + "; ".join(sources) + ")."]
