@@ -216,8 +216,7 @@ def bench_clusters(counts: tuple[int, ...] = CLUSTER_COUNTS, targets: tuple[int,
     data = {"protocol": {"preset": "large", "targets": list(targets), "episodes": episodes, "blocks": blocks,
                          "fidelity": fidelity, "evaluation_seed": seed, "env_episodes": env_episodes,
                          "load_average_1min": [load_start, os.getloadavg()[0]], "cpu_count": os.cpu_count(),
-                         "note": f"a handful of episodes ({episodes} x {blocks}) at {fidelity} fidelity, not the "
-                                 "30 x 100 signal-level protocol; timings on a shared machine, one process"},
+                         "note": _protocol_note(episodes, blocks, fidelity)},
             "env": env_rows, "policy": policy_rows, "policy_note": policy_note, "evaluation": eval_rows,
             "machine": platform.processor() or platform.machine(),
             "git_revision": git_revision()}
@@ -225,11 +224,35 @@ def bench_clusters(counts: tuple[int, ...] = CLUSTER_COUNTS, targets: tuple[int,
     return data
 
 
+def _protocol_note(episodes: int, blocks: int, fidelity: str) -> str:
+    """What the evaluation's size means against the project's claim protocol (30+ x 100, signal level)."""
+    if episodes >= 30 and blocks >= 100 and fidelity == "signal":
+        size = f"{episodes} x {blocks} at signal fidelity (the claim protocol)"
+    else:
+        size = (f"a handful of episodes ({episodes} x {blocks}) at {fidelity} fidelity, not the 30 x 100 "
+                "signal-level protocol")
+    return size + "; timings on a shared machine, one process"
+
+
+def _command(p: dict) -> str:
+    """The ``rl-isac bench --clusters`` command line that reproduces ``p`` (the protocol block)."""
+    cmd = "rl-isac bench --clusters"
+    if p.get("episodes", 8) != 8:
+        cmd += f" --cluster-episodes {p['episodes']}"
+    if p.get("blocks", 100) != 100:
+        cmd += f" --cluster-blocks {p['blocks']}"
+    if p.get("fidelity", "surrogate") != "surrogate":
+        cmd += f" --cluster-fidelity {p['fidelity']}"
+    if list(p.get("targets", [24, 12])) != [24, 12]:
+        cmd += " --cluster-targets " + " ".join(str(t) for t in p["targets"])
+    return cmd
+
+
 def markdown(data: dict) -> str:
     """The Markdown summary of :func:`bench_clusters`'s result."""
     p = data["protocol"]
     lines = ["# Several CU clusters on the `large` preset (12 BSs, 600 m x 100 m)", "",
-             "Command: `nice -n 10 rl-isac bench --clusters` (rl_isac/rllib/bench_clusters.py). "
+             f"Command: `nice -n 10 {_command(p)}` (rl_isac/rllib/bench_clusters.py). "
              f"Protocol: {p['note']}. Load average at start/end: {p['load_average_1min'][0]:.1f} / "
              f"{p['load_average_1min'][1]:.1f} on {p['cpu_count']} cores.", "",
              f"Env throughput at {p['targets'][0]} targets:", "",
