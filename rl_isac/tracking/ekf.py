@@ -459,7 +459,8 @@ class EKFSettings(ConfigMixin):
     (:func:`~rl_isac.tracking.data_association.same_beams`). On 400 development worlds
     (``results/tracks/dev_variants.md``) the pair lost 1274 / 2579 target-blocks at I = 6 / 8 against
     1313 / 2762 with both off (better in 6 / 24 episodes, worse in 3 / 10: a sign test at I = 8 gives
-    p ~ 0.02); on 200 of them range-only peaks with the beams check alone lost more than both off
+    p ~ 0.02), and with the ekf-greedy CU 1249 / 2743 against 1517 / 4180 (better in 24 / 83 episodes, worse
+    in 3 / 8); on 200 of them range-only peaks with the beams check alone lost more than both off
     (0.0072 / 0.0095 vs 0.0051 / 0.0092). It removes most endfire losses (targets along the top or bottom
     edge) without the wrong-track ones. A small gain next to the start-up swaps that dominate every
     option set, and the committed results all come from the defaults, so it is off until they are
