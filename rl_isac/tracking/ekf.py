@@ -444,33 +444,31 @@ class EKFSettings(ConfigMixin):
     objective, the beam selector and the gate see how little it knows) and the first peak the assignment
     gives it re-initialises it at that peak (position from the measurement, velocity back to the uniform
     heading prior). ``None``: never."""
-    range_only_peaks: bool = False
-    """Use the range of peaks whose angle is unusable (endfire; ``MAX_ANGLE_STD_RAD``) as a 1-D measurement;
-    ``False`` (the default) drops them. Off by default, like :attr:`resolve_identities`: on 40 development
-    worlds (``rl_isac.seeds.training_world_seed(7, 2, e)``, ``ekf-milp``, signal level, 100 blocks) the two
-    rules together lost 0.030 / 0.0093 of the target-blocks at I = 6 / 8 against 0.0094 / 0.0037 without
-    them; here a range-only peak was sometimes given to the wrong track (one episode lost 252 target-blocks
-    that way). Each rule fixes the scripted case of its test (tests/tracking/test_identity.py); turning them
-    on needs the angle check of the pair's beams (a range-only peak only for a track whose predicted angle
-    lies inside them)."""
-    range_only_unambiguous: bool = False
+    range_only_peaks: bool = True
+    """Use the range of peaks whose angle is unusable (endfire; ``MAX_ANGLE_STD_RAD``) as a 1-D measurement
+    (``False`` drops them). Targets along the top or bottom edge of the area sit at the endfire of every BS
+    on that edge, so without their ranges such a target has no accepted look for blocks, goes searching and
+    drifts off. On by default with :attr:`range_only_unambiguous` since this revision; on its own (only the
+    beams check of :func:`~rl_isac.tracking.data_association.same_beams`) a range-only peak was sometimes
+    given to the wrong track (one development episode lost 252 target-blocks that way)."""
+    range_only_unambiguous: bool = True
     """With :attr:`range_only_peaks`: a range-only peak may go only to its scan's own target, and only where
     no other track lies in the same beams within two range cells
-    (:func:`~rl_isac.tracking.data_association.same_beams`). On 400 development worlds
-    (``results/tracks/dev_variants.md``) the pair lost 1274 / 2579 target-blocks at I = 6 / 8 against
-    1313 / 2762 with both off (better in 6 / 24 episodes, worse in 3 / 10: a sign test at I = 8 gives
-    p ~ 0.02), and with the ekf-greedy CU 1249 / 2743 against 1517 / 4180 (better in 24 / 83 episodes, worse
-    in 3 / 8); on 200 of them range-only peaks with the beams check alone lost more than both off
-    (0.0072 / 0.0095 vs 0.0051 / 0.0092). It removes most endfire losses (targets along the top or bottom
-    edge) without the wrong-track ones. A small gain next to the start-up swaps that dominate every
-    option set, and the committed results all come from the defaults, so it is off until they are
-    regenerated with it (the candidate default)."""
+    (:func:`~rl_isac.tracking.data_association.same_beams`). The default since this revision, chosen on
+    400 development worlds (``results/tracks/dev_variants.md``, never the evaluation seeds): with ekf-milp
+    the pair lost 1274 / 2579 target-blocks at I = 6 / 8 against 1313 / 2762 with both off (better in 6 / 24
+    episodes, worse in 3 / 10: a sign test at I = 8 gives p ~ 0.02), with ekf-greedy 1249 / 2743 against
+    1517 / 4180 (better in 24 / 83, worse in 3 / 8); on 200 of them range-only peaks with the beams check
+    alone lost more than both off (0.0072 / 0.0095 vs 0.0051 / 0.0092). ``results/full`` and the other
+    tables made before this revision used both off (their ``git_revision`` says which)."""
     resolve_identities: bool = False
     """Keep track identities through close encounters (:mod:`rl_isac.tracking.identity`): when two tracks
     that were confusable separate, swap them if the retrodiction to their pre-encounter anchors says so;
     two tracks indistinguishable for ``duplicate_after_blocks`` blocks in which their beams saw an
     unclaimed peak are one target tracked twice, and the one whose anchor fits worse goes searching.
-    Off by default (see :attr:`range_only_peaks` for the development-world figures): at the signal level the
+    Off by default: on 40 development worlds (``rl_isac.seeds.training_world_seed(7, 2, e)``, ``ekf-milp``,
+    signal level, 100 blocks) this rule with range-only peaks (beams check only) lost 0.030 / 0.0093 of the
+    target-blocks at I = 6 / 8 against 0.0094 / 0.0037 with both off; at the signal level the
     retrodiction margins of true start-up swaps (1.9-2.8) are no larger than those of pairs that were right
     all along, so even the decisive threshold swapped correct pairs (30-84 target-blocks lost per episode
     on four development worlds)."""

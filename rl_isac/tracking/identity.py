@@ -26,7 +26,7 @@ the target it lost.
 Pure numpy, no state; :class:`~rl_isac.tracking.ekf.EKFEstimator` keeps the anchors. Off by default
 (``EKFSettings.resolve_identities``): on development worlds the signal-level retrodiction margins of true
 start-up swaps were no larger than those of correct pairs, and the rule lost more target-blocks than it
-saved (figures in :attr:`~rl_isac.tracking.ekf.EKFSettings.range_only_peaks`). What the start-up case
+saved (figures in :attr:`~rl_isac.tracking.ekf.EKFSettings.resolve_identities`). What the start-up case
 needs is a multi-hypothesis assignment (track-oriented MHT or fixed-lag smoothing), not built.
 """
 
