@@ -265,6 +265,17 @@ class DGNN(nn.Module):
                                        nn.Linear(2 * D, 2 * cfg.codebook_size))
 
     # ------------------------------------------------------------------ pieces
+    def _initial_states(self, obs: dict[str, Tensor], B: int, I: int, D: int) -> Tensor:
+        """Target node states before the first SAM layer, ``(B, I, D)``: ``init_mlp`` of the EKF anchor (position,
+        scaled one-block step, age, log std) when the model has one, zeros otherwise (the paper's)."""
+        if self.init_mlp is None:
+            return obs["features"].new_zeros(B, I, D)
+        scales = obs["scales_m"]
+        step = (obs["anchor_next"] - obs["anchor"]) * (scales[:, 0] / scales[:, 1])[:, None, None]
+        tgt = torch.cat([obs["anchor"], step, obs["anchor_age"][..., None], obs["anchor_log_std"][..., None]],
+                        dim=-1)                                                         # (B, I, 6)
+        return self.init_mlp(tgt)
+
     def spatial(self, obs: dict[str, Tensor]) -> Tensor:
         """SAM over every block: target states after ``L`` layers, eqs. (6)-(8).
 
@@ -274,14 +285,7 @@ class DGNN(nn.Module):
         feats = obs["features"]
         B, W, M, I, F = feats.shape
         D = self.cfg.hidden_dim
-        if self.init_mlp is not None:
-            scales = obs["scales_m"]
-            step = (obs["anchor_next"] - obs["anchor"]) * (scales[:, 0] / scales[:, 1])[:, None, None]
-            tgt = torch.cat([obs["anchor"], step, obs["anchor_age"][..., None], obs["anchor_log_std"][..., None]],
-                            dim=-1)                                                     # (B, I, 6)
-            h0 = self.init_mlp(tgt)                                                     # (B, I, D)
-        else:
-            h0 = feats.new_zeros(B, I, D)
+        h0 = self._initial_states(obs, B, I, D)                                         # (B, I, D)
         h = h0[:, None].expand(B, W, I, D).reshape(B * W * I, D)
         det = feats[..., FEATURE_INDEX["detected"]] > 0.5
         edge_mask = det & (obs["block_valid"] > 0.5)[:, :, None, None]
@@ -391,14 +395,7 @@ class DGNN(nn.Module):
         feats = obs["features"]
         B, W, M, I, F = feats.shape
         D = self.cfg.hidden_dim
-        if self.init_mlp is not None:
-            scales = obs["scales_m"]
-            step = (obs["anchor_next"] - obs["anchor"]) * (scales[:, 0] / scales[:, 1])[:, None, None]
-            tgt = torch.cat([obs["anchor"], step, obs["anchor_age"][..., None], obs["anchor_log_std"][..., None]],
-                            dim=-1)                                                     # (B, I, 6)
-            h0 = self.init_mlp(tgt)                                                     # (B, I, D)
-        else:
-            h0 = feats.new_zeros(B, I, D)
+        h0 = self._initial_states(obs, B, I, D)                                         # (B, I, D)
         N = B * W * I
         h = h0[:, None].expand(B, W, I, D).reshape(N, D)
         edge = (feats[..., FEATURE_INDEX["detected"]] > 0.5) & (obs["block_valid"] > 0.5)[:, :, None, None]
