@@ -508,6 +508,10 @@ class EKFSettings(ConfigMixin):
             raise ConfigError("search_after_blocks", self.search_after_blocks, "must be an integer >= 1, or None")
         if not (math.isfinite(self.turn_noise_scale) and self.turn_noise_scale > 0):
             raise ConfigError("turn_noise_scale", self.turn_noise_scale, "must be a finite number > 0")
+        for flag in ("merged_update", "range_only_peaks", "range_only_unambiguous", "detect_duplicates",
+                     "resolve_identities", "widen_merges"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ConfigError(flag, getattr(self, flag), "must be True or False")
         if isinstance(self.merged_after_blocks, bool) or not isinstance(self.merged_after_blocks, int) \
                 or self.merged_after_blocks < 0:
             raise ConfigError("merged_after_blocks", self.merged_after_blocks, "must be an integer >= 0")

@@ -145,3 +145,14 @@ def test_an_unambiguous_range_only_peak_goes_to_its_label_alone_and_an_ambiguous
     ok = same_beams(peaks, x, bs, 2.0 / cfg.codebook_size, cfg.range_resolution_m)
     assert not ok[0].any()
     assert same_beams(peaks, x, bs, 2.0 / cfg.codebook_size)[0, :2].all()  # without the rule: both may take it
+
+
+def test_bad_option_values_are_refused_with_the_rule():
+    import pytest
+
+    from rl_isac.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="merged_after_blocks"):
+        EKFSettings(merged_after_blocks=-1)
+    with pytest.raises(ConfigError, match="range_only_unambiguous"):
+        EKFSettings(range_only_unambiguous="yes")
