@@ -77,15 +77,20 @@ class ClusteredCU(Controller):
         solver: an association solver name (``"milp"``, ...) or ``None`` for the nearest-BS rule.
         name: reported method name.
         capacity, hysteresis_m, area: of the layout (defaults: ``min(I, M_c N_RF)``, 5 m, strips).
+        tracker: decide on this :class:`~rl_isac.clusters.ClusteredEKF` (of the same layout) instead of an own one;
+            whoever passes it updates it and calls :meth:`decide` (the clustered warm start,
+            :mod:`rl_isac.rllib.cluster_warm_start`, labels the env's own tracker state this way).
         solver_kwargs: for :func:`~rl_isac.association.make_solver` (default chain price as ``ekf-*``).
     """
 
     def __init__(self, cfg: ScenarioConfig, clusters: int = 2, solver: str | None = "milp", name: str | None = None,
                  capacity: int | None = None, hysteresis_m: float = HYSTERESIS_M, area: str = "strip",
-                 **solver_kwargs) -> None:
+                 tracker: ClusteredEKF | None = None, **solver_kwargs) -> None:
         self.cfg = cfg
         self.layout = split_clusters(cfg, clusters, capacity=capacity, hysteresis_m=hysteresis_m, area=area)
-        self.tracker = ClusteredEKF(cfg, self.layout)
+        if tracker is not None and tracker.layout != self.layout:
+            raise ConfigError("tracker", tracker.layout, f"must have this CU's cluster layout {self.layout}")
+        self.tracker = ClusteredEKF(cfg, self.layout) if tracker is None else tracker
         self.estimator = _TrackerView(self.tracker)
         C = self.layout.num_clusters
         self.name = name or f"ekf-{solver or 'nearest'}/C{C}"
@@ -135,6 +140,14 @@ class ClusteredCU(Controller):
             beams[np.ix_(bs, rows)] = b
             self.last_cluster_ms[c] = tracker_ms[c] + 1e3 * (time.perf_counter() - t0)
         return CUAction(association=assoc, beams=beams, estimate_m=estimate_m, prediction_m=prediction_m)
+
+    def decide(self, estimate_m: np.ndarray | None = None, prediction_m: np.ndarray | None = None) -> CUAction:
+        """The decision on the tracker's current state without updating it: every sub-CU's association and beams
+        toward ``prediction_m`` (default the tracker's prediction), ``estimate_m`` (default the tracker's last
+        estimate) reported. For a shared ``tracker`` (constructor)."""
+        est = self.tracker.estimate_m if estimate_m is None else np.asarray(estimate_m, float)
+        pred = self.tracker.predicted_position() if prediction_m is None else np.asarray(prediction_m, float)
+        return self._decide(est, pred, np.zeros(self.layout.num_clusters))
 
     def reset(self, initial_positions_m: np.ndarray) -> CUAction:
         acq = self.tracker.reset(initial_positions_m)

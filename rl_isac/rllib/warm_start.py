@@ -94,9 +94,12 @@ def set_nll(module, obs: dict, enc: dict, expert_pairs: torch.Tensor) -> torch.T
     step ``j`` pays ``-log sum_{k in S_j} pi_j(k)``, ``S_j`` the expert's pairs not chosen yet (STOP once
     none is left), and continues with the policy's most likely pair of ``S_j``. Greedy decoding of a
     policy with zero loss returns the expert's association in the order the policy prefers (the
-    canonical BS-major order would force one arbitrary order on it).
+    canonical BS-major order would force one arbitrary order on it). The empty target slots of a clustered
+    observation (``target_valid == 0``, :func:`rl_isac.rllib.module.empty_slots`) start covered and chosen, as in
+    the module's decoders (the clustered warm start, :mod:`rl_isac.rllib.cluster_warm_start`).
     """
     from rl_isac.rllib.mask import apply_step, initial_state
+    from rl_isac.rllib.module import empty_slots
 
     E, g = module.pair_embeddings(obs, enc)
     B = E.shape[0]
@@ -105,6 +108,9 @@ def set_nll(module, obs: dict, enc: dict, expert_pairs: torch.Tensor) -> torch.T
     expert.scatter_(1, expert_pairs.long(), True)
     expert[:, P] = False
     state = initial_state(B, module.num_bs, module.num_targets, module.num_rf)
+    pad = empty_slots(obs)
+    if pad is not None:  # an empty slot: not required (5d), not choosable (5e)
+        state = (state[0], state[1] | pad, state[2] | pad[:, None, :], state[3])
     loss = torch.zeros(B)
     for j in range(module.num_steps):
         logits = module.step_logits(E, g, obs, *(x[:, None] for x in state), step=torch.tensor([j]))[:, 0]

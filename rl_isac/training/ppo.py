@@ -39,9 +39,11 @@ the env of :mod:`rl_isac.rllib.env` with ``C`` agents ``cu_c`` (one per cluster 
 :mod:`rl_isac.clusters`), every one mapped to the one shared ``cu_policy`` module, whose spaces are a
 cluster's (:func:`rl_isac.rllib.env.agent_spaces`). The phase-1 encoder is applied to each cluster's
 graph of ``M_c`` BSs and ``K`` slots: only the fields its weights depend on are checked (window, codebook,
-``N_RF``, tracking symbols), not the BS layout or ``I``. The module has no empty-slot mask yet, so a
-clustered run needs full load (``targets == C * K``: the ``large`` default, 24 targets) and no warm start
-(the behaviour cloning is written for one CU); both are ConfigErrors otherwise.
+``N_RF``, tracking symbols), not the BS layout or ``I``. Spare slots (``targets < C * K``) are masked
+(``target_valid``). ``warm_start: true`` behaviour-clones the *clustered* expert (``bc_expert`` one of the
+``ekf-*`` methods with a clustered version, e.g. ``ekf-milp``: each cluster's sub-CU, the CU the clustered
+evaluation runs) into the shared module, every agent's samples pooled (:mod:`rl_isac.rllib.cluster_warm_start`);
+another expert is a ConfigError with clusters (so are ``detection_features`` / ``milp_features``: one CU only).
 
 ``--resume`` reloads ``checkpoint/`` with the stored config (a changed setting is an error)
 and continues to ``--iterations`` in total (the learning curve continues too).
@@ -169,10 +171,15 @@ def _check_clustered(train_cfg: PPOTrainConfig, targets: int, seed: int, preset:
     # Spare capacity (targets < clusters x capacity) is fine: the env's observation carries target_valid, the
     # env refuses a pair or a required target on an empty slot (rl_isac.clusters.check_cluster_pairs), and the
     # module starts both decoders and the teacher-forced pass from covered[pad] = chosen[:, pad] = True
-    # (rl_isac.rllib.module.empty_slots). The warm start's own step loop (rl_isac.rllib.warm_start) builds its
-    # states without empty slots and is for one CU: refused with clusters.
+    # (rl_isac.rllib.module.empty_slots). The clustered warm start (rl_isac.rllib.cluster_warm_start) clones the
+    # clustered expert (each cluster's sub-CU of an ekf-* method) into the shared module, empty slots as the env.
     if clusters > 1 and train_cfg.warm_start:
-        raise ConfigError("warm_start", True, "the behaviour-cloning warm start is for one CU; not with --clusters")
+        from rl_isac.controllers.clustered import CLUSTERABLE
+
+        if train_cfg.bc_expert not in CLUSTERABLE:
+            raise ConfigError("bc_expert", train_cfg.bc_expert, f"has no clustered version; with --clusters the warm "
+                                                                f"start's expert is one of {list(CLUSTERABLE)} "
+                                                                f"(e.g. bc_expert: ekf-milp)")
     sub = cluster_scenario(env_config)
     if pretrained is None or not Path(pretrained).is_dir():
         check_pretrained(pretrained, sub)  # the named error for a missing path
@@ -217,16 +224,25 @@ def warm_start(run: dict, train_cfg: PPOTrainConfig, dgnn_weights: str, path: st
 
     cfg = env_scenario(run["env_config"])
     torch.manual_seed(run["seed"])
-    module = module_spec(run["dgnn"], dgnn_weights, train_cfg, cfg).rl_module_specs[MODULE_ID].build()
-    echo(f"warm start: behaviour cloning of {train_cfg.bc_expert} on {train_cfg.bc_episodes} training episodes"
-         f" + {train_cfg.dagger_rounds} DAgger rounds")
+    clustered = run["env_config"].get("clusters", 1) > 1
+    if clustered:  # the shared module with a cluster's spaces, cloned from the clustered expert
+        module = _cluster_module_spec(run, train_cfg, dgnn_weights, None).rl_module_specs[MODULE_ID].build()
+    else:
+        module = module_spec(run["dgnn"], dgnn_weights, train_cfg, cfg).rl_module_specs[MODULE_ID].build()
+    echo(f"warm start: behaviour cloning of {'clustered ' if clustered else ''}{train_cfg.bc_expert} on "
+         f"{train_cfg.bc_episodes} training episodes + {train_cfg.dagger_rounds} DAgger rounds")
     # the critic's warm-start targets in the units of the env's reward (rl_isac.rllib.env)
     w = {"mse": 0.0, "fisher": 1.0, "mix": train_cfg.reward_mix}[train_cfg.reward]
     reward = (w, train_cfg.reward_scale, train_cfg.reward_normalize)
-    metrics = behaviour_clone(module, cfg, run["pretrained"], expert=train_cfg.bc_expert,
-                              episodes=train_cfg.bc_episodes, val_episodes=max(2, train_cfg.bc_episodes // 6),
-                              epochs=train_cfg.bc_epochs, seed=run["seed"], gamma=train_cfg.gamma,
-                              dagger_rounds=train_cfg.dagger_rounds, reward=reward, echo=echo)
+    common = dict(expert=train_cfg.bc_expert, episodes=train_cfg.bc_episodes,
+                  val_episodes=max(2, train_cfg.bc_episodes // 6), epochs=train_cfg.bc_epochs, seed=run["seed"],
+                  gamma=train_cfg.gamma, dagger_rounds=train_cfg.dagger_rounds, reward=reward, echo=echo)
+    if clustered:
+        from rl_isac.rllib.cluster_warm_start import behaviour_clone_clusters
+
+        metrics = behaviour_clone_clusters(module, run["env_config"], **common)
+    else:
+        metrics = behaviour_clone(module, cfg, run["pretrained"], **common)
     tmp = path + ".tmp"
     torch.save(module.state_dict(), tmp)
     os.replace(tmp, path)

@@ -30,8 +30,10 @@ def test_clustered_run_is_checked_before_ray(dgnn_i4, tmp_path):
     assert prepare(12, str(dgnn_i4), str(tmp_path / "a"), preset="large", clusters=2, **TINY)["targets"] == 12
     with pytest.raises(ConfigError, match="needs every target covered"):  # more targets than RF chains
         prepare(30, str(dgnn_i4), str(tmp_path / "a2"), preset="large", clusters=2, **TINY)
-    with pytest.raises(ConfigError, match="warm start is for one CU"):
+    with pytest.raises(ConfigError, match="has no clustered version"):  # the default expert dgnn-milp
         prepare(24, str(dgnn_i4), str(tmp_path / "b"), preset="large", clusters=2, warm_start=True, **TINY)
+    assert prepare(24, str(dgnn_i4), str(tmp_path / "b2"), preset="large", clusters=2, warm_start=True,
+                   bc_expert="ekf-milp", **TINY)["train"]["warm_start"]
     with pytest.raises(ConfigError, match="divide the 12 BSs"):
         prepare(24, str(dgnn_i4), str(tmp_path / "c"), preset="large", clusters=5, **TINY)
     with pytest.raises(ConfigError, match="--pretrained"):
@@ -53,11 +55,14 @@ def test_train_large_with_two_clusters_one_shared_module(dgnn_i4, tmp_path):
 
     out = tmp_path / "run"
     lines: list[str] = []
+    # with the clustered warm start (clustered ekf-milp cloned into the shared module; tiny) PPO starts from
     train(24, str(dgnn_i4), str(out), iterations=1, preset="large", clusters=2, num_env_runners=0,
-          envs_per_runner=1, seed=1, echo=lines.append, **TINY)
+          envs_per_runner=1, seed=1, echo=lines.append, warm_start=True, bc_expert="ekf-milp", bc_episodes=2,
+          bc_epochs=1, **TINY)
     assert not ray.is_initialized()
     meta = json.loads((out / "train_config.json").read_text())
     assert meta["iterations"] == 1 and meta["env_config"]["clusters"] == 2
+    assert meta["warm_start"]["expert"] == "clustered-ekf-milp" and (out / "warm_start.pt").is_file()
     row = json.loads((out / "learning_curve.json").read_text())["iterations"][0]
     assert row["env_steps"] >= TINY["train_batch_size"] and row["rmse_m"] == row["rmse_m"]  # finite RMSE
     modules = out / "checkpoint" / "learner_group" / "learner" / "rl_module"
