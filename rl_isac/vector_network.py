@@ -142,3 +142,56 @@ class VectorCellFreeNetwork:
     def nearest_association(self, positions_m: np.ndarray) -> np.ndarray:
         """:meth:`CellFreeNetwork.nearest_association` per environment: ``(E, M, I)`` bool."""
         return np.stack([nearest_association(self.cfg, self.bs_positions_m, pos) for pos in positions_m])
+
+
+def step_networks(nets: Sequence[CellFreeNetwork], associations, beams,
+                  predicted_positions_m: Sequence[np.ndarray | None]) -> list[Measurements]:
+    """Step several existing :class:`CellFreeNetwork` objects one block with one batched call.
+
+    What :meth:`CellFreeNetwork.step` does to each network (each keeps its own targets and generators,
+    and draws from them in the same order), with the checks, the motion and the measurement run once over
+    all of them as :class:`VectorCellFreeNetwork` does (an env runner's envs each own a network). Every
+    action is checked before any network changes, so a refused action leaves all of them unchanged.
+    Falls back to one :meth:`CellFreeNetwork.step` per network where the batched path would not be the
+    same numbers bit for bit: the ``signal`` fidelity (batched matrix products round differently), networks
+    at different blocks, of different scenarios, or a prediction of ``None`` beside a given one.
+
+    Args:
+        nets: the ``E`` networks (reset).
+        associations: ``E`` associations ``(M, I)`` bool (5c)-(5e).
+        beams: ``E`` beam arrays ``(M, I, K, 2)`` int (5f).
+        predicted_positions_m: ``E`` predictions ``(I, 2)`` (range gates) or None each.
+    Returns:
+        one :class:`Measurements` per network (``block`` = its new ``q``).
+    """
+    nets = list(nets)
+    if not (len(associations) == len(beams) == len(predicted_positions_m) == len(nets)):
+        raise ValueError(f"need one association, beam array and prediction per network ({len(nets)}), got "
+                         f"{len(associations)}, {len(beams)} and {len(predicted_positions_m)}")
+    first = nets[0]
+    cfg = first.cfg
+    given = [p is not None for p in predicted_positions_m]
+    if (len(nets) == 1 or cfg.fidelity != "surrogate" or any(n._motion_rng is None for n in nets)
+            or any(n.block != first.block or (n.cfg is not cfg and n.cfg != cfg) for n in nets)
+            or any(given) != all(given)):
+        for n, a, b in zip(nets, associations, beams):  # every action checked before any network steps
+            n._checker.check(a, b)
+        return [n.step(a, b, predicted_positions_m=p) for n, a, b, p in zip(nets, associations, beams,
+                                                                           predicted_positions_m)]
+    checker = first._checker  # one cache of validated associations and batches for all of them
+    checked = [checker.check(a, b) for a, b in zip(associations, beams)]
+    predicted = None
+    if all(given):
+        predicted = np.stack([checker.prediction(p, n.positions_m.shape) for n, p in zip(nets, predicted_positions_m)])
+    batch = checker.batch([c[0] for c in checked])
+    pair_beams = np.concatenate([c[1] for c in checked])
+    turns = np.concatenate([mobility.heading_turns(cfg, cfg.num_targets, n._motion_rng) for n in nets])
+    pos, heading, velocities = mobility.advance(cfg, np.concatenate([n.positions_m for n in nets]),
+                                                np.concatenate([n.headings_rad for n in nets]), rng=None, turns=turns)
+    I = cfg.num_targets
+    for e, n in enumerate(nets):
+        n.positions_m, n.headings_rad = pos[e * I:(e + 1) * I].copy(), heading[e * I:(e + 1) * I].copy()
+        n.block += 1
+    E = len(nets)
+    return first._front.measure(batch, pair_beams, pos.reshape(E, I, 2), velocities.reshape(E, I, 2), predicted,
+                                [n._meas_rng for n in nets], first.block)

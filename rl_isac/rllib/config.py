@@ -12,6 +12,8 @@ RLlib ``PPOConfig`` on the new API stack:
 * explicit resources: ``num_learners=0`` (the learner lives in the driver, 1 CPU), each env
   runner ``min(1, (cores - 1) / runners)`` CPUs, so the whole run asks for at most ``cores``
   CPUs and never waits for resources on this 2-core machine;
+* the env runner :class:`~rl_isac.rllib.vector_env.ISACEnvRunner` (RLlib's multi-agent runner whose envs step
+  together: the same samples, less time);
 * the learner :class:`~rl_isac.rllib.learner.ISACPPOTorchLearner` (RLlib's PPO learner whose train batch
   drops the encoder-only observation keys once the cached encodings are in it: the same numbers, less
   copying);
@@ -276,6 +278,7 @@ def build_ppo_config(train_cfg: PPOTrainConfig, env_config: dict, dgnn_cfg_dict:
     from rl_isac.rllib.callbacks import MODULE_ID, ISACCallbacks
     from rl_isac.rllib.env import ENV_NAME, env_scenario, register
     from rl_isac.rllib.learner import ISACPPOTorchLearner
+    from rl_isac.rllib.vector_env import ISACEnvRunner
 
     register()
     cfg = env_scenario(env_config)
@@ -285,7 +288,7 @@ def build_ppo_config(train_cfg: PPOTrainConfig, env_config: dict, dgnn_cfg_dict:
         .environment(ENV_NAME, env_config=env_config, normalize_actions=False, clip_actions=False)
         .env_runners(num_env_runners=t.num_env_runners, num_envs_per_env_runner=t.num_envs_per_env_runner,
                      num_cpus_per_env_runner=t.cpus_per_env_runner, batch_mode="complete_episodes",
-                     rollout_fragment_length="auto")
+                     rollout_fragment_length="auto", env_runner_cls=ISACEnvRunner)
         .learners(num_learners=0, num_cpus_per_learner=1, learner_class=ISACPPOTorchLearner)
         .resources(num_cpus_for_main_process=1)
         .training(lr=t.lr, gamma=t.gamma, lambda_=t.lambda_, clip_param=t.clip_param,

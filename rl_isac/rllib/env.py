@@ -107,7 +107,7 @@ Rewards (issue 9's levers; ``infos`` carry both terms whatever the choice):
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -297,6 +297,25 @@ def action_space(cfg: ScenarioConfig) -> gym.spaces.Dict:
     })
 
 
+class _PreStep(NamedTuple):
+    """One cluster's step before the world moves (:meth:`ISACMultiAgentEnv._begin_step`)."""
+
+    assoc: np.ndarray
+    """``(M, I)`` bool, the checked association."""
+    beams: np.ndarray
+    """``(M, I, K, 2)`` int64."""
+    err2: np.ndarray
+    """``(I,)`` squared error of the scored block, m^2 (0 on block 0)."""
+    pcrb_scored: np.ndarray
+    """``(I,)`` PCRB traces of that block, m^2 (0 on block 0)."""
+    fisher: float
+    """Expected posterior error of the chosen pairs, m^2."""
+    headings: np.ndarray
+    """``(I,)`` headings before the move, radians."""
+    scored: bool
+    """Whether the block is scored (``q >= 1``)."""
+
+
 class ISACMultiAgentEnv(MultiAgentEnv):
     """The cell-free network (:class:`~rl_isac.network.CellFreeNetwork`) as a multi-agent env.
 
@@ -371,12 +390,22 @@ class ISACMultiAgentEnv(MultiAgentEnv):
     def step(self, action_dict: dict):
         if self.num_clusters > 1:
             return self._step_clusters(action_dict)
+        pre = self._begin_step(action_dict)
+        meas = self.world.step(pre.assoc, pre.beams, predicted_positions_m=self.window.anchor_next_m)
+        self.window.push(meas)
+        self._q += 1
+        self._advance_pcrb(pre.assoc, pre.beams, pre.headings)
+        rewards, terms, truncs, infos = self._step_result(pre, meas)
+        return {self.agents[0]: self._observation()}, rewards, terms, truncs, infos
+
+    def _begin_step(self, action_dict: dict) -> _PreStep:
+        """What one cluster's step computes before the world moves (no side effect: a refused action changes
+        nothing)."""
         aid = self.agents[0]
         if set(action_dict) != {aid}:
             raise ConstraintViolation("(5c)", f"expected one action for agent(s) {self.agents}, got keys "
                                       f"{sorted(map(str, action_dict))}")
         assoc, beams, estimate = self.check_action(action_dict[aid])
-        cfg = self.cfg
         # eq. (5a) on the estimate of block q (the observation's block), before the targets move.
         # Block 0's "estimate" is the acquisition the CU was given: like the harness, score blocks 1..Q only.
         scored = self._q >= 1
@@ -384,11 +413,12 @@ class ISACMultiAgentEnv(MultiAgentEnv):
         pcrb_scored = self._pcrb_now * scored
         # expected posterior error of the chosen pairs from the CU's view of block q (the MILP's objective)
         fisher = float(association_cost(assoc, self._obs_builder.last_info, self._obs_builder.last_prior_info))
-        headings = self.world.headings_rad.copy()
-        meas = self.world.step(assoc, beams, predicted_positions_m=self.window.anchor_next_m)
-        self.window.push(meas)
-        self._q += 1
-        self._advance_pcrb(assoc, beams, headings)
+        return _PreStep(assoc, beams, err2, pcrb_scored, fisher, self.world.headings_rad.copy(), scored)
+
+    def _step_result(self, pre: _PreStep, meas) -> tuple[dict, dict, dict, dict]:
+        """Rewards, terminateds, truncateds and infos of one cluster's step, once the block is measured and pushed."""
+        assoc, err2, pcrb_scored, fisher, scored = pre.assoc, pre.err2, pre.pcrb_scored, pre.fisher, pre.scored
+        cfg, aid = self.cfg, self.agents[0]
         done = self._q > self.num_blocks  # the step that scored block Q
         assigned, detected = int(meas.assigned.sum()), int(meas.detected.sum())
         infos = {"sq_err_m2": float(err2.sum()), "pcrb_m2": float(pcrb_scored.sum()),
@@ -400,19 +430,11 @@ class ISACMultiAgentEnv(MultiAgentEnv):
         reward = -self.reward_scale * ((1.0 - w) * float(err2.sum()) + w * fisher)
         if self._normalizer is not None:
             reward = self._normalizer.scale(reward, done)
-        return ({aid: self._observation()}, {aid: reward}, {aid: done, "__all__": done},
-                {aid: False, "__all__": False}, {aid: infos})
+        return {aid: reward}, {aid: done, "__all__": done}, {aid: False, "__all__": False}, {aid: infos}
 
     def _advance_pcrb(self, assoc: np.ndarray, beams: np.ndarray, headings: np.ndarray) -> None:
         """Posterior CRB of block q+1 for the global association ``(M, I)`` and beams (evaluation.bounds, one step)."""
-        cfg = self.cfg
-        info = self.world.expected_information(self.world.positions_m, beams)
-        f = heading_transition(cfg, headings)
-        pred = f @ self._pcrb_cov @ np.swapaxes(f, -1, -2) + np.diag([0.0, 0.0, cfg.heading_step_rad**2 / 3])
-        jinfo = np.linalg.inv(pred + 1e-12 * np.eye(3))
-        jinfo[:, :2, :2] += np.einsum("mi,mixy->ixy", assoc, info)
-        self._pcrb_cov = np.linalg.inv(jinfo)
-        self._pcrb_now = self._pcrb_cov[:, 0, 0] + self._pcrb_cov[:, 1, 1]
+        _advance_pcrb_envs([self], [assoc], [beams], [headings])
 
     # ------------------------------------------------------------------ several clusters
     def _init_clusters(self) -> None:
@@ -678,6 +700,61 @@ class _ClusterWindow:
             "anchor_log_std": np.log10(np.sqrt(np.maximum(self._var, 1e-18))).astype(np.float32),
             "scales_m": np.array([scale, win.residual_scale_m, win.range_scale_m], dtype=np.float32),
         }
+
+
+def _advance_pcrb_envs(envs: list[ISACMultiAgentEnv], assocs: list[np.ndarray], beams: list[np.ndarray],
+                       headings: list[np.ndarray]) -> None:
+    """:meth:`ISACMultiAgentEnv._advance_pcrb` of several envs of one scenario at once: the expected information
+    at the true positions, the transition and the two inverses run once over all their targets (each of them per
+    target, so the same numbers as one env at a time, bit for bit; a test checks it)."""
+    first = envs[0]
+    cfg, world = first.cfg, first.world
+    I = cfg.num_targets
+    if len(envs) == 1:
+        pos, b, a, hd, cov = world.positions_m, beams[0], assocs[0], headings[0], first._pcrb_cov
+    else:
+        pos = np.concatenate([e.world.positions_m for e in envs])
+        b, a = np.concatenate(beams, axis=1), np.concatenate(assocs, axis=1)
+        hd, cov = np.concatenate(headings), np.concatenate([e._pcrb_cov for e in envs])
+    info = world.expected_information(pos, b)
+    f = heading_transition(cfg, hd)
+    pred = f @ cov @ np.swapaxes(f, -1, -2) + np.diag([0.0, 0.0, cfg.heading_step_rad**2 / 3])
+    jinfo = np.linalg.inv(pred + 1e-12 * np.eye(3))
+    jinfo[:, :2, :2] += np.einsum("mi,mixy->ixy", a, info)
+    cov = np.linalg.inv(jinfo)
+    now = cov[:, 0, 0] + cov[:, 1, 1]
+    for k, e in enumerate(envs):
+        e._pcrb_cov, e._pcrb_now = cov[k * I:(k + 1) * I], now[k * I:(k + 1) * I]
+
+
+def step_envs(envs: list[ISACMultiAgentEnv], action_dicts: list[dict]) -> list[tuple]:
+    """``[env.step(action) for env, action in zip(envs, action_dicts)]``, the same numbers, batched.
+
+    For envs of one cluster and one scenario (an env runner's vector of envs): every action is checked first
+    (a refused one raises before any env changes), then the worlds step together
+    (:func:`rl_isac.vector_network.step_networks`), each window is pushed (each env's own EKF), the PCRB
+    bookkeeping (:func:`_advance_pcrb_envs`) and the observations
+    (:func:`rl_isac.rllib.observation.build_observations`) run once over all the envs' targets. Anything else
+    (several clusters, mixed scenarios) steps env by env. Returns each env's ``(obs, rewards, terminateds,
+    truncateds, infos)``.
+    """
+    from rl_isac.rllib.observation import build_observations
+    from rl_isac.vector_network import step_networks
+
+    first = envs[0]
+    if len(envs) == 1 or any(e.num_clusters > 1 or (e.cfg is not first.cfg and e.cfg != first.cfg) for e in envs):
+        return [e.step(a) for e, a in zip(envs, action_dicts)]
+    pres = [e._begin_step(a) for e, a in zip(envs, action_dicts)]
+    assocs, beams = [p.assoc for p in pres], [p.beams for p in pres]
+    metas = step_networks([e.world for e in envs], assocs, beams, [e.window.anchor_next_m for e in envs])
+    for e, meas in zip(envs, metas):
+        e.window.push(meas)
+        e._q += 1
+    _advance_pcrb_envs(envs, assocs, beams, [p.headings for p in pres])
+    results = [e._step_result(p, meas) for e, p, meas in zip(envs, pres, metas)]
+    obs = build_observations([e._obs_builder for e in envs], [e.window for e in envs], [e._q for e in envs],
+                             first.num_blocks)
+    return [({e.agents[0]: o}, *r) for e, o, r in zip(envs, obs, results)]
 
 
 def make_env(env_config: dict) -> ISACMultiAgentEnv:

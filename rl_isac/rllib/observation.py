@@ -138,3 +138,37 @@ class _AnchorView:
 
     def predicted_position_covariance(self) -> np.ndarray:
         return self._cov
+
+
+def build_observations(builders: list[ObservationBuilder], windows: list[MeasurementWindow], blocks: list[int],
+                       num_blocks: int) -> list[dict[str, np.ndarray]]:
+    """:meth:`ObservationBuilder.build` of several envs at once (one builder and window each, same scenario).
+
+    The pair geometry, the beams toward the predictions, the pair Fisher information and the
+    :func:`info_features` run once over all the envs' targets (concatenated along the target axis: every
+    one of them is per target, so each env gets the same numbers, bit for bit, as its own ``build``; a test
+    checks it); the windows' arrays are each window's own. Builders with the detection or MILP key build
+    one by one. Sets each builder's ``last_info`` / ``last_prior_info`` as ``build`` does.
+    """
+    first = builders[0]
+    cfg = first.cfg
+    if len(builders) == 1 or any(b.detection or b.milp or (b.cfg is not cfg and b.cfg != cfg) for b in builders):
+        return [b.build(w, q, num_blocks) for b, w, q in zip(builders, windows, blocks)]
+    I = cfg.num_targets
+    obs = [w.as_arrays() for w in windows]
+    pred = np.concatenate([w.anchor_next_m for w in windows])                          # (E I, 2)
+    range_m, angle = geometry(first.bs_positions_m, pred)                              # (M, E I)
+    beams = beams_toward(np.cos(angle), cfg.codebook_size, cfg.num_tracking_symbols)
+    info = expected_position_information(cfg, first.codebook, first.bs_positions_m, pred, beams)  # (M, E I, 2, 2)
+    prior_cov = np.concatenate([w.anchor_predicted_covariance() for w in windows])     # (E I, 2, 2)
+    pair_info, prior_feat = info_features(prior_cov, info)
+    prior_info = np.linalg.inv(prior_cov)
+    pair_fim = np.stack([info[..., 0, 0], info[..., 0, 1], info[..., 1, 1]], -1).astype(np.float32)
+    prior_fim = np.stack([prior_info[:, 0, 0], prior_info[:, 0, 1], prior_info[:, 1, 1]], -1).astype(np.float32)
+    for e, (b, o, q) in enumerate(zip(builders, obs, blocks)):
+        t = slice(e * I, (e + 1) * I)
+        b.last_info, b.last_prior_info = np.ascontiguousarray(info[:, t]), prior_info[t].copy()
+        o["pair_info"], o["prior_cov"] = np.ascontiguousarray(pair_info[:, t]), prior_feat[t].copy()
+        o["pair_fim"], o["prior_fim"] = np.ascontiguousarray(pair_fim[:, t]), prior_fim[t].copy()
+        o["block"] = np.array([q / num_blocks], dtype=np.float32)
+    return obs
