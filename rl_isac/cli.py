@@ -105,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="target counts of the --clusters evaluation (default 24 12; the env throughput at the first)")
     p.add_argument("--cluster-fidelity", choices=FIDELITIES, default="surrogate",
                    help="evaluation fidelity of --clusters (default surrogate)")
+    p.add_argument("--cluster-ppo", metavar="DIR",
+                   help="with --clusters: instead, the trained clustered dgnn-ppo in DIR (rl-isac train --preset large "
+                        "--clusters C) vs clustered and whole-network ekf-milp on the same evaluation worlds, at the "
+                        "first --cluster-targets; --json defaults to results/clusters_ppo.json (.md beside it)")
     p.add_argument("--json", metavar="PATH")
 
     p = sub.add_parser("dgnn-report", help="DGNN vs EKF on identical measurement sequences, beam accuracy, timing")
@@ -345,6 +349,18 @@ def _cmd_bench(args) -> int:
     from rl_isac.evaluation.bench import run_bench
     from rl_isac.evaluation.harness import write_json_atomic
 
+    if args.clusters and args.cluster_ppo:
+        from rl_isac.rllib.bench_clusters import ppo_comparison, write_bench_clusters
+
+        data = ppo_comparison(args.cluster_ppo, targets=args.cluster_targets[0], episodes=args.cluster_episodes,
+                              blocks=args.cluster_blocks, fidelity=args.cluster_fidelity)
+        print(data["table_md"])
+        write_bench_clusters(data, args.json or "results/clusters_ppo.json")
+        return 0
+    if args.cluster_ppo:
+        from rl_isac.errors import ConfigError
+
+        raise ConfigError("--cluster-ppo", args.cluster_ppo, "needs --clusters")
     if args.clusters:
         from rl_isac.rllib.bench_clusters import bench_clusters, write_bench_clusters
 

@@ -82,6 +82,16 @@ def test_train_large_with_two_clusters_one_shared_module(dgnn_i4, tmp_path):
                  "--json", str(res)]) == 0
     r = json.loads(res.read_text())
     assert r["method"] == "dgnn-ppo/C2" and r["violations"] == 0 and r["clusters"] == 2
+    # results/clusters_ppo's comparison on the same worlds (tiny): the three rows, paired to both ekf-milp rows
+    from rl_isac.rllib.bench_clusters import ppo_comparison
+
+    cmp = ppo_comparison(out, targets=24, episodes=2, blocks=2, fidelity="surrogate", echo=lambda s: None)
+    names = [r["method"] for r in cmp["evaluation"]]
+    assert names == ["dgnn-ppo/C2", "ekf-milp/C2", "ekf-milp (whole network)"]
+    assert cmp["evaluation"][0]["world_seeds"] == cmp["evaluation"][2]["world_seeds"]
+    assert cmp["evaluation"][1]["vs_clustered_ekf_milp_m"][0] == 0.0 and cmp["protocol"]["clusters"] == 2
+    assert "--cluster-ppo" in cmp["table_md"] and "not the 30 x 100" in cmp["table_md"]
+    assert cmp["training"]["warm_start"]["expert"] == "clustered-ekf-milp"
     from rl_isac.controllers import make_controller
     from rl_isac.scenario import ScenarioConfig
 
