@@ -156,18 +156,21 @@ def _measure_interleaved(algos: list, iterations: int) -> list[dict]:
 def _micro_breakdown(cfg, module, batch: int, steps: int = 40) -> dict:
     """Per-env-step thread CPU time (ms) of the sampling pieces at the runner's batch (``batch`` envs).
 
-    The envs are stepped through their full ``step`` (as the runner does); the world step, the window
-    push and the observation are timed inside it (wrapped), ``env_other`` is the rest of ``step`` (action
-    checks, the Fisher cost, the PCRB bookkeeping, infos). The module pieces are timed on the same
-    observations: ``encoder`` (frozen DGNN), ``ar_sampling`` (pair embeddings + the auto-regressive
-    decoder the module uses at this batch), ``module_forward`` (the whole ``forward_exploration``,
-    RLlib's wrapper included). Thread CPU time, so a busy shared machine's waits are not counted.
+    The envs are stepped as the runner's vector env steps them (:func:`rl_isac.rllib.env.step_envs`, all
+    ``batch`` of them in one call); the world step (:func:`rl_isac.vector_network.step_networks`), the
+    window pushes and the observations (:func:`rl_isac.rllib.observation.build_observations`) are timed inside it
+    (wrapped), ``env_other`` is the rest (action checks, the Fisher cost, the PCRB bookkeeping, infos). The
+    module pieces are timed on the same observations: ``encoder`` (frozen DGNN), ``ar_sampling`` (pair
+    embeddings + the auto-regressive decoder the module uses at this batch), ``module_forward`` (the whole
+    ``forward_exploration``, RLlib's wrapper included). Thread CPU time, so a busy shared machine's waits are
+    not counted.
     """
     import torch
     from ray.rllib.core.columns import Columns
 
-    from rl_isac.rllib import ar_numpy
-    from rl_isac.rllib.env import ISACMultiAgentEnv
+    from rl_isac import vector_network
+    from rl_isac.rllib import ar_numpy, observation
+    from rl_isac.rllib.env import ISACMultiAgentEnv, step_envs
     from rl_isac.tracking.window import OBS_KEYS, stack_observations
 
     acc = {"env_step": 0.0, "env_world": 0.0, "window_push_ekf": 0.0, "observation": 0.0}
@@ -185,9 +188,15 @@ def _micro_breakdown(cfg, module, batch: int, steps: int = 40) -> dict:
             for _ in range(batch)]
     obs = [e.reset(seed=100 + k)[0]["cu_0"] for k, e in enumerate(envs)]
     for e in envs:  # instance attributes shadow the methods: the env's own step calls the wrapped ones
-        e.world.step = timed(e.world.step, "env_world")
+        if batch == 1:  # step_envs of one env is its step (else the batched functions below)
+            e.world.step = timed(e.world.step, "env_world")
+            e._observation = timed(e._observation, "observation")
         e.window.push = timed(e.window.push, "window_push_ekf")
-        e._observation = timed(e._observation, "observation")
+    # step_envs looks these up at each call: the batched world step and observations, timed
+    patched = [(vector_network, "step_networks"), (observation, "build_observations")]
+    saved = [getattr(mod, name) for mod, name in patched]
+    vector_network.step_networks = timed(saved[0], "env_world")
+    observation.build_observations = timed(saved[1], "observation")
     t_enc = t_dec = t_fwd = 0.0
     was_training = module.training
     module.train()  # as on a runner: RLlib flips eval()/train() around each exploration pass
@@ -214,15 +223,15 @@ def _micro_breakdown(cfg, module, batch: int, steps: int = 40) -> dict:
             t0 = time.thread_time()
             out = module.forward_exploration({Columns.OBS: ob}, t=0)[Columns.ACTIONS]
             t_fwd += time.thread_time() - t0
-            obs = []
-            for k, e in enumerate(envs):
-                a = {key: v[k].numpy() for key, v in out.items()}
-                t0 = time.thread_time()
-                o, *_ = e.step({"cu_0": a})
-                acc["env_step"] += time.thread_time() - t0
-                obs.append(o["cu_0"])
+            acts = [{"cu_0": {key: v[k].numpy() for key, v in out.items()}} for k in range(batch)]
+            t0 = time.thread_time()
+            results = step_envs(envs, acts)
+            acc["env_step"] += time.thread_time() - t0
+            obs = [r[0]["cu_0"] for r in results]
     finally:
         module.train(was_training)
+        for (mod, name), fn in zip(patched, saved):
+            setattr(mod, name, fn)
     n = steps * batch
     res = {k: 1e3 * v / n for k, v in acc.items()}
     res["env_other"] = res["env_step"] - res["env_world"] - res["window_push_ekf"] - res["observation"]

@@ -114,7 +114,7 @@ import numpy as np
 from ray.rllib.env.multi_agent_env import MultiAgentEnv
 
 from rl_isac.association.constraints import stop_action, sub_actions_to_association, valid_action_mask
-from rl_isac.association.objective import association_cost
+from rl_isac.association.objective import association_cost, target_costs
 from rl_isac.clusters import (
     HYSTERESIS_M,
     ClusteredEKF,
@@ -398,9 +398,9 @@ class ISACMultiAgentEnv(MultiAgentEnv):
         rewards, terms, truncs, infos = self._step_result(pre, meas)
         return {self.agents[0]: self._observation()}, rewards, terms, truncs, infos
 
-    def _begin_step(self, action_dict: dict) -> _PreStep:
+    def _begin_step(self, action_dict: dict, fisher: bool = True) -> _PreStep:
         """What one cluster's step computes before the world moves (no side effect: a refused action changes
-        nothing)."""
+        nothing); ``fisher=False`` leaves the Fisher cost at NaN (:func:`step_envs` computes it for all envs)."""
         aid = self.agents[0]
         if set(action_dict) != {aid}:
             raise ConstraintViolation("(5c)", f"expected one action for agent(s) {self.agents}, got keys "
@@ -412,8 +412,9 @@ class ISACMultiAgentEnv(MultiAgentEnv):
         err2 = np.sum((self.world.positions_m - estimate) ** 2, axis=1) * scored        # (I,)
         pcrb_scored = self._pcrb_now * scored
         # expected posterior error of the chosen pairs from the CU's view of block q (the MILP's objective)
-        fisher = float(association_cost(assoc, self._obs_builder.last_info, self._obs_builder.last_prior_info))
-        return _PreStep(assoc, beams, err2, pcrb_scored, fisher, self.world.headings_rad.copy(), scored)
+        cost = float(association_cost(assoc, self._obs_builder.last_info, self._obs_builder.last_prior_info)) \
+            if fisher else float("nan")
+        return _PreStep(assoc, beams, err2, pcrb_scored, cost, self.world.headings_rad.copy(), scored)
 
     def _step_result(self, pre: _PreStep, meas) -> tuple[dict, dict, dict, dict]:
         """Rewards, terminateds, truncateds and infos of one cluster's step, once the block is measured and pushed."""
@@ -744,8 +745,14 @@ def step_envs(envs: list[ISACMultiAgentEnv], action_dicts: list[dict]) -> list[t
     first = envs[0]
     if len(envs) == 1 or any(e.num_clusters > 1 or (e.cfg is not first.cfg and e.cfg != first.cfg) for e in envs):
         return [e.step(a) for e, a in zip(envs, action_dicts)]
-    pres = [e._begin_step(a) for e, a in zip(envs, action_dicts)]
+    pres = [e._begin_step(a, fisher=False) for e, a in zip(envs, action_dicts)]
     assocs, beams = [p.assoc for p in pres], [p.beams for p in pres]
+    # the Fisher cost of every env at once: its targets' costs are per target (targets concatenated)
+    I = first.cfg.num_targets
+    costs = target_costs(np.concatenate(assocs, axis=1),
+                         np.concatenate([e._obs_builder.last_info for e in envs], axis=1),
+                         np.concatenate([e._obs_builder.last_prior_info for e in envs])).reshape(len(envs), I)
+    pres = [p._replace(fisher=float(c.sum(axis=-1))) for p, c in zip(pres, costs)]
     metas = step_networks([e.world for e in envs], assocs, beams, [e.window.anchor_next_m for e in envs])
     for e, meas in zip(envs, metas):
         e.window.push(meas)

@@ -7,7 +7,8 @@ ones being auto-reset) step in one call of :func:`rl_isac.rllib.env.step_envs`, 
 Fisher information once over all the envs' targets; each env's window and EKF are pushed as before. The
 same numbers as the loop, bit for bit (``tests/rllib/test_vector_env.py``): same observations, rewards,
 infos, world seeds and auto-resets, so a run with the same config and seed samples the same episodes.
-The auto-reset rule (``next_step``), the copies and the returned arrays are the parent's.
+The auto-reset rule (``next_step``) and the returned containers are the parent's; the observations are not
+deep-copied (our envs allocate fresh arrays every step and never write to them again).
 
 :class:`ISACEnvRunner` is RLlib's ``MultiAgentEnvRunner`` whose ``make_env`` builds that vector env (its
 sub-envs are created by RLlib exactly as before; the vector object's class is :class:`ISACVectorEnv`);
@@ -44,9 +45,10 @@ class ISACVectorEnv(SyncVectorMultiAgentEnv):
                 self._truncations[i].update({"__all__": False})
             else:
                 stepping.append(i)
+        ours = all(isinstance(e.unwrapped, ISACMultiAgentEnv) for e in self.envs)
         if stepping:
             envs = [self.envs[i].unwrapped for i in stepping]
-            if all(isinstance(e, ISACMultiAgentEnv) for e in envs):
+            if ours:
                 results = step_envs(envs, [actions[i] for i in stepping])
             else:
                 results = [self.envs[i].step(actions[i]) for i in stepping]
@@ -56,7 +58,10 @@ class ISACVectorEnv(SyncVectorMultiAgentEnv):
         self._autoreset_envs = np.logical_or(
             np.array([t["__all__"] for t in self._terminations]),
             np.array([t.get("__all__", False) for t in self._truncations]))
-        return (deepcopy(self._observations) if self.copy else self._observations, np.copy(self._rewards),
+        # our envs return freshly allocated observation arrays every step and never touch them again: the
+        # parent's deep copy (protection against envs that reuse their buffers) is skipped for them
+        copy = self.copy and not ours
+        return (deepcopy(self._observations) if copy else list(self._observations), np.copy(self._rewards),
                 np.copy(self._terminations), np.copy(self._truncations), np.copy(self._infos))
 
 
