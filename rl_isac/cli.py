@@ -353,9 +353,10 @@ def _cmd_bench(args) -> int:
         from rl_isac.rllib.bench_clusters import ppo_comparison, write_bench_clusters
 
         data = ppo_comparison(args.cluster_ppo, targets=args.cluster_targets[0], episodes=args.cluster_episodes,
-                              blocks=args.cluster_blocks, fidelity=args.cluster_fidelity)
+                              blocks=args.cluster_blocks, fidelity=args.cluster_fidelity,
+                              json_path=args.json or "results/clusters_ppo.json")
         print(data["table_md"])
-        write_bench_clusters(data, args.json or "results/clusters_ppo.json")
+        write_bench_clusters(data, data["json_path"])
         return 0
     if args.cluster_ppo:
         from rl_isac.errors import ConfigError

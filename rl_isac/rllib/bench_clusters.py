@@ -318,7 +318,7 @@ def _episode_rows(cu, cfg: ScenarioConfig, seeds: list[int], blocks: int) -> dic
 
 
 def ppo_comparison(checkpoint: str | Path, targets: int = 24, episodes: int = 30, blocks: int = 100, seed: int = 0,
-                   fidelity: str = "signal", echo=print) -> dict:
+                   fidelity: str = "signal", json_path: str | Path = "results/clusters_ppo.json", echo=print) -> dict:
     """The trained clustered ``dgnn-ppo`` (a ``rl-isac train --preset large --clusters C`` run directory) against
     the clustered ``ekf-milp`` with the same ``C`` (its warm start's expert) and the whole-network ``ekf-milp``
     (one CU over the 12 BSs), on the same evaluation worlds (:func:`rl_isac.seeds.evaluation_seeds` of ``seed``).
@@ -368,13 +368,13 @@ def ppo_comparison(checkpoint: str | Path, targets: int = 24, episodes: int = 30
                          "note": _protocol_note(episodes, blocks, fidelity),
                          "load_average_1min": [load_start, os.getloadavg()[0]], "cpu_count": os.cpu_count(),
                          "wall_s": time.perf_counter() - t0},
-            "checkpoint": str(checkpoint), "training": training, "evaluation": rows,
+            "checkpoint": str(checkpoint), "json_path": str(json_path), "training": training, "evaluation": rows,
             "git_revision": git_revision()}
     data["table_md"] = ppo_markdown(data)
     return data
 
 
-def _ppo_command(p: dict, checkpoint: str) -> str:
+def _ppo_command(p: dict, checkpoint: str, json_path: str = "results/clusters_ppo.json") -> str:
     cmd = f"rl-isac bench --clusters --cluster-ppo {checkpoint}"
     if p["episodes"] != 8:
         cmd += f" --cluster-episodes {p['episodes']}"
@@ -384,7 +384,7 @@ def _ppo_command(p: dict, checkpoint: str) -> str:
         cmd += f" --cluster-fidelity {p['fidelity']}"
     if p["targets"] != 24:
         cmd += f" --cluster-targets {p['targets']}"
-    return cmd + " --json results/clusters_ppo.json"
+    return cmd + f" --json {json_path}"
 
 
 def ppo_markdown(data: dict) -> str:
@@ -392,9 +392,11 @@ def ppo_markdown(data: dict) -> str:
     p, t = data["protocol"], data["training"]
     ws = t.get("warm_start") or {}
     train = t.get("train") or {}
+    cmd = _ppo_command(p, data["checkpoint"], data.get("json_path", "results/clusters_ppo.json"))
     lines = [f"# Clustered dgnn-ppo (C = {p['clusters']}) vs clustered and whole-network ekf-milp, `large` preset, "
              f"{p['targets']} targets", "",
-             f"Command: `nice -n 10 {_ppo_command(p, data['checkpoint'])}` (rl_isac/rllib/bench_clusters.py). "
+             f"Command: `nice -n 10 {cmd}`"
+             " (rl_isac/rllib/bench_clusters.py). "
              f"Protocol: {p['note']}; evaluation seeds of seed {p['evaluation_seed']} (the same worlds for every "
              f"row). Load average at start/end: {p['load_average_1min'][0]:.1f} / {p['load_average_1min'][1]:.1f} "
              f"on {p['cpu_count']} cores; evaluation wall time {p['wall_s']:.0f} s.", "",
