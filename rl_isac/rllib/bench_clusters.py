@@ -387,6 +387,13 @@ def _ppo_command(p: dict, checkpoint: str, json_path: str = "results/clusters_pp
     return cmd + f" --json {json_path}"
 
 
+def _relative(path: str | None) -> str | None:
+    """``results/checkpoints/...`` of an absolute checkpoint path (the repository-relative form), else the path."""
+    if path and "results/checkpoints/" in path:
+        return "results/checkpoints/" + path.split("results/checkpoints/", 1)[1]
+    return path
+
+
 def ppo_markdown(data: dict) -> str:
     """The Markdown summary of :func:`ppo_comparison`."""
     p, t = data["protocol"], data["training"]
@@ -406,7 +413,12 @@ def ppo_markdown(data: dict) -> str:
                f"{train.get('train_batch_size')}, {train.get('num_epochs')} epochs), after the clustered warm start "
                f"(behaviour cloning of {ws.get('expert')} on {ws.get('episodes')} training episodes + "
                f"{ws.get('dagger_rounds')} DAgger round(s), {ws.get('samples')} agent samples"
-             + (f", {ws['wall_s']:.0f} s" if ws.get("wall_s") is not None else "") + ").", ""]
+             + (f", {ws['wall_s']:.0f} s" if ws.get("wall_s") is not None else "") + ").", "",
+             f"Training command: `nice -n 10 rl-isac train --preset large --clusters {p['clusters']} --targets "
+             f"{p['targets']} --pretrained {_relative(t.get('pretrained'))} --out {data['checkpoint']} --config "
+             f"results/clusters_ppo_train.yaml --num-env-runners {train.get('num_env_runners')} --iterations "
+             f"{t.get('iterations')}` (one process, OMP_NUM_THREADS=1; a run continued with `--resume` counts "
+             f"its iterations in total).", ""]
     if ws.get("final"):
         f, ta = ws["final"], ws.get("train_accuracy") or {}
         lines += [f"Warm start, greedy decoding vs the expert's sub-actions: pair recall {f['pair_recall']:.3f} on "
