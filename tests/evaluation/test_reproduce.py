@@ -60,6 +60,8 @@ def test_tiny_profile_writes_a_well_formed_table_and_three_figures(tiny_run):
     for method in profile.methods:
         assert f"| {method} |" in md
     assert "not available" in md and "paper's" in md
+    assert "Where each mean comes from" in md and by["ekf-greedy"]["median_episode_rmse_m"] > 0
+    assert by["ekf-greedy"]["rmse_unlabelled_m"] <= by["ekf-greedy"]["rmse_m"] + 1e-12
     manifest = json.loads((tiny_run / "run.json").read_text())
     assert manifest["git_revision"] and manifest["packages"]["numpy"] and "4" in manifest["scenarios"]
     assert manifest["git_dirty"] in (True, False, None) and table["cell_revisions"]
@@ -187,6 +189,23 @@ def test_verdicts_say_where_the_proposed_method_loses():
             row("dgnn-l2o", 1.05, 0.95, 1.2)]
     (line,) = rep.verdicts(rows, (6,))
     assert "LOSES to ekf-milp (0.500 m)" in line and "beats ekf-convex" in line and "ties with dgnn-l2o" in line
+
+
+def test_the_tail_summary_says_where_a_mean_comes_from():
+    """One swapped episode decides a mean: the summary gives its median, its worst episode and the
+    identity-free figures beside it, and the markdown carries them per method and I."""
+    result = {"rmse_per_episode_m": [0.1, 0.2, 0.1, 30.0], "rmse_unlabelled_m": 0.15, "lost_fraction_unlabelled": 0.0,
+              "track_swaps": 1}
+    tail = rep.tail_summary(result)
+    assert tail["median_episode_rmse_m"] == pytest.approx(0.15) and tail["worst_episode_rmse_m"] == 30.0
+    assert tail["rmse_unlabelled_m"] == 0.15 and tail["track_swaps"] == 1
+    # A result from before the identity-free fields: None, shown as "-", never a made-up number.
+    old = rep.tail_summary({"rmse_per_episode_m": [0.1, 0.3]})
+    assert old["rmse_unlabelled_m"] is None and old["median_episode_rmse_m"] == pytest.approx(0.2)
+    row = {"status": "ok", **tail}
+    assert rep._fmt_tail(row) == "0.150 / 30.0 / 0.150 (lost 0.0000)"
+    assert rep._fmt_tail({"status": "ok", **old}) == "0.200 / 0.3 / -"
+    assert rep._fmt_tail({"status": "refused"}) == "-"
 
 
 def test_fingerprints_follow_content(tmp_path):
