@@ -3,12 +3,12 @@
 # results/checkpoints/ppo-I{4,6,8} and the signal-level table results/ppo_table.{json,md} (evaluation seeds 0 and 1).
 # DGNN=dir holding dgnn-I{4,6,8} (default results/checkpoints: the committed closed-loop DGNN checkpoints; the
 # ablation's committed figures were made from the DGNN checkpoints of revision a5a3f12).
-# Recipes: I = 4 ppo.yaml, I = 6 ppo-long-bc.yaml (rl_isac.evaluation.reproduce.SHIPPED_PPO_CONFIGS, the same the
-# full reproduce profile trains with; the committed ppo-I4/-I6 are copies of results/full/ppo-I{I}, not in git,
-# trained by `make reproduce`'s training stage, seed 0, copied before any evaluation), I = 8 ppo-long-bc-milp.yaml
-# (the same + the actor's detection and MILP features; the committed ppo-I8 since b748853, chosen on training-side
-# worlds, results/ppo_dev/dev_I8.md): its evaluation-seed-0 dgnn-ppo cell is computed here (PPO_S0_TARGETS, 50
-# episodes) and replaces the full profile's cell in the table.
+# Recipes: rl_isac.evaluation.reproduce.SHIPPED_PPO_CONFIGS (I = 4 ppo.yaml, I = 6 ppo-long-bc.yaml, I = 8
+# ppo-long-bc-milp.yaml = ppo-long-bc + the actor's detection and MILP features, chosen on training-side worlds,
+# results/ppo_dev/dev_I8.md). The committed ppo-I{4,6,8} are copies of results/full/ppo-I{I} (not in git), trained by
+# `make reproduce`'s training stage (seed 0, revision 68b9c22) and copied before any evaluation, so evaluation seed 0
+# is the full profile's cells; PPO_S0_TARGETS (default none) recomputes a seed-0 dgnn-ppo cell here for a
+# checkpoint newer than the full run's.
 # Steps whose output exists are skipped (delete it to redo). One process at a time; OMP_NUM_THREADS=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,7 +38,7 @@ for I in $ORDER; do
         --episodes "$EPISODES" --blocks 100 --seed $S --fidelity signal --json $P
     CMP+=("$B"); PPO+=("$P")
   done
-  if [ -d results/full/cells ] && [[ " ${PPO_S0_TARGETS:-8} " == *" $I "* ]]; then  # newer than the full cell
+  if [ -d results/full/cells ] && [[ " ${PPO_S0_TARGETS:-} " == *" $I "* ]]; then  # newer than the full cell
     P=results/ppo_table_inputs/ppo_I${I}_s0.json
     [ -f $P ] || $RL evaluate --method dgnn-ppo --checkpoint results/checkpoints/ppo-I$I --targets $I \
         --episodes 50 --blocks 100 --seed 0 --fidelity signal --json $P
