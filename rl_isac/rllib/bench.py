@@ -30,9 +30,29 @@ decision latency, and where the time goes.
   thread's CPU time per env step: the local learner); ``sampling_total`` (RLlib's sampling wall
   timer per env step). ``ppo_decision_breakdown_ms``: the same pieces at batch 1.
 
-``results/bench_ppo.json`` (2026-12-02 03:02 UTC, code e6126d6 exported; after the inference speed-ups of
-f713e28..e6126d6: the frozen encoder, the pair MLP and the decoder in float32 numpy for small CPU batches; shared
-machine at load 4.3, so the wall figures wait for a core): ppo / floor 149 / 2262 = **0.066**; sampling 1x8 210,
+``results/bench_ppo.json`` (2026-12-02 05:41 UTC, a clean clone of 02b5eb8, which has the batched env runner
+:class:`~rl_isac.rllib.vector_env.ISACEnvRunner` of fb77e41 / 32eafbe; the lead's ``reproduce`` ran on the other
+core, load 1-2.3): ppo / floor 170 / 1816 = **0.093**; sampling 1x8 271, 2x4 206, 2x8 288, 1x16 401 env steps/s;
+per env step (thread CPU) env step 1.50 = world 0.19 + window push/EKF 0.98 + observation 0.15 + other 0.19,
+module pass 0.71 (encoder 0.53, pair MLP + decoder 0.23), learner 2.03 (wall timer; 1.54 driver CPU). The run of
+the code before the batched runner (68b9c22, 04:56 UTC, load 6-8): 123 / 2273 = 0.054; env step 3.25 = 0.68 +
+1.42 + 0.52 + 0.63, module 0.91, learner 4.00 (1.65 driver CPU). Same-run A/B (05:24 UTC, load ~1-3, a scratch
+script: the same PPO config built twice, once with RLlib's plain ``MultiAgentEnvRunner`` and once with
+``ISACEnvRunner``, and the floor, 4 iterations each in turns): 141 vs 192 env steps/s (x1.37; sampling timer
+12.5 vs 8.4 s per iteration, learner 4.1 vs 3.9 s), floor 2766: ratio 0.051 -> **0.070**. The decision path
+(the CU's, unchanged) in that JSON: p50 / p99 3.74 / 6.65 ms wall, 3.27 / 5.37 ms thread CPU (shipped ppo-I8
+5.65 / 9.21 wall, 5.91 / 7.46 CPU).
+
+What is left (the goal, 0.5, is ~0.75 ms per env step all in): the learner alone is ~1.5 ms of driver CPU per env
+step (10 epochs x minibatches of 250 through the pair MLP's ``(B, M, I, H)`` activations: ~30-40 ms a minibatch),
+twice the whole budget, at the fixed PPO settings; the window push with its EKF (the tracker's code, one env at a
+time: a batched-EKF request with a profile in ``coord/REQUEST_LEAD.md``) is now ~65 % of the env step; the
+frozen encoder ~0.5 ms per env at batch 8 (dense numpy matmuls, compute-bound). A second runner buys nothing
+while another job holds the other core.
+
+Earlier (same day, before the batched runner): ``results/bench_ppo.json`` of 03:02 UTC (e6126d6, load 4.3,
+after the inference speed-ups of f713e28..e6126d6: numpy encoder, pair MLP and decoder for small CPU batches):
+ppo / floor 149 / 2262 = 0.066; sampling 1x8 210,
 2x4 215, 2x8 186, 1x16 247 env steps/s; decision p50 / p99 7.6 / 17.0 ms wall, **4.2 / 5.5 ms thread CPU**; the
 shipped ``results/checkpoints/ppo-I8`` (detection + MILP actor options: every block's observation adds the
 detection probabilities and a MILP solve) 10.8 / 21.5 ms wall, 6.8 / 10.3 ms CPU; per env step (thread CPU) env
