@@ -403,6 +403,11 @@ class EKFSettings(ConfigMixin):
     speed_max_std: float = 0.3
     """... and only where the velocity is already known: ``sqrt(tr P_vv) <= speed_max_std * speed_mps``
     (before the heading is resolved the pseudo-measurement would make the filter overconfident)."""
+    speed_cap: float | None = None
+    """... or, whatever ``P_vv``, where the estimated speed exceeds ``speed_cap * speed_mps`` (every
+    target moves at ``speed_mps``: a track pulled by a neighbour's merged echoes or an outlier can reach
+    an impossible speed while its velocity covariance is wide, and then outruns its target); ``None``
+    off."""
     innovation_gate: float | None = 13.8
     """Validation gate: a measurement whose normalised innovation squared ``y^T S^-1 y`` exceeds it is
     rejected as an outlier (13.8 = the 99.9 % point of chi-square with 2 degrees of freedom); ``None``
@@ -493,6 +498,10 @@ class EKFSettings(ConfigMixin):
             raise ConfigError("num_iterations", self.num_iterations, "must be an integer >= 1")
         if self.speed_std_mps is not None and not (math.isfinite(self.speed_std_mps) and self.speed_std_mps > 0):
             raise ConfigError("speed_std_mps", self.speed_std_mps, "must be a finite number > 0, or None (off)")
+        if self.speed_cap is not None and (isinstance(self.speed_cap, bool)
+                                           or not (math.isfinite(self.speed_cap) and self.speed_cap >= 1)):
+            raise ConfigError("speed_cap", self.speed_cap, "must be a finite number >= 1 (a multiple of speed_mps), "
+                                                           "or None (off)")
         if not (math.isfinite(self.speed_gate) and 0 <= self.speed_gate <= 1):
             raise ConfigError("speed_gate", self.speed_gate, "must be in [0, 1]")
         if not (math.isfinite(self.speed_max_std) and self.speed_max_std > 0):
@@ -993,8 +1002,11 @@ class EKFEstimator:
         if self.settings.speed_std_mps is not None:
             v = self.cfg.speed_mps
             vel_std = np.sqrt(np.trace(P[:, 2:, 2:], axis1=-2, axis2=-1))
-            rows = np.flatnonzero((np.hypot(x[:, 2], x[:, 3]) >= self.settings.speed_gate * v)
-                                  & (vel_std <= self.settings.speed_max_std * v))
+            speed = np.hypot(x[:, 2], x[:, 3])
+            known = vel_std <= self.settings.speed_max_std * v
+            if self.settings.speed_cap is not None:
+                known |= speed >= self.settings.speed_cap * v
+            rows = np.flatnonzero((speed >= self.settings.speed_gate * v) & known)
             if rows.size and v > 0:
                 x[rows], P[rows] = update_speed(x[rows], P[rows], v, self.settings.speed_std_mps)
         if (self.settings.resolve_identities or self.settings.detect_duplicates) and len(x) > 1:

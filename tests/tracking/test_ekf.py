@@ -194,7 +194,9 @@ def run_filterpy(cfg: ScenarioConfig, settings: EKFSettings, acquisition: np.nda
             if settings.speed_std_mps is not None:
                 speed = math.hypot(kf.x[2, 0], kf.x[3, 0])
                 vel_std = math.sqrt(kf.P[2, 2] + kf.P[3, 3])
-                if speed >= settings.speed_gate * cfg.speed_mps and vel_std <= settings.speed_max_std * cfg.speed_mps:
+                known = vel_std <= settings.speed_max_std * cfg.speed_mps or (
+                    settings.speed_cap is not None and speed >= settings.speed_cap * cfg.speed_mps)
+                if speed >= settings.speed_gate * cfg.speed_mps and known:
                     kf.update(np.array([[cfg.speed_mps]]), fp_speed_jac, fp_speed_h,
                               R=np.array([[settings.speed_std_mps**2]]))
         out.append(np.stack([kf.x[:, 0].copy() for kf in filters]))
@@ -267,6 +269,29 @@ def test_unknown_process_noise_model_is_rejected():
         EKFSettings(speed_std_mps=-1.0)
     settings = EKFSettings(num_iterations=3, speed_std_mps=None)
     assert EKFSettings.from_dict(settings.to_dict()) == settings
+
+
+def test_an_impossible_speed_is_pulled_back_by_the_speed_cap_whatever_the_velocity_covariance():
+    """Every target moves at speed_mps: a track at 1.9x that speed with a wide velocity covariance (pulled by
+    merged echoes or an outlier) is left alone by the ordinary speed pseudo-measurement (speed_max_std) and
+    outruns its target; speed_cap applies it anyway. A bad value is a ConfigError naming it."""
+    cfg = ScenarioConfig.paper(2, fidelity="surrogate")
+    v = cfg.speed_mps
+    tracks = {"x": np.array([[100.0, 50.0, 1.9 * v, 0.0], [200.0, 50.0, 0.0, v]]),
+              "P": np.broadcast_to(np.diag([1.0, 1.0, 16.0, 16.0]), (2, 4, 4)).copy(), "missed": np.zeros(2)}
+    speeds = {}
+    for cap in (None, 1.2):
+        ekf = EKFEstimator(cfg, EKFSettings(speed_cap=cap))
+        ekf.load_tracks(tracks, block=5)
+        ekf.update(Measurements.empty(len(cfg.bs_positions_m), 2, block=6))
+        speeds[cap] = np.hypot(ekf._x[:, 2], ekf._x[:, 3])
+    assert np.sqrt(16.0 * 2) > EKFSettings().speed_max_std * v  # the ordinary rule does not apply here
+    assert speeds[None][0] > 1.8 * v and speeds[1.2][0] < 1.3 * v
+    # a track at the true speed is not touched by the cap (wide P: neither rule applies)
+    assert speeds[1.2][1] == pytest.approx(speeds[None][1])
+    for bad in (0.9, float("nan"), True):
+        with pytest.raises(ConfigError, match="speed_cap"):
+            EKFSettings(speed_cap=bad)
 
 
 def test_reflect_into_area_mirrors_position_and_velocity():
