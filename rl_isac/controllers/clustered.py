@@ -30,7 +30,7 @@ import time
 import numpy as np
 
 from rl_isac.association import DEFAULT_CHAIN_PRICE, check_association, make_solver
-from rl_isac.clusters import HYSTERESIS_M, ClusteredEKF, split_clusters
+from rl_isac.clusters import HYSTERESIS_M, REPAIRS, ClusteredEKF, split_clusters
 from rl_isac.controllers.base import Controller, CUAction, Estimator
 from rl_isac.controllers.composed import GeometricBeams, NearestAssociation
 from rl_isac.errors import ConfigError
@@ -76,7 +76,8 @@ class ClusteredCU(Controller):
         clusters: ``C`` (must divide the BSs; :func:`~rl_isac.clusters.split_clusters`).
         solver: an association solver name (``"milp"``, ...) or ``None`` for the nearest-BS rule.
         name: reported method name.
-        capacity, hysteresis_m, area: of the layout (defaults: ``min(I, M_c N_RF)``, 5 m, strips).
+        capacity, hysteresis_m, area, repair: of the layout (defaults: ``min(I, M_c N_RF)``, 5 m,
+            strips, information repair; :func:`~rl_isac.clusters.split_clusters`).
         tracker: decide on this :class:`~rl_isac.clusters.ClusteredEKF` (of the same layout) instead of an own one;
             whoever passes it updates it and calls :meth:`decide` (the clustered warm start,
             :mod:`rl_isac.rllib.cluster_warm_start`, labels the env's own tracker state this way).
@@ -85,9 +86,10 @@ class ClusteredCU(Controller):
 
     def __init__(self, cfg: ScenarioConfig, clusters: int = 2, solver: str | None = "milp", name: str | None = None,
                  capacity: int | None = None, hysteresis_m: float = HYSTERESIS_M, area: str = "strip",
-                 tracker: ClusteredEKF | None = None, **solver_kwargs) -> None:
+                 tracker: ClusteredEKF | None = None, repair: str = REPAIRS[0], **solver_kwargs) -> None:
         self.cfg = cfg
-        self.layout = split_clusters(cfg, clusters, capacity=capacity, hysteresis_m=hysteresis_m, area=area)
+        self.layout = split_clusters(cfg, clusters, capacity=capacity, hysteresis_m=hysteresis_m, area=area,
+                                     repair=repair)
         if tracker is not None and tracker.layout != self.layout:
             raise ConfigError("tracker", tracker.layout, f"must have this CU's cluster layout {self.layout}")
         self.tracker = ClusteredEKF(cfg, self.layout) if tracker is None else tracker

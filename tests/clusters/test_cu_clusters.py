@@ -86,7 +86,7 @@ def test_ownership_follows_the_predicted_x_with_hysteresis():
 
 def test_capacity_repair_keeps_every_cluster_within_its_slots_and_moves_the_nearest():
     cfg = large(num_targets=24)
-    layout = split_clusters(cfg, 4, area="strip")
+    layout = split_clusters(cfg, 4, area="strip", repair="distance")
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.uniform(0, 150, 10), rng.uniform(150, 600, 14)])  # 10 targets in strip 0 (K = 6)
     owner = assign_owners(layout, x)
@@ -94,7 +94,7 @@ def test_capacity_repair_keeps_every_cluster_within_its_slots_and_moves_the_near
     in0 = np.flatnonzero(x < 150)
     kept = in0[owner[in0] == 0]
     assert x[kept].max() < x[in0[owner[in0] != 0]].min()  # the 4 moved out are the ones nearest the border
-    vor = split_clusters(cfg, 4, area="voronoi")
+    vor = split_clusters(cfg, 4, area="voronoi", repair="distance")
     for seed in range(20):  # any positions, any previous owners: never over capacity, C K >= I
         r = np.random.default_rng(seed)
         prev = r.integers(0, 4, 24)
@@ -102,6 +102,43 @@ def test_capacity_repair_keeps_every_cluster_within_its_slots_and_moves_the_near
         assert np.bincount(o, minlength=4).max() <= 6
         pos = np.stack([r.uniform(0, 600, 24), r.uniform(0, 100, 24)], axis=1)
         assert np.bincount(assign_owners(vor, pos, prev), minlength=4).max() <= 6
+
+
+def test_information_repair_passes_the_target_that_loses_least_and_is_the_default():
+    cfg = large(num_targets=24)
+    layout = split_clusters(cfg, 2)
+    assert layout.repair == "information" and split_clusters(cfg, 2, repair="distance").repair == "distance"
+    with pytest.raises(ConfigError, match="cluster_repair"):
+        split_clusters(cfg, 2, repair="nearest")
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.uniform(0, 290, 14), rng.uniform(310, 600, 10)])  # 14 in strip 0, K = 12
+    pos = np.stack([x, rng.uniform(0, 100, 24)], axis=1)
+    with pytest.raises(ConfigError, match="gain_m2"):
+        assign_owners(layout, pos)
+    from rl_isac.clusters import cluster_gains
+
+    cov = np.tile(np.eye(2), (24, 1, 1))
+    cov[:14] *= rng.uniform(0.01, 10.0, 14)[:, None, None]  # strip 0's targets: very different uncertainties
+    gain = cluster_gains(cfg, layout, pos, cov)
+    assert gain.shape == (24, 2) and (gain >= 0).all()
+    assert (gain[:14, 0] > gain[:14, 1]).all()  # strip 0's targets gain more from strip 0's BSs
+    owner = assign_owners(layout, pos, gain_m2=gain)
+    assert np.bincount(owner, minlength=2).tolist() == [12, 12]
+    moved = np.flatnonzero(owner[:14] == 1)
+    loss = gain[:14, 0] - gain[:14, 1]
+    assert sorted(moved.tolist()) == sorted(np.argsort(loss)[:2].tolist())  # the two that lose least
+    # by hand: the variance BS m removes is tr P - tr (P^-1 + J_m)^-1, the best BS of each cluster
+    from rl_isac.physics.arrays import beams_toward, dft_codebook
+    from rl_isac.physics.channel import geometry
+    from rl_isac.physics.fisher import expected_position_information
+
+    bs = np.asarray(cfg.bs_positions_m)
+    beams = beams_toward(np.cos(geometry(bs, pos)[1]), cfg.codebook_size, cfg.num_tracking_symbols)
+    J = expected_position_information(cfg, dft_codebook(cfg.num_tx_antennas, cfg.codebook_size,
+                                                        cfg.antenna_spacing_wavelengths), bs, pos, beams)
+    i, m = 5, int(layout.bs_index[1][2])
+    g = np.trace(cov[i]) - np.trace(np.linalg.inv(np.linalg.inv(cov[i]) + J[m, i]))
+    assert gain[i, 1] >= g - 1e-12
 
 
 def test_voronoi_areas_follow_the_nearest_bs_with_hysteresis():
