@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rl_isac.clusters import CLUSTER_COUNTS, cluster_sub_actions
+from rl_isac.clusters import CLUSTER_COUNTS, REPAIRS, cluster_sub_actions
 from rl_isac.controllers.clustered import make_clustered_controller
 from rl_isac.evaluation.compare import rmse_ci95
 from rl_isac.evaluation.harness import evaluate, git_revision
@@ -157,14 +157,17 @@ def policy_latency(clusters: int, pretrained: str | Path, targets: int = 24, cal
 
 
 def clustered_evaluation(clusters: int, targets: int = 24, episodes: int = 8, blocks: int = 100, seed: int = 0,
-                         fidelity: str = "surrogate", preset: str = "large", method: str = "ekf-milp") -> dict:
-    """The clustered ``method`` in the harness; adds the slowest sub-CU's decision time and the handovers."""
+                         fidelity: str = "surrogate", preset: str = "large", method: str = "ekf-milp",
+                         repair: str = REPAIRS[0]) -> dict:
+    """The clustered ``method`` in the harness (capacity ``repair`` rule, :mod:`rl_isac.clusters`); adds the
+    slowest sub-CU's decision time and the handovers."""
     cfg = ScenarioConfig.preset(preset, num_targets=targets, fidelity=fidelity, num_blocks=blocks)
-    cu = make_clustered_controller(method, cfg, clusters)
+    cu = make_clustered_controller(method, cfg, clusters, repair=repair)
     r = evaluate(method, cfg=cfg, episodes=episodes, blocks=blocks, seed=seed, preset=preset, progress=False,
                  controller=cu)
     slowest = cu.slowest_cluster_ms
-    return {"clusters": clusters, "method": r["method"], "rmse_m": r["rmse_m"], "rmse_ci95_m": rmse_ci95(r),
+    return {"clusters": clusters, "repair": repair if clusters > 1 else "-", "method": r["method"],
+            "rmse_m": r["rmse_m"], "rmse_ci95_m": rmse_ci95(r),
             "rmse_per_episode_m": r["rmse_per_episode_m"],
             "median_episode_rmse_m": float(np.median(r["rmse_per_episode_m"])), "lost_fraction": r["lost_fraction"],
             "pcrb_rmse_m": r["pcrb_rmse_m"], "missed_fraction": r["missed_fraction"],
@@ -182,12 +185,15 @@ def _paired(a: list[float], b: list[float]) -> tuple[float, float]:
 
 def bench_clusters(counts: tuple[int, ...] = CLUSTER_COUNTS, targets: tuple[int, ...] = (24, 12), episodes: int = 8,
                    blocks: int = 100, env_episodes: int = 2, seed: int = 0, fidelity: str = "surrogate",
-                   pretrained: str | Path | None = DEFAULT_PRETRAINED, policy_calls: int = 40, echo=print) -> dict:
+                   pretrained: str | Path | None = DEFAULT_PRETRAINED, policy_calls: int = 40,
+                   repairs: tuple[str, ...] = REPAIRS, echo=print) -> dict:
     """Every figure of the module docstring, per cluster count; returns the JSON dict (with ``table_md``).
 
     The env throughput runs at ``targets[0]``; the evaluation at every entry of ``targets`` (24 = full load:
     every RF chain has a target, so each cluster owns exactly ``M_c N_RF`` targets and the capacity repair
-    places some with a neighbour; 12 = half load, no cluster is ever full)."""
+    places some with a neighbour; 12 = half load, no cluster is ever full). ``repairs``: the capacity-repair
+    rules evaluated for every ``C > 1`` (default both: the default ``information`` rule is also paired against
+    ``distance`` on the same worlds)."""
     if 1 not in counts:
         counts = (1, *counts)
     load_start = os.getloadavg()[0]
@@ -205,16 +211,22 @@ def bench_clusters(counts: tuple[int, ...] = CLUSTER_COUNTS, targets: tuple[int,
     for I in targets:
         rows = []
         for C in counts:
-            rows.append(clustered_evaluation(C, targets=I, episodes=episodes, blocks=blocks, seed=seed,
-                                             fidelity=fidelity))
-            rows[-1]["targets"] = I
-            echo(f"I={I} C={C}: rmse {rows[-1]['rmse_m']:.3f} m, decision p50 {rows[-1]['decision_ms_p50']:.1f} ms")
+            for rep in (repairs if C > 1 else repairs[:1]):
+                rows.append(clustered_evaluation(C, targets=I, episodes=episodes, blocks=blocks, seed=seed,
+                                                 fidelity=fidelity, repair=rep))
+                rows[-1]["targets"] = I
+                echo(f"I={I} C={C} {rows[-1]['repair']}: rmse {rows[-1]['rmse_m']:.3f} m, decision p50 "
+                     f"{rows[-1]['decision_ms_p50']:.1f} ms")
         base = rows[0]["rmse_per_episode_m"]
         for r in rows:
             r["paired_rmse_diff_m"], r["paired_rmse_diff_ci95_m"] = _paired(r["rmse_per_episode_m"], base)
+            other = [o for o in rows if o["clusters"] == r["clusters"] and o["repair"] == REPAIRS[1]]
+            if r["repair"] == REPAIRS[0] and other:  # the default repair against the distance rule, same worlds
+                r["vs_distance_repair_m"] = _paired(r["rmse_per_episode_m"], other[0]["rmse_per_episode_m"])
         eval_rows += rows
     data = {"protocol": {"preset": "large", "targets": list(targets), "episodes": episodes, "blocks": blocks,
                          "fidelity": fidelity, "evaluation_seed": seed, "env_episodes": env_episodes,
+                         "repairs": list(repairs),
                          "load_average_1min": [load_start, os.getloadavg()[0]], "cpu_count": os.cpu_count(),
                          "note": _protocol_note(episodes, blocks, fidelity)},
             "env": env_rows, "policy": policy_rows, "policy_note": policy_note, "evaluation": eval_rows,
@@ -273,19 +285,25 @@ def markdown(data: dict) -> str:
     lines += ["", f"Clustered `ekf-milp` vs whole-network `ekf-milp` (C = 1), {p['episodes']} episodes x "
                   f"{p['blocks']} blocks, {p['fidelity']}, evaluation seeds of seed {p['evaluation_seed']} "
                   "(the same worlds for every C):", "",
-              "| I | C | RMSE m (95 %) | median episode m | vs C=1, paired m (95 %) | lost | PCRB m | "
+              "| I | C | repair | RMSE m (95 %) | median episode m | vs C=1, paired m (95 %) | "
+              "vs distance repair, paired m (95 %) | lost | PCRB m | "
               "decision p50/p99 ms | slowest cluster p50/p99 ms | handovers |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in data["evaluation"]:
-        lines.append(f"| {r['targets']} | {r['clusters']} | {r['rmse_m']:.3f} +- {r['rmse_ci95_m']:.3f} | "
+        vs = r.get("vs_distance_repair_m")
+        lines.append(f"| {r['targets']} | {r['clusters']} | {r.get('repair', 'distance')} | "
+                     f"{r['rmse_m']:.3f} +- {r['rmse_ci95_m']:.3f} | "
                      f"{r['median_episode_rmse_m']:.3f} | "
                      f"{r['paired_rmse_diff_m']:+.3f} +- {r['paired_rmse_diff_ci95_m']:.3f} | "
+                     + (f"{vs[0]:+.3f} +- {vs[1]:.3f} | " if vs else "- | ") +
                      f"{r['lost_fraction']:.4f} | {r['pcrb_rmse_m']:.3f} | {r['decision_ms_p50']:.1f} / "
                      f"{r['decision_ms_p99']:.1f} | {r['slowest_cluster_ms_p50']:.1f} / "
                      f"{r['slowest_cluster_ms_p99']:.1f} | {r['handovers']} |")
     lines += ["", "I = 24 is full load (24 RF chains): each cluster must own exactly M_c N_RF targets, so targets "
                   "beyond a cluster's share are placed with a neighbour (capacity repair) and tracked from its farther "
-                  "BSs; fewer targets (e.g. 12) leave spare chains in every cluster.",
+                  "BSs; fewer targets (e.g. 12) leave spare chains in every cluster. Repair `information` (the "
+                  "default) passes the targets that lose least expected information, re-chosen every block; "
+                  "`distance` (the earlier rule) the ones nearest the neighbour's area (rl_isac.clusters).",
               "", "RMSE per target over targets, blocks and episodes; lost: target-blocks with error > 5 m. The "
                   "decision is all sub-CUs one after another; 'slowest cluster' is what parallel sub-CUs would wait "
                   "for. Env steps: one block of the whole network (every agent acting), surrogate fidelity, "

@@ -20,7 +20,9 @@ def test_bench_clusters_writes_every_figure(tmp_path):
     data = json.loads(out.read_text())
     assert [r["clusters"] for r in data["env"]] == [1, 2, 4]
     assert all(r["env_steps"] == 4 and r["env_steps_per_s"] > 0 for r in data["env"])  # one episode of 3 + 1 steps
-    assert [(r["targets"], r["clusters"]) for r in data["evaluation"]] == [(8, 1), (8, 2), (8, 4)]
+    assert [(r["targets"], r["clusters"], r["repair"]) for r in data["evaluation"]] == [
+        (8, 1, "-"), (8, 2, "information"), (8, 2, "distance"), (8, 4, "information"), (8, 4, "distance")]
+    assert "vs_distance_repair_m" in data["evaluation"][1] and "vs_distance_repair_m" not in data["evaluation"][2]
     base = data["evaluation"][0]
     assert base["paired_rmse_diff_m"] == 0.0 and base["method"] == "ekf-milp/C1"
     for r in data["evaluation"]:
@@ -33,4 +35,4 @@ def test_bench_clusters_writes_every_figure(tmp_path):
         assert all(0 < r["agent_ms_p50"] <= r["agent_ms_p99"] for r in data["policy"])
     else:
         assert data["policy"] == [] and "not measured" in data["policy_note"]
-    assert "surrogate" in data["protocol"]["note"] and "| 8 | 4 |" in out.with_suffix(".md").read_text()
+    assert "surrogate" in data["protocol"]["note"] and "| 8 | 4 | distance |" in out.with_suffix(".md").read_text()
