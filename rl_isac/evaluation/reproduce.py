@@ -456,7 +456,7 @@ def _fmt_tail(row: dict) -> str:
         return "-"
     unl = row.get("rmse_unlabelled_m")
     free = "-" if unl is None else f"{unl:.3f} (lost {row['lost_fraction_unlabelled']:.4f})"
-    return f"{row['median_episode_rmse_m']:.3f} / {row['worst_episode_rmse_m']:.1f} / {free}"
+    return f"{row['median_episode_rmse_m']:.3f} / {row['worst_episode_rmse_m']:.2f} / {free}"
 
 
 def verdicts(rows: list[dict], targets: tuple[int, ...]) -> list[str]:

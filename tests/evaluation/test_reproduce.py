@@ -203,8 +203,8 @@ def test_the_tail_summary_says_where_a_mean_comes_from():
     old = rep.tail_summary({"rmse_per_episode_m": [0.1, 0.3]})
     assert old["rmse_unlabelled_m"] is None and old["median_episode_rmse_m"] == pytest.approx(0.2)
     row = {"status": "ok", **tail}
-    assert rep._fmt_tail(row) == "0.150 / 30.0 / 0.150 (lost 0.0000)"
-    assert rep._fmt_tail({"status": "ok", **old}) == "0.200 / 0.3 / -"
+    assert rep._fmt_tail(row) == "0.150 / 30.00 / 0.150 (lost 0.0000)"
+    assert rep._fmt_tail({"status": "ok", **old}) == "0.200 / 0.30 / -"
     assert rep._fmt_tail({"status": "refused"}) == "-"
 
 
