@@ -368,9 +368,9 @@ def _cmd_bench(args) -> int:
         data = bench_clusters(targets=tuple(args.cluster_targets), episodes=args.cluster_episodes,
                               blocks=args.cluster_blocks,
                               env_episodes=1 if args.quick else 2, fidelity=args.cluster_fidelity,
-                              policy_calls=5 if args.quick else 40)
+                              policy_calls=5 if args.quick else 40, json_path=args.json or "results/clusters.json")
         print(data["table_md"])
-        write_bench_clusters(data, args.json or "results/clusters.json")
+        write_bench_clusters(data, data["protocol"]["json"])
         return 0
     if args.only_ppo:
         from rl_isac.rllib.bench import ppo_bench

@@ -186,7 +186,7 @@ def _paired(a: list[float], b: list[float]) -> tuple[float, float]:
 def bench_clusters(counts: tuple[int, ...] = CLUSTER_COUNTS, targets: tuple[int, ...] = (24, 12), episodes: int = 8,
                    blocks: int = 100, env_episodes: int = 2, seed: int = 0, fidelity: str = "surrogate",
                    pretrained: str | Path | None = DEFAULT_PRETRAINED, policy_calls: int = 40,
-                   repairs: tuple[str, ...] = REPAIRS, echo=print) -> dict:
+                   repairs: tuple[str, ...] = REPAIRS, json_path: str = "results/clusters.json", echo=print) -> dict:
     """Every figure of the module docstring, per cluster count; returns the JSON dict (with ``table_md``).
 
     The env throughput runs at ``targets[0]``; the evaluation at every entry of ``targets`` (24 = full load:
@@ -226,7 +226,7 @@ def bench_clusters(counts: tuple[int, ...] = CLUSTER_COUNTS, targets: tuple[int,
         eval_rows += rows
     data = {"protocol": {"preset": "large", "targets": list(targets), "episodes": episodes, "blocks": blocks,
                          "fidelity": fidelity, "evaluation_seed": seed, "env_episodes": env_episodes,
-                         "repairs": list(repairs),
+                         "repairs": list(repairs), "json": str(json_path),
                          "load_average_1min": [load_start, os.getloadavg()[0]], "cpu_count": os.cpu_count(),
                          "note": _protocol_note(episodes, blocks, fidelity)},
             "env": env_rows, "policy": policy_rows, "policy_note": policy_note, "evaluation": eval_rows,
@@ -257,6 +257,8 @@ def _command(p: dict) -> str:
         cmd += f" --cluster-fidelity {p['fidelity']}"
     if list(p.get("targets", [24, 12])) != [24, 12]:
         cmd += " --cluster-targets " + " ".join(str(t) for t in p["targets"])
+    if p.get("json", "results/clusters.json") != "results/clusters.json":
+        cmd += f" --json {p['json']}"
     return cmd
 
 
