@@ -407,7 +407,11 @@ class EKFSettings(ConfigMixin):
     """... or, whatever ``P_vv``, where the estimated speed exceeds ``speed_cap * speed_mps`` (every
     target moves at ``speed_mps``: a track pulled by a neighbour's merged echoes or an outlier can reach
     an impossible speed while its velocity covariance is wide, and then outruns its target); ``None``
-    off."""
+    off. Only for tracks past their start-up (:attr:`speed_cap_after_blocks`)."""
+    speed_cap_after_blocks: int = 10
+    """Blocks since a track started (the acquisition, or its re-initialisation) before :attr:`speed_cap`
+    applies to it: in the first blocks a fast estimate is an unresolved heading, and the pseudo-measurement
+    would lock it (development world I=8 e68: a target lost from block 1 with no wait)."""
     innovation_gate: float | None = 13.8
     """Validation gate: a measurement whose normalised innovation squared ``y^T S^-1 y`` exceeds it is
     rejected as an outlier (13.8 = the 99.9 % point of chi-square with 2 degrees of freedom); ``None``
@@ -502,6 +506,9 @@ class EKFSettings(ConfigMixin):
                                            or not (math.isfinite(self.speed_cap) and self.speed_cap >= 1)):
             raise ConfigError("speed_cap", self.speed_cap, "must be a finite number >= 1 (a multiple of speed_mps), "
                                                            "or None (off)")
+        if isinstance(self.speed_cap_after_blocks, bool) or not isinstance(self.speed_cap_after_blocks, int) \
+                or self.speed_cap_after_blocks < 0:
+            raise ConfigError("speed_cap_after_blocks", self.speed_cap_after_blocks, "must be an integer >= 0")
         if not (math.isfinite(self.speed_gate) and 0 <= self.speed_gate <= 1):
             raise ConfigError("speed_gate", self.speed_gate, "must be in [0, 1]")
         if not (math.isfinite(self.speed_max_std) and self.speed_max_std > 0):
@@ -1005,7 +1012,8 @@ class EKFEstimator:
             speed = np.hypot(x[:, 2], x[:, 3])
             known = vel_std <= self.settings.speed_max_std * v
             if self.settings.speed_cap is not None:
-                known |= speed >= self.settings.speed_cap * v
+                started = self.block + 1 - self._start_block >= self.settings.speed_cap_after_blocks
+                known |= (speed >= self.settings.speed_cap * v) & started
             rows = np.flatnonzero((speed >= self.settings.speed_gate * v) & known)
             if rows.size and v > 0:
                 x[rows], P[rows] = update_speed(x[rows], P[rows], v, self.settings.speed_std_mps)

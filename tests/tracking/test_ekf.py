@@ -280,18 +280,22 @@ def test_an_impossible_speed_is_pulled_back_by_the_speed_cap_whatever_the_veloci
     tracks = {"x": np.array([[100.0, 50.0, 1.9 * v, 0.0], [200.0, 50.0, 0.0, v]]),
               "P": np.broadcast_to(np.diag([1.0, 1.0, 16.0, 16.0]), (2, 4, 4)).copy(), "missed": np.zeros(2)}
     speeds = {}
-    for cap in (None, 1.2):
-        ekf = EKFEstimator(cfg, EKFSettings(speed_cap=cap))
-        ekf.load_tracks(tracks, block=5)
-        ekf.update(Measurements.empty(len(cfg.bs_positions_m), 2, block=6))
+    for cap, block in ((None, 20), (1.2, 20), ("young", 5)):
+        ekf = EKFEstimator(cfg, EKFSettings(speed_cap=1.2 if cap == "young" else cap))
+        ekf.load_tracks(tracks, block=block)  # started at block 0: 20 blocks old, or 5 (< speed_cap_after_blocks)
+        ekf.update(Measurements.empty(len(cfg.bs_positions_m), 2, block=block + 1))
         speeds[cap] = np.hypot(ekf._x[:, 2], ekf._x[:, 3])
     assert np.sqrt(16.0 * 2) > EKFSettings().speed_max_std * v  # the ordinary rule does not apply here
     assert speeds[None][0] > 1.8 * v and speeds[1.2][0] < 1.3 * v
+    # in its start-up a fast estimate is an unresolved heading: the cap waits speed_cap_after_blocks
+    assert speeds["young"][0] == pytest.approx(speeds[None][0])
     # a track at the true speed is not touched by the cap (wide P: neither rule applies)
     assert speeds[1.2][1] == pytest.approx(speeds[None][1])
     for bad in (0.9, float("nan"), True):
         with pytest.raises(ConfigError, match="speed_cap"):
             EKFSettings(speed_cap=bad)
+    with pytest.raises(ConfigError, match="speed_cap_after_blocks"):
+        EKFSettings(speed_cap_after_blocks=-1)
 
 
 def test_reflect_into_area_mirrors_position_and_velocity():
