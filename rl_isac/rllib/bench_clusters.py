@@ -385,6 +385,7 @@ def ppo_comparison(checkpoint: str | Path, targets: int = 24, episodes: int = 30
     training["train"] = meta.get("train")
     data = {"protocol": {"preset": "large", "targets": targets, "clusters": C, "episodes": episodes,
                          "blocks": blocks, "fidelity": fidelity, "evaluation_seed": seed,
+                         "repair": cus[1].layout.repair,
                          "note": _protocol_note(episodes, blocks, fidelity),
                          "load_average_1min": [load_start, os.getloadavg()[0]], "cpu_count": os.cpu_count(),
                          "wall_s": time.perf_counter() - t0},
@@ -426,7 +427,8 @@ def ppo_markdown(data: dict) -> str:
              " (rl_isac/rllib/bench_clusters.py). "
              f"Protocol: {p['note']}; evaluation seeds of seed {p['evaluation_seed']} (the same worlds for every "
              f"row). Load average at start/end: {p['load_average_1min'][0]:.1f} / {p['load_average_1min'][1]:.1f} "
-             f"on {p['cpu_count']} cores; evaluation wall time {p['wall_s']:.0f} s.", "",
+             f"on {p['cpu_count']} cores; evaluation wall time {p['wall_s']:.0f} s. Clusters' capacity repair: "
+             f"`{p.get('repair', 'distance')}` (rl_isac.clusters), for the clustered rows and the training env.", "",
              f"Policy: `{data['checkpoint']}`, {t.get('iterations')} PPO iterations, {t.get('env_steps')} env steps"
              + (f", {t['wall_s']:.0f} s of PPO" if t.get("wall_s") is not None else "")
              + f" at surrogate fidelity (config `results/clusters_ppo_train.yaml`: train batch "
