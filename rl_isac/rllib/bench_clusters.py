@@ -22,7 +22,12 @@ load and 12 targets = half load):
   ``decision_ms_p50/p99``: the whole clustered decision per block (sub-CUs one after another, as here);
   ``slowest_cluster_ms_p50/p99``: the slowest sub-CU's share (what a deployment with the clusters in
   parallel waits for). ``rmse_m`` with its 95 % interval over episodes, ``lost_fraction``, and the paired
-  per-episode RMSE difference to ``C = 1`` with its 95 % interval (same seeds, same worlds).
+  per-episode RMSE difference to ``C = 1`` with its 95 % interval (same seeds, same worlds). Every ``C > 1``
+  with both capacity-repair rules (:data:`rl_isac.clusters.REPAIRS`: ``information``, the default, paired
+  against ``distance``, the earlier rule, on the same worlds).
+
+``--cluster-ppo DIR`` (:func:`ppo_comparison`, writes ``results/clusters_ppo.{json,md}``): instead, a trained
+clustered ``dgnn-ppo`` against the clustered ``ekf-milp`` of the same ``C`` and the whole-network ``ekf-milp``.
 
 The defaults (8 episodes x 100 blocks, surrogate fidelity) are a handful of episodes, not the 30 x 100 at
 signal level the project judges methods on: the file says so (``protocol``). Timings depend on the
