@@ -12,7 +12,9 @@ cluster), its beams are the head's (with the re-acquisition sweep of
 :class:`~rl_isac.rllib.controller.PPOController` on uncertain or searching targets), its estimate the module's;
 the network's action is their union, the range-gate prediction the tracker's. Empty slots (below full load,
 ``targets < C * K``) are masked in the module (``target_valid``), so it never picks one; a pair on an empty
-slot from any other source is refused like every other violation.
+slot from any other source is refused like every other violation. The layout's capacity-repair rule is the one the
+run trained with (``cluster_repair`` in ``train_config.json``; a run stored without the key evaluates with the
+current default).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rl_isac.clusters import check_cluster_pairs, split_clusters
+from rl_isac.clusters import REPAIRS, check_cluster_pairs, split_clusters
 from rl_isac.controllers.base import Controller, CUAction
 from rl_isac.controllers.clustered import _TrackerView
 from rl_isac.controllers.composed import GeometricBeams
@@ -40,17 +42,21 @@ class ClusteredPPOController(Controller):
         module: a trained :class:`~rl_isac.rllib.module.ISACPPOModule` with a cluster's spaces.
         clusters, capacity, hysteresis_m, area: the layout (as the training env's ``clusters``,
             ``cluster_capacity``, ``cluster_hysteresis_m``, ``cluster_area``).
+        repair: the capacity-repair rule (``train_config.json``'s ``cluster_repair``, the rule the env trained
+            with; default :data:`rl_isac.clusters.REPAIRS` ``[0]``).
         widen: the re-acquisition sweep on uncertain or searching targets (default on).
     """
 
     def __init__(self, cfg: ScenarioConfig, module, clusters: int, capacity: int | None = None,
-                 hysteresis_m: float | None = None, area: str | None = None, widen: bool = True) -> None:
+                 hysteresis_m: float | None = None, area: str | None = None, widen: bool = True,
+                 repair: str | None = None) -> None:
         from rl_isac.rllib.env import ENV_DEFAULTS, ClusterObserver
 
         torch.set_num_threads(1)
         h = ENV_DEFAULTS["cluster_hysteresis_m"] if hysteresis_m is None else hysteresis_m
         self.layout = split_clusters(cfg, clusters, capacity=capacity, hysteresis_m=h,
-                                     area=ENV_DEFAULTS["cluster_area"] if area is None else area)
+                                     area=ENV_DEFAULTS["cluster_area"] if area is None else area,
+                                     repair=REPAIRS[0] if repair is None else repair)
         sub = self.layout.sub_scenario(cfg, 0)
         if (module.num_bs, module.num_targets, module.num_rf) != (sub.num_bs, sub.num_targets, sub.num_rf):
             raise ConfigError("checkpoint", f"M={module.num_bs}, I={module.num_targets}, N_RF={module.num_rf}",
@@ -108,7 +114,8 @@ def make_clustered_ppo_controller(cfg: ScenarioConfig, checkpoint: str | None = 
 
     module = load_module(checkpoint)
     meta = Path(checkpoint) / "train_config.json"
-    env_config = json.loads(meta.read_text())["env_config"] if meta.is_file() else {}
+    stored = json.loads(meta.read_text()) if meta.is_file() else {}
+    env_config = stored.get("env_config", {})
     trained = env_config.get("clusters")
     if clusters is None:
         clusters = trained or 1
@@ -116,7 +123,7 @@ def make_clustered_ppo_controller(cfg: ScenarioConfig, checkpoint: str | None = 
         raise ConfigError("--clusters", clusters, f"the checkpoint {checkpoint} was trained with {trained} clusters")
     return ClusteredPPOController(cfg, module, clusters, capacity=env_config.get("cluster_capacity"),
                                   hysteresis_m=env_config.get("cluster_hysteresis_m"),
-                                  area=env_config.get("cluster_area"), **kwargs)
+                                  area=env_config.get("cluster_area"), repair=stored.get("cluster_repair"), **kwargs)
 
 
 __all__ = ["ClusteredPPOController", "make_clustered_ppo_controller"]

@@ -139,6 +139,10 @@ def prepare(targets: int, pretrained: str, out: str, fidelity: str | None = None
     run = {"targets": targets, "seed": seed, "pretrained": str(Path(pretrained).resolve()),
            "train": train_cfg.to_dict(), "env_config": env_config,
            "dgnn": configs["dgnn"].to_dict()}
+    if env_config.get("clusters", 1) > 1:  # the layout's repair rule the env trains with (the evaluation reuses it)
+        from rl_isac.rllib.env import env_layout, env_scenario
+
+        run["cluster_repair"] = env_layout(env_config, env_scenario(env_config)).repair
     stored_path = out_dir / TRAIN_CONFIG
     if resume:
         if not (out_dir / CHECKPOINT).is_dir() or not stored_path.is_file():

@@ -63,6 +63,7 @@ def test_train_large_with_two_clusters_one_shared_module(dgnn_i4, tmp_path):
     meta = json.loads((out / "train_config.json").read_text())
     assert meta["iterations"] == 1 and meta["env_config"]["clusters"] == 2
     assert meta["warm_start"]["expert"] == "clustered-ekf-milp" and (out / "warm_start.pt").is_file()
+    assert meta["cluster_repair"] == "information"  # the layout rule the env trained with, reused by evaluate
     row = json.loads((out / "learning_curve.json").read_text())["iterations"][0]
     assert row["env_steps"] >= TINY["train_batch_size"] and row["rmse_m"] == row["rmse_m"]  # finite RMSE
     modules = out / "checkpoint" / "learner_group" / "learner" / "rl_module"
@@ -95,6 +96,8 @@ def test_train_large_with_two_clusters_one_shared_module(dgnn_i4, tmp_path):
     from rl_isac.controllers import make_controller
     from rl_isac.scenario import ScenarioConfig
 
+    assert make_controller("clustered-dgnn-ppo", ScenarioConfig.large(), checkpoint=str(out)).layout.repair == \
+        "information"
     with pytest.raises(ConfigError, match="trained with 2 clusters"):
         make_controller("clustered-dgnn-ppo", ScenarioConfig.large(), checkpoint=str(out), clusters=4)
 
