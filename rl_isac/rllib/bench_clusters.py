@@ -377,7 +377,8 @@ def ppo_comparison(checkpoint: str | Path, targets: int = 24, episodes: int = 30
     for r in rows:
         r["vs_clustered_ekf_milp_m"] = _paired(r["rmse_per_episode_m"], rows[1]["rmse_per_episode_m"])
         r["vs_whole_ekf_milp_m"] = _paired(r["rmse_per_episode_m"], rows[2]["rmse_per_episode_m"])
-    training = {k: meta.get(k) for k in ("iterations", "env_steps", "git_revision", "pretrained")}
+    training = {k: meta.get(k) for k in ("iterations", "env_steps", "git_revision", "pretrained", "seed",
+                                         "cluster_repair")}
     curve_path = Path(checkpoint) / "learning_curve.json"
     if curve_path.is_file():
         curve = json.loads(curve_path.read_text())["iterations"]
@@ -426,6 +427,7 @@ def ppo_markdown(data: dict) -> str:
     ws = t.get("warm_start") or {}
     train = t.get("train") or {}
     cmd = _ppo_command(p, data["checkpoint"], data.get("json_path", "results/clusters_ppo.json"))
+    seed_arg = f" --seed {t['seed']}" if t.get("seed") else ""
     lines = [f"# Clustered dgnn-ppo (C = {p['clusters']}) vs clustered and whole-network ekf-milp, `large` preset, "
              f"{p['targets']} targets", "",
              f"Command: `nice -n 10 {cmd}`"
@@ -444,8 +446,8 @@ def ppo_markdown(data: dict) -> str:
              f"Training command: `nice -n 10 rl-isac train --preset large --clusters {p['clusters']} --targets "
              f"{p['targets']} --pretrained {_relative(t.get('pretrained'))} --out {data['checkpoint']} --config "
              f"results/clusters_ppo_train.yaml --num-env-runners {train.get('num_env_runners')} --iterations "
-             f"{t.get('iterations')}` (one process, OMP_NUM_THREADS=1; a run continued with `--resume` counts "
-             f"its iterations in total).", ""]
+             f"{t.get('iterations')}{seed_arg}` (one process, OMP_NUM_THREADS=1; a run continued with `--resume` "
+             f"counts its iterations in total).", ""]
     if ws.get("final"):
         f, ta = ws["final"], ws.get("train_accuracy") or {}
         lines += [f"Warm start, greedy decoding vs the expert's sub-actions: pair recall {f['pair_recall']:.3f} on "
