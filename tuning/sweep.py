@@ -319,6 +319,21 @@ def write_preset(preset: dict[str, Any], path: Path, header: list[str]) -> None:
     tmp.replace(path)
 
 
+def summary_header(args, rows: list[dict[str, Any]], walls: dict[int, float]) -> str:
+    """The lines above the summary table: what ran (the command line, the git revision), how long each I took
+    and how many of its trials errored, and what the metric is (measured, never typed)."""
+    from rl_isac.evaluation.harness import git_revision
+
+    command = " ".join(["tuning/sweep.py", *getattr(args, "argv", [])])
+    per_i = "; ".join(f"I = {num}: {sum(r['targets'] == num for r in rows)} trials in {wall:.0f} s, "
+                      f"{sum(r['targets'] == num and bool(r['error']) for r in rows)} errored"
+                      for num, wall in walls.items())
+    return (f"# PPO sweep (Ray Tune + OptunaSearch + ASHA), I = {', '.join(str(n) for n in walls)}\n\n"
+            f"Command: `{command}` at revision {git_revision()}. {per_i}. Metric {METRIC} (m, lower is better) on "
+            f"validation worlds (training-side seeds, never evaluation seeds); `best-I<I>.yaml` is the best trial's "
+            f"preset for `rl-isac train --config`.\n\n")
+
+
 def summary_table(rows: list[dict[str, Any]]) -> str:
     """Markdown table: one row per trial, best first per I."""
     keys = [k for k in search_space.PARAMS if any(k in r["config"] for r in rows)]
@@ -422,6 +437,7 @@ def run_sweep(args) -> list[dict[str, Any]]:
     print(f"[sweep] trial bundles {resources.bundles()} on nodes {nodes}: {concurrent} concurrent trial(s)",
           flush=True)
     rows: list[dict[str, Any]] = []
+    walls: dict[int, float] = {}
     out = Path(args.out)
     storage = Path(args.storage).expanduser().resolve()
     for num in args.targets:
@@ -452,6 +468,7 @@ def run_sweep(args) -> list[dict[str, Any]]:
                                           checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
         grid = tuner.fit()
         wall = time.perf_counter() - t0
+        walls[num] = wall
         for res in grid:
             m = res.metrics or {}
             config = {k: v for k, v in (res.config or {}).items() if k in search_space.PARAMS}
@@ -476,13 +493,14 @@ def run_sweep(args) -> list[dict[str, Any]]:
               f"preset {preset_path}", flush=True)
     table = summary_table(rows)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.md").write_text(table + "\n")
+    (out / "summary.md").write_text(summary_header(args, rows, walls) + table + "\n")
     print(table)
     return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for the summary's command line
     if args.describe:
         print(search_space.describe())
         return 0

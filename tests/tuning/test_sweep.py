@@ -75,6 +75,14 @@ def test_best_preset_is_a_train_config_yaml_and_summary_lists_every_trial(tmp_pa
             for t, m in (("a", 0.5), ("b", 0.3), ("c", None))]
     table = sweep.summary_table(rows).splitlines()
     assert len(table) == 5 and "| b |" in table[2] and "| c |" in table[4]
+    # The header says what ran and how long, from the run itself: the command line, the revision, per I the
+    # trial count, wall time and errors.
+    rows[2]["error"] = "boom"
+    args = sweep.build_parser().parse_args(["--targets", "4", "--trials", "3"])
+    args.argv = ["--targets", "4", "--trials", "3"]
+    head = sweep.summary_header(args, [{**r, "error": r.get("error")} for r in rows], {4: 12.3})
+    assert "`tuning/sweep.py --targets 4 --trials 3`" in head and "I = 4: 3 trials in 12 s, 1 errored" in head
+    assert "at revision " in head and head.endswith("\n\n")
 
 
 def test_every_value_the_space_can_sample_is_a_valid_train_config():
