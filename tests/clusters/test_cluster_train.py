@@ -3,24 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from rl_isac.errors import ConfigError
 
-REPO = Path(__file__).resolve().parents[2]
-DGNN_I4 = REPO / "results" / "checkpoints" / "dgnn-I4"
 TINY = dict(train_batch_size=48, minibatch_size=24, num_epochs=1, blocks=6, hidden=16, critic_hidden=16,
             checkpoint_every=1)
-
-
-@pytest.fixture(scope="module")
-def dgnn_i4() -> Path:
-    pytest.importorskip("ray.rllib")
-    if not (DGNN_I4 / "model.pt").is_file():
-        pytest.skip(f"reference checkpoint {DGNN_I4} not in this checkout")
-    return DGNN_I4
 
 
 def test_clustered_run_is_checked_before_ray(dgnn_i4, tmp_path):

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from rl_isac.errors import ConfigError
 
-REPO = Path(__file__).resolve().parents[2]
-DGNN_I4 = REPO / "results" / "checkpoints" / "dgnn-I4"
 # 6 targets on 2 clusters x 6 slots: spare slots in every block (each cluster owns only some of the 6)
 TINY = dict(blocks=6, hidden=16, critic_hidden=16)
 RECALL = 0.75
@@ -20,21 +17,19 @@ RECALL = 0.75
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, dgnn_i4):
     pytest.importorskip("ray.rllib")
-    if not (DGNN_I4 / "model.pt").is_file():
-        pytest.skip(f"reference checkpoint {DGNN_I4} not in this checkout")
     import torch
 
     from rl_isac.rllib.callbacks import MODULE_ID
     from rl_isac.rllib.config import PPOTrainConfig
     from rl_isac.training.ppo import _cluster_module_spec, prepare
 
-    run = prepare(6, str(DGNN_I4), str(tmp_path_factory.mktemp("ws") / "out"), preset="large", clusters=2,
+    run = prepare(6, str(dgnn_i4), str(tmp_path_factory.mktemp("ws") / "out"), preset="large", clusters=2,
                   warm_start=True, bc_expert="ekf-milp", **TINY)
     train_cfg = PPOTrainConfig.from_dict(run["train"])
     torch.manual_seed(0)
-    module = _cluster_module_spec(run, train_cfg, str(DGNN_I4 / "model.pt"), None).rl_module_specs[MODULE_ID].build()
+    module = _cluster_module_spec(run, train_cfg, str(dgnn_i4 / "model.pt"), None).rl_module_specs[MODULE_ID].build()
     return run, module
 
 
@@ -94,16 +89,16 @@ def test_warm_started_shared_module_reproduces_the_clustered_expert(setup):
     assert np.all(np.isfinite(out["sq_err"]))
 
 
-def test_clustered_warm_start_checks(setup, tmp_path):
+def test_clustered_warm_start_checks(setup, tmp_path, dgnn_i4):
     from rl_isac.rllib.cluster_warm_start import clustered_expert, collect_clusters
     from rl_isac.rllib.env import ClusterObserver, env_layout, env_scenario
     from rl_isac.training.ppo import prepare
 
     run, _ = setup
     with pytest.raises(ConfigError, match="bc_expert=.dgnn-milp.: has no clustered version"):
-        prepare(24, str(DGNN_I4), str(tmp_path / "a"), preset="large", clusters=2, warm_start=True, **TINY)
+        prepare(24, str(dgnn_i4), str(tmp_path / "a"), preset="large", clusters=2, warm_start=True, **TINY)
     with pytest.raises(ConfigError, match="one cluster only"):
-        prepare(24, str(DGNN_I4), str(tmp_path / "b"), preset="large", clusters=2, detection_features=True, **TINY)
+        prepare(24, str(dgnn_i4), str(tmp_path / "b"), preset="large", clusters=2, detection_features=True, **TINY)
     cfg = env_scenario(run["env_config"])
     observer = ClusterObserver(cfg, env_layout(run["env_config"], cfg))
     with pytest.raises(ConfigError, match="has no clustered version"):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -10,15 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("ray.rllib")
 
-REPO = Path(__file__).resolve().parents[2]
-DGNN_I4 = Path(os.environ.get("RL_ISAC_TEST_DGNN_I4", REPO / "results" / "checkpoints" / "dgnn-I4"))
-
-
-@pytest.fixture(scope="session")
-def dgnn_i4() -> Path:
-    if not (DGNN_I4 / "model.pt").is_file():
-        pytest.skip(f"reference checkpoint {DGNN_I4} not in this checkout")
-    return DGNN_I4
+# `dgnn_i4` (the committed I = 4 reference checkpoint) comes from tests/conftest.py.
 
 
 def make_module(env, ckpt: Path, hidden: int = 32):

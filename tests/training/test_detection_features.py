@@ -16,7 +16,6 @@ from ray.rllib.core.columns import Columns  # noqa: E402
 from rl_isac.errors import ConfigError  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
-DGNN_I4 = REPO / "results" / "checkpoints" / "dgnn-I4"
 PPO_I4 = REPO / "results" / "checkpoints" / "ppo-I4"
 
 
@@ -73,17 +72,15 @@ def det_env(request):
 
 
 @pytest.fixture(scope="module")
-def det_module(det_env):
-    if not (DGNN_I4 / "model.pt").is_file():
-        pytest.skip("reference checkpoint dgnn-I4 not in this checkout")
+def det_module(det_env, dgnn_i4):
     from rl_isac.rllib.module import ISACPPOModule
     from rl_isac.training.pretrain import load_configs
 
     torch.manual_seed(0)
     milp = bool(det_env.env_config["milp_features"])
     return ISACPPOModule(observation_space=det_env.observation_space, action_space=det_env.action_space,
-                         model_config={"dgnn": load_configs(DGNN_I4)["dgnn"].to_dict(),
-                                       "dgnn_weights": str(DGNN_I4 / "model.pt"), "hidden": 32, "critic_hidden": 32,
+                         model_config={"dgnn": load_configs(dgnn_i4)["dgnn"].to_dict(),
+                                       "dgnn_weights": str(dgnn_i4 / "model.pt"), "hidden": 32, "critic_hidden": 32,
                                        "detection_features": True, "milp_features": milp})
 
 
@@ -165,15 +162,13 @@ def test_regrouped_training_pass_with_detection_features(det_env, det_module):
     torch.testing.assert_close(dist.logp(acts), torch.cat([r[2] for r in rows]), atol=1e-4, rtol=0)
 
 
-def test_module_with_detection_features_needs_the_key():
-    if not (DGNN_I4 / "model.pt").is_file():
-        pytest.skip("reference checkpoint dgnn-I4 not in this checkout")
+def test_module_with_detection_features_needs_the_key(dgnn_i4):
     from rl_isac.rllib.env import ISACMultiAgentEnv
     from rl_isac.rllib.module import ISACPPOModule
     from rl_isac.training.pretrain import load_configs
 
     env = ISACMultiAgentEnv({"targets": 4, "blocks": 6})
-    dgnn = load_configs(DGNN_I4)["dgnn"].to_dict()
+    dgnn = load_configs(dgnn_i4)["dgnn"].to_dict()
     with pytest.raises(ValueError, match="pair_detect"):
         ISACPPOModule(observation_space=env.observation_space, action_space=env.action_space,
                       model_config={"dgnn": dgnn, "detection_features": True})
