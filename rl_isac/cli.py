@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="target counts of the --clusters evaluation (default 24 12; the env throughput at the first)")
     p.add_argument("--cluster-fidelity", choices=FIDELITIES, default="surrogate",
                    help="evaluation fidelity of --clusters (default surrogate)")
+    p.add_argument("--cluster-seed", type=_non_negative_int, default=0,
+                   help="evaluation seed of --clusters / --cluster-ppo: the worlds of "
+                        "rl_isac.seeds.evaluation_seeds(seed, episodes) (default 0)")
     p.add_argument("--cluster-ppo", metavar="DIR",
                    help="with --clusters: instead, the trained clustered dgnn-ppo in DIR (rl-isac train --preset large "
                         "--clusters C) vs clustered and whole-network ekf-milp on the same evaluation worlds, at the "
@@ -353,7 +356,7 @@ def _cmd_bench(args) -> int:
         from rl_isac.rllib.bench_clusters import ppo_comparison, write_bench_clusters
 
         data = ppo_comparison(args.cluster_ppo, targets=args.cluster_targets[0], episodes=args.cluster_episodes,
-                              blocks=args.cluster_blocks, fidelity=args.cluster_fidelity,
+                              blocks=args.cluster_blocks, seed=args.cluster_seed, fidelity=args.cluster_fidelity,
                               json_path=args.json or "results/clusters_ppo.json")
         print(data["table_md"])
         write_bench_clusters(data, data["json_path"])
@@ -366,7 +369,7 @@ def _cmd_bench(args) -> int:
         from rl_isac.rllib.bench_clusters import bench_clusters, write_bench_clusters
 
         data = bench_clusters(targets=tuple(args.cluster_targets), episodes=args.cluster_episodes,
-                              blocks=args.cluster_blocks,
+                              blocks=args.cluster_blocks, seed=args.cluster_seed,
                               env_episodes=1 if args.quick else 2, fidelity=args.cluster_fidelity,
                               policy_calls=5 if args.quick else 40, json_path=args.json or "results/clusters.json")
         print(data["table_md"])

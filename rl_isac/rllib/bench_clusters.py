@@ -3,7 +3,8 @@
 How to run (writes ``results/clusters.json`` and ``results/clusters.md``; about 2-4 minutes on one core)::
 
     nice -n 10 rl-isac bench --clusters                     # defaults below
-    rl-isac bench --clusters --cluster-episodes 30 --cluster-blocks 100 --fidelity signal --json PATH
+    rl-isac bench --clusters --cluster-episodes 30 --cluster-blocks 100 --cluster-fidelity signal --json PATH
+    rl-isac bench --clusters --cluster-episodes 30 --cluster-fidelity signal --cluster-seed 1 --json PATH  # seed 1
 
 For each cluster count ``C`` in (1, 2, 4) on the ``large`` preset (12 BSs, 600 m x 100 m; 24 targets = full
 load and 12 targets = half load):
@@ -262,6 +263,8 @@ def _command(p: dict) -> str:
         cmd += f" --cluster-fidelity {p['fidelity']}"
     if list(p.get("targets", [24, 12])) != [24, 12]:
         cmd += " --cluster-targets " + " ".join(str(t) for t in p["targets"])
+    if p.get("evaluation_seed", 0):
+        cmd += f" --cluster-seed {p['evaluation_seed']}"
     if p.get("json", "results/clusters.json") != "results/clusters.json":
         cmd += f" --json {p['json']}"
     return cmd
@@ -411,6 +414,8 @@ def _ppo_command(p: dict, checkpoint: str, json_path: str = "results/clusters_pp
         cmd += f" --cluster-fidelity {p['fidelity']}"
     if p["targets"] != 24:
         cmd += f" --cluster-targets {p['targets']}"
+    if p.get("evaluation_seed", 0):
+        cmd += f" --cluster-seed {p['evaluation_seed']}"
     return cmd + f" --json {json_path}"
 
 

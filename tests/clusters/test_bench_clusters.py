@@ -15,7 +15,7 @@ def test_bench_clusters_writes_every_figure(tmp_path):
 
     out = tmp_path / "clusters.json"
     rc = main(["bench", "--clusters", "--cluster-episodes", "2", "--cluster-blocks", "3", "--cluster-targets", "8",
-               "--quick", "--json", str(out)])
+               "--cluster-seed", "1", "--quick", "--json", str(out)])
     assert rc == 0
     data = json.loads(out.read_text())
     assert [r["clusters"] for r in data["env"]] == [1, 2, 4]
@@ -28,6 +28,11 @@ def test_bench_clusters_writes_every_figure(tmp_path):
     for r in data["evaluation"]:
         assert np.isfinite(r["rmse_m"]) and r["slowest_cluster_ms_p50"] <= r["decision_ms_p99"] + 1e-9
         assert len(r["world_seeds"]) == 2 and r["world_seeds"] == base["world_seeds"]  # the same worlds for every C
+    from rl_isac.seeds import evaluation_seeds
+
+    # --cluster-seed picks the evaluation worlds (a second evaluation seed), and the command says so
+    assert base["world_seeds"] == evaluation_seeds(1, 2) and data["protocol"]["evaluation_seed"] == 1
+    assert "--cluster-seed 1" in out.with_suffix(".md").read_text()
     from rl_isac.rllib.bench_clusters import DEFAULT_PRETRAINED
 
     if (DEFAULT_PRETRAINED / "model.pt").is_file():
