@@ -226,6 +226,65 @@ def bootstrap_ci95(per_episode_rmse_m: list[float], seed: int = 0) -> list[float
     return [float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5))]
 
 
+def paired_comparison(a_rmse_per_episode_m, b_rmse_per_episode_m, seed: int = 0) -> dict:
+    """Method ``a`` against method ``b`` on the same episodes (the same world seeds, in the same order).
+
+    Episodes are resampled with replacement *jointly* (the same indices for both), so what the two share --
+    the world, its crossings, its start-up ambiguities -- cancels, and the interval is that of the
+    difference, far narrower than two marginal intervals compared for overlap.
+
+    Returns:
+        ``diff_m``: RMSE(a) - RMSE(b), with ``diff_ci95_m`` its 95 % percentile-bootstrap interval;
+        ``ratio``: RMSE(a) / RMSE(b), with ``ratio_ci95``; ``better_episodes`` / ``worse_episodes``: episodes
+        whose RMSE is lower / higher for ``a``; ``median_episode_ratio``: the median over episodes of the
+        per-episode RMSE ratio (what a typical world says, where the pooled ratio is decided by the tail).
+    """
+    a = np.asarray(a_rmse_per_episode_m, float)
+    b = np.asarray(b_rmse_per_episode_m, float)
+    if a.shape != b.shape or a.ndim != 1 or a.size == 0:
+        raise ConfigError("rmse_per_episode_m", (a.shape, b.shape), "a paired comparison needs two 1-D arrays of "
+                                                                      "the same episodes")
+    a2, b2 = a * a, b * b
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, a.size, size=(BOOTSTRAP_RESAMPLES, a.size))
+    ra, rb = np.sqrt(a2[idx].mean(axis=1)), np.sqrt(b2[idx].mean(axis=1))
+    rmse_a, rmse_b = float(np.sqrt(a2.mean())), float(np.sqrt(b2.mean()))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = ra / rb
+        per_episode = a / b
+    return {"diff_m": rmse_a - rmse_b,
+            "diff_ci95_m": [float(np.percentile(ra - rb, 2.5)), float(np.percentile(ra - rb, 97.5))],
+            "ratio": rmse_a / rmse_b if rmse_b > 0 else float("inf"),
+            "ratio_ci95": [float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))],
+            "better_episodes": int((a < b).sum()), "worse_episodes": int((a > b).sum()), "episodes": int(a.size),
+            "median_episode_ratio": float(np.median(per_episode))}
+
+
+def paired_rows(rows: list[dict], targets: tuple[int, ...], reference: str = PROPOSED) -> list[dict]:
+    """:func:`paired_comparison` of ``reference`` against every other available method, per I.
+
+    A pair is compared only where both cells hold per-episode RMSEs of the same world seeds; otherwise the
+    entry says why (``reason``) and carries no number.
+    """
+    out = []
+    for num in targets:
+        ref = next((r for r in rows if r["method"] == reference and r["targets"] == num), None)
+        if ref is None or ref["status"] != "ok":
+            continue
+        for r in rows:
+            if r["targets"] != num or r["status"] != "ok" or r["method"] == reference:
+                continue
+            entry = {"targets": num, "method": reference, "against": r["method"]}
+            if ref.get("rmse_per_episode_m") is None or r.get("rmse_per_episode_m") is None:
+                entry["reason"] = "a cell predates per-episode RMSEs in table1.json"
+            elif ref.get("world_seeds") != r.get("world_seeds"):
+                entry["reason"] = "the two cells were evaluated on different world seeds"
+            else:
+                entry.update(paired_comparison(ref["rmse_per_episode_m"], r["rmse_per_episode_m"]))
+            out.append(entry)
+    return out
+
+
 def _absolute(path: str | None) -> str | None:
     return None if path is None else str(Path(path).resolve())
 
@@ -432,6 +491,7 @@ def table_rows(profile: Profile, cells: dict[tuple[str, int], dict], unavailable
                                pcrb_rmse_m=r["pcrb_rmse_m"], lost_fraction=r["lost_fraction"],
                                episodes=r["episodes"], blocks=r["blocks"], missed_fraction=r["missed_fraction"],
                                decision_ms_p50=r["decision_ms_p50"], git_revision=rec["git_revision"],
+                               rmse_per_episode_m=r["rmse_per_episode_m"], world_seeds=r.get("world_seeds"),
                                **tail_summary(r))
             rows.append(row)
     return rows
@@ -460,9 +520,13 @@ def _fmt_tail(row: dict) -> str:
 
 
 def verdicts(rows: list[dict], targets: tuple[int, ...]) -> list[str]:
-    """One sentence per I: where the proposed method wins, loses or ties, by the 95 % intervals.
+    """One sentence per I: where the proposed method wins, loses or ties, by 95 % intervals.
 
-    "beats" / "loses to": the intervals do not overlap; "ties with": they overlap (no claim either way).
+    "beats" / "loses to": the paired 95 % interval of the RMSE difference on the same worlds
+    (:func:`paired_comparison`) excludes 0; "ties with": it contains 0 (no claim either way). Where a cell
+    holds no per-episode RMSEs (a table made before they were kept), the two marginal intervals are compared
+    for overlap instead, and the sentence says "(unpaired)". Against ``dgnn-milp`` the sentence also gives the
+    RMSE ratio with its paired interval: the issue's "within 5 %" holds where the interval's top is <= 1.05.
     """
     lines = []
     for num in targets:
@@ -472,19 +536,58 @@ def verdicts(rows: list[dict], targets: tuple[int, ...]) -> list[str]:
         if prop["status"] != "ok":
             lines.append(f"I = {num}: the proposed dgnn-ppo is not available ({prop['reason']}); no comparison.")
             continue
+        paired = {e["against"]: e for e in paired_rows(rows, (num,)) if "diff_m" in e}
         groups: dict[str, list[str]] = {"beats": [], "LOSES to": [], "ties with": []}
+        unpaired = False
         for r in rows:
             if r["targets"] != num or r["status"] != "ok" or r["method"] == PROPOSED:
                 continue
-            if prop["ci95_m"][1] < r["ci95_m"][0]:
-                key = "beats"
-            elif prop["ci95_m"][0] > r["ci95_m"][1]:
-                key = "LOSES to"
+            if r["method"] in paired:
+                lo, hi = paired[r["method"]]["diff_ci95_m"]
+                text = f"{r['method']} ({r['rmse_m']:.3f} m; difference [{lo:+.3f}, {hi:+.3f}])"
             else:
-                key = "ties with"
-            groups[key].append(f"{r['method']} ({r['rmse_m']:.3f} m)")
+                unpaired = True
+                lo, hi = prop["ci95_m"][0] - r["ci95_m"][1], prop["ci95_m"][1] - r["ci95_m"][0]
+                text = f"{r['method']} ({r['rmse_m']:.3f} m)"
+            key = "beats" if hi < 0 else "LOSES to" if lo > 0 else "ties with"
+            groups[key].append(text)
         parts = [f"{k} {', '.join(v)}" for k, v in groups.items() if v]
-        lines.append(f"I = {num}: dgnn-ppo ({prop['rmse_m']:.3f} m) " + "; ".join(parts) + ".")
+        line = f"I = {num}: dgnn-ppo ({prop['rmse_m']:.3f} m) " + "; ".join(parts) + "."
+        if unpaired:
+            line += " (unpaired: marginal intervals compared for overlap)"
+        milp = paired.get("dgnn-milp")
+        if milp is not None:
+            lo, hi = milp["ratio_ci95"]
+            line += (f" Against dgnn-milp: x{milp['ratio']:.2f} [{lo:.2f}, {hi:.2f}], within 5 %: "
+                     f"{'yes' if hi <= 1.05 else 'not shown'}; median episode x{milp['median_episode_ratio']:.3f}, "
+                     f"better in {milp['better_episodes']} / {milp['episodes']} episodes.")
+        lines.append(line)
+    return lines
+
+
+def paired_markdown(rows: list[dict], targets: tuple[int, ...]) -> list[str]:
+    """The paired-comparison section of ``table1.md`` (lines), empty if no pair could be compared."""
+    entries = [e for e in paired_rows(rows, targets) if "diff_m" in e]
+    if not entries:
+        return []
+    by = {(e["against"], e["targets"]): e for e in entries}
+    methods = list(dict.fromkeys(e["against"] for e in entries))
+    lines = ["", f"Paired with {PROPOSED} on the same worlds: RMSE difference ({PROPOSED} minus the method, m) "
+             "with its paired 95 % bootstrap interval / RMSE ratio with its interval / median per-episode ratio / "
+             f"episodes where {PROPOSED} is better. A negative difference whose interval excludes 0 is a win.", "",
+             "| against | " + " | ".join(f"I = {n}" for n in targets) + " |", "|---|" + "---|" * len(targets)]
+    for method in methods:
+        cells = []
+        for num in targets:
+            e = by.get((method, num))
+            if e is None:
+                cells.append("-")
+                continue
+            lo, hi = e["diff_ci95_m"]
+            rlo, rhi = e["ratio_ci95"]
+            cells.append(f"{e['diff_m']:+.3f} [{lo:+.3f}, {hi:+.3f}] / x{e['ratio']:.2f} [{rlo:.2f}, {rhi:.2f}] / "
+                         f"x{e['median_episode_ratio']:.3f} / {e['better_episodes']} of {e['episodes']}")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -525,6 +628,7 @@ def markdown_table(profile: Profile, rows: list[dict]) -> str:
               "| method | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     for method in profile.methods:
         lines.append(f"| {method} | " + " | ".join(_fmt_tail(by[(method, n)]) for n in profile.targets) + " |")
+    lines += paired_markdown(rows, profile.targets)
     notes = {r["reason"] for r in rows if r["status"] == "not available"}
     lines += [f"- not available: {n}" for n in sorted(notes)]
     return "\n".join(lines) + "\n"
@@ -635,7 +739,8 @@ def reproduce(profile: Profile | str, out: str | Path | None = None, resume: boo
     table = {"profile": profile.name, "episodes": profile.episodes, "blocks": profile.blocks,
              "seed": profile.seed, "fidelity": profile.fidelity, "git_revision": git_revision(),
              "evaluation_world_seeds": manifest["evaluation_world_seeds"], "rows": rows,
-             "verdicts": verdicts(rows, profile.targets), "paper_table1_source": "the paper's Table 1 (printed values)",
+             "verdicts": verdicts(rows, profile.targets), "paired": paired_rows(rows, profile.targets),
+             "paper_table1_source": "the paper's Table 1 (printed values)",
              "cell_revisions": sorted({r["git_revision"] for r in rows if r.get("git_revision")})}
     write_json_atomic(table, out / "table1.json")
     (out / "table1.md").write_text(markdown_table(profile, rows))

@@ -191,6 +191,40 @@ def test_verdicts_say_where_the_proposed_method_loses():
     assert "LOSES to ekf-milp (0.500 m)" in line and "beats ekf-convex" in line and "ties with dgnn-l2o" in line
 
 
+def test_paired_verdict_sees_a_consistent_win_that_overlapping_marginal_intervals_hide():
+    """dgnn-ppo 5 % better than dgnn-milp in every one of 40 worlds whose difficulty varies 10x: the two
+    marginal intervals overlap (no claim), the paired interval of the difference excludes 0 ("beats")."""
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    base = rng.uniform(0.1, 1.0, 40)
+    seeds = list(range(40))
+
+    def row(method, per_episode, world_seeds=seeds):
+        per_episode = [float(x) for x in per_episode]
+        rmse = math.sqrt(sum(x * x for x in per_episode) / len(per_episode))
+        return {"method": method, "targets": 4, "status": "ok", "rmse_m": rmse,
+                "ci95_m": rep.bootstrap_ci95(per_episode), "rmse_per_episode_m": per_episode,
+                "world_seeds": world_seeds}
+
+    ppo, milp = row("dgnn-ppo", 0.95 * base), row("dgnn-milp", base)
+    assert ppo["ci95_m"][1] > milp["ci95_m"][0]  # marginal intervals overlap
+    (line,) = rep.verdicts([ppo, milp], (4,))
+    assert "beats dgnn-milp" in line and "unpaired" not in line
+    assert "x0.95" in line and "within 5 %: yes" in line and "better in 40 / 40" in line
+    (entry,) = rep.paired_rows([ppo, milp], (4,))
+    assert entry["diff_ci95_m"][1] < 0 and entry["median_episode_ratio"] == pytest.approx(0.95)
+    assert entry == rep.paired_rows([ppo, milp], (4,))[0]  # fixed seed: the same interval every time
+    # Other worlds: no pairing, the entry says why, the verdict falls back to overlap and says so.
+    other = row("dgnn-milp", base, world_seeds=[s + 1 for s in seeds])
+    (entry,) = rep.paired_rows([ppo, other], (4,))
+    assert "different world seeds" in entry["reason"] and "diff_m" not in entry
+    (line,) = rep.verdicts([ppo, other], (4,))
+    assert "ties with dgnn-milp" in line and "unpaired" in line
+    with pytest.raises(ConfigError, match="same episodes"):
+        rep.paired_comparison([0.1, 0.2], [0.1])
+
+
 def test_the_tail_summary_says_where_a_mean_comes_from():
     """One swapped episode decides a mean: the summary gives its median, its worst episode and the
     identity-free figures beside it, and the markdown carries them per method and I."""
