@@ -366,11 +366,12 @@ class _FrontEnd:
         buf = buf.reshape(5, *pshape)
         valid = valid.reshape(pshape)
         cov = cov.reshape(*pshape, 2, 2)
-        return [Measurements(assigned=pairs.assoc.copy(), detected=valid[e, ..., 0].copy(),
-                             range_m=buf[0, e, ..., 0].copy(), angle_rad=buf[1, e, ..., 0].copy(),
-                             snr_db=buf[2, e, ..., 0].copy(), cov=cov[e, ..., 0, :, :].copy(), block=block,
-                             peak_valid=valid[e], peak_range_m=buf[0, e], peak_angle_rad=buf[1, e],
-                             peak_snr_db=buf[2, e], peak_cov=cov[e])
+        # the world's own output: built valid, marked as validated (Measurements.trusted)
+        return [Measurements.trusted(assigned=pairs.assoc.copy(), detected=valid[e, ..., 0].copy(),
+                                     range_m=buf[0, e, ..., 0].copy(), angle_rad=buf[1, e, ..., 0].copy(),
+                                     snr_db=buf[2, e, ..., 0].copy(), cov=cov[e, ..., 0, :, :].copy(), block=block,
+                                     peak_valid=valid[e], peak_range_m=buf[0, e], peak_angle_rad=buf[1, e],
+                                     peak_snr_db=buf[2, e], peak_cov=cov[e])
                 for e, pairs in enumerate(batch.members)]
 
 

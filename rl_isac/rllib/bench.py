@@ -191,7 +191,7 @@ def _micro_breakdown(cfg, module, batch: int, steps: int = 40) -> dict:
     from rl_isac import vector_network
     from rl_isac.rllib import ar_numpy, observation
     from rl_isac.rllib.env import ISACMultiAgentEnv, step_envs
-    from rl_isac.tracking.window import OBS_KEYS, stack_observations
+    from rl_isac.tracking.window import OBS_KEYS, MeasurementWindow, stack_observations
 
     acc = {"env_step": 0.0, "env_world": 0.0, "window_push_ekf": 0.0, "observation": 0.0}
 
@@ -211,12 +211,16 @@ def _micro_breakdown(cfg, module, batch: int, steps: int = 40) -> dict:
         if batch == 1:  # step_envs of one env is its step (else the batched functions below)
             e.world.step = timed(e.world.step, "env_world")
             e._observation = timed(e._observation, "observation")
-        e.window.push = timed(e.window.push, "window_push_ekf")
-    # step_envs looks these up at each call: the batched world step and observations, timed
+        if batch == 1:
+            e.window.push = timed(e.window.push, "window_push_ekf")
+    # step_envs looks these up at each call: the batched world step, window push (batched EKF) and observations
     patched = [(vector_network, "step_networks"), (observation, "build_observations")]
     saved = [getattr(mod, name) for mod, name in patched]
     vector_network.step_networks = timed(saved[0], "env_world")
     observation.build_observations = timed(saved[1], "observation")
+    saved_push = MeasurementWindow.__dict__["push_many"]
+    if batch > 1:
+        MeasurementWindow.push_many = staticmethod(timed(saved_push.__func__, "window_push_ekf"))
     t_enc = t_dec = t_fwd = 0.0
     was_training = module.training
     module.train()  # as on a runner: RLlib flips eval()/train() around each exploration pass
@@ -252,6 +256,7 @@ def _micro_breakdown(cfg, module, batch: int, steps: int = 40) -> dict:
         module.train(was_training)
         for (mod, name), fn in zip(patched, saved):
             setattr(mod, name, fn)
+        MeasurementWindow.push_many = saved_push
     n = steps * batch
     res = {k: 1e3 * v / n for k, v in acc.items()}
     res["env_other"] = res["env_step"] - res["env_world"] - res["window_push_ekf"] - res["observation"]

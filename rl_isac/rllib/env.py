@@ -733,7 +733,8 @@ def step_envs(envs: list[ISACMultiAgentEnv], action_dicts: list[dict]) -> list[t
 
     For envs of one cluster and one scenario (an env runner's vector of envs): every action is checked first
     (a refused one raises before any env changes), then the worlds step together
-    (:func:`rl_isac.vector_network.step_networks`), each window is pushed (each env's own EKF), the PCRB
+    (:func:`rl_isac.vector_network.step_networks`), the windows are pushed together
+    (:meth:`~rl_isac.tracking.window.MeasurementWindow.push_many`: each env's own EKF, batched), the PCRB
     bookkeeping (:func:`_advance_pcrb_envs`) and the observations
     (:func:`rl_isac.rllib.observation.build_observations`) run once over all the envs' targets. Anything else
     (several clusters, mixed scenarios) steps env by env. Returns each env's ``(obs, rewards, terminateds,
@@ -754,8 +755,8 @@ def step_envs(envs: list[ISACMultiAgentEnv], action_dicts: list[dict]) -> list[t
                          np.concatenate([e._obs_builder.last_prior_info for e in envs])).reshape(len(envs), I)
     pres = [p._replace(fisher=float(c.sum(axis=-1))) for p, c in zip(pres, costs)]
     metas = step_networks([e.world for e in envs], assocs, beams, [e.window.anchor_next_m for e in envs])
-    for e, meas in zip(envs, metas):
-        e.window.push(meas)
+    MeasurementWindow.push_many([e.window for e in envs], metas)  # every env's EKF anchor in one batch
+    for e in envs:
         e._q += 1
     _advance_pcrb_envs(envs, assocs, beams, [p.headings for p in pres])
     results = [e._step_result(p, meas) for e, p, meas in zip(envs, pres, metas)]

@@ -4,7 +4,8 @@ RLlib 2.60 vectorises a ``MultiAgentEnv`` synchronously (``SyncVectorMultiAgentE
 each env's ``step``). :class:`ISACVectorEnv` is that vector env with one change: the envs that step (not the
 ones being auto-reset) step in one call of :func:`rl_isac.rllib.env.step_envs`, which runs the worlds
 (:func:`rl_isac.vector_network.step_networks`), the PCRB bookkeeping and the observations' pair geometry and
-Fisher information once over all the envs' targets; each env's window and EKF are pushed as before. The
+Fisher information once over all the envs' targets, and the windows' EKF anchors in one batched EKF update
+(:meth:`~rl_isac.tracking.window.MeasurementWindow.push_many`, :func:`rl_isac.tracking.ekf.update_many`). The
 same numbers as the loop, bit for bit (``tests/rllib/test_vector_env.py``): same observations, rewards,
 infos, world seeds and auto-resets, so a run with the same config and seed samples the same episodes.
 The auto-reset rule (``next_step``) and the returned containers are the parent's; the observations are not

@@ -27,12 +27,18 @@ target whose echo is masked or merged cannot take its neighbour's peak while the
 own track explains it better: the "gate lockout" of a per-pair gate (a stronger neighbour's
 echo accepted, the own echo then rejected for good) cannot start this way.
 
+Batched EKF (:func:`rl_isac.tracking.ekf.update_many`): the functions that compare peaks with tracks also take
+``x (N, I, 4)``, ``P (N, I, 4, 4)``, per peak the tracks of the peak's own estimator (the peaks of several
+estimators in one :class:`PeakSet`, :func:`collect_peaks_many`); every entry is then computed as with that
+estimator's ``x (I, 4)`` alone. :func:`merge_partners` needs one estimator's peaks.
+
 Pure numpy/scipy; no state. :class:`rl_isac.tracking.ekf.EKFEstimator` calls :func:`gnn_assign`
 every block; the window's EKF anchor and every EKF-based CU inherit it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -60,6 +66,8 @@ class PeakSet:
         range_only: ``(N,)`` bool, peaks whose angle is unusable (reported angle std above
             :data:`MAX_ANGLE_STD_RAD`: near a BS's endfire): only their range is compared and fused
             (a 1-D innovation, :func:`innovation_matrix`). ``None``: none.
+        env: ``(N,)`` int, for the peaks of several estimators' blocks in one set (the batched EKF,
+            :func:`collect_peaks_many`): the estimator each peak belongs to (peaks ordered by it), else ``None``.
     """
 
     bs: np.ndarray
@@ -70,6 +78,7 @@ class PeakSet:
     R: np.ndarray
     snr_db: np.ndarray
     range_only: np.ndarray | None = None
+    env: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.range_only is None:
@@ -125,13 +134,45 @@ def collect_peaks(meas, max_angle_std_rad: float | None = MAX_ANGLE_STD_RAD, kee
                    range_only=bad_angle[bs, label, peak])
 
 
+def collect_peaks_many(metas: list, max_angle_std_rad: float | None = MAX_ANGLE_STD_RAD,
+                       keep_range_only: bool = True) -> PeakSet:
+    """:func:`collect_peaks` of ``E`` blocks of one scenario (the batched EKF,
+    :func:`rl_isac.tracking.ekf.update_many`): the peaks of ``metas[0]``, then ``metas[1]``, ..., each in the order
+    :func:`collect_peaks` gives them, with the same values; ``env`` says whose peak it is, ``scan`` is offset to
+    ``e * M * I + bs * I + label`` (one scan id per pair and estimator)."""
+    if len(metas) == 1:
+        one = collect_peaks(metas[0], max_angle_std_rad, keep_range_only)
+        return dataclasses.replace(one, env=np.zeros(len(one), np.intp))
+    valid = np.stack([np.asarray(m.peak_valid, bool) for m in metas])  # (E, M, I, P)
+    cov = np.stack([np.asarray(m.peak_cov) for m in metas])
+    bad_angle = np.zeros(valid.shape, bool)
+    if max_angle_std_rad is not None:
+        bad_angle = cov[..., 1, 1] > max_angle_std_rad**2
+        if not keep_range_only:
+            valid = valid & ~bad_angle
+    env, bs, label, peak = np.nonzero(valid)
+    num_bs, num_targets = valid.shape[1:3]
+    rng = np.stack([np.asarray(m.peak_range_m) for m in metas])[env, bs, label, peak]
+    ang = np.stack([np.asarray(m.peak_angle_rad) for m in metas])[env, bs, label, peak]
+    snr = np.stack([np.asarray(m.peak_snr_db) for m in metas])[env, bs, label, peak]
+    return PeakSet(bs=bs, label=label, peak=peak, scan=(env * num_bs + bs) * num_targets + label,
+                   z=np.stack([rng, ang], axis=-1).reshape(-1, 2), R=cov[env, bs, label, peak].reshape(-1, 2, 2),
+                   snr_db=snr, range_only=bad_angle[env, bs, label, peak], env=env)
+
+
+def _positions_of_tracks(x: np.ndarray, rows=slice(None)) -> np.ndarray:
+    """Track positions against peaks: ``x (I, 4)`` (every peak against the same tracks) -> ``(1, I, 2)``;
+    ``x (N, I, 4)`` (per peak, the tracks of its own estimator: the batched EKF) -> ``(N, I, 2)`` (rows ``rows``)."""
+    return x[None, :, :2] if x.ndim == 2 else x[rows, :, :2]
+
+
 def _merge_cells(peaks: PeakSet, x: np.ndarray, bs_positions_m: np.ndarray, range_resolution_m: float,
                  beam_spacing_u: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``near (N, I)``: track ``i``'s prediction lies in peak ``n``'s resolution cell (closer than
     ``range_resolution_m`` in range and ``beam_spacing_u`` in ``u = cos(theta)`` from the peak's BS), and the
     predicted ranges ``(N, I)`` m and angles ``(N, I)`` rad from each peak's BS."""
     bs_pos = np.asarray(bs_positions_m, float)[peaks.bs]
-    delta = x[None, :, :2] - bs_pos[:, None, :]  # (N, I, 2)
+    delta = _positions_of_tracks(x) - bs_pos[:, None, :]  # (N, I, 2)
     r_pred = np.hypot(delta[..., 0], delta[..., 1])
     th_pred = np.arctan2(delta[..., 1], delta[..., 0])
     u_pred = np.cos(th_pred)
@@ -152,7 +193,7 @@ def merge_partners(peaks: PeakSet, x: np.ndarray, bs_positions_m: np.ndarray, ra
     :func:`rl_isac.tracking.ekf.update_merged` fuses it that way into both tracks.
     """
     out = np.full((len(peaks), 2), -1, np.int64)
-    if len(peaks) == 0 or len(x) < 2:
+    if len(peaks) == 0 or x.shape[-2] < 2:
         return out
     near, _, _ = _merge_cells(peaks, x, bs_positions_m, range_resolution_m, beam_spacing_u)
     for n in np.flatnonzero(near.sum(axis=1) == 2):
@@ -178,12 +219,12 @@ def same_beams(peaks: PeakSet, x: np.ndarray, bs_positions_m: np.ndarray, beam_s
     a range-only peak goes to its label's track only, and only where no other track's prediction lies in
     the same beams within two range cells of it (a range alone cannot tell two such tracks apart).
     """
-    ok = np.ones((len(peaks), len(x)), bool)
+    ok = np.ones((len(peaks), x.shape[-2]), bool)
     ro = np.flatnonzero(peaks.range_only)
     if ro.size == 0:
         return ok
     bs_pos = np.asarray(bs_positions_m, float)[peaks.bs[ro]]
-    delta = x[None, :, :2] - bs_pos[:, None, :]  # (n, I, 2)
+    delta = _positions_of_tracks(x, ro) - bs_pos[:, None, :]  # (n, I, 2)
     r = np.hypot(delta[..., 0], delta[..., 1])
     u = delta[..., 0] / np.maximum(r, 1e-9)
     u_label = u[np.arange(ro.size), peaks.label[ro]]
@@ -212,7 +253,7 @@ def widen_for_merges(peaks: PeakSet, x: np.ndarray, bs_positions_m: np.ndarray, 
     Returns:
         a new :class:`PeakSet` (``R`` widened where needed).
     """
-    if len(peaks) == 0 or len(x) < 2:
+    if len(peaks) == 0 or x.shape[-2] < 2:
         return peaks
     near, r_pred, th_pred = _merge_cells(peaks, x, bs_positions_m, range_resolution_m, beam_spacing_u)
     merged = near.sum(axis=1) >= 2
@@ -225,8 +266,7 @@ def widen_for_merges(peaks: PeakSet, x: np.ndarray, bs_positions_m: np.ndarray, 
         dth = np.ptp(np.unwrap(th_pred[n, idx]))
         R[n, 0, 0] += (0.5 * dr) ** 2
         R[n, 1, 1] += (0.5 * dth) ** 2
-    return PeakSet(bs=peaks.bs, label=peaks.label, peak=peaks.peak, scan=peaks.scan, z=peaks.z, R=R,
-                   snr_db=peaks.snr_db, range_only=peaks.range_only)
+    return dataclasses.replace(peaks, R=R)
 
 
 def innovation_matrix(x: np.ndarray, P: np.ndarray, peaks: PeakSet, bs_positions_m: np.ndarray
@@ -243,15 +283,16 @@ def innovation_matrix(x: np.ndarray, P: np.ndarray, peaks: PeakSet, bs_positions
     """
     num = len(peaks)
     if num == 0:
-        return np.zeros((0, len(x))), np.zeros((0, len(x)))
+        return np.zeros((0, x.shape[-2])), np.zeros((0, x.shape[-2]))
     bs_pos = np.asarray(bs_positions_m, float)[peaks.bs]  # (N, 2)
-    delta = x[None, :, :2] - bs_pos[:, None, :]  # (N, I, 2)
+    delta = _positions_of_tracks(x) - bs_pos[:, None, :]  # (N, I, 2)
     dx, dy = delta[..., 0], delta[..., 1]
     d2 = np.maximum(dx * dx + dy * dy, 1e-12)
     d = np.sqrt(d2)
     # H = [[dx/d, dy/d], [-dy/d^2, dx/d^2]] on the position (the velocity columns are 0).
     H = np.stack([np.stack([dx / d, dy / d], -1), np.stack([-dy / d2, dx / d2], -1)], -2)  # (N, I, 2, 2)
-    S = H @ P[None, :, :2, :2] @ np.swapaxes(H, -1, -2) + peaks.R[:, None]  # S = H P H^T + R
+    P_pos = P[None, :, :2, :2] if P.ndim == 3 else P[:, :, :2, :2]
+    S = H @ P_pos @ np.swapaxes(H, -1, -2) + peaks.R[:, None]  # S = H P H^T + R
     y = np.stack([peaks.z[:, None, 0] - d, peaks.z[:, None, 1] - np.arctan2(dy, dx)], -1)  # (N, I, 2)
     y[..., 1] = np.pi - np.mod(np.pi - y[..., 1], 2 * np.pi)  # wrap to (-pi, pi]
     det = S[..., 0, 0] * S[..., 1, 1] - S[..., 0, 1] * S[..., 1, 0]
@@ -309,7 +350,7 @@ def gnn_assign(x: np.ndarray, P: np.ndarray, peaks: PeakSet, bs_positions_m: np.
         gated &= allowed
     # -2 ln of the Gaussian likelihood: d2 + ln det S + dim ln(2 pi) (dim 1 for range-only peaks), + label prior
     dim = np.where(peaks.range_only, 1.0, 2.0)[:, None]
-    cost = nis + logdet + dim * LOG_2PI + other_target_cost * (np.arange(len(x))[None, :] != peaks.label[:, None])
+    cost = nis + logdet + dim * LOG_2PI + other_target_cost * (np.arange(x.shape[-2])[None, :] != peaks.label[:, None])
     cost = np.where(gated, cost, np.inf)
     # Scans with a single peak: its cheapest gated track (no conflict possible).
     order = np.argsort(peaks.scan, kind="stable")
@@ -356,6 +397,6 @@ ASSOCIATION_RULES = {"gnn": gnn_assign, "label": label_assign}
 
 __all__ = ["widen_for_merges", "merge_partners", "same_beams", "CHI2_GATE_999", "MAX_ANGLE_STD_RAD",
            "range_only_gate", "peak_gates",
-           "OTHER_TARGET_COST", "PeakSet", "collect_peaks",
+           "OTHER_TARGET_COST", "PeakSet", "collect_peaks", "collect_peaks_many",
            "innovation_matrix", "gnn_assign", "label_assign",
            "ASSOCIATION_RULES"]

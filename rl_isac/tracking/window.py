@@ -94,7 +94,7 @@ import numpy as np
 from rl_isac.errors import ConfigError, MeasurementError
 from rl_isac.physics.measurements import Measurements
 from rl_isac.scenario import ScenarioConfig
-from rl_isac.tracking.ekf import EKFEstimator
+from rl_isac.tracking.ekf import EKFEstimator, update_many
 
 FEATURE_NAMES: tuple[str, ...] = (
     "detected", "assigned", "range", "angle", "rel_x", "rel_y", "res_x", "res_y",
@@ -275,21 +275,37 @@ class MeasurementWindow:
         Shapes:
             meas: arrays ``(M, I)`` for this scenario.
         """
-        self._require_reset()
-        if meas.assigned.shape != (self.num_bs, self.num_targets):
-            raise MeasurementError(f"measurements have shape {meas.assigned.shape}, the window expects "
-                                   f"({self.num_bs}, {self.num_targets})")
-        if self._ekf is not None:
-            u_hat, u_next = self._ekf.update(meas)
-            self._anchor_m, self._anchor_next_m = u_hat, u_next
-            self._anchor_var_m2 = np.trace(self._ekf.covariance[:, :2, :2], axis1=-2, axis2=-1)
-            measured = meas.detected.any(axis=0)
-        else:
-            measured = self._update_measurement_anchor(meas)
-            self._anchor_next_m = self._anchor_m.copy()
-        self._anchor_age = np.where(measured, 0, np.minimum(self._anchor_age + 1, _AGE_CAP_BLOCKS))
-        self._blocks.append(meas)
-        self._cached.append(self.anchor_free_features(meas))
+        MeasurementWindow.push_many([self], [meas])
+
+    @staticmethod
+    def push_many(windows: list[MeasurementWindow], metas: list[Measurements]) -> None:
+        """``[w.push(m) for w, m in zip(windows, metas)]`` with the same numbers, the EKF anchors of all windows
+        updated in one batch (:func:`rl_isac.tracking.ekf.update_many`: an env runner's lockstep envs).
+        Every window and block is checked before any window changes; :meth:`push` is this with one window.
+
+        Shapes:
+            each ``meas``: arrays ``(M, I)`` of its window's scenario.
+        """
+        if len(windows) != len(metas):
+            raise ValueError(f"{len(windows)} windows but {len(metas)} measurements")
+        for win, meas in zip(windows, metas):
+            win._require_reset()
+            if meas.assigned.shape != (win.num_bs, win.num_targets):
+                raise MeasurementError(f"measurements have shape {meas.assigned.shape}, the window expects "
+                                       f"({win.num_bs}, {win.num_targets})")
+        ekf = [k for k, win in enumerate(windows) if win._ekf is not None]
+        results = dict(zip(ekf, update_many([windows[k]._ekf for k in ekf], [metas[k] for k in ekf])))
+        for k, (win, meas) in enumerate(zip(windows, metas)):
+            if k in results:
+                win._anchor_m, win._anchor_next_m = results[k]
+                win._anchor_var_m2 = np.trace(win._ekf._P[:, :2, :2], axis1=-2, axis2=-1)
+                measured = meas.detected.any(axis=0)
+            else:
+                measured = win._update_measurement_anchor(meas)
+                win._anchor_next_m = win._anchor_m.copy()
+            win._anchor_age = np.where(measured, 0, np.minimum(win._anchor_age + 1, _AGE_CAP_BLOCKS))
+            win._blocks.append(meas)
+            win._cached.append(win.anchor_free_features(meas))
 
     def _update_measurement_anchor(self, meas: Measurements) -> np.ndarray:
         """Iterated EKF update of the position-only anchors; returns which targets were updated ``(I,)``."""
