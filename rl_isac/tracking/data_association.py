@@ -352,19 +352,19 @@ def gnn_assign(x: np.ndarray, P: np.ndarray, peaks: PeakSet, bs_positions_m: np.
     dim = np.where(peaks.range_only, 1.0, 2.0)[:, None]
     cost = nis + logdet + dim * LOG_2PI + other_target_cost * (np.arange(x.shape[-2])[None, :] != peaks.label[:, None])
     cost = np.where(gated, cost, np.inf)
-    # Scans with a single peak: its cheapest gated track (no conflict possible).
+    # Scans with a single peak: its cheapest gated track (no conflict possible), all such scans at once.
     order = np.argsort(peaks.scan, kind="stable")
     _, first, counts = np.unique(peaks.scan[order], return_index=True, return_counts=True)
+    single = order[first[counts == 1]]
+    if single.size:
+        j = np.argmin(cost[single], axis=1)
+        ok = np.isfinite(cost[single, j])
+        track[single[ok]] = j[ok]
+        nis_out[single[ok]] = nis[single[ok], j[ok]]
     big = 1e12
-    for start, count in zip(first, counts):
+    for start, count in zip(first[counts > 1], counts[counts > 1]):
         rows = order[start:start + count]
         sub = cost[rows]
-        if count == 1:
-            j = int(np.argmin(sub[0]))
-            if np.isfinite(sub[0, j]):
-                track[rows[0]] = j
-                nis_out[rows[0]] = nis[rows[0], j]
-            continue
         finite = np.isfinite(sub)
         if not finite.any():
             continue

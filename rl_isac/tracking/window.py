@@ -295,6 +295,13 @@ class MeasurementWindow:
                                        f"({win.num_bs}, {win.num_targets})")
         ekf = [k for k, win in enumerate(windows) if win._ekf is not None]
         results = dict(zip(ekf, update_many([windows[k]._ekf for k in ekf], [metas[k] for k in ekf])))
+        first = windows[0]
+        if len(windows) > 1 and all(w.cfg is first.cfg and w.residual_scale_m == first.residual_scale_m
+                                    for w in windows):  # one scenario: the cached features of all blocks at once
+            feats, implied, det = first.anchor_free_features(metas)
+            cached = list(zip(feats, implied, det))
+        else:
+            cached = [win.anchor_free_features(meas) for win, meas in zip(windows, metas)]
         for k, (win, meas) in enumerate(zip(windows, metas)):
             if k in results:
                 win._anchor_m, win._anchor_next_m = results[k]
@@ -305,7 +312,7 @@ class MeasurementWindow:
                 win._anchor_next_m = win._anchor_m.copy()
             win._anchor_age = np.where(measured, 0, np.minimum(win._anchor_age + 1, _AGE_CAP_BLOCKS))
             win._blocks.append(meas)
-            win._cached.append(win.anchor_free_features(meas))
+            win._cached.append(cached[k])
 
     def _update_measurement_anchor(self, meas: Measurements) -> np.ndarray:
         """Iterated EKF update of the position-only anchors; returns which targets were updated ``(I,)``."""
@@ -346,33 +353,41 @@ class MeasurementWindow:
         return has
 
     # ------------------------------------------------------------------ arrays
-    def anchor_free_features(self, meas: Measurements) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def anchor_free_features(self, meas: Measurements | list[Measurements]
+                             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The part of :meth:`block_features` that does not depend on the anchors, computed once per block
         (the window caches it at :meth:`push`; a caller featurising the same block against changing anchors can
         cache it too and use :meth:`features_against_anchors`).
 
         Returns:
             ``features (M, I, F)`` float32 with the residual channels ``res_x``, ``res_y`` left 0,
-            ``implied (M, I, 2)`` float64 (``p_m + d_hat [cos, sin]``, metres) and ``detected (M, I)`` bool.
+            ``implied (M, I, 2)`` float64 (``p_m + d_hat [cos, sin]``, metres) and ``detected (M, I)`` bool;
+            for a list of ``n`` blocks of this scenario (:meth:`push_many`), the same with a leading ``n`` axis
+            (every entry computed as for its block alone).
         """
-        det = np.asarray(meas.detected, dtype=bool)
-        d, t = meas.range_m, meas.angle_rad
+        many = isinstance(meas, list)
+        fields = ("detected", "assigned", "range_m", "angle_rad", "cov", "snr_db")
+        det, assigned, d, t, cov, snr = ([np.asarray(getattr(m, f)) for m in meas] if many else getattr(meas, f)
+                                         for f in fields)
+        if many:
+            det, assigned, d, t, cov, snr = (np.stack(v) for v in (det, assigned, d, t, cov, snr))
+        det = np.asarray(det, dtype=bool)
         c, s = np.cos(t), np.sin(t)
-        out = np.zeros((self.num_bs, self.num_targets, NUM_FEATURES))
+        out = np.zeros((*d.shape, NUM_FEATURES))
         out[..., 0] = det
-        out[..., 1] = meas.assigned
+        out[..., 1] = assigned
         out[..., 2] = d / self.range_scale_m
         out[..., 3] = t / np.pi
         out[..., 4] = d * c / self.position_scale_m
         out[..., 5] = d * s / self.position_scale_m
         implied = self.bs_positions_m[:, None, :] + d[..., None] * np.stack([c, s], axis=-1)
-        std_r = np.sqrt(np.maximum(meas.cov[..., 0, 0], _MIN_STD**2))
-        std_t = np.sqrt(np.maximum(meas.cov[..., 1, 1], _MIN_STD**2))
+        std_r = np.sqrt(np.maximum(cov[..., 0, 0], _MIN_STD**2))
+        std_t = np.sqrt(np.maximum(cov[..., 1, 1], _MIN_STD**2))
         out[..., 8] = np.log10(std_r)
         out[..., 9] = np.log10(std_t)
         out[..., 10] = np.log10(np.maximum(d * std_t, _MIN_STD))
         out[..., 2:11] = np.where(det[..., None], out[..., 2:11], 0.0)
-        out[..., 11] = np.where(meas.assigned, meas.snr_db / SNR_SCALE_DB, 0.0)
+        out[..., 11] = np.where(assigned, snr / SNR_SCALE_DB, 0.0)
         return out.astype(np.float32), implied, det
 
     def _residual_features(self, implied_m: np.ndarray, detected: np.ndarray) -> np.ndarray:
