@@ -147,7 +147,8 @@ def build_observations(builders: list[ObservationBuilder], windows: list[Measure
     The pair geometry, the beams toward the predictions, the pair Fisher information and the
     :func:`info_features` run once over all the envs' targets (concatenated along the target axis: every
     one of them is per target, so each env gets the same numbers, bit for bit, as its own ``build``; a test
-    checks it); the windows' arrays are each window's own. Builders with the detection or MILP key build
+    checks it); the windows' arrays come from :meth:`~rl_isac.tracking.window.MeasurementWindow.as_arrays_many`
+    (the same entries as each window's ``as_arrays``). Builders with the detection or MILP key build
     one by one. Sets each builder's ``last_info`` / ``last_prior_info`` as ``build`` does.
     """
     first = builders[0]
@@ -155,7 +156,7 @@ def build_observations(builders: list[ObservationBuilder], windows: list[Measure
     if len(builders) == 1 or any(b.detection or b.milp or (b.cfg is not cfg and b.cfg != cfg) for b in builders):
         return [b.build(w, q, num_blocks) for b, w, q in zip(builders, windows, blocks)]
     I = cfg.num_targets
-    obs = [w.as_arrays() for w in windows]
+    obs = MeasurementWindow.as_arrays_many(windows)  # the windows' residual channels in one pass
     pred = np.concatenate([w.anchor_next_m for w in windows])                          # (E I, 2)
     range_m, angle = geometry(first.bs_positions_m, pred)                              # (M, E I)
     beams = beams_toward(np.cos(angle), cfg.codebook_size, cfg.num_tracking_symbols)

@@ -437,6 +437,36 @@ class MeasurementWindow:
             # residual channels are taken against the current anchors, for all held blocks at once
             feats[W - n:] = self.features_against_anchors(list(self._cached))
             valid[W - n:] = 1.0
+        return self._arrays(feats, valid)
+
+    @staticmethod
+    def as_arrays_many(windows: list[MeasurementWindow]) -> list[dict[str, np.ndarray]]:
+        """``[w.as_arrays() for w in windows]`` with the same entries; windows of one scenario holding the same
+        number of blocks (an env runner's lockstep envs) take their residual channels in one pass."""
+        first = windows[0]
+        n = len(first._blocks)
+        if len(windows) == 1 or n == 0 or any(w.cfg is not first.cfg or w.residual_scale_m != first.residual_scale_m
+                                              or len(w._blocks) != n for w in windows):
+            return [w.as_arrays() for w in windows]
+        for w in windows:
+            w._require_reset()
+        E, W, M, I = len(windows), first.window, first.num_bs, first.num_targets
+        cached = [c for w in windows for c in w._cached]
+        feats = np.zeros((E, W, M, I, NUM_FEATURES), dtype=np.float32)
+        held = np.stack([c[0] for c in cached]).reshape(E, n, M, I, NUM_FEATURES)
+        implied = np.stack([c[1] for c in cached]).reshape(E, n, M, I, 2)
+        det = np.stack([c[2] for c in cached]).reshape(E, n, M, I)
+        anchors = np.stack([w._anchor_m for w in windows])[:, None, None]                      # (E, 1, 1, I, 2)
+        res = (implied - anchors) / first.residual_scale_m  # as _residual_features, per window
+        held[..., 6:8] = np.where(det[..., None], np.clip(res, -RESIDUAL_CLIP, RESIDUAL_CLIP), 0.0)
+        feats[:, W - n:] = held
+        valid = np.zeros(W, dtype=np.float32)
+        valid[W - n:] = 1.0
+        return [w._arrays(feats[e], valid.copy()) for e, w in enumerate(windows)]
+
+    def _arrays(self, feats: np.ndarray, valid: np.ndarray) -> dict[str, np.ndarray]:
+        """:meth:`as_arrays` from its ``features`` and ``block_valid``."""
+        W = self.window
         return {
             "features": feats,
             "block_valid": valid,

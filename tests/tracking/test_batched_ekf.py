@@ -95,9 +95,9 @@ def test_push_many_is_the_loop_of_pushes_and_a_refused_block_changes_no_window()
         for w, m in zip(ref, metas):
             w.push(m)
         MeasurementWindow.push_many(new, metas)
-        for a, b in zip(ref, new):
-            oa, ob = a.as_arrays(), b.as_arrays()
-            assert all(np.array_equal(oa[k], ob[k]) for k in oa)
+        for a, b, ob in zip(ref, new, MeasurementWindow.as_arrays_many(new)):
+            oa = a.as_arrays()
+            assert set(oa) == set(ob) and all(np.array_equal(oa[k], ob[k]) and oa[k].dtype == ob[k].dtype for k in oa)
             _same_state(a._ekf, b._ekf)
     # the last window's block is foreign and invalid: nothing changes in any window
     det = metas[2].detected.copy()
