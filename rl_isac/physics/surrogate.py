@@ -27,7 +27,11 @@ Model, per assigned pair with true range ``d``, ``u = cos(theta)`` and beams:
   may be the neighbour's echo, as at the signal level.
 
 Not modelled: interference from the other RF chain (below ``1/L`` after matched filtering),
-and ML outliers at low SNR.
+ML outliers at low SNR, and the rival angle mode of a target at the edge of the swept beams
+(:meth:`rl_isac.physics.estimation.PairEstimator.estimate_peaks`: at the signal level the ML
+angle there is the wrong one of two near-equal maxima in ~15 % of such blocks whatever the SNR,
+and its covariance is widened to cover both). A policy trained on the surrogate never sees those;
+the surrogate-signal gap of ``results/ppo_table.md`` includes them.
 
 Random draws per call, in this order: the RCS phases ``U(0, 2 pi) (P,)``, then one vector of
 ``N(0, 1)``: the real and the imaginary parts of the noise of ``c`` ``(P, K)`` each, and the
