@@ -36,7 +36,8 @@ Track-holding metrics (issue 7), all against the truth:
   the other targets only (the part of the loss a tracker can be blamed for);
 * identity-free figures (as OSPA/GOSPA separate localisation from labelling): each block the estimates are
   matched to the true positions by the assignment of least squared error (whatever their labels), and
-  ``rmse_unlabelled_m`` / ``lost_fraction_unlabelled`` are ``rmse_m`` / ``lost_fraction`` of that matching.
+  ``rmse_unlabelled_m`` / ``lost_fraction_unlabelled`` / ``rmse_unlabelled_per_episode_m`` are ``rmse_m`` /
+  ``lost_fraction`` / ``rmse_per_episode_m`` of that matching.
   ``lost_fraction - lost_fraction_unlabelled`` is the part of the loss that is a swap of identities (every
   target still has a track on it), the rest targets no track follows;
 * NIS calibration: ``meas_nis_outside_fraction``, the fraction of valid peaks whose normalised
@@ -298,6 +299,7 @@ def evaluate(method: str, targets: int = 4, episodes: int = 10, blocks: int = 10
         "meas_nis_outside_fraction": float(sum(r["peaks_outside"] for r in results) / max(peaks, 1)),
         "pred_nis_outside_fraction": float(np.mean(np.concatenate(pred) > NIS_GATE)) if pred else None,
         "rmse_per_episode_m": np.sqrt(sq.mean(axis=(1, 2))).tolist(),
+        "rmse_unlabelled_per_episode_m": np.sqrt(squ.mean(axis=(1, 2))).tolist(),
         "decision_ms_p50": float(np.percentile(dec_ms, 50)),
         "decision_ms_p99": float(np.percentile(dec_ms, 99)),
         "world_seeds": seeds,

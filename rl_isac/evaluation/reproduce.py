@@ -281,6 +281,10 @@ def paired_rows(rows: list[dict], targets: tuple[int, ...], reference: str = PRO
                 entry["reason"] = "the two cells were evaluated on different world seeds"
             else:
                 entry.update(paired_comparison(ref["rmse_per_episode_m"], r["rmse_per_episode_m"]))
+                if ref.get("rmse_unlabelled_per_episode_m") and r.get("rmse_unlabelled_per_episode_m"):
+                    # The same on identity-free errors (a swap of two identities does not count).
+                    entry["unlabelled"] = paired_comparison(ref["rmse_unlabelled_per_episode_m"],
+                                                            r["rmse_unlabelled_per_episode_m"])
             out.append(entry)
     return out
 
@@ -492,6 +496,7 @@ def table_rows(profile: Profile, cells: dict[tuple[str, int], dict], unavailable
                                episodes=r["episodes"], blocks=r["blocks"], missed_fraction=r["missed_fraction"],
                                decision_ms_p50=r["decision_ms_p50"], git_revision=rec["git_revision"],
                                rmse_per_episode_m=r["rmse_per_episode_m"], world_seeds=r.get("world_seeds"),
+                               rmse_unlabelled_per_episode_m=r.get("rmse_unlabelled_per_episode_m"),
                                **tail_summary(r))
             rows.append(row)
     return rows
@@ -560,7 +565,13 @@ def verdicts(rows: list[dict], targets: tuple[int, ...]) -> list[str]:
             lo, hi = milp["ratio_ci95"]
             line += (f" Against dgnn-milp: x{milp['ratio']:.2f} [{lo:.2f}, {hi:.2f}], within 5 %: "
                      f"{'yes' if hi <= 1.05 else 'not shown'}; median episode x{milp['median_episode_ratio']:.3f}, "
-                     f"better in {milp['better_episodes']} / {milp['episodes']} episodes.")
+                     f"better in {milp['better_episodes']} / {milp['episodes']} episodes")
+            free = milp.get("unlabelled")
+            if free is not None:
+                flo, fhi = free["ratio_ci95"]
+                line += (f"; identity-free x{free['ratio']:.2f} [{flo:.2f}, {fhi:.2f}], within 5 %: "
+                         f"{'yes' if fhi <= 1.05 else 'not shown'}")
+            line += "."
         lines.append(line)
     return lines
 

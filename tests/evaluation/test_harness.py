@@ -185,5 +185,8 @@ def test_track_metrics_are_in_the_result_and_the_summary():
     assert r["track_losses"] >= r["never_reacquired"] >= 0 and r["track_swaps"] >= 0
     assert r["acquisition_ambiguous_targets"] >= 0 and 0 <= r["lost_fraction_unambiguous"] <= 1
     assert r["rmse_unlabelled_m"] <= r["rmse_m"] + 1e-12 and 0 <= r["lost_fraction_unlabelled"] <= 1
+    per_episode = np.asarray(r["rmse_unlabelled_per_episode_m"])
+    assert per_episode.shape == (2,) and np.all(per_episode <= np.asarray(r["rmse_per_episode_m"]) + 1e-12)
+    assert np.sqrt(np.mean(per_episode**2)) == pytest.approx(r["rmse_unlabelled_m"])
     assert 0 <= r["meas_nis_outside_fraction"] < 0.05 and 0 <= r["pred_nis_outside_fraction"] < 0.05
     assert "swaps" in summary_table([r]) and "nis_z" in summary_table([r])

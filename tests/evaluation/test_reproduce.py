@@ -223,6 +223,11 @@ def test_paired_verdict_sees_a_consistent_win_that_overlapping_marginal_interval
     assert "ties with dgnn-milp" in line and "unpaired" in line
     with pytest.raises(ConfigError, match="same episodes"):
         rep.paired_comparison([0.1, 0.2], [0.1])
+    # With identity-free per-episode RMSEs the same comparison is made on them too.
+    ppo["rmse_unlabelled_per_episode_m"], milp["rmse_unlabelled_per_episode_m"] = list(0.5 * base), list(0.5 * base)
+    (entry,) = rep.paired_rows([ppo, milp], (4,))
+    assert entry["unlabelled"]["ratio"] == pytest.approx(1.0)
+    assert "identity-free x1.00" in rep.verdicts([ppo, milp], (4,))[0]
 
 
 def test_the_tail_summary_says_where_a_mean_comes_from():
