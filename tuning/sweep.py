@@ -2,7 +2,7 @@
 
 How to run
 ----------
-On this 2-core machine (a 4-trial sweep at I = 4, fractional CPUs so a trial fits twice)::
+On this 2-core machine (a 4-trial sweep at I = 4, one trial at a time: reproducible, see below)::
 
     .venv/bin/python tuning/sweep.py --targets 4 --trials 4 --iterations 6 --eval-every 2 \\
         --env-runners 1 --cpus-per-env-runner 0.5 --learner-cpus 0.5 --main-cpus 0.5
@@ -12,6 +12,7 @@ On a cluster (cluster/README.md), the same script with other arguments only::
     ray submit cluster/config.yaml tuning/sweep.py -- --address auto --targets 4 6 8 --trials 32 \\
         --iterations 50 --env-runners 8 --cpus-per-env-runner 1 --learner-cpus 1 --learner-gpus 1 \\
         --main-cpus 1 --eval-episodes 10 --eval-blocks 100 --max-concurrent 8 --assume-autoscaling
+        # 8 trials at once: faster, ASHA's stops then depend on the order of reports (Reproducibility)
 
 An interrupted sweep continues with the same command plus ``--restore`` (``Tuner.restore``).
 ``--describe`` prints the search space (tuning/search_space.py) with its ranges and reasons.
@@ -31,11 +32,41 @@ world seeds (:func:`rl_isac.seeds.training_world_seed` with split 1): the harnes
 seeds are never tuned on. Lower is better; it is reported every ``--eval-every`` iterations (the
 training return at every iteration beside it), and ASHA stops trials on it.
 
+Trials with ``warm_start`` behaviour-clone ``bc_expert`` first, exactly as ``rl-isac train`` does
+(:func:`rl_isac.training.ppo.warm_start`; ``--bc-episodes`` sets ``bc_episodes`` for every trial); the cloned
+weights reach the learner and every env runner through Ray. (Before 2026-12-02 the sweep sampled
+``warm_start`` and ``dagger_rounds`` but never ran the warm start: earlier tables' trials all started from
+the phase-1 encoder alone.)
+
 Resources per trial are explicit (env runners, CPUs per runner, learner CPUs/GPUs, main-process
 CPUs); the bundles come from RLlib's own ``PPO.default_resource_request`` for exactly that layout.
-``max_concurrent_trials`` is how many such trials first-fit onto the nodes Ray reports (or
-``--max-concurrent``); a trial that fits on no node is an error naming what was asked and what
-exists, instead of a trial left PENDING forever.
+By default one trial runs at a time (reproducible, below); ``--parallel`` runs as many as first-fit onto
+the nodes Ray reports, ``--max-concurrent N`` exactly N. A trial that fits on no node is an error naming
+what was asked and what exists, instead of a trial left PENDING forever.
+
+Reproducibility
+---------------
+The same command (same seed, same revision) gives the same table: every trial's config, the iteration
+ASHA stopped it at, and every reported number (``tests/tuning/test_sweep_reproducible.py`` runs a tiny
+sweep twice). Two things made that false before 2026-12-02, both measured on ``results/sweep``'s command:
+
+* The trials' own training was not deterministic. RLlib's env pre-check (``disable_env_checking=False``,
+  RLlib's default) resets every env and steps it once with an *unseeded* random action; with
+  ``reward_normalize`` the env's running return std keeps that step, so from its 100th step on every
+  normalised reward differs between runs (with ``reward="mse"`` the step's reward is exactly 0, block 0 being
+  unscored, so those trials happened to reproduce). The third trial of ``results/sweep`` (``mix``, normalised)
+  was stopped by ASHA at iteration 2 in both runs and reported 0.2884 and 0.2630 there; the same config,
+  trained alone twice for 2 iterations, gave 0.446 and 0.334, and with the check off 0.2596 twice,
+  bit-identical weights. The sweep turns the check off for its trials.
+* ASHA is asynchronous: a trial reaching a rung is compared with whatever the *other* trials have recorded
+  there so far, so with several trials at once the stop point (and, past Optuna's 10 random startup trials,
+  the TPE's next suggestions) depends on wall-clock order. One trial at a time removes that dependence
+  (each trial is judged against all earlier ones, in Optuna's order); on this 2-core machine it costs about
+  the difference between 1 and 2 trials in parallel. ``--parallel`` / ``--max-concurrent N > 1`` trade that
+  for speed on a cluster: such a sweep's stop points may differ between reruns (the summary says which mode ran).
+
+Left as is: on a cluster, a GPU learner (CUDA kernels) need not be bit-reproducible; trials' timing figures
+(wall time, ``perf/*``) are measurements, never reproducible.
 """
 
 from __future__ import annotations
@@ -248,6 +279,58 @@ def ppo_trial(config: dict[str, Any], settings: SweepSettings) -> None:
         raise RuntimeError(f"{type(exc).__name__}: {exc}") from None
 
 
+def behaviour_clone_state(train_cfg, env_config: dict, dgnn: dict, settings: SweepSettings) -> dict:
+    """The warm-started module's state dict of a trial with ``warm_start`` (:func:`rl_isac.training.ppo.warm_start`,
+    exactly what ``rl-isac train`` runs with ``warm_start: true``: behaviour cloning of ``bc_expert`` on
+    ``bc_episodes`` training episodes, ``dagger_rounds`` DAgger rounds, the critic fitted on the expert's returns)."""
+    import tempfile
+
+    import torch
+
+    from rl_isac.training.ppo import warm_start
+
+    run = {"env_config": env_config, "seed": settings.seed, "dgnn": dgnn, "pretrained": settings.pretrained}
+    with tempfile.TemporaryDirectory() as d:
+        path = str(Path(d) / "warm_start.pt")
+        warm_start(run, train_cfg, str(Path(settings.pretrained) / "model.pt"), path, echo=lambda *a, **k: None)
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_module_state(algo, state: dict) -> None:
+    """Load a ``cu_policy`` state dict into every learner's module and every env runner's, and check it arrived.
+
+    The weights travel through Ray (not a file path in ``model_config``, which env runners or a GPU learner
+    on other nodes could not read); the learners' optimizers keep their parameters (loaded in place). Each
+    env runner loads its own (possibly inference-only) subset synchronously and sends it back: RLlib's
+    ``sync_weights`` is fire-and-forget and may drop a request while another is in flight, which left some
+    trials' first iteration sampled with the untrained actor (measured: two identical runs differed)."""
+    import numpy as np
+
+    from rl_isac.rllib.callbacks import MODULE_ID
+
+    def load(learner) -> None:
+        learner.module[MODULE_ID].load_state_dict(state)
+
+    for result in algo.learner_group.foreach_learner(load):
+        if not result.ok:  # a remote learner's error comes back as a value: raise it
+            raise result.get()
+
+    def load_runner(runner) -> dict:
+        module = runner.module[MODULE_ID]
+        module.load_state_dict({k: state[k] for k in module.state_dict()}, strict=True)
+        return {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
+
+    group = algo.env_runner_group
+    loaded = group.foreach_env_runner(load_runner, local_env_runner=True)
+    expected = group.num_remote_env_runners() + (group.local_env_runner is not None)
+    if len(loaded) != expected:
+        raise RuntimeError(f"warm start: {len(loaded)} of {expected} env runners confirmed the cloned weights")
+    for got in loaded:
+        wrong = [k for k, v in got.items() if not np.array_equal(v, state[k].detach().cpu().numpy())]
+        if wrong:
+            raise RuntimeError(f"warm start: an env runner holds other weights than the clone for {wrong[:5]}")
+
+
 def _run_trial(config: dict[str, Any], settings: SweepSettings) -> None:
     import json
     import tempfile
@@ -264,13 +347,24 @@ def _run_trial(config: dict[str, Any], settings: SweepSettings) -> None:
     num = settings.targets
     configs = check_pretrained(settings.pretrained, ScenarioConfig.paper(num, fidelity=train_cfg.fidelity,
                                                                          num_blocks=train_cfg.blocks))
-    algo_cfg = build_ppo_config(train_cfg, env_config_for(train_cfg, num, settings.seed), configs["dgnn"].to_dict(),
-                                str(Path(settings.pretrained) / "model.pt"), settings.seed)
+    env_config = env_config_for(train_cfg, num, settings.seed)
+    dgnn_weights = str(Path(settings.pretrained) / "model.pt")
+    restored = tune.get_checkpoint()
+    # The warm start, as `rl-isac train` runs it (before the algorithm is built); a restored trial's
+    # checkpoint already holds the module it led to.
+    warm = (behaviour_clone_state(train_cfg, env_config, configs["dgnn"].to_dict(), settings)
+            if train_cfg.warm_start and restored is None else None)
+    algo_cfg = build_ppo_config(train_cfg, env_config, configs["dgnn"].to_dict(), dgnn_weights, settings.seed)
+    # RLlib's env pre-check steps every env once with an unseeded random action; with reward_normalize the
+    # env's running return std keeps that step, so two identical trials would train differently (module
+    # docstring, "Reproducibility"). Our env has its own tests: skip the check.
+    algo_cfg = algo_cfg.environment(disable_env_checking=True)
     algo = settings.resources.apply(algo_cfg).build_algo()
+    if warm is not None:
+        load_module_state(algo, warm)
     eval_cfg = ScenarioConfig.preset("paper", num_targets=num, fidelity=settings.eval_fidelity).replace(
         num_blocks=settings.eval_blocks)
     start = 0
-    restored = tune.get_checkpoint()
     if restored is not None:
         with restored.as_directory() as d:
             algo.restore_from_path(str(Path(d) / "algo"))
@@ -319,15 +413,19 @@ def write_preset(preset: dict[str, Any], path: Path, header: list[str]) -> None:
     tmp.replace(path)
 
 
-def summary_header(args, rows: list[dict[str, Any]], walls: dict[int, float]) -> str:
+def summary_header(args, rows: list[dict[str, Any]], walls: dict[int, float], concurrent: int | None = None) -> str:
     """The lines above the summary table: what ran (the command line, the git revision), how long each I took
-    and how many of its trials errored, and what the metric is (measured, never typed)."""
+    and how many of its trials errored, how many ran at once (1: reproducible), and what the metric is (measured,
+    never typed)."""
     from rl_isac.evaluation.harness import git_revision
 
     command = " ".join(["tuning/sweep.py", *getattr(args, "argv", [])])
     per_i = "; ".join(f"I = {num}: {sum(r['targets'] == num for r in rows)} trials in {wall:.0f} s, "
                       f"{sum(r['targets'] == num and bool(r['error']) for r in rows)} errored"
                       for num, wall in walls.items())
+    if concurrent is not None:
+        per_i += (". One trial at a time (reproducible: the same command gives the same table)" if concurrent == 1
+                  else f". {concurrent} concurrent trials (ASHA's stops depend on the order of their reports)")
     return (f"# PPO sweep (Ray Tune + OptunaSearch + ASHA), I = {', '.join(str(n) for n in walls)}\n\n"
             f"Command: `{command}` at revision {git_revision()}. {per_i}. Metric {METRIC} (m, lower is better) on "
             f"validation worlds (training-side seeds, never evaluation seeds); `best-I<I>.yaml` is the best trial's "
@@ -363,13 +461,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-fidelity", default="signal", help="validation world fidelity (default signal)")
     p.add_argument("--train-batch-size", type=int, help="PPO train batch in env steps (default PPOTrainConfig's)")
     p.add_argument("--train-blocks", type=int, help="blocks per training episode (default PPOTrainConfig's)")
+    p.add_argument("--bc-episodes", type=int,
+                   help="warm-start expert episodes of trials with warm_start (default PPOTrainConfig's)")
     p.add_argument("--env-runners", type=int, default=1)
     p.add_argument("--cpus-per-env-runner", type=float, default=0.5)
     p.add_argument("--envs-per-env-runner", type=int, default=8)
     p.add_argument("--learner-cpus", type=float, default=0.5)
     p.add_argument("--learner-gpus", type=float, default=0.0)
     p.add_argument("--main-cpus", type=float, default=0.5)
-    p.add_argument("--max-concurrent", type=int, help="concurrent trials (default: derived from the cluster)")
+    p.add_argument("--max-concurrent", type=int,
+                   help="concurrent trials (default 1, reproducible; with --parallel: derived from the cluster)")
+    p.add_argument("--parallel", action="store_true",
+                   help="run as many trials at once as fit on the cluster's nodes: faster, but ASHA's stop decisions "
+                        "then depend on the order in which concurrent trials report (see the module docstring)")
     p.add_argument("--assume-autoscaling", action="store_true",
                    help="with --max-concurrent: do not check placement on the nodes running now (an autoscaler "
                         "adds nodes on demand)")
@@ -385,7 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_concurrency(args, resources: TrialResources, nodes: list[dict[str, float]]) -> int:
-    """``max_concurrent_trials``: ``--max-concurrent`` or what first-fits on ``nodes``; placement checked."""
+    """``max_concurrent_trials``: ``--max-concurrent``; else 1 (the reproducible default: one trial at a time);
+    with ``--parallel`` what first-fits on ``nodes``. Placement is checked in every case (one trial must fit)."""
     bundles = resources.bundles()
     if args.max_concurrent is not None:
         if args.max_concurrent < 1:
@@ -396,13 +501,15 @@ def resolve_concurrency(args, resources: TrialResources, nodes: list[dict[str, f
     if args.assume_autoscaling:
         raise ConfigError("--assume-autoscaling", True, "needs --max-concurrent (nodes running now say nothing "
                                                         "about the nodes the autoscaler will add)")
-    return max_concurrent_trials(bundles, nodes, cap=args.trials)
+    return max_concurrent_trials(bundles, nodes, cap=args.trials if getattr(args, "parallel", False) else 1)
 
 
 def check_args(args) -> None:
     for name in ("trials", "iterations", "grace_iterations", "eval_every", "eval_episodes", "eval_blocks"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')}", getattr(args, name), "must be >= 1")
+    if args.bc_episodes is not None and args.bc_episodes < 2:
+        raise ConfigError("--bc-episodes", args.bc_episodes, "must be >= 2 (the warm start holds some out)")
     for num in args.targets:
         if num not in search_space.TARGETS_GRID:
             raise ConfigError("--targets", num, f"must be on the fixed grid {list(search_space.TARGETS_GRID)}")
@@ -420,15 +527,17 @@ def run_sweep(args) -> list[dict[str, Any]]:
     held_out = [p.name for p in search_space.SEARCH_SPACE if p.name not in fields]
     if held_out:
         print(f"[sweep] not searched: {held_out} (PPOTrainConfig has no such field in this checkout)", flush=True)
-    overrides = {k: v for k, v in (("train_batch_size", args.train_batch_size), ("blocks", args.train_blocks))
-                 if v is not None}
+    overrides = {k: v for k, v in (("train_batch_size", args.train_batch_size), ("blocks", args.train_blocks),
+                                   ("bc_episodes", args.bc_episodes)) if v is not None}
     resources = TrialResources(args.env_runners, args.cpus_per_env_runner, args.envs_per_env_runner,
                                args.learner_cpus, args.learner_gpus, args.main_cpus)
     # Trials unpickle this script's functions, which import `tuning`: every worker gets the repository
     # on its path (the same path on every node: cluster/config.yaml mounts it at ~/rl_isac).
     pythonpath = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
     runtime_env = {"env_vars": {"PYTHONPATH": pythonpath}}
-    if args.address:
+    if ray.is_initialized():  # a second sweep in the same driver (its first ray.init gave the runtime env)
+        pass
+    elif args.address:
         ray.init(address=args.address, runtime_env=runtime_env)
     else:
         ray.init(include_dashboard=False, runtime_env=runtime_env)
@@ -493,7 +602,7 @@ def run_sweep(args) -> list[dict[str, Any]]:
               f"preset {preset_path}", flush=True)
     table = summary_table(rows)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.md").write_text(summary_header(args, rows, walls) + table + "\n")
+    (out / "summary.md").write_text(summary_header(args, rows, walls, concurrent) + table + "\n")
     print(table)
     return rows
 

@@ -38,9 +38,16 @@ def test_a_trial_that_cannot_be_placed_is_an_error_saying_what_was_asked_and_wha
 
 
 def test_concurrency_flags():
-    args = sweep.build_parser().parse_args(["--trials", "3"])
     res = sweep.TrialResources(env_runners=1, cpus_per_env_runner=0.5, learner_cpus=0.5, main_cpus=0.5)
-    assert sweep.resolve_concurrency(args, res, [{"CPU": 8.0}]) == 3  # capped by the number of trials
+    # Default: one trial at a time (ASHA's stops then never depend on the order of concurrent reports) ...
+    args = sweep.build_parser().parse_args(["--trials", "3"])
+    assert sweep.resolve_concurrency(args, res, [{"CPU": 8.0}]) == 1
+    with pytest.raises(sweep.PlacementError):  # ... and still checked against the nodes
+        sweep.resolve_concurrency(args, res, [{"CPU": 0.5}])
+    # --parallel: as many as fit, capped by the number of trials
+    args = sweep.build_parser().parse_args(["--trials", "3", "--parallel"])
+    assert sweep.resolve_concurrency(args, res, [{"CPU": 8.0}]) == 3
+    assert sweep.resolve_concurrency(args, res, [{"CPU": 2.0}]) == 2
     args = sweep.build_parser().parse_args(["--max-concurrent", "8", "--assume-autoscaling"])
     assert sweep.resolve_concurrency(args, res, [{"CPU": 0.0}]) == 8
     args = sweep.build_parser().parse_args(["--assume-autoscaling"])
@@ -48,6 +55,8 @@ def test_concurrency_flags():
         sweep.resolve_concurrency(args, res, [{"CPU": 8.0}])
     with pytest.raises(ConfigError, match="fixed grid"):
         sweep.check_args(sweep.build_parser().parse_args(["--targets", "5"]))
+    with pytest.raises(ConfigError, match="--bc-episodes"):
+        sweep.check_args(sweep.build_parser().parse_args(["--bc-episodes", "1"]))
     with pytest.raises(ConfigError, match="cpus_per_env_runner"):
         sweep.TrialResources(cpus_per_env_runner=0)
 
@@ -83,6 +92,9 @@ def test_best_preset_is_a_train_config_yaml_and_summary_lists_every_trial(tmp_pa
     head = sweep.summary_header(args, [{**r, "error": r.get("error")} for r in rows], {4: 12.3})
     assert "`tuning/sweep.py --targets 4 --trials 3`" in head and "I = 4: 3 trials in 12 s, 1 errored" in head
     assert "at revision " in head and head.endswith("\n\n")
+    rows = [{**r, "error": r.get("error")} for r in rows]
+    assert "One trial at a time (reproducible" in sweep.summary_header(args, rows, {4: 1.0}, concurrent=1)
+    assert "2 concurrent trials" in sweep.summary_header(args, rows, {4: 1.0}, concurrent=2)
 
 
 def test_every_value_the_space_can_sample_is_a_valid_train_config():

@@ -28,7 +28,7 @@ def test_a_killed_sweep_restores_and_its_trial_continues(tmp_path):
     storage, out = tmp_path / "ray_results", tmp_path / "out"
     cmd = [sys.executable, str(ROOT / "tuning" / "sweep.py"), "--targets", "4", "--trials", "1", "--iterations", "2",
            "--grace-iterations", "2", "--eval-every", "1", "--eval-episodes", "1", "--eval-blocks", "3",
-           "--train-batch-size", "512", "--train-blocks", "8", "--envs-per-env-runner", "1",
+           "--train-batch-size", "512", "--train-blocks", "8", "--envs-per-env-runner", "1", "--bc-episodes", "2",
            "--storage", str(storage), "--out", str(out), "--name", "restore-test"]
     # No PYTHONPATH: the sweep puts the repository on its workers. Tune saves its experiment state at every
     # step (not every ~10 s), so the kill lands right after the first checkpoint on a fast machine too.
