@@ -481,11 +481,146 @@ def ppo_markdown(data: dict) -> str:
     return "\n".join(lines)
 
 
+def _rows_by_key(data: dict) -> tuple[str, dict[tuple, dict], dict[str, tuple]]:
+    """``(kind, {row key: row}, {baseline name: row key})`` of a :func:`bench_clusters` or :func:`ppo_comparison`
+    result: rows keyed by ``(targets, clusters, repair)`` resp. by method; the baselines their paired rows use."""
+    if "env" in data:
+        rows = {(r["targets"], r["clusters"], r["repair"]): r for r in data["evaluation"]}
+        return "clusters", rows, {"C=1": None, "distance repair": None}
+    rows = {(r["method"],): r for r in data["evaluation"]}
+    names = [k for k in rows]
+    return "ppo", rows, {"clustered ekf-milp": names[1], "whole ekf-milp": names[2]}
+
+
+def pool_seeds(datas: list[dict], paths: list[str]) -> dict:
+    """Every row of several evaluation seeds' runs of one protocol (same command but ``--cluster-seed``) side by side
+    and pooled: per seed and over all ``sum(E_s)`` episodes, the RMSE with its 95 % interval (delta method,
+    :func:`rl_isac.evaluation.compare.rmse_ci95`), the lost fraction (its 95 % interval over episodes where the file
+    has per-episode values) and the paired per-episode RMSE differences to the baselines (95 %).
+
+    Raises:
+        ConfigError: the runs differ in anything but the evaluation seed, or share a seed (the pooled episodes
+            must be distinct worlds)."""
+    from rl_isac.errors import ConfigError
+
+    kinds = [_rows_by_key(d) for d in datas]
+    keep = ("preset", "targets", "clusters", "episodes", "blocks", "fidelity", "repair", "repairs")
+    protocols = [{k: d["protocol"].get(k) for k in keep} for d in datas]
+    for path, kind, proto in zip(paths, kinds, protocols):
+        if kind[0] != kinds[0][0] or proto != protocols[0] or set(kind[1]) != set(kinds[0][1]):
+            raise ConfigError("pool", path, f"is not the same protocol as {paths[0]} ({proto} vs {protocols[0]}): "
+                                            "only the evaluation seed may differ")
+    seeds = [d["protocol"]["evaluation_seed"] for d in datas]
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError("pool", seeds, "each run must have its own evaluation seed (distinct worlds)")
+    if "env" not in datas[0] and len({d["checkpoint"] for d in datas}) != 1:
+        raise ConfigError("pool", [d["checkpoint"] for d in datas], "the PPO runs must evaluate one checkpoint")
+    kind, first, baselines = kinds[0]
+    out_rows = []
+    for key in first:
+        per = [k[1][key] for k in kinds]
+        mse = np.concatenate([np.square(r["rmse_per_episode_m"]) for r in per])
+        rmse = float(np.sqrt(mse.mean()))
+        row = {"key": list(key), "seeds": seeds,
+               "rmse_m": [r["rmse_m"] for r in per], "rmse_ci95_m": [r["rmse_ci95_m"] for r in per],
+               "lost_fraction": [r["lost_fraction"] for r in per], "episodes": int(len(mse)),
+               "pooled_rmse_m": rmse, "pooled_rmse_ci95_m": rmse_ci95({"rmse_per_episode_m": np.sqrt(mse).tolist(),
+                                                                       "rmse_m": rmse}),
+               "pooled_lost_fraction": float(np.mean([r["lost_fraction"] for r in per]))}  # equal-size seeds
+        if all("lost_per_episode" in r for r in per):
+            lost = np.concatenate([r["lost_per_episode"] for r in per])
+            row["pooled_lost_fraction"] = float(lost.mean())
+            row["pooled_lost_ci95"] = float(1.96 * lost.std(ddof=1) / np.sqrt(len(lost)))
+        row["paired_m"] = {}
+        for name, base in baselines.items():
+            if kind == "clusters":
+                base_key = (key[0], 1, "-") if name == "C=1" else (key[0], key[1], REPAIRS[1])
+                if name != "C=1" and (key[2] != REPAIRS[0] or base_key not in first):
+                    continue  # the default repair against the distance rule, as bench_clusters pairs them
+            else:
+                base_key = base
+            diffs = [np.asarray(r["rmse_per_episode_m"], float)
+                     - np.asarray(k[1][base_key]["rmse_per_episode_m"], float) for r, k in zip(per, kinds)]
+            row["paired_m"][name] = {"per_seed": [_paired_d(d) for d in diffs],
+                                     "pooled": _paired_d(np.concatenate(diffs))}
+        out_rows.append(row)
+    data = {"kind": kind, "files": list(paths), "protocol": protocols[0], "evaluation_seeds": seeds, "rows": out_rows,
+            "git_revisions": [d.get("git_revision") for d in datas]}
+    data["table_md"] = pool_markdown(data)
+    return data
+
+
+def _paired_d(d: np.ndarray) -> list[float]:
+    """Mean and 95 % half-width of paired per-episode differences."""
+    return [float(d.mean()), float(1.96 * d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")]
+
+
+def pool_markdown(data: dict) -> str:
+    """The Markdown table of :func:`pool_seeds`."""
+    seeds, p = data["evaluation_seeds"], data["protocol"]
+    s = " / ".join(str(x) for x in seeds)
+    files = " ".join(data["files"])
+    lines = [f"# {'Clustered vs whole-network ekf-milp' if data['kind'] == 'clusters' else 'Clustered dgnn-ppo'}, "
+             f"evaluation seeds {s} and pooled", "",
+             f"Command: `python -m rl_isac.rllib.bench_clusters pool {files} --json <this file's .json>` "
+             f"(rl_isac/rllib/bench_clusters.py, pool_seeds). Protocol per seed: {p['episodes']} x {p['blocks']} at "
+             f"{p['fidelity']} fidelity, `{p['preset']}` preset; each seed its own worlds "
+             f"(rl_isac.seeds.evaluation_seeds), so 'pooled' is {len(seeds) * p['episodes']} distinct episodes. "
+             f"Revisions of the files: {', '.join(str(r) for r in data['git_revisions'])}.", ""]
+    names = list(dict.fromkeys(n for r in data["rows"] for n in r["paired_m"]))
+    head = "| " + (" | ".join(["I", "C", "repair"]) if data["kind"] == "clusters" else "method")
+    lines += [head + f" | RMSE m, seed {s} (95 %) | pooled RMSE m (95 %) | lost, seed {s} | pooled lost | "
+              + " | ".join(f"vs {n}, paired m, seed {s} | vs {n}, pooled" for n in names) + " |"]
+    ncol = (3 if data["kind"] == "clusters" else 1) + 4 + 2 * len(names)
+    lines.append("|" + "---|" * ncol)
+    for r in data["rows"]:
+        key = " | ".join(str(k) for k in r["key"])
+        per = " / ".join(f"{m:.3f} +- {c:.3f}" for m, c in zip(r["rmse_m"], r["rmse_ci95_m"]))
+        lost = " / ".join(f"{x:.4f}" for x in r["lost_fraction"])
+        pooled_lost = f"{r['pooled_lost_fraction']:.4f}" + (f" +- {r['pooled_lost_ci95']:.4f}"
+                                                            if "pooled_lost_ci95" in r else "")
+        cells = []
+        for n in names:
+            pm = r["paired_m"].get(n)
+            if pm is None:
+                cells += ["-", "-"]
+                continue
+            cells.append(" / ".join(f"{m:+.3f} +- {c:.3f}" for m, c in pm["per_seed"]))
+            cells.append(f"{pm['pooled'][0]:+.3f} +- {pm['pooled'][1]:.3f}")
+        lines.append(f"| {key} | {per} | {r['pooled_rmse_m']:.3f} +- {r['pooled_rmse_ci95_m']:.3f} | {lost} | "
+                     f"{pooled_lost} | " + " | ".join(cells) + " |")
+    lines += ["", "RMSE per target over targets, blocks and episodes; lost: target-blocks with error > 5 m; paired: "
+                  "per-episode RMSE difference on the same worlds (row minus baseline), mean +- 1.96 sd / sqrt(E)."]
+    return "\n".join(lines)
+
+
 def write_bench_clusters(data: dict, json_path: str | Path) -> None:
     """``json_path`` and the Markdown table beside it (``.md``)."""
     write_json_atomic(data, str(json_path))
     Path(json_path).with_suffix(".md").write_text(data["table_md"] + "\n")
 
 
+def main(argv: list[str] | None = None) -> int:
+    """``python -m rl_isac.rllib.bench_clusters pool A.json B.json ... --json OUT.json``: :func:`pool_seeds`."""
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser(prog="python -m rl_isac.rllib.bench_clusters",
+                                description="pool several evaluation seeds' bench --clusters (or --cluster-ppo) runs")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    q = sub.add_parser("pool", help="the runs side by side and pooled over their episodes")
+    q.add_argument("files", nargs="+", help="JSON files of the same command but --cluster-seed")
+    q.add_argument("--json", required=True, help="output JSON (the Markdown beside it, .md)")
+    args = p.parse_args(argv)
+    data = pool_seeds([json.loads(Path(f).read_text()) for f in args.files], args.files)
+    print(data["table_md"])
+    write_bench_clusters(data, args.json)
+    return 0
+
+
 __all__ = ["nearest_cluster_actions", "env_throughput", "policy_latency", "clustered_evaluation", "bench_clusters",
-           "markdown", "write_bench_clusters", "ppo_comparison", "ppo_markdown"]
+           "markdown", "write_bench_clusters", "ppo_comparison", "ppo_markdown", "pool_seeds", "pool_markdown"]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
