@@ -492,7 +492,7 @@ def _rows_by_key(data: dict) -> tuple[str, dict[tuple, dict], dict[str, tuple]]:
     return "ppo", rows, {"clustered ekf-milp": names[1], "whole ekf-milp": names[2]}
 
 
-def pool_seeds(datas: list[dict], paths: list[str]) -> dict:
+def pool_seeds(datas: list[dict], paths: list[str], json_path: str | None = None) -> dict:
     """Every row of several evaluation seeds' runs of one protocol (same command but ``--cluster-seed``) side by side
     and pooled: per seed and over all ``sum(E_s)`` episodes, the RMSE with its 95 % interval (delta method,
     :func:`rl_isac.evaluation.compare.rmse_ci95`), the lost fraction (its 95 % interval over episodes where the file
@@ -545,7 +545,7 @@ def pool_seeds(datas: list[dict], paths: list[str]) -> dict:
                                      "pooled": _paired_d(np.concatenate(diffs))}
         out_rows.append(row)
     data = {"kind": kind, "files": list(paths), "protocol": protocols[0], "evaluation_seeds": seeds, "rows": out_rows,
-            "git_revisions": [d.get("git_revision") for d in datas]}
+            "git_revisions": [d.get("git_revision") for d in datas], "json": json_path}
     data["table_md"] = pool_markdown(data)
     return data
 
@@ -562,7 +562,7 @@ def pool_markdown(data: dict) -> str:
     files = " ".join(data["files"])
     lines = [f"# {'Clustered vs whole-network ekf-milp' if data['kind'] == 'clusters' else 'Clustered dgnn-ppo'}, "
              f"evaluation seeds {s} and pooled", "",
-             f"Command: `python -m rl_isac.rllib.bench_clusters pool {files} --json <this file's .json>` "
+             f"Command: `python -m rl_isac.rllib.bench_clusters pool {files} --json {data.get('json') or 'OUT.json'}` "
              f"(rl_isac/rllib/bench_clusters.py, pool_seeds). Protocol per seed: {p['episodes']} x {p['blocks']} at "
              f"{p['fidelity']} fidelity, `{p['preset']}` preset; each seed its own worlds "
              f"(rl_isac.seeds.evaluation_seeds), so 'pooled' is {len(seeds) * p['episodes']} distinct episodes. "
@@ -612,7 +612,7 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("files", nargs="+", help="JSON files of the same command but --cluster-seed")
     q.add_argument("--json", required=True, help="output JSON (the Markdown beside it, .md)")
     args = p.parse_args(argv)
-    data = pool_seeds([json.loads(Path(f).read_text()) for f in args.files], args.files)
+    data = pool_seeds([json.loads(Path(f).read_text()) for f in args.files], args.files, args.json)
     print(data["table_md"])
     write_bench_clusters(data, args.json)
     return 0
