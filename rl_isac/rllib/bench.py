@@ -30,6 +30,34 @@ decision latency, and where the time goes.
   thread's CPU time per env step: the local learner); ``sampling_total`` (RLlib's sampling wall
   timer per env step). ``ppo_decision_breakdown_ms``: the same pieces at batch 1.
 
+Fourth session (2026-12-02 07:40-08:01 UTC, this 2-core machine at load 4.4-9: the lead's ``reproduce`` and a
+400-episode tracker study ran beside it, so only the thread-CPU pieces compare across runs). The change: the
+batched EKF of the runner's lockstep envs (:func:`rl_isac.tracking.ekf.update_many` via
+:meth:`~rl_isac.tracking.window.MeasurementWindow.push_many`, bit for bit the loop of single updates) and the
+world's measurements validated once (:meth:`~rl_isac.physics.measurements.Measurements.trusted`). Two runs each
+of the code before (715d3e0, a clone) and after, in the order before / after (load 4.4-5.5) and after / before
+(load 5-9); per env step, thread CPU, ms (before -> after, first pair):
+
+* env step 1.48 -> 0.67 = world 0.19 -> 0.15 + window push/EKF **0.96 -> 0.25** + observation 0.14 -> 0.12 +
+  other 0.19 -> 0.15 (second pair: 1.75 -> 0.77, push 1.15 -> 0.28);
+* module pass at batch 8 0.71 -> 0.58 (encoder 0.53 -> 0.42, decoder 0.22 -> 0.18: unchanged code, the load);
+  learner 1.41 -> 1.39 (wall timer; driver CPU 1.18 -> 1.19);
+* dgnn-ppo decision thread CPU p50 / p99 3.44 / 4.47 -> 2.73 / 3.06 ms (push at batch 1 1.16 -> 0.90);
+* ppo / floor env steps/s: 256 / 3335 = 0.077 -> 280 / 2155 = 0.130 (``results/bench_ppo.json``, the floor fell
+  with the load); second pair 183 / 1845 = 0.099 (before, load ~9) and 253 / 3022 = 0.084 (after).
+
+What is left for 0.5 (~0.6 ms per env step all in at a floor of ~3350): the learner alone is ~1.2 ms of driver
+CPU per env step, compute-bound at the shipped PPO settings (10 epochs x minibatches of ~250: ~28 ms of CPU a
+minibatch for the pair MLP's ``(B, M, I, H)`` activations and the critic's 128-wide MLP); a torch profile of one
+minibatch puts ~20-30 % of it in elementwise kernels on a transposed gradient (the bilinear term's ``bmm`` hands
+``h`` its gradient transposed: GELU's backward and the gradient sum take torch's strided loops). A GELU whose
+backward runs on a contiguous copy gives the same gradients bit for bit but no gain (the copies cost as much);
+computing the bilinear term the other way round would, but it rounds the logits differently (not done: same
+numbers). Then the frozen encoder (0.4-0.5 ms, ``tracking/dgnn/numpy_infer.py``), the decoder (0.2) and RLlib's
+runner (connectors, episodes, metrics: ~0.3 ms of CPU per env step in a profile). Sampling alone, 1 x 16 envs,
+reached 401-827 env steps/s against 269-435 at 1 x 8 (the batched pieces amortise over more envs); the layout is
+the training recipe's (issue 9), not changed here.
+
 ``results/bench_ppo.json`` (2026-12-02 05:41 UTC, a clean clone of 02b5eb8, which has the batched env runner
 :class:`~rl_isac.rllib.vector_env.ISACEnvRunner` of fb77e41 / 32eafbe; the lead's ``reproduce`` ran on the other
 core, load 1-2.3): ppo / floor 170 / 1816 = **0.093**; sampling 1x8 271, 2x4 206, 2x8 288, 1x16 401 env steps/s;
