@@ -143,6 +143,14 @@ def collect_peaks_many(metas: list, max_angle_std_rad: float | None = MAX_ANGLE_
     if len(metas) == 1:
         one = collect_peaks(metas[0], max_angle_std_rad, keep_range_only)
         return dataclasses.replace(one, env=np.zeros(len(one), np.intp))
+    if len({np.shape(m.peak_valid) for m in metas}) > 1:  # e.g. a caller's P = 1 block beside the world's: one by one
+        sets = [collect_peaks(m, max_angle_std_rad, keep_range_only) for m in metas]
+        num_bs, num_targets = np.shape(metas[0].peak_valid)[:2]
+        env = np.concatenate([np.full(len(p), e, np.intp) for e, p in enumerate(sets)])
+        cat = {f.name: np.concatenate([getattr(p, f.name) for p in sets]) for f in dataclasses.fields(PeakSet)
+               if f.name != "env"}
+        cat["scan"] = cat["scan"] + env * (num_bs * num_targets)
+        return PeakSet(**cat, env=env)
     valid = np.stack([np.asarray(m.peak_valid, bool) for m in metas])  # (E, M, I, P)
     cov = np.stack([np.asarray(m.peak_cov) for m in metas])
     bad_angle = np.zeros(valid.shape, bool)

@@ -10,6 +10,7 @@ import pytest
 
 from rl_isac.errors import MeasurementError
 from rl_isac.network import CellFreeNetwork
+from rl_isac.physics.measurements import Measurements
 from rl_isac.scenario import ScenarioConfig
 from rl_isac.tracking.ekf import EKFEstimator, EKFSettings, update_many
 from rl_isac.tracking.window import MeasurementWindow
@@ -46,7 +47,10 @@ def test_update_many_is_the_loop_of_updates_bit_for_bit(settings):
         est_r.reset(acq)
         est_n.reset(acq)
     searched = 0
-    for _ in range(40):
+    for q in range(40):
+        if q == 15:  # one estimator restarts mid-way (an env's auto-reset): the batch mixes blocks
+            ref[1].reset(nets[1].positions_m)
+            new[1].reset(nets[1].positions_m)
         metas = []
         for k, (net, est) in enumerate(zip(nets, ref)):
             pred = est.predicted_position()
@@ -59,6 +63,31 @@ def test_update_many_is_the_loop_of_updates_bit_for_bit(settings):
             _same_state(est_r, est_n)
         searched += sum(int(e.searching.sum()) for e in ref)
     assert searched > 0  # the searching tracks' logic ran
+
+
+def test_update_many_with_empty_blocks_and_foreign_single_peak_blocks():
+    """A block without any peak, and a caller's block with one peak per pair (P = 1) beside the world's P = 2
+    blocks: still the loop's numbers."""
+    cfg, nets, acqs, _ = _episodes("surrogate", 4, 3, seed=30)
+    ref = [EKFEstimator(cfg) for _ in nets]
+    new = [EKFEstimator(cfg) for _ in nets]
+    for a, b, acq in zip(ref, new, acqs):
+        a.reset(acq)
+        b.reset(acq)
+    for q in range(8):
+        metas = [net.step(net.nearest_association(e.predicted_position()), net.beams_toward(e.predicted_position()),
+                          predicted_positions_m=e.predicted_position()) for net, e in zip(nets, ref)]
+        if q % 3 == 1:  # nothing measured in any env
+            metas = [Measurements.empty(cfg.num_bs, cfg.num_targets, m.block, num_peaks=m.num_peaks) for m in metas]
+        elif q % 3 == 2:  # env 0's block as a caller would build it: the (M, I) fields only (P = 1)
+            m = metas[0]
+            metas[0] = Measurements(m.assigned, m.detected, m.range_m, m.angle_rad, m.snr_db, m.cov, m.block)
+            assert metas[0].num_peaks == 1 and metas[1].num_peaks == cfg.num_peaks > 1
+        for e, m in zip(ref, metas):
+            e.update(m)
+        update_many(new, metas)
+        for a, b in zip(ref, new):
+            _same_state(a, b)
 
 
 def test_update_many_groups_estimators_that_cannot_share_a_batch():
