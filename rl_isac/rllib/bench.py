@@ -30,9 +30,18 @@ decision latency, and where the time goes.
   thread's CPU time per env step: the local learner); ``sampling_total`` (RLlib's sampling wall
   timer per env step). ``ppo_decision_breakdown_ms``: the same pieces at batch 1.
 
-Fourth session (2026-12-02 07:40-08:01 UTC, this 2-core machine at load 4.4-9: the lead's ``reproduce`` and a
-400-episode tracker study ran beside it, so only the thread-CPU pieces compare across runs). The change: the
-batched EKF of the runner's lockstep envs (:func:`rl_isac.tracking.ekf.update_many` via
+``results/bench_ppo.json`` (2026-12-02 08:17 UTC, c0d7b45, quiet machine, load 0.3-1.1): ppo / floor 363 / 3534 =
+**0.103**; the code before the batched EKF (a clone of c0d7b45 with this session's files at 715d3e0) right after it
+(load 1.1-1.6): 232 / 2684 = 0.087; a second pair, before first then after (08:29-08:33, load 0-1.2): 256 / 2908 =
+0.088 -> 277 / 2855 = 0.097 (sampling timer 6.52 -> 5.12 s an iteration, learner 3.32 -> 3.70 s: the load that
+came up). Per env step, thread CPU, ms (08:17 run): env step 0.77 = world 0.18 + window push/EKF 0.28 +
+observation 0.14 + other 0.17; module 0.66 (encoder 0.48, decoder 0.21); learner 1.32 (wall timer; 1.18 driver
+CPU); sampling 1x8 / 2x4 / 2x8 / 1x16: 562 / 707 / 1223 / 802 env steps/s; dgnn-ppo decision p50 / p99 3.04 / 3.49
+ms wall, 2.95 / 3.45 ms thread CPU.
+
+Fourth session, the first runs (2026-12-02 07:40-08:01 UTC, this 2-core machine at load 4.4-9: the lead's
+``reproduce`` and a 400-episode tracker study ran beside it, so only the thread-CPU pieces compare across runs).
+The change: the batched EKF of the runner's lockstep envs (:func:`rl_isac.tracking.ekf.update_many` via
 :meth:`~rl_isac.tracking.window.MeasurementWindow.push_many`, bit for bit the loop of single updates) and the
 world's measurements validated once (:meth:`~rl_isac.physics.measurements.Measurements.trusted`). Two runs each
 of the code before (715d3e0, a clone) and after, in the order before / after (load 4.4-5.5) and after / before
