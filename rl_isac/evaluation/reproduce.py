@@ -75,17 +75,19 @@ DEFAULT_DGNN_CHECKPOINTS = "results/checkpoints/dgnn-I{I}"
 """The committed phase-1 checkpoints (DGNN + beam head + L2O head); ``{I}`` is the target count."""
 
 SHIPPED_PPO_CONFIG = "results/checkpoints/ppo.yaml"
-"""The PPO recipe of the reference checkpoint results/checkpoints/ppo-I4 (RLlib pipeline, issue 9) and of the
-quick profile: BC warm start from dgnn-milp (16 episodes, 15 epochs) + 1 DAgger round, eq. (5a) reward,
-5 iterations."""
+"""The PPO recipe of the quick profile (I = 6, within make run's 15 minutes): BC warm start from dgnn-milp
+(16 episodes, 15 epochs) + 1 DAgger round, eq. (5a) reward, 5 iterations."""
 
-SHIPPED_PPO_CONFIGS: dict[int, str] = {4: SHIPPED_PPO_CONFIG, 6: "results/checkpoints/ppo-long-bc.yaml",
+SHIPPED_PPO_CONFIGS: dict[int, str] = {4: "results/checkpoints/ppo-long-bc-milp.yaml",
+                                       6: "results/checkpoints/ppo-long-bc.yaml",
                                        8: "results/checkpoints/ppo-long-bc-milp.yaml"}
 """Per I, the recipe of each reference checkpoint results/checkpoints/ppo-I{I} (``train_config.json`` of each
 holds it resolved; results/run_ppo.sh trains them): the full profile trains with exactly these, so its
 dgnn-ppo is trained as the shipped checkpoint of the same I (same recipe, same seed). I = 8 uses the actor's
-detection and MILP features (``ppo-long-bc-milp.yaml``) since b748853; the committed results/full was made
-before that, with ``ppo-long-bc.yaml`` at I = 8 (its ``run.json`` records the configs it trained with)."""
+detection and MILP features (``ppo-long-bc-milp.yaml``) since b748853, and so does I = 4 (the same recipe,
+chosen over the ``ppo.yaml`` policy on 120 training-side worlds, results/ppo_dev/dev_I4_lbm.md: 0.115 vs
+2.45 m, the old policy swapped tracks where dgnn-milp did not); I = 6 keeps ``ppo-long-bc.yaml``. A run's
+``run.json`` records the configs it trained with (results/full did not train: ``--ppo-checkpoint``)."""
 
 PAPER_FIG3_BLOCK = 55
 """The paper draws Fig. 3's association snapshot at block q = 55."""

@@ -16,7 +16,7 @@ from ray.rllib.core.columns import Columns  # noqa: E402
 from rl_isac.errors import ConfigError  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
-PPO_I4 = REPO / "results" / "checkpoints" / "ppo-I4"
+PPO_PLAIN = REPO / "results" / "checkpoints" / "ppo-I6"  # trained before the option, without it
 
 
 def _random_fim(gen, shape):
@@ -178,18 +178,18 @@ def test_module_with_detection_features_needs_the_key(dgnn_i4):
 
 
 def test_checkpoints_trained_before_the_option_load_and_act_as_before():
-    """The committed ppo-I4 (no detection_features) loads strictly into the plain module (the option adds no
+    """The committed ppo-I6 (no detection_features) loads strictly into the plain module (the option adds no
     parameter when off), its CU builds no pair_detect, and its greedy decisions do not depend on the key."""
-    if not (PPO_I4 / "train_config.json").is_file():
-        pytest.skip("reference checkpoint ppo-I4 not in this checkout")
+    if not (PPO_PLAIN / "train_config.json").is_file():
+        pytest.skip("reference checkpoint ppo-I6 not in this checkout")
     from rl_isac.rllib.controller import PPOController, load_module
     from rl_isac.scenario import ScenarioConfig
     from rl_isac.tracking.window import MeasurementWindow
 
-    module = load_module(PPO_I4)
+    module = load_module(PPO_PLAIN)
     assert module.detection_features is False
     assert module.pair_in_pair.in_features == 9 and module.pair_heads.out_features == 4
-    cfg = ScenarioConfig.paper(4, fidelity="surrogate", num_blocks=5)
+    cfg = ScenarioConfig.paper(6, fidelity="surrogate", num_blocks=5)
     cu = PPOController(cfg, module)
     assert cu.builder.detection is False
     from rl_isac.network import CellFreeNetwork
