@@ -57,7 +57,7 @@ sweep twice). Two things made that false before 2026-12-02, both measured on ``r
   unscored, so those trials happened to reproduce). The third trial of ``results/sweep`` (``mix``, normalised)
   was stopped by ASHA at iteration 2 in both runs and reported 0.2884 and 0.2630 there; the same config,
   trained alone twice for 2 iterations, gave 0.446 and 0.334, and with the check off 0.2596 twice,
-  bit-identical weights. The sweep turns the check off for its trials.
+  bit-identical weights. ``build_ppo_config`` turns the check off (for ``rl-isac train`` too).
 * ASHA is asynchronous: a trial reaching a rung is compared with whatever the *other* trials have recorded
   there so far, so with several trials at once the stop point (and, past Optuna's 10 random startup trials,
   the TPE's next suggestions) depends on wall-clock order. One trial at a time removes that dependence
@@ -355,10 +355,8 @@ def _run_trial(config: dict[str, Any], settings: SweepSettings) -> None:
     warm = (behaviour_clone_state(train_cfg, env_config, configs["dgnn"].to_dict(), settings)
             if train_cfg.warm_start and restored is None else None)
     algo_cfg = build_ppo_config(train_cfg, env_config, configs["dgnn"].to_dict(), dgnn_weights, settings.seed)
-    # RLlib's env pre-check steps every env once with an unseeded random action; with reward_normalize the
-    # env's running return std keeps that step, so two identical trials would train differently (module
-    # docstring, "Reproducibility"). Our env has its own tests: skip the check.
-    algo_cfg = algo_cfg.environment(disable_env_checking=True)
+    # build_ppo_config turns RLlib's env pre-check off (module docstring, "Reproducibility"); rl-isac train
+    # and the sweep's trials build the same config.
     algo = settings.resources.apply(algo_cfg).build_algo()
     if warm is not None:
         load_module_state(algo, warm)

@@ -285,7 +285,12 @@ def build_ppo_config(train_cfg: PPOTrainConfig, env_config: dict, dgnn_cfg_dict:
     t = train_cfg
     config = (
         PPOConfig()
-        .environment(ENV_NAME, env_config=env_config, normalize_actions=False, clip_actions=False)
+        # disable_env_checking: RLlib's pre-check resets every env and steps it once with an unseeded random
+        # action; with reward_normalize the env's running return std keeps that step, so two identical runs
+        # trained differently (measured: val RMSE 0.446 vs 0.334 after 2 iterations; bit-identical with the
+        # check off). The env passes RLlib's check in its own tests (tests/rllib/test_env.py).
+        .environment(ENV_NAME, env_config=env_config, normalize_actions=False, clip_actions=False,
+                     disable_env_checking=True)
         .env_runners(num_env_runners=t.num_env_runners, num_envs_per_env_runner=t.num_envs_per_env_runner,
                      num_cpus_per_env_runner=t.cpus_per_env_runner, batch_mode="complete_episodes",
                      rollout_fragment_length="auto", env_runner_cls=ISACEnvRunner)
