@@ -46,7 +46,11 @@ evaluation runs) into the shared module, every agent's samples pooled (:mod:`rl_
 another expert is a ConfigError with clusters (so are ``detection_features`` / ``milp_features``: one CU only).
 
 ``--resume`` reloads ``checkpoint/`` with the stored config (a changed setting is an error)
-and continues to ``--iterations`` in total (the learning curve continues too).
+and continues to ``--iterations`` in total (the learning curve continues too). A run killed at any
+moment resumes: each save writes the algorithm and the learning curve up to it into ``checkpoint.tmp/``
+and only then swaps it in for ``checkpoint/`` (two renames; a kill between them leaves
+``checkpoint.old/``, which the next start puts back), so ``checkpoint/`` is always a whole save and its
+own ``learning_curve.json`` the curve of exactly the iterations it holds.
 Seeds: world seeds from :func:`rl_isac.seeds.training_world_seed` (never evaluation seeds).
 """
 
@@ -69,6 +73,8 @@ MODULE_SUBDIR = Path("learner_group") / "learner" / "rl_module"
 TRAIN_CONFIG = "train_config.json"
 WARM_START = "warm_start.pt"
 CURVE = "learning_curve.json"
+_SAVING = "checkpoint.tmp"
+_REPLACED = "checkpoint.old"
 _print = functools.partial(print, flush=True)
 
 
@@ -77,6 +83,20 @@ def module_dir(out: str | os.PathLike) -> Path:
     from rl_isac.rllib.callbacks import MODULE_ID
 
     return Path(out) / CHECKPOINT / MODULE_SUBDIR / MODULE_ID
+
+
+def recover_interrupted_save(out_dir: Path) -> None:
+    """Undo what a kill during a save left in ``out_dir``: a half-written ``checkpoint.tmp/`` is dropped, and a
+    ``checkpoint.old/`` without a ``checkpoint/`` (killed between the two renames of ``save``) is put back."""
+    import shutil
+
+    if (out_dir / _SAVING).exists():
+        shutil.rmtree(out_dir / _SAVING)
+    if (out_dir / _REPLACED).is_dir():
+        if (out_dir / CHECKPOINT).is_dir():
+            shutil.rmtree(out_dir / _REPLACED)
+        else:
+            (out_dir / _REPLACED).rename(out_dir / CHECKPOINT)
 
 
 def _atomic_json(data: Any, path: Path) -> None:
@@ -144,6 +164,7 @@ def prepare(targets: int, pretrained: str, out: str, fidelity: str | None = None
 
         run["cluster_repair"] = env_layout(env_config, env_scenario(env_config)).repair
     stored_path = out_dir / TRAIN_CONFIG
+    recover_interrupted_save(out_dir)
     if resume:
         if not (out_dir / CHECKPOINT).is_dir() or not stored_path.is_file():
             raise ConfigError("--resume", str(out_dir), f"no {CHECKPOINT}/ and {TRAIN_CONFIG} to resume from")
@@ -300,8 +321,10 @@ def train(targets: int, pretrained: str, out: str, iterations: int | None = None
             from ray.rllib.algorithms.algorithm import Algorithm
 
             algo = Algorithm.from_checkpoint(str(ckpt))
-            if (out_dir / CURVE).is_file():
-                curve = json.loads((out_dir / CURVE).read_text())["iterations"]
+            # the curve saved with the checkpoint: exactly its iterations (older runs: the one beside it)
+            curve_path = ckpt / CURVE if (ckpt / CURVE).is_file() else out_dir / CURVE
+            if curve_path.is_file():
+                curve = json.loads(curve_path.read_text())["iterations"]
         else:
             dgnn_weights = str(Path(run["pretrained"]) / "model.pt")
             init_state = None
@@ -320,7 +343,16 @@ def train(targets: int, pretrained: str, out: str, iterations: int | None = None
         run.update(git_revision=git_revision(), checkpoint=str(ckpt))
 
         def save() -> None:
-            algo.save_to_path(str(ckpt))
+            import shutil
+
+            saving, replaced = out_dir / _SAVING, out_dir / _REPLACED
+            algo.save_to_path(str(saving.resolve()))
+            _atomic_json({"targets": targets, "iterations": curve}, saving / CURVE)
+            if ckpt.is_dir():
+                ckpt.rename(replaced)
+            saving.rename(ckpt)
+            if replaced.is_dir():
+                shutil.rmtree(replaced)
             run.update(iterations=len(curve), env_steps=curve[-1]["env_steps"] if curve else 0)
             _atomic_json(run, out_dir / TRAIN_CONFIG)
             _atomic_json({"targets": targets, "iterations": curve}, out_dir / CURVE)
@@ -364,6 +396,7 @@ def reproduce_training(targets: int, out_dir: str | os.PathLike, dgnn_checkpoint
     takes), "curve": learning-curve rows, "config": train_config.json}``.
     """
     out = Path(out_dir)
+    recover_interrupted_save(out)
     resume = (out / CHECKPOINT).is_dir() and (out / TRAIN_CONFIG).is_file()
     run = train(targets, dgnn_checkpoint, str(out), iterations=iterations, echo=echo, resume=resume, seed=seed,
                 fidelity="surrogate", warm_start=warm_start, **overrides)
