@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ppo", action=argparse.BooleanOptionalAction, default=True,
                    help="also the RLlib PPO figures (starts a local Ray; default on)")
     p.add_argument("--only-ppo", action="store_true", help="only the RLlib PPO figures (rl_isac.rllib.bench)")
+    p.add_argument("--ppo-config", help="YAML of PPOTrainConfig fields for the PPO figures (e.g. a reference "
+                                        "checkpoint's recipe; default: the PPOTrainConfig defaults)")
     p.add_argument("--clusters", action="store_true",
                    help="only the multi-cluster figures on the large preset (rl_isac.rllib.bench_clusters): env "
                         "steps/s, decision latency and clustered vs whole-network ekf-milp RMSE at 1, 2, 4 clusters; "
@@ -375,10 +377,14 @@ def _cmd_bench(args) -> int:
         print(data["table_md"])
         write_bench_clusters(data, data["protocol"]["json"])
         return 0
+    if args.ppo_config is not None and not args.only_ppo:
+        from rl_isac.errors import ConfigError
+
+        raise ConfigError("--ppo-config", args.ppo_config, "applies to the PPO figures of --only-ppo only")
     if args.only_ppo:
         from rl_isac.rllib.bench import ppo_bench
 
-        result = ppo_bench(quick=args.quick)
+        result = ppo_bench(quick=args.quick, config=args.ppo_config)
     else:
         result = run_bench(blocks=args.blocks, solver_trials=args.solver_trials, quick=args.quick, ppo=args.ppo)
     if args.json:

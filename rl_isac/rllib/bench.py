@@ -341,25 +341,31 @@ def sampling_throughput(t, targets: int, ckpt: Path, layouts=((1, 8), (2, 4), (2
     return out
 
 
-def ppo_bench(targets: int = 8, iterations: int = 3, quick: bool = False, echo=print) -> dict:
-    """Run the PPO benchmarks (starts and stops a local Ray); returns the JSON entries."""
+def ppo_bench(targets: int = 8, iterations: int = 3, quick: bool = False, echo=print,
+              config: str | None = None) -> dict:
+    """Run the PPO benchmarks (starts and stops a local Ray); returns the JSON entries.
+
+    ``config``: a YAML of :class:`~rl_isac.rllib.config.PPOTrainConfig` fields (``rl-isac train --config``,
+    e.g. a reference checkpoint's recipe) instead of the defaults: its PPO settings, runner layout and actor
+    features are measured, and the CartPole floor runs with the same PPO settings and layout.
+    """
     import ray
     import torch
     from ray.rllib.algorithms.ppo import PPOConfig
 
     from rl_isac.rllib.callbacks import MODULE_ID
-    from rl_isac.rllib.config import PPOTrainConfig, build_ppo_config, env_config_for
+    from rl_isac.rllib.config import build_ppo_config, env_config_for, load_train_config
     from rl_isac.training.pretrain import load_configs
 
     torch.set_num_threads(1)
     root = Path(__file__).resolve().parents[2]
     ckpt = root / "results" / "checkpoints" / f"dgnn-I{targets}"
-    t = PPOTrainConfig()
+    t = load_train_config(config)
     if quick:  # smoke-test sizes: the figures are then meaningless, the code path is the same
         t = t.replace(train_batch_size=200, minibatch_size=100, num_epochs=2, blocks=20)
         iterations = 2
     out: dict = {"settings": {"targets": targets, "iterations": iterations, "train": t.to_dict(),
-                              "pretrained": str(ckpt)}}
+                              "pretrained": str(ckpt), "config": config}}
     started = not ray.is_initialized()
     if started:  # both algorithms live at once (each asks for t.cores CPUs) but never run at the same time
         ray.init(num_cpus=2 * t.cores, include_dashboard=False, log_to_driver=False, configure_logging=False)
