@@ -243,8 +243,9 @@ def _micro_breakdown(cfg, module, batch: int, steps: int = 40) -> dict:
                 acc[key] += time.thread_time() - t0
         return wrapper
 
-    envs = [ISACMultiAgentEnv({"targets": cfg.num_targets, "blocks": steps + 5, "fidelity": "surrogate"})
-            for _ in range(batch)]
+    env_config = {"targets": cfg.num_targets, "blocks": steps + 5, "fidelity": "surrogate",
+                  "detection_features": module.detection_features, "milp_features": module.milp_features}
+    envs = [ISACMultiAgentEnv(env_config) for _ in range(batch)]  # the observations the module reads
     obs = [e.reset(seed=100 + k)[0]["cu_0"] for k, e in enumerate(envs)]
     for e in envs:  # instance attributes shadow the methods: the env's own step calls the wrapped ones
         if batch == 1:  # step_envs of one env is its step (else the batched functions below)
