@@ -424,7 +424,8 @@ class PairEstimator:
 
     def _refine_u(self, c_real: np.ndarray, directions: np.ndarray, u: np.ndarray, nu: np.ndarray,
                   h_u: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``PARABOLIC_ROUNDS`` rounds of parabolic fits from the coarse cell ``(u, nu)`` (rows ``(P,)``).
+        """``PARABOLIC_ROUNDS`` rounds of parabolic fits from the coarse cell ``(u, nu)`` (rows ``(P,)``), then a
+        fine search over ``u`` (``FINE_STEPS`` points over ``+-FINE_SPAN`` coarse steps) and two parabolic rounds.
 
         Returns the refined ``u`` (clipped to ``[-1, 1]``), ``nu`` and the criterion there ``(P,)``.
         """
