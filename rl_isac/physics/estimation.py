@@ -442,9 +442,7 @@ class PairEstimator:
             # along u at the current nu: three points u + h_u (-1, 0, 1)
             r3 = r4[:, :3]
             v = c_real * np.exp(nu[:, None] * self._minus_j_k_t0)  # (P, K) complex
-            s3 = np.matmul(r3, v.view(float).reshape(num, -1, 2)).view(complex)[..., 0]  # (P, 3)
-            vals = np.square(np.abs(s3)) / np.maximum((r3 * r3).sum(axis=-1), 1e-30)
-            u, h_u = _parabolic_step(u, vals, h_u)
+            u, h_u = _parabolic_step(u, _u_criterion(r3, v), h_u)
             r4 = patterns.pattern_shape(self._u_points(u, h_u), directions[:, None])
             # along nu at the new u: three points nu + h_nu (-1, 0, 1)
             rot = np.exp((nu[:, None] + h_nu[:, None] * self._offsets)[:, :, None] * self._minus_j_k_t0)  # (P, 3, K)
@@ -458,15 +456,12 @@ class PairEstimator:
         # u + h0 (-FINE_SPAN..FINE_SPAN) in FINE_STEPS points, then two parabolic rounds at the fine step.
         v = c_real * np.exp(nu[:, None] * self._minus_j_k_t0)  # (P, K)
         u_fine = np.minimum(np.maximum(u[:, None] + h0[:, None] * self._fine_offsets, -1.0), 1.0)  # (P, F)
-        r_f = patterns.pattern_shape(u_fine, directions[:, None])  # (P, F, K)
-        s_f = np.matmul(r_f, v.view(float).reshape(num, -1, 2)).view(complex)[..., 0]  # (P, F)
-        crit_f = np.square(np.abs(s_f)) / np.maximum((r_f * r_f).sum(axis=-1), 1e-30)
+        crit_f = _u_criterion(patterns.pattern_shape(u_fine, directions[:, None]), v)  # (P, F)
         u = u_fine[np.arange(num), crit_f.argmax(axis=1)]
         h_f = h0 * (2.0 * FINE_SPAN / (FINE_STEPS - 1))
         for _ in range(2):
             r3 = patterns.pattern_shape(self._u_points(u, h_f)[:, :3], directions[:, None])
-            s3 = np.matmul(r3, v.view(float).reshape(num, -1, 2)).view(complex)[..., 0]
-            u, h_f = _parabolic_step(u, np.square(np.abs(s3)) / np.maximum((r3 * r3).sum(axis=-1), 1e-30), h_f)
+            u, h_f = _parabolic_step(u, _u_criterion(r3, v), h_f)
         u = np.minimum(np.maximum(u, -1.0), 1.0)
         r = patterns.pattern_shape(u[:, None], directions[:, None])[:, 0]
         s = (r * v).sum(axis=1)
@@ -804,6 +799,13 @@ def angle_tail_factor(snr_db: np.ndarray) -> np.ndarray:
     truth is within twice nominal (``tests/physics/test_estimation.py`` measures it).
     """
     return 1.0 + ANGLE_TAIL_GAIN * 10.0 ** ((ANGLE_TAIL_SNR_DB - np.asarray(snr_db, float)) / 10.0)
+
+
+def _u_criterion(r: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """The angle criterion ``|sum_k r_k v_k|^2 / sum_k r_k^2`` at ``n`` points per row: ``r (P, n, K)`` real
+    pattern, ``v (P, K)`` Doppler-corrected amplitudes; returns ``(P, n)``."""
+    s = np.matmul(r, v.view(float).reshape(len(v), -1, 2)).view(complex)[..., 0]
+    return np.square(np.abs(s)) / np.maximum((r * r).sum(axis=-1), 1e-30)
 
 
 def _parabolic_step(centre: np.ndarray, vals: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
