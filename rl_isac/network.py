@@ -43,7 +43,7 @@ from rl_isac.physics import mobility
 from rl_isac.physics.arrays import beams_toward, codebook_directions, dft_codebook, nearest_beams
 from rl_isac.physics.channel import geometry, path_amplitude
 from rl_isac.physics.echo import Workspace, colour_noise, complex_normal, qpsk_symbols, synthesize_echo
-from rl_isac.physics.estimation import PairEstimator
+from rl_isac.physics.estimation import PairEstimator, merge_spread
 from rl_isac.physics.fisher import expected_position_information
 from rl_isac.physics.measurements import Measurements
 from rl_isac.physics.surrogate import SurrogateFrontEnd
@@ -234,7 +234,9 @@ class _FrontEnd:
         Args:
             pair_beams: ``(P, K, 2)`` int64 beams of the pairs, environment by environment.
             positions_m, velocities_mps: ``(E, I, 2)`` truth and velocity of the move just made.
-            predicted_m: ``(E, I, 2)`` CU predictions (range gates) or None.
+            predicted_m: ``(E, I, 2)`` CU predictions (range gates) or None. At the signal level they also
+                widen the covariance of peaks two predicted targets may have merged into
+                (:func:`~rl_isac.physics.estimation.merge_spread`; the surrogate widens its merges itself).
             rngs: the ``E`` measurement generators.
         Returns:
             one :class:`Measurements` per environment.
@@ -250,11 +252,18 @@ class _FrontEnd:
         else:
             gate_lo, gate_hi = 0.0, cfg.max_range_m
             threshold = self.estimator.threshold_full
+        extra_cov = None
         if self.signal:
             est = self._signal_level(batch, pair_beams, positions_m, velocities_mps, gate_lo, gate_hi, threshold, rngs)
+            if predicted_m is not None and cfg.num_targets > 1:
+                # Peaks other predicted targets may have merged into (the surrogate widens its merges itself).
+                env = batch.tgt // cfg.num_targets
+                d = predicted_m[env] - batch.bs_pos[:, None, :]  # (P, I, 2)
+                extra_cov = merge_spread(cfg, est[0], est[1], est[3], np.hypot(d[..., 0], d[..., 1]),
+                                         np.arctan2(d[..., 1], d[..., 0]))
         else:
             est = self._surrogate(batch, pair_beams, positions_m, velocities_mps, gate_lo, gate_hi, threshold, rngs)
-        return self._collect(batch, est, block)
+        return self._collect(batch, est, block, extra_cov)
 
     def _surrogate(self, batch, pair_beams, positions_m, velocities_mps, gate_lo, gate_hi, threshold, rngs):
         """Surrogate draws for the assigned pairs (geometry of eq. (1) per pair), with every other target
@@ -346,9 +355,10 @@ class _FrontEnd:
         return self.estimator.estimate_peaks(z, pair_beams, batch.side, gate_lo, gate_hi, threshold, cfg.num_peaks,
                                              work=work)
 
-    def _collect(self, batch, est, block: int) -> list[Measurements]:
+    def _collect(self, batch, est, block: int, extra_cov: np.ndarray | None = None) -> list[Measurements]:
         """Scatter the per-pair, per-peak results ``(P, num_peaks)`` into one :class:`Measurements` per
-        environment: ``(M, I, num_peaks)`` peak arrays, and peak 0 as the ``(M, I)`` fields."""
+        environment: ``(M, I, num_peaks)`` peak arrays, and peak 0 as the ``(M, I)`` fields; ``extra_cov``
+        ``(P, num_peaks, 2, 2)`` is added to the peaks' diagonal covariances."""
         range_m, angle, snr_db, detected, var_range, var_angle = est
         cfg = self.cfg
         num_env = len(batch.members)
@@ -362,6 +372,8 @@ class _FrontEnd:
         cov = np.zeros((num_env * size, num_peaks, 2, 2))
         cov[..., 0, 0] = buf[3]
         cov[..., 1, 1] = buf[4]
+        if extra_cov is not None:
+            cov[batch.det_index] += extra_cov
         pshape = (num_env, *shape, num_peaks)
         buf = buf.reshape(5, *pshape)
         valid = valid.reshape(pshape)
