@@ -32,6 +32,8 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=6)
     ap.add_argument("--targets", type=int, default=8)
     a = ap.parse_args()
+    if a.targets < 1 or a.episodes < 1:
+        ap.error(f"--targets {a.targets} and --episodes {a.episodes} must both be at least 1")
     cfg = ScenarioConfig.preset("paper", num_targets=a.targets, fidelity="signal").replace(num_blocks=100)
     ratio, mean = [], []
     original = estimation.PairEstimator.estimate_peaks

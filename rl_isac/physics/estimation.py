@@ -163,19 +163,18 @@ def _solve_threshold(probability, num_symbols: int, pfa: float) -> float:
                         xtol=1e-10))
 
 
-def cfar_factor(cfg: ScenarioConfig, gate_width_m, floor_cells: float | None = None) -> np.ndarray:
+def cfar_factor(cfg: ScenarioConfig, gate_width_m, floor_cells: float) -> np.ndarray:
     """CFAR factor ``rho >= 1`` of gates ``gate_width_m`` (metres, any shape): with the floor ``F_hat``
     estimated, a threshold ``rho u F_hat`` on ``T`` has the false-alarm probability ``detection_pfa``.
 
     ``u`` (:func:`detection_threshold`) holds for a known floor. An estimated floor fluctuates, and the
     false alarms follow its low draws. With ``F_hat / F ~ Gamma(n K, 1 / (n K))`` (``n`` independent cells
     of ``K``-symbol statistics), ``rho`` solves ``E[P(max_gate T > rho u F_hat / F)] = pfa`` (the CA-CFAR
-    multiplier of a chi-square detector). ``floor_cells`` is ``n`` (default: the gate's own,
-    ``CFAR_CELLS_PER_RESOLUTION`` per resolution cell of it). Tabulated once per scenario over gate widths
+    multiplier of a chi-square detector); ``floor_cells`` is ``n``. Tabulated once per scenario over gate widths
     and interpolated in log width.
     """
     log_w, factors = _cfar_table(cfg.num_tracking_symbols, cfg.num_subcarriers, cfg.subcarrier_spacing_hz,
-                                 cfg.detection_pfa, cfg.range_resolution_m, cfg.max_range_m, float(floor_cells or 0.0))
+                                 cfg.detection_pfa, cfg.range_resolution_m, cfg.max_range_m, float(floor_cells))
     width = np.maximum(np.asarray(gate_width_m, float), np.exp(log_w[0]))
     return np.interp(np.log(width), log_w, factors)
 
@@ -190,8 +189,7 @@ def _cfar_table(num_symbols: int, num_subcarriers: int, spacing_hz: float, pfa: 
     for n, width in enumerate(widths):
         known = _gate_false_alarm(num_symbols, num_subcarriers, spacing_hz, width)
         u = _solve_threshold(known, num_symbols, pfa)
-        cells = floor_cells if floor_cells > 0 else width / res_m * CFAR_CELLS_PER_RESOLUTION
-        dof = max(cells, 1.0) * num_symbols
+        dof = max(floor_cells, 1.0) * num_symbols
         ratio = stats.gamma.ppf(quantiles, dof, scale=1.0 / dof)  # F_hat / F at equal-probability points
         def excess(r, known=known, u=u, ratio=ratio):
             return np.mean(np.minimum(known(r * u * ratio), 1.0)) - pfa
