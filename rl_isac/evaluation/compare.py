@@ -38,7 +38,8 @@ def compare(methods: list[str], targets: list[int], episodes: int, blocks: int, 
                  f"{_get(r, 'lost_fraction_unlabelled')} unlabelled)  "
                  f"swaps {r['track_swaps']}  "
                  f"reacq {reacquire_text(r)}  nis out {r['meas_nis_outside_fraction']:.4f} (meas) "
-                 f"{_frac(r['pred_nis_outside_fraction'])} (pred)  decision p50 {r['decision_ms_p50']:.2f} ms")
+                 f"{_frac(r['pred_nis_outside_fraction'])} (pred; {_frac(r.get('pred_nis_outside_fraction_tracked'))} "
+                 f"tracked)  decision p50 {r['decision_ms_p50']:.2f} ms")
     table = markdown_table(results, refused, methods, targets)
     return {"results": results, "refused": refused, "table_md": table, "episodes": episodes, "blocks": blocks,
             "seed": seed, "fidelity": fidelity, "git_revision": git_revision()}

@@ -27,7 +27,7 @@ from rl_isac.seeds import EVAL_SEED_BASE, evaluation_seeds
 REQUIRED = {"method", "targets", "episodes", "blocks", "seed", "fidelity", "rmse_m", "rmse_per_block_m",
             "pcrb_rmse_m", "violations", "missed_fraction", "decision_ms_p50", "decision_ms_p99", "lost_fraction",
             "track_losses", "reacquire_blocks_mean", "reacquire_blocks_max", "never_reacquired", "track_swaps",
-            "meas_nis_outside_fraction", "pred_nis_outside_fraction"}
+            "meas_nis_outside_fraction", "pred_nis_outside_fraction", "pred_nis_outside_fraction_tracked"}
 
 
 def test_evaluate_reports_every_required_field_with_one_rmse_per_block():
@@ -90,6 +90,43 @@ class _BreaksAtBlock3:
             assoc[:, 0] = False
             action = CUAction(assoc, action.beams, action.estimate_m, action.prediction_m)
         return action
+
+
+class _LosesTarget0:
+    """``ekf-milp`` whose estimate and prediction of target 0 jump 200 m away from block ``at`` on (a lost track)."""
+
+    name = "loses-0"
+
+    def __init__(self, cfg, at: int = 5):
+        self.inner = make_controller("ekf-milp", cfg)
+        self.estimator = self.inner.estimator  # the harness reads the predicted covariance here
+        self.at, self.calls = at, 0
+
+    def reset(self, acq):
+        self.calls = 0
+        return self.inner.reset(acq)
+
+    def act(self, meas):
+        self.calls += 1
+        a = self.inner.act(meas)
+        if self.calls < self.at:
+            return a
+        est, pred = a.estimate_m.copy(), np.asarray(a.prediction_m, float).copy()
+        est[0] += 200.0
+        pred[0] += 200.0
+        return CUAction(a.association, a.beams, est, pred)
+
+
+def test_prediction_nis_of_tracked_targets_leaves_out_lost_tracks():
+    """A lost track's prediction is off by metres whatever the motion model: ``pred_nis_outside_fraction``
+    counts it, ``pred_nis_outside_fraction_tracked`` (blocks whose track held at the block before) does not."""
+    cfg = ScenarioConfig.paper(4, fidelity="surrogate")
+    r = evaluate("loses-0", cfg=cfg, episodes=2, blocks=40, seed=3, progress=False, controller=_LosesTarget0(cfg))
+    plain, tracked = r["pred_nis_outside_fraction"], r["pred_nis_outside_fraction_tracked"]
+    lost = (40 - 5) / 40 / 4  # target 0's share of the target-blocks after the jump
+    assert plain >= 0.95 * lost, plain
+    assert tracked <= 0.05, tracked  # the tracker's own (a turn or two outside in 320 target-blocks)
+    assert r["lost_fraction"] >= 0.95 * lost
 
 
 def test_a_constraint_violation_stops_the_run_and_writes_nothing(tmp_path):
