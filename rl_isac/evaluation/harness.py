@@ -279,7 +279,8 @@ def evaluate(method: str, targets: int = 4, episodes: int = 10, blocks: int = 10
         runs += closed
         still_open += open_
     pred = [r["pred_nis"] for r in results if r["pred_nis"] is not None]
-    pred_tracked = [r["pred_nis"][r["pred_held"]] for r in results if r["pred_nis"] is not None]
+    tracked = np.concatenate([r["pred_nis"][r["pred_held"]] for r in results if r["pred_nis"] is not None] or
+                             [np.zeros(0)])  # predictions of the target-blocks whose track held the block before
     peaks = sum(r["peaks"] for r in results)
     return {
         "method": cu.name if controller is not None else method,
@@ -307,8 +308,7 @@ def evaluate(method: str, targets: int = 4, episodes: int = 10, blocks: int = 10
         "lost_fraction_unambiguous": _lost_unambiguous(sq, np.stack([r["ambiguous"] for r in results])),
         "meas_nis_outside_fraction": float(sum(r["peaks_outside"] for r in results) / max(peaks, 1)),
         "pred_nis_outside_fraction": float(np.mean(np.concatenate(pred) > NIS_GATE)) if pred else None,
-        "pred_nis_outside_fraction_tracked": (float(np.mean(np.concatenate(pred_tracked) > NIS_GATE))
-                                              if pred and np.concatenate(pred_tracked).size else None),
+        "pred_nis_outside_fraction_tracked": float(np.mean(tracked > NIS_GATE)) if tracked.size else None,
         "rmse_per_episode_m": np.sqrt(sq.mean(axis=(1, 2))).tolist(),
         "rmse_unlabelled_per_episode_m": np.sqrt(squ.mean(axis=(1, 2))).tolist(),
         "decision_ms_p50": float(np.percentile(dec_ms, 50)),

@@ -192,24 +192,30 @@ def _amplitude(cfg, cb, u, beams, snr_db):
     return np.sqrt(10 ** (snr_db / 10) * cfg.noise_power_w / cfg.num_subcarriers / g2)
 
 
+def _empty_gate_false_alarm_rate(pfa: float, symbol_scale: np.ndarray, seed: int) -> float:
+    """False-alarm rate of 4000 empty gates (two peaks each) whose K symbols hold white noise times
+    ``symbol_scale (K,)`` in power (the other chain's interference is white after the matched filter)."""
+    cfg = ScenarioConfig.paper(4).replace(detection_pfa=pfa)
+    cb = dft_codebook(cfg.num_tx_antennas, cfg.codebook_size)
+    est = PairEstimator(cfg, cb)
+    rng = np.random.default_rng(seed)
+    num = 4000
+    shape = (num, cfg.num_tracking_symbols, cfg.num_subcarriers)
+    w = ((rng.standard_normal(shape) + 1j * rng.standard_normal(shape))
+         * np.sqrt(np.asarray(symbol_scale)[None, :, None] * cfg.noise_power_w / 2)).astype(np.complex64)
+    beams = beams_toward(np.zeros(num), cfg.codebook_size, cfg.num_tracking_symbols)
+    det = est.estimate_peaks(w, beams, np.ones(num), np.full(num, 50.0), np.full(num, 50.0 + 2 * cfg.range_gate_m),
+                             est.threshold_gated, 2)[3]
+    return float(det[:, 0].mean())
+
+
 @pytest.mark.parametrize("interference", [1.5, 100.0])
 def test_false_alarm_rate_under_white_interference_matches_detection_pfa(interference):
     """The other RF chain's echoes are white after the matched filter and raise the floor of an empty gate.
     With the threshold scaled by the gate's own ~5-cell floor the rate was 7x ``detection_pfa`` at both
     levels (its low draws); with the whole profile's floor (and its CFAR factor) it is at most nominal."""
     pfa = 0.01
-    cfg = ScenarioConfig.paper(4).replace(detection_pfa=pfa)
-    cb = dft_codebook(cfg.num_tx_antennas, cfg.codebook_size)
-    est = PairEstimator(cfg, cb)
-    rng = np.random.default_rng(11)
-    num = 4000
-    shape = (num, cfg.num_tracking_symbols, cfg.num_subcarriers)
-    w = ((rng.standard_normal(shape) + 1j * rng.standard_normal(shape))
-         * np.sqrt(interference * cfg.noise_power_w / 2)).astype(np.complex64)
-    beams = beams_toward(np.zeros(num), cfg.codebook_size, cfg.num_tracking_symbols)
-    det = est.estimate_peaks(w, beams, np.ones(num), np.full(num, 50.0), np.full(num, 50.0 + 2 * cfg.range_gate_m),
-                             est.threshold_gated, 2)[3]
-    rate = det[:, 0].mean()
+    rate = _empty_gate_false_alarm_rate(pfa, np.full(ScenarioConfig.paper(4).num_tracking_symbols, interference), 11)
     # Binomial std at p = 0.01, n = 4000 is 0.0016: 1.6 x pfa is 3.8 sigma above nominal.
     assert rate <= 1.6 * pfa, f"false-alarm rate {rate} under interference {interference}x for pfa {pfa}"
     assert rate >= 0.2 * pfa  # still a detector at the nominal rate, not a silenced one
@@ -324,20 +330,9 @@ def test_false_alarm_rate_with_interference_in_one_symbol_matches_detection_pfa(
     (one symbol dominates it) and an empty gate fired 42x ``detection_pfa``; with the symbols whitened by their
     floors it is at most nominal."""
     pfa = 0.01
-    cfg = ScenarioConfig.paper(4).replace(detection_pfa=pfa)
-    cb = dft_codebook(cfg.num_tx_antennas, cfg.codebook_size)
-    est = PairEstimator(cfg, cb)
-    rng = np.random.default_rng(16)
-    num = 4000
-    shape = (num, cfg.num_tracking_symbols, cfg.num_subcarriers)
-    scale = np.ones(cfg.num_tracking_symbols)
+    scale = np.ones(ScenarioConfig.paper(4).num_tracking_symbols)
     scale[0] = 30.0
-    w = ((rng.standard_normal(shape) + 1j * rng.standard_normal(shape))
-         * np.sqrt(scale[None, :, None] * cfg.noise_power_w / 2)).astype(np.complex64)
-    beams = beams_toward(np.zeros(num), cfg.codebook_size, cfg.num_tracking_symbols)
-    det = est.estimate_peaks(w, beams, np.ones(num), np.full(num, 50.0), np.full(num, 50.0 + 2 * cfg.range_gate_m),
-                             est.threshold_gated, 2)[3]
-    rate = det[:, 0].mean()
+    rate = _empty_gate_false_alarm_rate(pfa, scale, 16)
     assert rate <= 1.6 * pfa, f"false-alarm rate {rate} with one symbol's floor 30x for pfa {pfa}"
 
 
