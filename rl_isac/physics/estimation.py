@@ -107,6 +107,11 @@ FINE_SPAN = 2.0
 """Half-width of the final fine angle search, in coarse grid steps (:meth:`PairEstimator._refine_u`)."""
 FINE_STEPS = 41
 """Points of the final fine angle search (0.1 coarse steps apart)."""
+NEAR_RIVAL_SPAN = 1.0
+"""Half-width of the scan for a second mode of the angle criterion next to the estimate, in beam spacings
+(:meth:`PairEstimator._near_rival`)."""
+NEAR_RIVAL_STEPS = 41
+"""Points of that scan (0.05 beam spacings apart; odd, so the estimate itself is the middle one)."""
 CFAR_CELLS_PER_RESOLUTION = 0.6
 """Independent cells of a gate's own measured floor per range resolution cell (its spread, in
 :meth:`PairEstimator._floors`). Measured (white interference 20 dB above the noise in an empty 20 m gate,
@@ -253,6 +258,8 @@ class PairEstimator:
         self._grid_steps = np.arange(ANGLE_GRID, dtype=float)
         self._grid_margin = 1.5 * 2.0 / codebook.shape[1]  # 1.5 beam widths in u
         self._fine_offsets = np.linspace(-FINE_SPAN, FINE_SPAN, FINE_STEPS)  # (F,) in coarse steps
+        spacing_u = 2.0 / codebook.shape[1]  # one beam spacing in u
+        self._near_offsets = np.linspace(-NEAR_RIVAL_SPAN, NEAR_RIVAL_SPAN, NEAR_RIVAL_STEPS) * spacing_u
         self._nu_grid = np.linspace(-self.nu_max_hz, self.nu_max_hz, DOPPLER_GRID)  # (H,)
         self._nu_step = 2 * self.nu_max_hz / (DOPPLER_GRID - 1)
         self._k_t0 = 2 * np.pi * np.arange(cfg.num_tracking_symbols) * cfg.symbol_duration_s  # (K,)
@@ -505,6 +512,16 @@ class PairEstimator:
         ``u`` ``(P,)`` (NaN where the criterion has a single maximum) and the criterion gap
         ``crit(best) - crit(other)`` ``(P,)`` (``inf`` there), in units of ``|c|^2``: the
         concentrated log-likelihood ratio of the two times the noise variance of ``c_k``.
+
+        The span is clipped to the visible region ``[-1, 1]``, although every two-way pattern is periodic in ``u``
+        (period 2 at half-wavelength spacing) and beams at one endfire also see the other end through it. Tried
+        unwrapped (2026-12-02): the echoes from a few degrees off the array's axis, which lie within the noise of
+        ``u = +-1``, were then put on the other side of the BS about half the time, and the detections outside the
+        99.9 % gate against the truth rose from ~0.2 % to 1.5-1.6 % (``results/tracks/nis_breakdown.py``, I = 6 / 8,
+        32 development episodes each). Clipped, the estimate stays on the side the CU aimed its beams at; the
+        other end's echoes that come in through the period (a second target at the same range there) are then
+        placed wrongly, which the gates reject (a few per 10 000 peaks). Taking them right needs the tracker to
+        fuse ``u`` with a wrapped innovation instead of the angle.
         """
         num = len(c)
         patterns = self.patterns
@@ -594,6 +611,71 @@ class PairEstimator:
         s = (r * v).sum(axis=1)
         return u, nu, np.square(np.abs(s)) / np.maximum((r * r).sum(axis=1), 1e-30)
 
+    def _near_rival(self, c: np.ndarray, beams: np.ndarray, directions: np.ndarray, u: np.ndarray, nu: np.ndarray,
+                    weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A second mode of the angle criterion within ``NEAR_RIVAL_SPAN`` beam spacings of the estimate ``u``.
+
+        Where every symbol uses the same beam for transmit and receive, the two-way patterns ``r_k = R_k^2`` are
+        non-negative, and only the ratios of the symbols' magnitudes locate the target. Near the boresight of the
+        sweep's edge beam, with the others near their nulls, the same ratios recur on the beam's far side: the
+        criterion has two maxima a fraction of a beam spacing apart, of equal height up to the noise, so the ML
+        angle takes either, whatever the SNR (evaluation world 1000000014, I = 4: a 41 dB target 0.17 spacings
+        inside the edge beam of the sweep 10-13, estimated 0.44 spacings off, on the far side, in 55 % of 300
+        draws; the CRB's std is 0.05 spacings). The coarse grid of :meth:`_search_u` cannot see such a pair (two
+        or three of its cells apart, often a single plateau on it), so its rival is some far maximum and the
+        reported covariance missed the other mode: this scan finds it.
+
+        The criterion at the refined Doppler ``nu`` on ``u + NEAR_RIVAL_STEPS`` offsets over ``+-NEAR_RIVAL_SPAN``
+        spacings; its best local maximum other than the estimate's own point and neighbours, polished by two
+        parabolic rounds. Where it is higher than the estimate's, the two change places (the estimate becomes
+        the higher mode).
+
+        Args:
+            c: ``(P, K)`` complex amplitudes (whitened as for :meth:`_search_u`); beams: ``(P, K, 2)`` int;
+            directions: ``(P, K, 2)`` their ``u``; u, nu: ``(P,)`` the estimate and its Doppler (Hz);
+            weights: ``(P, K)`` the symbols' whitening or ``None``.
+        Returns:
+            ``(u, u_near, gap)``, each ``(P,)``: the estimate (changed where the near mode is higher), the other
+            mode (NaN where there is none) and ``crit(u) - crit(u_near)`` in units of ``|c|^2`` (``inf`` where
+            none).
+        """
+        num = len(c)
+        u_near = np.full(num, np.nan)
+        gap = np.full(num, np.inf)
+        if num == 0:
+            return u, u_near, gap
+        v = c * self.patterns.pair_phase(beams).conj() * np.exp(nu[:, None] * self._minus_j_k_t0)  # (P, K)
+        grid = np.minimum(np.maximum(u[:, None] + self._near_offsets, -1.0), 1.0)  # (P, N)
+        crit = _u_criterion(self._shape(grid, directions[:, None], weights), v)  # (P, N)
+        mid = NEAR_RIVAL_STEPS // 2
+        inner = (crit[:, 1:-1] >= crit[:, :-2]) & (crit[:, 1:-1] >= crit[:, 2:])  # local maxima, interior points
+        idx = np.arange(1, NEAR_RIVAL_STEPS - 1)
+        inner &= np.abs(idx - mid)[None, :] >= 2
+        inner &= np.diff(grid, axis=1)[:, 1:] > 0  # not a point clipped onto its neighbour at u = +-1
+        score = np.where(inner, crit[:, 1:-1], -np.inf)
+        j = score.argmax(axis=1)
+        rows = np.flatnonzero(np.isfinite(score[np.arange(num), j]))
+        if rows.size == 0:
+            return u, u_near, gap
+        u2 = grid[rows, j[rows] + 1]
+        h = np.full(rows.size, self._near_offsets[1] - self._near_offsets[0])
+        for _ in range(2):
+            r3 = self._shape(self._u_points(u2, h)[:, :3], directions[rows][:, None],
+                             None if weights is None else weights[rows])
+            u2, h = _parabolic_step(u2, _u_criterion(r3, v[rows]), h)
+        u2 = np.minimum(np.maximum(u2, -1.0), 1.0)
+        pair = np.stack([u[rows], u2], axis=1)  # (n, 2)
+        vals = _u_criterion(self._shape(pair, directions[rows][:, None], None if weights is None else weights[rows]),
+                            v[rows])  # (n, 2)
+        distinct = np.abs(u2 - u[rows]) >= 1.5 * (self._near_offsets[1] - self._near_offsets[0])
+        rows, pair, vals = rows[distinct], pair[distinct], vals[distinct]
+        better = vals[:, 1] > vals[:, 0]
+        u = u.copy()
+        u[rows] = np.where(better, pair[:, 1], pair[:, 0])
+        u_near[rows] = np.where(better, pair[:, 0], pair[:, 1])
+        gap[rows] = np.abs(vals[:, 0] - vals[:, 1])
+        return u, u_near, gap
+
     def _u_points(self, u: np.ndarray, h_u: np.ndarray) -> np.ndarray:
         """``(P, 4)``: ``u - h_u, u, u + h_u`` clipped to ``[-1, 1]``, and ``u`` as is."""
         pts = u[:, None] + h_u[:, None] * self._offsets4
@@ -659,7 +741,10 @@ class PairEstimator:
         rival and ``w = 1 / (1 + e^LLR)`` its posterior weight from the concentrated log-likelihood ratio
         ``LLR = (crit_best - crit_rival) L / (F sigma^2)``. In the test geometry (a 40 dB target 0.4 beam
         spacings beyond four swept beams) this took the detections outside the 99.9 % gate against the
-        truth from 41 % to under 1 % (``tests/physics/test_estimation.py``).
+        truth from 41 % to under 1 % (``tests/physics/test_estimation.py``). A second mode next to the
+        estimate, closer than the coarse grid resolves (:meth:`_near_rival`: a target just inside the edge beam
+        of a sweep whose symbols use one beam each for transmit and receive), adds its own term alike: in that
+        test geometry from 52-84 % outside to under 2 %.
 
         Returns:
             ``range_m, angle_rad, snr_db, detected, var_range_m2, var_angle_rad2``, each ``(P, num_peaks)``;
@@ -760,8 +845,10 @@ class PairEstimator:
             extra_rows, extra_peaks = np.nonzero(valid[:, 1:])
             rows = np.concatenate([rows, extra_rows])
             peaks = np.concatenate([peaks, extra_peaks + 1])
-        u, _, u_other, gap = self._search_u(amps[rows, peaks], beams[rows], directions[rows], rival=True,
-                                            weights=wk[rows])
+        c_rows = amps[rows, peaks]
+        u, nu_rows, u_other, gap = self._search_u(c_rows, beams[rows], directions[rows], rival=True, weights=wk[rows])
+        # ... and a second mode next to it, which the coarse grid does not resolve (_near_rival)
+        u, u_near, gap_near = self._near_rival(c_rows, beams[rows], directions[rows], u, nu_rows, wk[rows])
         # An echo whose angle estimate falls more than one beam spacing outside the beams' directions came
         # in through sidelobes: its angle is not measured (the criterion's maximum sits at the edge of the
         # search span, its CRB meaningless), so it is no measurement.
@@ -787,10 +874,14 @@ class PairEstimator:
             # The posterior weight of the other mode, 1 / (1 + e^LLR) with the concentrated log-likelihood
             # ratio LLR = gap / (floor sigma^2 / L), times its squared distance, is added to var(u): the
             # mean squared error about the reported mode.
-            llr = gap * (cfg.num_subcarriers / (cfg.noise_power_w * fl))
-            rival = np.isfinite(u_other)
-            w_other = np.where(rival, 1.0 / (1.0 + np.exp(np.minimum(llr, 700.0))), 0.0)
-            var[1] += w_other * np.square(np.where(rival, u_other - u, 0.0))
+            # The near mode of _near_rival adds its own term alike (a distinct maximum: at least 1.5 scan steps
+            # from the estimate; the far rival is two coarse cells or more away, or the same mode counted once).
+            to_llr = cfg.num_subcarriers / (cfg.noise_power_w * fl)
+            same = np.abs(u_near - u_other) < 2.0 * (self._near_offsets[1] - self._near_offsets[0])
+            for other, g in ((np.where(same, np.nan, u_other), gap), (u_near, gap_near)):
+                rival = np.isfinite(other)
+                w_other = np.where(rival, 1.0 / (1.0 + np.exp(np.minimum(g * to_llr, 700.0))), 0.0)
+                var[1] += w_other * np.square(np.where(rival, other - u, 0.0))
             var[1] /= np.maximum(np.sin(angle) ** 2, 1e-12)  # var(theta) = var(u) / sin^2(theta)
         # Peak 0 with an unresolved echo in its cell (residual above the threshold there): its estimate
         # is pulled toward the other echo by up to its share of the power, within one resolution cell in
