@@ -162,8 +162,8 @@ def test_angle_is_unbiased_when_one_beam_holds_nearly_all_the_echo(single_bs_cfg
     others near their nulls: the angle criterion is flat-topped over several coarse cells and only the weak
     beams locate its maximum. The three-point parabolas alone missed it by 1.0-1.2 deg (0.25 beam spacings)
     at these angles, whatever the SNR, 100-400 reported standard deviations; the fine search finds it. (Near the
-    boresight of the sweep's *edge* beam the plateau runs on into the margin, where noise moves the ML along it:
-    not covered yet.)"""
+    boresight of the sweep's *edge* beam the plateau has a mirror mode on the beam's far side: the test of the
+    mirror mode above.)"""
     cfg = single_bs_cfg
     net = CellFreeNetwork(cfg)
     net.reset(11)
