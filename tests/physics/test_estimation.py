@@ -92,6 +92,30 @@ def test_reported_snr_and_covariance_match_the_truth_at_high_snr(single_bs_cfg, 
     assert all(m.cov[0, 0, 0, 1] == 0 and m.cov[0, 0, 1, 0] == 0 for m in meas)
 
 
+def _sweep_gate_counts(cfg, seed: int, u: float, sweep: list[int], wrong_mode) -> tuple[int, int, int]:
+    """200 probes of one target 23 m from BS 0 at spatial frequency ``u`` with the K symbols' beams ``sweep``
+    (transmit = receive beam per symbol): ``(detected, outside the 99.9 % gate against the truth, wrong_mode)``,
+    ``wrong_mode(estimated_angle_rad) -> bool`` counting the detections in the other mode."""
+    net = CellFreeNetwork(cfg)
+    net.reset(seed)
+    angle = np.arccos(u)
+    pos = (net.bs_positions_m[0] + 23.0 * np.array([np.cos(angle), np.sin(angle)]))[None]
+    net.positions_m = pos.copy()
+    beams = np.zeros((1, 1, cfg.num_tracking_symbols, 2), int)
+    beams[0, 0, :, 0] = beams[0, 0, :, 1] = sweep
+    gate = stats.chi2.ppf(0.999, 2)
+    outside = wrong = detected = 0
+    for _ in range(200):
+        m = net.measure(np.ones((1, 1), bool), beams, predicted_positions_m=pos)
+        if not m.detected[0, 0]:
+            continue
+        detected += 1
+        err = np.array([m.range_m[0, 0] - 23.0, m.angle_rad[0, 0] - angle])
+        outside += int(err @ np.linalg.solve(m.cov[0, 0], err) > gate)
+        wrong += int(wrong_mode(m.angle_rad[0, 0]))
+    return detected, outside, wrong
+
+
 @pytest.mark.parametrize("beam_spacings_outside", [0.4, 0.6])
 def test_reported_covariance_covers_a_target_just_outside_the_beams(single_bs_cfg, beam_spacings_outside):
     """A strong target (23 m, ~40 dB) just beyond the last of four swept beams: the angle criterion has two
@@ -100,24 +124,10 @@ def test_reported_covariance_covers_a_target_just_outside_the_beams(single_bs_cf
     Before the rival-mode term 41 % / 2-4 % of the detections fell outside the 99.9 % gate against the truth
     (the CRB at 40 dB is 0.03 deg; the wrong mode is 2-3 deg off); now their spread is in the covariance."""
     cfg = single_bs_cfg
-    net = CellFreeNetwork(cfg)
-    net.reset(11)
     u = -1 + (2 * 18 + 1) / cfg.codebook_size + beam_spacings_outside * 2 / cfg.codebook_size
-    angle = np.arccos(u)
-    pos = (net.bs_positions_m[0] + 23.0 * np.array([np.cos(angle), np.sin(angle)]))[None]
-    net.positions_m = pos.copy()
-    beams = np.zeros((1, 1, cfg.num_tracking_symbols, 2), int)
-    beams[0, 0, :, 0] = beams[0, 0, :, 1] = [15, 16, 17, 18]  # u = -0.03 ... 0.16; the target at 0.18 / 0.19
-    gate = stats.chi2.ppf(0.999, 2)
-    outside = wrong_mode = detected = 0
-    for _ in range(200):
-        m = net.measure(np.ones((1, 1), bool), beams, predicted_positions_m=pos)
-        if not m.detected[0, 0]:
-            continue
-        detected += 1
-        err = np.array([m.range_m[0, 0] - 23.0, m.angle_rad[0, 0] - angle])
-        outside += err @ np.linalg.solve(m.cov[0, 0], err) > gate
-        wrong_mode += abs(err[1]) > np.deg2rad(0.5)
+    # beams u = -0.03 ... 0.16; the target at 0.18 / 0.19
+    detected, outside, wrong_mode = _sweep_gate_counts(
+        cfg, 11, u, [15, 16, 17, 18], lambda est: abs(est - np.arccos(u)) > np.deg2rad(0.5))
     assert detected >= 190
     assert wrong_mode >= 0.05 * detected  # the ambiguity is real: this test would not see a fix otherwise
     assert outside <= 0.02 * detected, (outside, detected)
@@ -132,25 +142,10 @@ def test_reported_covariance_covers_the_mirror_mode_of_the_sweeps_edge_beam(sing
     drift). The two modes are closer than the coarse grid resolves; before the near-rival scan about half of
     the detections fell outside the 99.9 % gate against the truth."""
     cfg = single_bs_cfg
-    net = CellFreeNetwork(cfg)
-    net.reset(17)
     spacing = 2 / cfg.codebook_size
     u = -1 + (2 * 13 + 1) / cfg.codebook_size - spacings_inside * spacing
-    angle = np.arccos(u)
-    pos = (net.bs_positions_m[0] + 23.0 * np.array([np.cos(angle), np.sin(angle)]))[None]
-    net.positions_m = pos.copy()
-    beams = np.zeros((1, 1, cfg.num_tracking_symbols, 2), int)
-    beams[0, 0, :, 0] = beams[0, 0, :, 1] = [10, 11, 12, 13]
-    gate = stats.chi2.ppf(0.999, 2)
-    outside = wrong_mode = detected = 0
-    for _ in range(200):
-        m = net.measure(np.ones((1, 1), bool), beams, predicted_positions_m=pos)
-        if not m.detected[0, 0]:
-            continue
-        detected += 1
-        err = np.array([m.range_m[0, 0] - 23.0, m.angle_rad[0, 0] - angle])
-        outside += err @ np.linalg.solve(m.cov[0, 0], err) > gate
-        wrong_mode += abs(np.cos(m.angle_rad[0, 0]) - u) > 0.2 * spacing
+    detected, outside, wrong_mode = _sweep_gate_counts(
+        cfg, 17, u, [10, 11, 12, 13], lambda est: abs(np.cos(est) - u) > 0.2 * spacing)
     assert detected >= 190
     assert wrong_mode >= 0.05 * detected  # the ambiguity is real: this test would not see a fix otherwise
     assert outside <= 0.02 * detected, (outside, wrong_mode, detected)
