@@ -7,6 +7,7 @@ import pytest
 from scipy import stats
 
 from rl_isac.network import CellFreeNetwork
+from rl_isac.physics import estimation
 from rl_isac.physics.arrays import beams_toward, dft_codebook, two_way_gain
 from rl_isac.physics.calibration import _run_case, calibration_scenario
 from rl_isac.physics.channel import received_amplitude
@@ -149,6 +150,74 @@ def test_reported_covariance_covers_the_mirror_mode_of_the_sweeps_edge_beam(sing
     assert detected >= 190
     assert wrong_mode >= 0.05 * detected  # the ambiguity is real: this test would not see a fix otherwise
     assert outside <= 0.02 * detected, (outside, wrong_mode, detected)
+
+
+def _two_echo_probe(cfg, seed: int, separation_spacings: float, second_amplitude: float, draws: int = 300):
+    """``draws`` pairs at 60 m whose gate holds target A (u = the boresight of beam 16) and, at the same range,
+    echo B ``separation_spacings`` beam spacings away with ``second_amplitude`` times A's amplitude (0: none),
+    random phases and Doppler; four swept beams 15-18 (transmit = receive). Returns the estimator's output dict
+    and the two targets' ``(range_m, angle_rad)``."""
+    cb = dft_codebook(cfg.num_tx_antennas, cfg.codebook_size)
+    est = PairEstimator(cfg, cb)
+    rng = np.random.default_rng(seed)
+    spacing = 2 / cfg.codebook_size
+    u_a = -1 + (2 * 16 + 1) / cfg.codebook_size
+    u_b = u_a + separation_spacings * spacing
+    beams = np.zeros((draws, cfg.num_tracking_symbols, 2), int)
+    beams[:, :, 0] = beams[:, :, 1] = [15, 16, 17, 18]
+    rng_m = np.full(draws, 60.0)
+    amp = float(received_amplitude(cfg, np.array([60.0]))[0])
+    nu = lambda: rng.uniform(-est.nu_max_hz, est.nu_max_hz, draws)  # noqa: E731
+    z = _model_samples(cfg, cb, rng_m, np.full(draws, u_a), nu(), np.full(draws, amp), beams, rng=rng)
+    if second_amplitude:
+        z = z + _model_samples(cfg, cb, rng_m, np.full(draws, u_b), nu(), np.full(draws, second_amplitude * amp),
+                               beams, rng=rng, noise=False)
+    out = est.estimate(z, beams, np.ones(draws), np.full(draws, 50.0), np.full(draws, 70.0), np.ones(draws, bool))
+    return out, np.array([[60.0, np.arccos(u_a)], [60.0, np.arccos(u_b)]])
+
+
+@pytest.mark.parametrize(("separation_spacings", "second_amplitude"), [(0.6, 1.0), (1.3, 0.7)])
+def test_reported_covariance_covers_two_echoes_the_fit_test_flags(single_bs_cfg, separation_spacings,
+                                                                  second_amplitude):
+    """Two targets at one range from the BS, under one or two beam spacings apart in angle, inside the swept beams
+    (evaluation world 1000000046 at I = 6: targets spawned 0.9 m apart, parting along a circle around BS 4): one
+    peak, whose angle is a blend of the two, many reported stds from either with the bound of one echo; the track
+    followed it off its target. The single-echo fit test flags most such blends, and their covariance then covers
+    the nearer target. The rest fit one echo at the blend's angle as well as the noise allows (with four symbols
+    and non-negative two-way patterns, a fifth of the draws here): no per-pair statistic can flag those, only the
+    CU's predictions of both targets can (``merge_spread``)."""
+    gate = stats.chi2.ppf(0.999, 2)
+    out, targets = _two_echo_probe(single_bs_cfg, 23, separation_spacings, second_amplitude)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(estimation, "MISMATCH_PFA", None)
+        bare, _ = _two_echo_probe(single_bs_cfg, 23, separation_spacings, second_amplitude)
+    det = out["detected"]
+    assert det.mean() >= 0.95
+    np.testing.assert_array_equal(det, bare["detected"])  # the test changes covariances only
+    np.testing.assert_array_equal(out["angle_rad"], bare["angle_rad"])
+    err = np.stack([out["range_m"][det], out["angle_rad"][det]], axis=1)[:, None, :] - targets[None]  # (n, 2, 2)
+
+    def outside(cov):
+        return np.einsum("nta,nab,ntb->nt", err, np.linalg.inv(cov[det]), err).min(axis=1) > gate  # nearer target
+
+    flagged = out["cov"][det, 1, 1] > bare["cov"][det, 1, 1] * (1 + 1e-9)
+    assert outside(bare["cov"]).mean() >= 0.4  # the blend is real: with the bound of one echo most are outside
+    assert flagged.mean() >= 0.6, flagged.mean()
+    assert outside(out["cov"])[flagged].mean() <= 0.02
+    assert outside(out["cov"]).mean() <= 0.6 * outside(bare["cov"]).mean()
+
+
+def test_single_echo_fit_test_leaves_a_lone_target_at_its_bound(single_bs_cfg):
+    """The same pairs with target A alone: the fit test flags about its false-alarm rate (1e-3) of them, so
+    the reported covariance stays the bound's."""
+    out, _ = _two_echo_probe(single_bs_cfg, 29, 0.0, 0.0, draws=2000)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(estimation, "MISMATCH_PFA", None)
+        bare, _ = _two_echo_probe(single_bs_cfg, 29, 0.0, 0.0, draws=2000)
+    det = out["detected"]
+    assert det.all()
+    flagged = ~np.isclose(out["cov"][:, 1, 1], bare["cov"][:, 1, 1], rtol=1e-9)
+    assert flagged.mean() <= 0.005, flagged.mean()
 
 
 @pytest.mark.parametrize("angle_deg", [117.6, 118.5, 121.5])
