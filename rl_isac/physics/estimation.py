@@ -621,7 +621,7 @@ class PairEstimator:
         return u, nu, np.square(np.abs(s)) / np.maximum((r * r).sum(axis=1), 1e-30)
 
     def _near_rival(self, c: np.ndarray, beams: np.ndarray, directions: np.ndarray, u: np.ndarray, nu: np.ndarray,
-                    weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                    weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """A second mode of the angle criterion within ``NEAR_RIVAL_SPAN`` beam spacings of the estimate ``u``.
 
         Where every symbol uses the same beam for transmit and receive, the two-way patterns ``r_k = R_k^2`` are
@@ -644,19 +644,20 @@ class PairEstimator:
             directions: ``(P, K, 2)`` their ``u``; u, nu: ``(P,)`` the estimate and its Doppler (Hz);
             weights: ``(P, K)`` the symbols' whitening or ``None``.
         Returns:
-            ``(u, u_near, gap)``, each ``(P,)``: the estimate (changed where the near mode is higher), the other
-            mode (NaN where there is none) and ``crit(u) - crit(u_near)`` in units of ``|c|^2`` (``inf`` where
-            none).
+            ``(u, u_near, gap, crit_u)``, each ``(P,)``: the estimate (changed where the near mode is higher), the
+            other mode (NaN where there is none), ``crit(u) - crit(u_near)`` in units of ``|c|^2`` (``inf`` where
+            none) and the criterion at the returned ``u`` (for :meth:`fit_residual`; the scan holds it already).
         """
         num = len(c)
         u_near = np.full(num, np.nan)
         gap = np.full(num, np.inf)
         if num == 0:
-            return u, u_near, gap
+            return u, u_near, gap, np.zeros(0)
         v = c * self.patterns.pair_phase(beams).conj() * np.exp(nu[:, None] * self._minus_j_k_t0)  # (P, K)
         grid = np.minimum(np.maximum(u[:, None] + self._near_offsets, -1.0), 1.0)  # (P, N)
         crit = _u_criterion(self._shape(grid, directions[:, None], weights), v)  # (P, N)
         mid = NEAR_RIVAL_STEPS // 2
+        crit_u = crit[:, mid].copy()  # offset 0: the estimate itself
         inner = (crit[:, 1:-1] >= crit[:, :-2]) & (crit[:, 1:-1] >= crit[:, 2:])  # local maxima, interior points
         idx = np.arange(1, NEAR_RIVAL_STEPS - 1)
         inner &= np.abs(idx - mid)[None, :] >= 2
@@ -665,7 +666,7 @@ class PairEstimator:
         j = score.argmax(axis=1)
         rows = np.flatnonzero(np.isfinite(score[np.arange(num), j]))
         if rows.size == 0:
-            return u, u_near, gap
+            return u, u_near, gap, crit_u
         u2 = grid[rows, j[rows] + 1]
         h = np.full(rows.size, self._near_offsets[1] - self._near_offsets[0])
         for _ in range(2):
@@ -683,21 +684,18 @@ class PairEstimator:
         u[rows] = np.where(better, pair[:, 1], pair[:, 0])
         u_near[rows] = np.where(better, pair[:, 0], pair[:, 1])
         gap[rows] = np.abs(vals[:, 0] - vals[:, 1])
-        return u, u_near, gap
+        crit_u[rows] = np.maximum(vals[:, 0], vals[:, 1])  # the higher mode is the estimate now
+        return u, u_near, gap, crit_u
 
-    def fit_residual(self, c: np.ndarray, beams: np.ndarray, directions: np.ndarray, u: np.ndarray, nu: np.ndarray,
-                     weights: np.ndarray | None = None) -> np.ndarray:
+    @staticmethod
+    def fit_residual(c: np.ndarray, crit_u: np.ndarray) -> np.ndarray:
         """What the single-echo model leaves of the amplitudes: ``sum_k |c_k|^2 - crit(u, nu)`` ``(P,)``, in units
         of ``|c|^2`` (divide by the noise variance of ``c_k`` for the test statistic of :meth:`mismatch_factor`).
 
-        Args as :meth:`_near_rival` (``u``, ``nu`` the final estimate and its Doppler).
+        ``c``: ``(P, K)`` the amplitudes as for :meth:`_near_rival`; ``crit_u``: ``(P,)`` the criterion at the final
+        estimate and its Doppler (:meth:`_near_rival`'s last output).
         """
-        if len(c) == 0:
-            return np.zeros(0)
-        v = c * self.patterns.pair_phase(beams).conj() * np.exp(nu[:, None] * self._minus_j_k_t0)  # (P, K)
-        crit = _u_criterion(self._shape(u[:, None], directions[:, None], weights), v)[:, 0]
-        total = np.square(np.abs(c)).sum(axis=1)
-        return np.maximum(total - crit, 0.0)
+        return np.maximum(np.square(np.abs(c)).sum(axis=1) - crit_u, 0.0)
 
     def mismatch_factor(self, statistic: np.ndarray) -> np.ndarray:
         """Covariance scale ``(P,)`` from the single-echo fit test: ``statistic / (K - 2)`` where it exceeds the
@@ -898,8 +896,8 @@ class PairEstimator:
         c_rows = amps[rows, peaks]
         u, nu_rows, u_other, gap = self._search_u(c_rows, beams[rows], directions[rows], rival=True, weights=wk[rows])
         # ... and a second mode next to it, which the coarse grid does not resolve (_near_rival)
-        u, u_near, gap_near = self._near_rival(c_rows, beams[rows], directions[rows], u, nu_rows, wk[rows])
-        residual = self.fit_residual(c_rows, beams[rows], directions[rows], u, nu_rows, wk[rows])
+        u, u_near, gap_near, crit_u = self._near_rival(c_rows, beams[rows], directions[rows], u, nu_rows, wk[rows])
+        residual = self.fit_residual(c_rows, crit_u)
         # An echo whose angle estimate falls more than one beam spacing outside the beams' directions came
         # in through sidelobes: its angle is not measured (the criterion's maximum sits at the edge of the
         # search span, its CRB meaningless), so it is no measurement.
