@@ -20,6 +20,8 @@ from rl_isac.rllib.controller import PPOController, load_module
 from rl_isac.scenario import ScenarioConfig
 from rl_isac.seeds import training_world_seed
 
+if len(sys.argv) != 5:
+    raise SystemExit(f"usage: python results/ppo_dev/fit_test_ppo.py I FIRST N on|off (got {sys.argv[1:]})")
 I, first, N, variant = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 if variant not in ("on", "off"):
     raise SystemExit(f"variant must be on or off, got {variant!r}")

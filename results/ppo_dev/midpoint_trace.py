@@ -16,6 +16,8 @@ from rl_isac.evaluation.harness import git_revision
 from rl_isac.network import CellFreeNetwork
 from rl_isac.scenario import ScenarioConfig
 
+if len(sys.argv) != 3:
+    raise SystemExit(f"usage: python results/ppo_dev/midpoint_trace.py METHOD CHECKPOINT (got {sys.argv[1:]})")
 method, ck = sys.argv[1], sys.argv[2]
 cfg = ScenarioConfig.paper(6, fidelity="signal").replace(num_blocks=100)
 cu = make_controller(method, cfg, checkpoint=ck)

@@ -716,6 +716,9 @@ class PairEstimator:
         at the blend's angle as well as the noise allows (``tests/physics/test_estimation.py``); those only the
         CU's predictions of both targets can cover (:func:`merge_spread`).
         """
+        if not 0.0 < MISMATCH_PFA < 1.0:
+            raise ValueError(f"estimation.MISMATCH_PFA = {MISMATCH_PFA!r}: a false-alarm rate must lie in (0, 1) "
+                             "(None switches the fit test off)")
         dof = max(self.cfg.num_tracking_symbols - 2, 1)
         limit = _gamma_isf(MISMATCH_PFA, dof)
         return np.where(statistic > limit, statistic / dof, 1.0)

@@ -351,3 +351,11 @@ def test_assigned_target_outside_its_gate_is_missed_by_the_surrogate(place_targe
     for _ in range(10):
         m = net.measure(np.ones((1, 1), bool), net.beams_toward(pos), predicted_positions_m=far_prediction)
         assert not m.detected[0, 0]
+
+
+def test_fit_test_rejects_a_false_alarm_rate_outside_0_1(single_bs_cfg, monkeypatch):
+    """A wrong ``MISMATCH_PFA`` (here 1.5) is an error naming the constant and the rule, not a silent test that flags
+    nothing (scipy's quantile would be NaN)."""
+    monkeypatch.setattr(estimation, "MISMATCH_PFA", 1.5)
+    with pytest.raises(ValueError, match=r"MISMATCH_PFA = 1.5.*\(0, 1\)"):
+        _two_echo_probe(single_bs_cfg, 23, 0.6, 1.0, draws=20)
