@@ -6,8 +6,13 @@ level, 100 blocks, the committed ``results/checkpoints/ppo-I{I}``. ``on``: the e
 estimator of 44e97cd. Lost: target-blocks with an error above 5 m; free-lost: the same with estimates matched to
 targets whatever their labels (swaps not counted); bad: episodes with an RMSE above 1 m.
 
-    python results/ppo_dev/fit_test_ppo.py I FIRST N on|off >> results/ppo_dev/fit_test_ppo.txt
+    python results/ppo_dev/fit_test_ppo.py I FIRST N on|off [SETTINGS] >> results/ppo_dev/fit_test_ppo.txt
+
+``SETTINGS``: a JSON object of :class:`rl_isac.tracking.EKFSettings` fields for the window's EKF anchor (default
+``{}``: the shipped settings), e.g. ``'{"unexplained_is_miss": true}'``.
 """
+import functools
+import json
 import sys
 import time
 
@@ -19,10 +24,14 @@ from rl_isac.physics import estimation
 from rl_isac.rllib.controller import PPOController, load_module
 from rl_isac.scenario import ScenarioConfig
 from rl_isac.seeds import training_world_seed
+from rl_isac.tracking import EKFEstimator, EKFSettings, window
 
-if len(sys.argv) != 5:
-    raise SystemExit(f"usage: python results/ppo_dev/fit_test_ppo.py I FIRST N on|off (got {sys.argv[1:]})")
+if len(sys.argv) not in (5, 6):
+    raise SystemExit(f"usage: python results/ppo_dev/fit_test_ppo.py I FIRST N on|off [SETTINGS] (got {sys.argv[1:]})")
 I, first, N, variant = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+settings = json.loads(sys.argv[5]) if len(sys.argv) == 6 else {}
+if settings:  # the window builds its anchor as EKFEstimator(cfg): give it these settings
+    window.EKFEstimator = functools.partial(EKFEstimator, settings=EKFSettings(**settings))
 if variant not in ("on", "off"):
     raise SystemExit(f"variant must be on or off, got {variant!r}")
 if variant == "off":
@@ -46,6 +55,7 @@ for e in range(first, first + N):
 sq, free = np.asarray(sq), np.asarray(free)
 ep = np.sqrt(sq.mean(axis=(1, 2)))
 bad = {first + i: round(float(x), 2) for i, x in enumerate(ep) if x > 1.0}
-print(f"{variant} I={I} worlds {first}-{first + N - 1}, git {git_revision()}: RMSE {np.sqrt(sq.mean()):.3f} m, "
+tag = f"{variant} {json.dumps(settings)}" if settings else variant
+print(f"{tag} I={I} worlds {first}-{first + N - 1}, git {git_revision()}: RMSE {np.sqrt(sq.mean()):.3f} m, "
       f"median episode {np.median(ep):.3f}, lost {np.mean(sq > 25.0):.4f}, free-lost {np.mean(free > 25.0):.4f}; "
       f"bad episodes {bad} ({time.time() - t0:.0f} s)")

@@ -8,6 +8,7 @@ import numpy as np
 
 from rl_isac.scenario import ScenarioConfig
 from rl_isac.tracking import EKFEstimator, EKFSettings
+from rl_isac.tracking.data_association import CHI2_GATE_999
 from rl_isac.tracking.ekf import update_range, update_range_angle
 from rl_isac.tracking.identity import retrodiction_cost, should_swap
 from tests.tracking.test_data_association import _peaks_block
@@ -166,3 +167,90 @@ def test_a_track_coalesced_onto_its_neighbour_searches_and_reacquires_its_own_ta
     dup, err_dup = results["duplicates only"]  # the duplicate rule alone does the same, and swaps nothing
     np.testing.assert_array_equal(err_dup, err_fixed)
     assert dup.identity_swaps == 0
+
+
+def test_a_searching_track_is_not_pinned_by_its_targets_range_alone():
+    """Track 0, well locked, is displaced 12 m along its target's range circle of BS 0 (what a run of blended
+    echoes does to it), gets nothing for 4 blocks (it searches), then for 10 blocks only range-only peaks of
+    its target from BS 0 (they cannot see the displacement), then full peaks from BS 3 again. The range does
+    not end the search (``range_only_ends_search=False``): the track keeps searching, its predicted
+    covariance keeps covering the error (NIS against the truth inside the 99.9 % gate, so its beams stay
+    wide), and it re-initialises on the first full peak. With the earlier rule the range looks end the search
+    on the wrong part of the circle and the prediction claims a precision it has not (NIS 30-100)."""
+    cfg = ScenarioConfig.paper(4)
+    start = np.array([[80.0, 50.0], [220.0, 60.0], [140.0, 20.0], [250.0, 30.0]])
+    vel = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, 1.0]]) * cfg.speed_mps
+    truth = _truths(start, vel, 30, cfg.block_duration_s)
+
+    def entries(q, t):
+        out = [(4, 1, 0, t[1], 0.05, 0.003), (1, 2, 0, t[2], 0.05, 0.003), (2, 3, 0, t[3], 0.05, 0.003)]
+        if q <= 10 or q > 24:
+            out.append((3, 0, 0, t[0], 0.05, 0.003))
+        elif q > 14:
+            out.append((0, 0, 0, t[0], 0.05, BIG_ANGLE_STD))
+        return out
+
+    results = {}
+    for ends in (False, True):
+        est = EKFEstimator(cfg, EKFSettings(range_only_ends_search=ends))
+        est.reset(start)
+        errs, nis, searched = [], [], []
+        for q, t in enumerate(truth, 1):
+            if q == 11:  # displaced 12 m along BS 0's range circle (BS 0 at the origin)
+                r, a = np.hypot(*est._x[0, :2]), np.arctan2(est._x[0, 1], est._x[0, 0]) + 12.0 / np.hypot(*t[0])
+                est._x[0, :2] = r * np.cos(a), r * np.sin(a)
+                est._pred = None
+            est.block_prediction_m = est.predicted_position()
+            d = t[0] - est.block_prediction_m[0]
+            nis.append(float(d @ np.linalg.solve(est.predicted_covariance()[0, :2, :2], d)))
+            u_hat, _ = est.update(_peaks_block(cfg, entries(q, t), block=q))
+            errs.append(np.linalg.norm(u_hat - t, axis=1))
+            searched.append(bool(est.searching[0]))
+        results[ends] = (np.array(errs), np.array(nis), searched)
+    err, nis, searched = results[False]
+    assert all(searched[13:24])  # blocks 14-24: searching through the range-only looks
+    assert nis[15:25].max() < CHI2_GATE_999  # blocks 16-25: the prediction covers the 12 m
+    assert err[:10, 0].max() < 0.5 and err[24:, 0].max() < 0.5  # re-initialised on the first full peak (block 25)
+    assert err[:, 1:].max() < 0.5  # the others undisturbed
+    err_old, nis_old, searched_old = results[True]
+    assert not any(searched_old[14:24]) and nis_old[16:25].min() > 2 * CHI2_GATE_999  # the earlier rule
+    assert err_old[24, 0] > 10.0
+
+
+def test_an_unexplained_echo_in_its_own_beams_sends_a_locked_out_track_searching():
+    """Targets 0 and 1 move side by side 6 m apart; track 0 is pulled onto target 1 (0.5 m from it), so target
+    1's echoes fall in both gates and go to track 1, while target 0's own echoes, in the scans serving
+    track 0, lie outside every gate: a gate lockout. Counted as full misses (``unexplained_is_miss``), they
+    send track 0 searching after ``search_after_blocks`` blocks and it re-initialises on its target's echo at
+    the next (block 14); counted as "seen" misses it is still off at block 14 and not back for good before
+    block 19. A well-locked track with an unexplained outlier beside its own echo never misses."""
+    cfg = ScenarioConfig.paper(4)
+    start = np.array([[80.0, 50.0], [86.0, 50.0], [220.0, 60.0], [250.0, 30.0]])
+    vel = np.array([[0.0, 1.0], [0.0, 1.0], [-1.0, 0.0], [0.0, 1.0]]) * cfg.speed_mps
+    truth = _truths(start, vel, 30, cfg.block_duration_s)
+
+    def entries(q, t):
+        out = [(4, 2, 0, t[2], 0.05, 0.003), (2, 3, 0, t[3], 0.05, 0.003), (3, 1, 0, t[1], 0.05, 0.003),
+               (3, 0, 0, t[0], 0.05, 0.003)]
+        if q == 7:  # an outlier beside track 2's echo, 8 m off: nobody explains it
+            out.append((4, 2, 1, t[2] + np.array([0.0, 8.0]), 0.05, 0.003))
+        return out
+
+    errs = {}
+    for rule in (True, False):
+        est = EKFEstimator(cfg, EKFSettings(unexplained_is_miss=rule))
+        est.reset(start)
+        err = []
+        for q, t in enumerate(truth, 1):
+            if q == 11:  # track 0 pulled onto target 1
+                est._x[0] = est._x[1] + np.array([-0.5, 0.0, 0.0, 0.0])
+                est._pred = None
+            est.block_prediction_m = est.predicted_position()
+            u_hat, _ = est.update(_peaks_block(cfg, entries(q, t), block=q))
+            err.append(np.linalg.norm(u_hat - t, axis=1))
+            if q <= 10:
+                assert est.missed[2] == 0  # the outlier at block 7 cost the track beside it nothing
+        errs[rule] = np.array(err)
+    assert errs[True][:10].max() < 0.5 and errs[True][13:, 0].max() < 0.5  # back on target 0 at block 14
+    assert errs[True][:, 1:].max() < 0.5
+    assert errs[False][10:14, 0].min() > 4.0 and errs[False][13:18, 0].max() > 1.0  # "seen": locked out longer
