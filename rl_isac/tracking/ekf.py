@@ -476,8 +476,10 @@ class EKFSettings(ConfigMixin):
     its circle the target is. ``True`` (the rule before this option): the range-only update counts as an
     accepted measurement and the track stops searching wherever it stands on the circle (evaluation world
     1000000046 at I = 6, ``dgnn-ppo``: a track 17 m off its target held there for 80 blocks by its target's
-    range-only echoes, the angle never corrected)."""
-    unexplained_is_miss: bool = False
+    range-only echoes, the angle never corrected). Development worlds (``results/tracks/dev_variants.md``, rows
+    ``mismatch-spread`` / ``ro-keeps-search``, 800 per I): ``ekf-milp`` 0.0054 both at I = 6, 0.0064 both at
+    I = 8 (the rule rarely fires there); ``dgnn-ppo`` 0.0053 -> 0.0054 at I = 6, 0.0078 -> 0.0080 at I = 8."""
+    unexplained_is_miss: bool = True
     """A track that fused nothing while a 2-D peak of its own scan (a pair serving it: beams aimed at its
     prediction) lies outside every track's gate counts a full miss, even where a neighbour's peak fell inside
     its gate (``SEEN_MISS_WEIGHT`` otherwise). An echo in its own beams that no track explains is the sign
@@ -485,7 +487,12 @@ class EKFSettings(ConfigMixin):
     back), so it goes searching after :attr:`search_after_blocks` such blocks instead of about three times
     as many, while the target is still in its beams (evaluation world 1000000046 at I = 6, ``dgnn-ppo``:
     the target's own echoes at SNR 16-25 dB and NIS 15-24 for 7 blocks, unexplained, before its track went
-    searching 10 m away and never saw it again)."""
+    searching 10 m away and never saw it again). On by default since this revision, chosen on development
+    worlds (``results/tracks/dev_variants.md``, rows ``ro-keeps-search`` / ``unexplained-miss``, 800 worlds
+    per I, ``ekf-milp``): lost fraction 0.0054 -> 0.0052 at I = 6 (identity-free 0.0009 -> 0.0007), 0.0064 both
+    at I = 8 (identity-free 0.0016 -> 0.0013); 7 episodes better, 1 worse (of 1600); ``dgnn-ppo``
+    (``results/ppo_dev/fit_test_ppo.txt``): 0.0054 both at I = 6 (300 worlds), 0.0080 -> 0.0077 at I = 8 (200,
+    identity-free 0.0010 -> 0.0008)."""
     range_only_unambiguous: bool = True
     """With :attr:`range_only_peaks`: a range-only peak may go only to its scan's own target, and only where
     no other track lies in the same beams within two range cells
