@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import rl_isac  # noqa: F401 (first: it pins OpenBLAS's kernel before numpy loads, rl_isac/__init__.py)
 import numpy as np
 
 

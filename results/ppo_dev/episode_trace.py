@@ -8,6 +8,7 @@ signal level, 100 blocks, the same world for both. Output: ``results/ppo_dev/epi
 """
 import sys
 
+import rl_isac  # noqa: F401 (first: it pins OpenBLAS's kernel before numpy loads, rl_isac/__init__.py)
 import numpy as np
 
 from rl_isac.controllers import make_controller

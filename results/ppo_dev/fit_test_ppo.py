@@ -16,6 +16,7 @@ import json
 import sys
 import time
 
+import rl_isac  # noqa: F401 (first: it pins OpenBLAS's kernel before numpy loads, rl_isac/__init__.py)
 import numpy as np
 
 from rl_isac.evaluation.harness import git_revision, unlabelled_squared_errors

@@ -11,6 +11,7 @@ variant is not what the policy was trained with.
 import sys
 import time
 
+import rl_isac  # noqa: F401 (first: it pins OpenBLAS's kernel before numpy loads, rl_isac/__init__.py)
 import numpy as np
 
 from rl_isac.association.constraints import check_association, sub_actions_to_association

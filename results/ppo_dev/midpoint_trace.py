@@ -9,6 +9,7 @@ Signal level, 100 blocks; the first 30 are printed.
 """
 import sys
 
+import rl_isac  # noqa: F401 (first: it pins OpenBLAS's kernel before numpy loads, rl_isac/__init__.py)
 import numpy as np
 
 from rl_isac.controllers import make_controller

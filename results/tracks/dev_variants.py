@@ -24,6 +24,7 @@ import json
 import time
 from pathlib import Path
 
+import rl_isac  # noqa: F401 (first: it pins OpenBLAS's kernel before numpy loads, rl_isac/__init__.py)
 import numpy as np
 
 from rl_isac.association import DEFAULT_CHAIN_PRICE, make_solver

@@ -10,6 +10,7 @@ Run: python results/tracks/encounter_floor.py 2000 > results/tracks/encounter_fl
 """
 import sys
 
+import rl_isac  # noqa: F401 (first: it pins OpenBLAS's kernel before numpy loads, rl_isac/__init__.py)
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 from scipy.sparse.csgraph import connected_components

@@ -5,6 +5,7 @@ the posteriors of blocks 1, 2, 3 and at the q = 0 acquisition, beside whether th
 Output: results/tracks/startup_margins.txt.  Run: python results/tracks/startup_margins.py > results/tracks/startup_margins.txt
 """
 
+import rl_isac  # noqa: F401 (first: it pins OpenBLAS's kernel before numpy loads, rl_isac/__init__.py)
 import numpy as np
 
 from rl_isac.association import DEFAULT_CHAIN_PRICE, make_solver

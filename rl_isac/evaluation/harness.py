@@ -89,6 +89,20 @@ def git_revision() -> str:
     return out.stdout.strip() or "unknown"
 
 
+def blas_kernel() -> str:
+    """The BLAS libraries this process has loaded and their kernels, e.g. ``"openblas:Haswell"``.
+
+    The package pins OpenBLAS's kernel on x86-64 (:data:`rl_isac.OPENBLAS_CORETYPE`: closed-loop numbers
+    depend on its round-off in knife-edge episodes); a result made with another kernel is reproducible only on
+    a CPU that picks the same one. ``"unknown"`` where none is reported.
+    """
+    from threadpoolctl import threadpool_info
+
+    kernels = {f"{i['internal_api']}:{i.get('architecture') or '?'}" for i in threadpool_info()
+               if i.get("user_api") == "blas"}
+    return ",".join(sorted(kernels)) or "unknown"
+
+
 def run_episode(cu: Controller, cfg: ScenarioConfig, world_seed: int, blocks: int, on_block=None) -> dict:
     """One episode: returns squared errors ``(Q, I)``, PCRB traces ``(Q, I)``, miss counts, decision times."""
     net = CellFreeNetwork(cfg)
@@ -317,6 +331,7 @@ def evaluate(method: str, targets: int = 4, episodes: int = 10, blocks: int = 10
         "checkpoint": checkpoint,
         "scenario": cfg.to_dict(),
         "git_revision": git_revision(),
+        "blas_kernel": blas_kernel(),
     }
 
 

@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from rl_isac.errors import ConfigError
-from rl_isac.evaluation.harness import evaluate, git_revision, write_json_atomic
+from rl_isac.evaluation.harness import blas_kernel, evaluate, git_revision, write_json_atomic
 from rl_isac.scenario import ScenarioConfig
 from rl_isac.seeds import evaluation_seeds
 
@@ -166,7 +166,8 @@ PROFILES: dict[str, Profile] = {
 
 # ----------------------------------------------------------------------------------------------- helpers
 def package_versions() -> dict[str, str]:
-    """Versions of Python and of the packages the numbers depend on (``"not installed"`` where absent)."""
+    """Versions of Python and of the packages the numbers depend on (``"not installed"`` where absent), and the
+    BLAS kernel (:func:`~rl_isac.evaluation.harness.blas_kernel`)."""
     out = {"python": platform.python_version()}
     for name in ("rl-isac", "numpy", "scipy", "torch", "torch-geometric", "ray", "cvxpy", "highspy", "matplotlib",
                  "optuna"):
@@ -174,6 +175,7 @@ def package_versions() -> dict[str, str]:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             out[name] = "not installed"
+    out["blas_kernel"] = blas_kernel()
     return out
 
 

@@ -64,6 +64,7 @@ def test_tiny_profile_writes_a_well_formed_table_and_three_figures(tiny_run):
     assert by["ekf-greedy"]["rmse_unlabelled_m"] <= by["ekf-greedy"]["rmse_m"] + 1e-12
     manifest = json.loads((tiny_run / "run.json").read_text())
     assert manifest["git_revision"] and manifest["packages"]["numpy"] and "4" in manifest["scenarios"]
+    assert manifest["packages"]["blas_kernel"].startswith("openblas:")  # the kernel the numbers were made with
     assert manifest["git_dirty"] in (True, False, None) and table["cell_revisions"]
     for name in ("fig3.png", "fig4.png", "training.png"):
         img = mpimg.imread(tiny_run / name)
