@@ -506,15 +506,35 @@ def table_rows(profile: Profile, cells: dict[tuple[str, int], dict], unavailable
     return rows
 
 
+BAD_EPISODE_M = 1.0
+"""An episode whose RMSE exceeds this (m) held a lost or swapped track for a while (a tracked episode is at
+0.05-0.3 m): :func:`tail_summary` counts them."""
+
+
+def bad_rate_interval(bad: int, episodes: int) -> list[float]:
+    """Exact (Clopper-Pearson) 95 % interval of the probability that an episode is bad, from ``bad`` of
+    ``episodes``. The rate of the rare episodes that decide a mean is what a rerun on other worlds (or another
+    machine's round-off, ``rl_isac/__init__.py``) redraws: 0 of 50 still allows up to 7.1 %, which the
+    bootstrap interval of the mean, resampling the 50 episodes seen, cannot show."""
+    from scipy.stats import binomtest
+
+    ci = binomtest(int(bad), int(episodes)).proportion_ci(confidence_level=0.95, method="exact")
+    return [float(ci.low), float(ci.high)]
+
+
 def tail_summary(result: dict) -> dict:
     """Where a cell's mean comes from (one harness result): its median and worst episode, and the RMSE and
     lost fraction with estimates matched to targets by least squared error each block whatever their labels
-    (``rmse_unlabelled_m``: a swap of two identities no longer counts). ``None`` where a result predates a
+    (``rmse_unlabelled_m``: a swap of two identities no longer counts), and how many episodes are bad (RMSE
+    above :data:`BAD_EPISODE_M`) with the exact 95 % interval of that rate. ``None`` where a result predates a
     field. A mean far above the median is decided by a few episodes; an identity-free RMSE far below it says
     those episodes are swaps, not lost targets."""
     per_episode = np.asarray(result["rmse_per_episode_m"], dtype=float)
+    bad = int(np.sum(per_episode > BAD_EPISODE_M))
     return {"median_episode_rmse_m": float(np.median(per_episode)),
             "worst_episode_rmse_m": float(per_episode.max()),
+            "bad_episodes": bad,
+            "bad_episode_rate_ci95": bad_rate_interval(bad, per_episode.size),
             "rmse_unlabelled_m": result.get("rmse_unlabelled_m"),
             "lost_fraction_unlabelled": result.get("lost_fraction_unlabelled"),
             "track_swaps": result.get("track_swaps")}
@@ -525,7 +545,11 @@ def _fmt_tail(row: dict) -> str:
         return "-"
     unl = row.get("rmse_unlabelled_m")
     free = "-" if unl is None else f"{unl:.3f} (lost {row['lost_fraction_unlabelled']:.4f})"
-    return f"{row['median_episode_rmse_m']:.3f} / {row['worst_episode_rmse_m']:.2f} / {free}"
+    text = f"{row['median_episode_rmse_m']:.3f} / {row['worst_episode_rmse_m']:.2f} / {free}"
+    if row.get("bad_episodes") is None:
+        return text
+    lo, hi = row["bad_episode_rate_ci95"]
+    return text + f" / {row['bad_episodes']} [{100 * lo:.1f}, {100 * hi:.1f} %]"
 
 
 def verdicts(rows: list[dict], targets: tuple[int, ...]) -> list[str]:
@@ -639,7 +663,9 @@ def markdown_table(profile: Profile, rows: list[dict]) -> str:
               "available\": the method was not trained in this run (see table1.json's reason)."]
     lines += ["", "Where each mean comes from: median episode / worst episode RMSE (m) / identity-free RMSE (m) and "
               "its lost fraction (estimates matched to targets by least squared error each block, whatever their "
-              "labels, as OSPA does: a swap of two identities no longer counts).", "",
+              "labels, as OSPA does: a swap of two identities no longer counts) / bad episodes (RMSE above "
+              f"{BAD_EPISODE_M:g} m: a track lost or swapped for a while) with the exact 95 % interval of their rate "
+              "(what decides a mean; 0 of 50 still allows up to 7.1 %).", "",
               "| method | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     for method in profile.methods:
         lines.append(f"| {method} | " + " | ".join(_fmt_tail(by[(method, n)]) for n in profile.targets) + " |")

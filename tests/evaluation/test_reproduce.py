@@ -243,9 +243,20 @@ def test_the_tail_summary_says_where_a_mean_comes_from():
     old = rep.tail_summary({"rmse_per_episode_m": [0.1, 0.3]})
     assert old["rmse_unlabelled_m"] is None and old["median_episode_rmse_m"] == pytest.approx(0.2)
     row = {"status": "ok", **tail}
-    assert rep._fmt_tail(row) == "0.150 / 30.00 / 0.150 (lost 0.0000)"
-    assert rep._fmt_tail({"status": "ok", **old}) == "0.200 / 0.30 / -"
+    assert tail["bad_episodes"] == 1
+    assert rep._fmt_tail(row) == "0.150 / 30.00 / 0.150 (lost 0.0000) / 1 [0.6, 80.6 %]"
+    assert rep._fmt_tail({"status": "ok", **old}) == "0.200 / 0.30 / - / 0 [0.0, 84.2 %]"
     assert rep._fmt_tail({"status": "refused"}) == "-"
+
+
+def test_the_rate_of_bad_episodes_has_an_exact_interval():
+    """0 bad of 50 does not mean a method never swaps: the interval reaches 7.1 % (the rule of three, 3/n, is
+    6 %), and it narrows as episodes are added; Clopper-Pearson bounds as scipy computes them."""
+    lo, hi = rep.bad_rate_interval(0, 50)
+    assert lo == 0.0 and hi == pytest.approx(0.0711, abs=1e-4)
+    lo, hi = rep.bad_rate_interval(2, 50)
+    assert lo == pytest.approx(0.00489, abs=1e-4) and hi == pytest.approx(0.1371, abs=1e-4)
+    assert rep.bad_rate_interval(0, 500)[1] < 0.008
 
 
 def test_fingerprints_follow_content(tmp_path):
