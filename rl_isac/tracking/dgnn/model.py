@@ -369,9 +369,9 @@ class DGNN(nn.Module):
 
         The same function as :meth:`forward` (a test checks them equal to 1e-5 on random and real windows; they
         differ by float rounding only): the SAM without PyG's ``propagate`` machinery (:meth:`_spatial_lean`,
-        bit-identical), the positional encoding cached, the TAM's second layer evaluated at the current block
-        only (:meth:`_last_query_layer`: its keys and values need every block, its query, feed-forward and norms
-        only the one whose output is read). At batch 1 (a CU's decision) the encoder is bound by per-op overhead.
+        equal to float32 rounding), the positional encoding cached, the TAM's second layer evaluated at the current
+        block only (:meth:`_last_query_layer`: its keys and values need every block, its query, feed-forward and
+        norms only the one whose output is read). At batch 1 (a CU's decision) the encoder is bound by per-op overhead.
         A model in training mode (dropout) takes :meth:`forward`.
         """
         if self.training:
@@ -388,9 +388,10 @@ class DGNN(nn.Module):
         """:meth:`spatial` without PyG's ``propagate`` machinery, eqs. (6)-(8). Shapes: returns ``(B, W, I, D)``.
 
         The same edge list (the detected pairs of the valid blocks, in ``dense_to_edges``' order), the same
-        per-edge ops in the same order, PyG's own ``softmax`` and ``scatter``: bit-identical to
-        :class:`~rl_isac.tracking.dgnn.layers.SpatialAttentionLayer` (a test checks it). The BS messages
-        ``MLP_x(p_m)`` run once per sample instead of once per block (the same rows).
+        per-edge ops in the same order, PyG's own ``softmax`` and ``scatter``: the same numbers as
+        :class:`~rl_isac.tracking.dgnn.layers.SpatialAttentionLayer` (a test checks it), bit for bit on AVX2
+        CPUs; the BS messages ``MLP_x(p_m)`` run once per sample instead of once per block (the same rows, a
+        product of another shape), which AVX-512 matmul kernels round differently by ~1 ulp.
         """
         feats = obs["features"]
         B, W, M, I, F = feats.shape
