@@ -15,7 +15,8 @@ oneDNN removed that), which moved no episode there.
 
 The pin only takes effect where numpy is not imported yet (OpenBLAS reads the variable when it loads) and
 the variable is unset; set ``OPENBLAS_CORETYPE`` yourself to choose another kernel, or
-``RL_ISAC_NATIVE_BLAS=1`` to keep the CPU's own. Ray workers started by this process inherit it.
+``RL_ISAC_NATIVE_BLAS=1`` to keep the CPU's own (``0`` or unset: pinned; any other value is an error). Ray
+workers started by this process inherit it.
 :func:`rl_isac.evaluation.harness.blas_kernel` says which kernel a process runs; every evaluation JSON
 records it.
 """
@@ -27,6 +28,12 @@ import sys as _sys
 OPENBLAS_CORETYPE = "Haswell"
 """The OpenBLAS kernel the package pins on x86-64 (the AVX2 one: every x86-64 CPU of the last decade runs it)."""
 
-if ("numpy" not in _sys.modules and _platform.machine().lower() in ("x86_64", "amd64")
-        and not _os.environ.get("RL_ISAC_NATIVE_BLAS")):
+X86_64_MACHINES = ("x86_64", "amd64")
+"""``platform.machine()`` names (lower case) on which the pin applies."""
+
+_native = _os.environ.get("RL_ISAC_NATIVE_BLAS", "")
+if _native not in ("", "0", "1"):
+    raise ValueError(f"RL_ISAC_NATIVE_BLAS={_native!r}: must be 1 (keep the CPU's own BLAS kernel), 0 or unset "
+                     f"(pin OpenBLAS to {OPENBLAS_CORETYPE} on x86-64)")
+if "numpy" not in _sys.modules and _platform.machine().lower() in X86_64_MACHINES and _native != "1":
     _os.environ.setdefault("OPENBLAS_CORETYPE", OPENBLAS_CORETYPE)
