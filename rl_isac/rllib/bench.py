@@ -63,8 +63,11 @@ minibatch puts ~20-30 % of it in elementwise kernels on a transposed gradient (t
 backward runs on a contiguous copy gives the same gradients bit for bit but no gain (the copies cost as much);
 the bilinear term as ``bmm(h, c^T)^T`` (``h``'s gradient then contiguous) took a minibatch 26.2 / 26.6 / 30.1 ->
 22.1 / 25.3 / 26.2 ms (same process, alternating, loaded machine) with the same loss but gradients that differ
-in the last bits (1e-8), so training would not repeat bit for bit: not done (same numbers), the recipe owner's
-call. Then the frozen encoder (0.4-0.5 ms, ``tracking/dgnn/numpy_infer.py``), the decoder (0.2) and RLlib's
+in the last bits (1e-8), so training would not repeat bit for bit: not done then. Done since (2026-12-04): a
+training run repeats bit for bit on one revision, which is what "same config and seed, same numbers" asks; across
+revisions the checkpoints record their ``git_revision``. Measured again (``/work`` scratch A/B, the same batch of
+250 rollout samples at I = 8, old and new taken in turns, 12 rounds): 61 -> 53 ms median a minibatch, logits
+identical. Then the frozen encoder (0.4-0.5 ms, ``tracking/dgnn/numpy_infer.py``), the decoder (0.2) and RLlib's
 runner (connectors, episodes, metrics: ~0.3 ms of CPU per env step in a profile). Sampling alone, 1 x 16 envs,
 reached 401-827 env steps/s against 269-435 at 1 x 8 (the batched pieces amortise over more envs); the layout is
 the training recipe's (issue 9), not changed here.

