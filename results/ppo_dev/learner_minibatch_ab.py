@@ -1,7 +1,9 @@
-"""A/B of the learner's minibatch (issue 8): the teacher-forced pass's bilinear term as shipped against the
-``baddbmm(ctx_e, h^T)`` form it replaced, in one process, taken in turns on the same batch.
+"""A/B of the learner's minibatch (issue 8), in one process, taken in turns on the same batch: as shipped; with
+the distribution's plain ``exp`` of the log-probabilities (before the flushed
+:attr:`~rl_isac.rllib.distribution.MaskedARDistribution.probs`); and with that and the teacher-forced pass's
+bilinear term in the ``baddbmm(ctx_e, h^T)`` form (before both changes of 2026-12-04).
 
-One minibatch = ``forward_train`` + ``compute_values`` + a PPO-like loss (ratio, value, KL to the exploration
+One minibatch = ``forward_train`` + ``compute_values`` + a PPO-like loss (ratio, value, entropy, KL to the exploration
 distribution) + backward + Adam, on ``N`` (250) exploration-rollout samples of the I = 8 surrogate env with the
 shipped module sizes (hidden 64, critic 128) and the committed ``results/checkpoints/dgnn-I8`` encoder.
 Thread CPU per minibatch, median over rounds; the two forms' logits must agree exactly (printed).
@@ -20,6 +22,7 @@ import numpy as np
 import torch
 from ray.rllib.core.columns import Columns
 
+import rl_isac.rllib.distribution as distmod
 import rl_isac.rllib.module as modmod
 from rl_isac.rllib.env import ISACMultiAgentEnv
 from rl_isac.rllib.module import ENC_U, ENC_Z, ISACPPOModule
@@ -58,7 +61,8 @@ def minibatch() -> None:
     dist = m.get_train_action_dist_cls().from_logits(fo[Columns.ACTION_DIST_INPUTS])
     v = m.compute_values(batch, fo[Columns.EMBEDDINGS])
     ratio = torch.exp(dist.logp(acts) - cat[Columns.ACTION_LOGP])
-    loss = -ratio.mean() + 0.5 * (v ** 2).mean() + 0.2 * old_dist.kl(dist).mean()
+    # as RLlib's PPO loss: the entropy term is computed (and logged) even at entropy_coeff 0
+    loss = -ratio.mean() + 0.5 * (v ** 2).mean() + 0.2 * old_dist.kl(dist).mean() - 0.0 * dist.entropy().mean()
     opt.zero_grad()
     loss.backward()
     opt.step()
@@ -71,24 +75,27 @@ if line not in src:
     raise SystemExit(f"the shipped train_logits no longer has the line this A/B replaces: {line}")
 ns = dict(vars(modmod))
 exec(src.replace(line, "bilinear = torch.baddbmm((ctx @ be)[..., None], ctx_e, h.transpose(1, 2))"), ns)
-variants = {"baddbmm (before)": ns["train_logits"], "bmm^T (shipped)": shipped}
+flushed = distmod.MaskedARDistribution.probs
+plain = property(lambda self: self.log_probs.exp())
+variants = {"before both": (ns["train_logits"], plain), "plain exp": (shipped, plain), "shipped": (shipped, flushed)}
 times = {k: [] for k in variants}
 for r in range(ROUNDS):
     for name in (list(variants) if r % 2 else list(variants)[::-1]):
-        modmod.ISACPPOModule.train_logits = variants[name]
+        modmod.ISACPPOModule.train_logits, distmod.MaskedARDistribution.probs = variants[name]
         minibatch()
         t0 = time.thread_time()
         for _ in range(3):
             minibatch()
         times[name].append((time.thread_time() - t0) / 3 * 1e3)
 logits = {}
-for name, fn in variants.items():
-    modmod.ISACPPOModule.train_logits = fn
+for name in ("before both", "shipped"):
+    modmod.ISACPPOModule.train_logits, distmod.MaskedARDistribution.probs = variants[name]
     with torch.no_grad():
         logits[name] = m.forward_train(batch)[Columns.ACTION_DIST_INPUTS]
-modmod.ISACPPOModule.train_logits = shipped
+modmod.ISACPPOModule.train_logits, distmod.MaskedARDistribution.probs = variants["shipped"]
 for name, t in times.items():
     print(f"{name}: minibatch of {N} thread CPU ms median {np.median(t):.1f} (min {min(t):.1f}, {ROUNDS} rounds)")
 a, b = logits.values()
-print(f"ratio shipped / before (medians): {np.median(times['bmm^T (shipped)']) / np.median(times['baddbmm (before)']):.3f}")
-print(f"max |logit difference|: {(a - b).abs().max().item():.3g}")
+for name in ("plain exp", "shipped"):
+    print(f"ratio {name} / before both (medians): {np.median(times[name]) / np.median(times['before both']):.3f}")
+print(f"max |logit difference| shipped vs before both: {(a - b).abs().max().item():.3g}")

@@ -175,6 +175,30 @@ def test_entropy_and_kl_finite_with_all_but_one_masked():
         MaskedARDistribution.from_logits(inp[:, :-1], **kw)
 
 
+def test_probabilities_are_exact_except_below_the_float32_floor():
+    """The flushed exp of MaskedARDistribution.probs: masked entries exactly 0, every other probability the plain
+    exp (bit for bit) unless it lies below exp(LOG_PROB_FLOOR); entropy and KL then equal the float64 reference."""
+    from rl_isac.rllib.distribution import LOG_PROB_FLOOR
+
+    gen = torch.Generator().manual_seed(3)
+    B, J, C = 64, 12, 49
+    logits = torch.randn(B, J, C, generator=gen) * 40.0  # wide: some allowed entries fall below the floor
+    logits = torch.where(torch.rand(B, J, C, generator=gen) < 0.6, logits, torch.full_like(logits, MASKED_LOGIT))
+    logits[..., 0] = 0.0
+    kw = dict(num_steps=J, num_choices=C, num_beams=4, num_estimate=2)
+    d = MaskedARDistribution.from_logits(torch.cat([logits.reshape(B, -1), torch.zeros(B, 6)], -1), **kw)
+    other = MaskedARDistribution.from_logits(
+        torch.cat([(logits + torch.randn(B, J, C, generator=gen)).reshape(B, -1), torch.zeros(B, 6)], -1), **kw)
+    lp = d.log_probs
+    above = lp > LOG_PROB_FLOOR
+    assert (~above).any() and (logits[~above] > MASKED_LOGIT / 2).any()  # the case is exercised
+    assert torch.equal(d.probs[above], lp[above].exp()) and (d.probs[~above] == 0).all()
+    lp64, olp64 = lp.double(), other.log_probs.double()
+    torch.testing.assert_close(d.entropy().double(), -(lp64.exp() * lp64).sum((-1, -2)), atol=1e-4, rtol=1e-6)
+    torch.testing.assert_close(d.kl(other).double(), (lp64.exp() * (lp64 - olp64)).sum((-1, -2)), atol=1e-4,
+                               rtol=1e-6)
+
+
 def test_module_needs_the_dgnn_config(env4):
     with pytest.raises(ValueError, match="dgnn"):
         ISACPPOModule(observation_space=env4.observation_space, action_space=env4.action_space, model_config={})
