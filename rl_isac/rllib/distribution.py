@@ -27,7 +27,6 @@ import numpy as np
 import torch
 from ray.rllib.core.distribution.distribution import Distribution
 
-
 LOG_PROB_FLOOR = -87.0
 """Log-probabilities at or below this count as probability 0 in :attr:`MaskedARDistribution.probs`
 (``exp(-87) = 1.6e-38``, the edge of float32's normal range)."""
