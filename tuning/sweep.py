@@ -562,6 +562,7 @@ def run_sweep(args) -> list[dict[str, Any]]:
         path = storage / name
         t0 = time.perf_counter()
         if args.restore and tune.Tuner.can_restore(str(path)):
+            check_searcher_state(path)
             print(f"[sweep] I={num}: restoring {path}", flush=True)
             tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
         else:
@@ -606,6 +607,23 @@ def run_sweep(args) -> list[dict[str, Any]]:
     (out / "summary.md").write_text(summary_header(args, rows, walls, concurrent) + table + "\n")
     print(table)
     return rows
+
+
+def check_searcher_state(experiment: Path) -> None:
+    """Refuse to restore an experiment whose searcher state is empty, with an error saying why and what to do.
+
+    Tune copies its experiment files from the driver's staging directory into ``--storage`` one after the other
+    and not atomically; a sweep killed during that copy leaves ``searcher-state-*.pkl`` with 0 bytes (the trials'
+    checkpoints and ``experiment_state-*.json`` are fine). ``Tuner.restore`` then loads a searcher without its
+    state, which never suggests nor resumes a trial, and the driver idles forever (seen here: a sweep killed
+    right after its first checkpoint, restored, 0 of 2 CPUs in use after minutes).
+    """
+    for state in sorted(experiment.glob("searcher-state-*.pkl")):
+        if state.stat().st_size == 0:
+            raise ConfigError("--restore", str(state), "the searcher state is empty (the sweep was killed while Tune "
+                              "copied it into the storage); Tune would restore a searcher that never starts a "
+                              "trial. Start the sweep again without --restore (or under another --name); the "
+                              "trial checkpoints under this directory stay as they are")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -107,3 +107,15 @@ def test_every_value_the_space_can_sample_is_a_valid_train_config():
     for p in search_space.searched(fields):
         for value in (p.choices if p.kind == "choice" else (p.low, p.high)):
             PPOTrainConfig.from_dict({p.name: value})
+
+
+def test_restore_refuses_an_empty_searcher_state(tmp_path):
+    """A sweep killed while Tune copied its files leaves searcher-state-*.pkl empty; restoring it would idle
+    forever, so --restore stops with an error naming the file and what to do."""
+    sweep.check_searcher_state(tmp_path)  # nothing there: nothing to refuse
+    state = tmp_path / "searcher-state-2026-12-04_00-58-42.pkl"
+    state.write_bytes(b"\x80\x05N.")  # a pickle
+    sweep.check_searcher_state(tmp_path)
+    state.write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"--restore.*searcher-state-2026-12-04_00-58-42\.pkl.*without --restore"):
+        sweep.check_searcher_state(tmp_path)

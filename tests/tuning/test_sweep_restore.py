@@ -16,9 +16,17 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _state_saved_after_checkpoint(experiment: Path) -> bool:
+    """A checkpoint exists, Tune's experiment state was saved after it, and the searcher state was copied after
+    that (Tune copies the files one by one, the searcher's last: a kill right after the experiment state's copy
+    left the searcher state empty, and the restore then refused it, :func:`tuning.sweep.check_searcher_state`)."""
     checkpoints = list(experiment.glob("trial_*/checkpoint_000000"))
     states = list(experiment.glob("experiment_state-*.json"))
-    return bool(checkpoints and states) and max(p.stat().st_mtime for p in states) > checkpoints[0].stat().st_mtime
+    searchers = list(experiment.glob("searcher-state-*.pkl"))
+    if not (checkpoints and states and searchers):
+        return False
+    state_time = max(p.stat().st_mtime for p in states)
+    return state_time > checkpoints[0].stat().st_mtime and all(
+        p.stat().st_size > 0 and p.stat().st_mtime >= state_time for p in searchers)
 
 
 @pytest.mark.slow
@@ -50,6 +58,10 @@ def test_a_killed_sweep_restores_and_its_trial_continues(tmp_path):
         proc.wait()
     assert not (out / "best-I4.yaml").exists(), "the sweep finished before the kill"  # it really was interrupted
     done = subprocess.run(cmd + ["--restore"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+    if any(p.stat().st_size == 0 for p in experiment.glob("searcher-state-*.pkl")):
+        # the kill still landed in a later copy of the searcher state: the restore must refuse it, clearly
+        assert done.returncode == 2 and "the searcher state is empty" in done.stderr, done.stderr[-3000:]
+        return
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "restoring" in done.stdout, done.stdout[-3000:]
     results = list(experiment.glob("trial_*/result.json"))
