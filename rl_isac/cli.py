@@ -388,8 +388,27 @@ def _cmd_bench(args) -> int:
     else:
         result = run_bench(blocks=args.blocks, solver_trials=args.solver_trials, quick=args.quick, ppo=args.ppo)
     if args.json:
-        write_json_atomic(result, args.json)
+        write_json_atomic({**result, "provenance": _bench_provenance()}, args.json)
     return 0
+
+
+def _bench_provenance() -> dict:
+    """Where a benchmark ran: git revision, numpy's BLAS kernel, the CPU model and core count, the load and the UTC
+    time. Timings of two machines differ by several times (the same code: dgnn-ppo's decision p50 3.8 ms on one
+    2-core machine, 11.5 ms on another), so a figure is only read beside the machine it came from, and the ratios
+    measured in one run (``ppo_over_floor``) are the ones to compare across runs."""
+    import datetime
+    import os
+    from pathlib import Path
+
+    from rl_isac.evaluation.harness import blas_kernel, git_revision
+
+    cpuinfo = Path("/proc/cpuinfo")
+    models = [line.split(":", 1)[1].strip() for line in (cpuinfo.read_text().splitlines() if cpuinfo.is_file() else [])
+              if line.startswith("model name")]
+    return {"git_revision": git_revision(), "blas_kernel": blas_kernel(), "cpu": models[0] if models else "unknown",
+            "cores": os.cpu_count(), "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+            "utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
 
 
 def _cmd_dgnn_report(args) -> int:
