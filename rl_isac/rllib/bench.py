@@ -30,6 +30,16 @@ decision latency, and where the time goes.
   thread's CPU time per env step: the local learner); ``sampling_total`` (RLlib's sampling wall
   timer per env step). ``ppo_decision_breakdown_ms``: the same pieces at batch 1.
 
+``results/bench_ppo.json`` (2026-12-04 01:25 UTC, 714da8b, with its ``provenance``: a slower 2-core Xeon @ 2.80 GHz
+than the runs below, dgnn-ppo's decision p50 9.0 ms where they had 3.0-3.8): ppo / floor 129 / 1256 = **0.103**. The
+learner changes of that day (the bilinear term's contiguous gradient, the flushed ``exp`` of the distribution) cut
+the learner's driver CPU to 0.885 of the forms before in a same-process A/B of RLlib's update
+(``results/ppo_dev/learner_ab_rllib.txt``; RLlib's ``learner_update_timer`` is smoothed over iterations and cannot
+resolve it) and a bare minibatch to 0.82 (``learner_minibatch_ab.txt``). End to end the runs on that machine do not
+resolve it: 697a3ac (before) 149 / 1296 = 0.115, then 103f193 120 / 1264 = 0.095 and 714da8b 0.103, their sampling
+timers 9.4 / 11.9 / 14.7 s an iteration for unchanged sampling code; per env step (thread CPU, ms) env step
+1.84 / 1.94, encoder 1.42 / 1.53, learner driver CPU 2.82 / 2.66 (697a3ac / 714da8b).
+
 ``results/bench_ppo.json`` (2026-12-02 08:17 UTC, c0d7b45, quiet machine, load 0.3-1.1): ppo / floor 363 / 3534 =
 **0.103**; the code before the batched EKF (a clone of c0d7b45 with this session's files at 715d3e0) right after it
 (load 1.1-1.6): 232 / 2684 = 0.087; a second pair, before first then after (08:29-08:33, load 0-1.2): 256 / 2908 =
