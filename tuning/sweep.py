@@ -610,7 +610,8 @@ def run_sweep(args) -> list[dict[str, Any]]:
 
 
 def check_searcher_state(experiment: Path) -> None:
-    """Refuse to restore an experiment whose searcher state is empty, with an error saying why and what to do.
+    """Refuse to restore an experiment whose searcher state is empty or cut short, with an error saying why and what
+    to do.
 
     Tune copies its experiment files from the driver's staging directory into ``--storage`` one after the other
     and not atomically; a sweep killed during that copy leaves ``searcher-state-*.pkl`` with 0 bytes (the trials'
@@ -618,12 +619,18 @@ def check_searcher_state(experiment: Path) -> None:
     state, which never suggests nor resumes a trial, and the driver idles forever (seen here: a sweep killed
     right after its first checkpoint, restored, 0 of 2 CPUs in use after minutes).
     """
+    import pickle
+
     for state in sorted(experiment.glob("searcher-state-*.pkl")):
-        if state.stat().st_size == 0:
-            raise ConfigError("--restore", str(state), "the searcher state is empty (the sweep was killed while Tune "
-                              "copied it into the storage); Tune would restore a searcher that never starts a "
+        try:
+            with open(state, "rb") as f:  # the sweep's own file, which Tune would unpickle next
+                pickle.load(f)
+        except (EOFError, pickle.UnpicklingError) as exc:
+            what = "empty" if state.stat().st_size == 0 else f"cut short ({type(exc).__name__})"
+            raise ConfigError("--restore", str(state), f"the searcher state is {what} (the sweep was killed while "
+                              "Tune copied it into the storage); Tune would restore a searcher that never starts a "
                               "trial. Start the sweep again without --restore (or under another --name); the "
-                              "trial checkpoints under this directory stay as they are")
+                              "trial checkpoints under this directory stay as they are") from None
 
 
 def main(argv: list[str] | None = None) -> int:

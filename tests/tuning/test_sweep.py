@@ -117,5 +117,10 @@ def test_restore_refuses_an_empty_searcher_state(tmp_path):
     state.write_bytes(b"\x80\x05N.")  # a pickle
     sweep.check_searcher_state(tmp_path)
     state.write_bytes(b"")
-    with pytest.raises(ConfigError, match=r"--restore.*searcher-state-2026-12-04_00-58-42\.pkl.*without --restore"):
+    with pytest.raises(ConfigError, match=r"--restore.*searcher-state-2026-12-04_00-58-42\.pkl.*empty.*without"):
+        sweep.check_searcher_state(tmp_path)
+    import pickle
+
+    state.write_bytes(pickle.dumps({"a": list(range(100))})[:-5])  # a copy cut short
+    with pytest.raises(ConfigError, match="cut short"):
         sweep.check_searcher_state(tmp_path)

@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from rl_isac.errors import ConfigError
+from tuning import sweep
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -58,9 +61,10 @@ def test_a_killed_sweep_restores_and_its_trial_continues(tmp_path):
         proc.wait()
     assert not (out / "best-I4.yaml").exists(), "the sweep finished before the kill"  # it really was interrupted
     done = subprocess.run(cmd + ["--restore"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
-    if any(p.stat().st_size == 0 for p in experiment.glob("searcher-state-*.pkl")):
-        # the kill still landed in a later copy of the searcher state: the restore must refuse it, clearly
-        assert done.returncode == 2 and "the searcher state is empty" in done.stderr, done.stderr[-3000:]
+    try:
+        sweep.check_searcher_state(experiment)
+    except ConfigError:  # the kill still landed in a later copy of the searcher state: refused, clearly
+        assert done.returncode == 2 and "the searcher state is" in done.stderr, done.stderr[-3000:]
         return
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "restoring" in done.stdout, done.stdout[-3000:]
