@@ -13,30 +13,19 @@ import sys
 import time
 
 import rl_isac  # noqa: F401 (first: it pins OpenBLAS's kernel before numpy loads, rl_isac/__init__.py)
-import inspect
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import ray
 import torch
 
-import rl_isac.rllib.distribution as distmod
-import rl_isac.rllib.module as modmod
 from rl_isac.rllib.config import PPOTrainConfig, build_ppo_config, env_config_for
 from rl_isac.training.pretrain import load_configs
+from learner_forms import BEFORE_TRAIN_LOGITS, PLAIN_PROBS, SHIPPED, use  # beside this script
 
 ITER = int(sys.argv[1]) if len(sys.argv) > 1 else 5
 torch.set_num_threads(1)
-shipped_tl, shipped_probs = modmod.ISACPPOModule.train_logits, distmod.MaskedARDistribution.probs
-src = textwrap.dedent(inspect.getsource(shipped_tl))
-line = "bilinear = torch.bmm(h, ctx_e.transpose(1, 2)).transpose(1, 2) + (ctx @ be)[..., None]"
-if line not in src:
-    raise SystemExit(f"the shipped train_logits no longer has the line this A/B replaces: {line}")
-ns = dict(vars(modmod))
-exec(src.replace(line, "bilinear = torch.baddbmm((ctx @ be)[..., None], ctx_e, h.transpose(1, 2))"), ns)
-forms = {"before": (ns["train_logits"], property(lambda self: self.log_probs.exp())),
-         "shipped": (shipped_tl, shipped_probs)}
+forms = {"before": (BEFORE_TRAIN_LOGITS, PLAIN_PROBS), "shipped": SHIPPED}
 ck = Path(__file__).resolve().parents[1] / "checkpoints" / "dgnn-I8"
 t = PPOTrainConfig()
 ray.init(num_cpus=2 * t.cores, include_dashboard=False, log_to_driver=False, configure_logging=False)
@@ -47,7 +36,7 @@ try:
     cpu = {k: [] for k in forms}
     for it in range(ITER):
         for k in (list(forms) if it % 2 else list(forms)[::-1]):
-            modmod.ISACPPOModule.train_logits, distmod.MaskedARDistribution.probs = forms[k]
+            use(*forms[k])
             t0 = time.thread_time()
             row = algos[k].train()
             cpu[k].append(time.thread_time() - t0)  # the driver thread: the local learner (runners sample remotely)
@@ -55,7 +44,7 @@ try:
     for a in algos.values():
         a.stop()
 finally:
-    modmod.ISACPPOModule.train_logits, distmod.MaskedARDistribution.probs = shipped_tl, shipped_probs
+    use(*SHIPPED)
     ray.shutdown()
 # RLlib's timer is a smoothed value over iterations; the per-iteration values are printed as reported
 for k, v in timers.items():

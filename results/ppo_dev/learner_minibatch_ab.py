@@ -14,20 +14,17 @@ import sys
 import time
 
 import rl_isac  # noqa: F401 (first: it pins OpenBLAS's kernel before numpy loads, rl_isac/__init__.py)
-import inspect
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import torch
 from ray.rllib.core.columns import Columns
 
-import rl_isac.rllib.distribution as distmod
-import rl_isac.rllib.module as modmod
 from rl_isac.rllib.env import ISACMultiAgentEnv
 from rl_isac.rllib.module import ENC_U, ENC_Z, ISACPPOModule
 from rl_isac.tracking.window import stack_observations
 from rl_isac.training.pretrain import load_configs
+from learner_forms import BEFORE_TRAIN_LOGITS, PLAIN_PROBS, SHIPPED, use  # beside this script
 
 ROUNDS = int(sys.argv[1]) if len(sys.argv) > 1 else 12
 N = 250
@@ -68,20 +65,13 @@ def minibatch() -> None:
     opt.step()
 
 
-shipped = modmod.ISACPPOModule.train_logits
-src = textwrap.dedent(inspect.getsource(shipped))
-line = "bilinear = torch.bmm(h, ctx_e.transpose(1, 2)).transpose(1, 2) + (ctx @ be)[..., None]"
-if line not in src:
-    raise SystemExit(f"the shipped train_logits no longer has the line this A/B replaces: {line}")
-ns = dict(vars(modmod))
-exec(src.replace(line, "bilinear = torch.baddbmm((ctx @ be)[..., None], ctx_e, h.transpose(1, 2))"), ns)
-flushed = distmod.MaskedARDistribution.probs
-plain = property(lambda self: self.log_probs.exp())
-variants = {"before both": (ns["train_logits"], plain), "plain exp": (shipped, plain), "shipped": (shipped, flushed)}
+shipped = SHIPPED[0]
+variants = {"before both": (BEFORE_TRAIN_LOGITS, PLAIN_PROBS), "plain exp": (shipped, PLAIN_PROBS),
+            "shipped": SHIPPED}
 times = {k: [] for k in variants}
 for r in range(ROUNDS):
     for name in (list(variants) if r % 2 else list(variants)[::-1]):
-        modmod.ISACPPOModule.train_logits, distmod.MaskedARDistribution.probs = variants[name]
+        use(*variants[name])
         minibatch()
         t0 = time.thread_time()
         for _ in range(3):
@@ -89,10 +79,10 @@ for r in range(ROUNDS):
         times[name].append((time.thread_time() - t0) / 3 * 1e3)
 logits = {}
 for name in ("before both", "shipped"):
-    modmod.ISACPPOModule.train_logits, distmod.MaskedARDistribution.probs = variants[name]
+    use(*variants[name])
     with torch.no_grad():
         logits[name] = m.forward_train(batch)[Columns.ACTION_DIST_INPUTS]
-modmod.ISACPPOModule.train_logits, distmod.MaskedARDistribution.probs = variants["shipped"]
+use(*SHIPPED)
 for name, t in times.items():
     print(f"{name}: minibatch of {N} thread CPU ms median {np.median(t):.1f} (min {min(t):.1f}, {ROUNDS} rounds)")
 a, b = logits.values()
