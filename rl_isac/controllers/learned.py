@@ -64,6 +64,10 @@ def load_dgnn(checkpoint: str | Path | None, cfg: ScenarioConfig):
 class DGNNEstimator(Estimator):
     """The DGNN of a phase-1 checkpoint behind the estimator interface.
 
+    Its ``u_tilde`` (where the BSs look next) is the DGNN's, except for the targets the window's EKF anchor is
+    searching for on a ring (:attr:`~rl_isac.tracking.ekf.EKFEstimator.ring_search`): those take the anchor's
+    look, as an EKF CU does (the DGNN was not trained to search).
+
     Args:
         cfg: scenario.
         model: a loaded :class:`~rl_isac.tracking.dgnn.DGNN`.
@@ -88,7 +92,11 @@ class DGNNEstimator(Estimator):
     def update(self, meas: Measurements) -> tuple[np.ndarray, np.ndarray]:
         self.window.push(meas)
         self.last = self.model.predict(self.window.as_arrays(), num_symbols=self.cfg.num_tracking_symbols)
-        return self.last["u_hat"].astype(float), self.last["u_tilde"].astype(float)
+        u_tilde = self.last["u_tilde"].astype(float)
+        ring = self.window.ring_search
+        if ring is not None and ring.any():  # the EKF anchor's search looks there (EKFSettings.search_reseed)
+            u_tilde[ring] = self.window.search_looks_m()[ring]
+        return self.last["u_hat"].astype(float), u_tilde
 
     def predicted_position_covariance(self) -> np.ndarray:
         cov = self.window.anchor_predicted_covariance()

@@ -87,7 +87,8 @@ from rl_isac.tracking.motion import (
     reflect_into_area,
 )
 
-TRACK_FIELDS = ("x", "P", "missed", "anchor_m", "anchor_var_m2", "anchor_block", "start_block")
+TRACK_FIELDS = ("x", "P", "missed", "anchor_m", "anchor_var_m2", "anchor_block", "start_block", "trusted_m",
+                "trusted_var_m2", "trusted_block", "search_block", "search_heading_rad")
 """Per-track keys of :meth:`EKFEstimator.export_tracks` / :meth:`EKFEstimator.load_tracks`."""
 PAIR_FIELDS = ("encounter", "same_blocks", "apart_blocks")
 """Pairwise ``(n, n)`` identity keys of :meth:`EKFEstimator.export_tracks` (between the exported tracks)."""
@@ -98,6 +99,9 @@ margin of ``DECISIVE_COST``: the assignment's labelling is evidence too)."""
 SEEN_MISS_WEIGHT = 0.34
 """Weight of a block without an accepted peak but with a peak inside the track's gate (see
 :attr:`EKFEstimator.missed`): three such blocks count as one miss."""
+SEARCH_LOOK_STEP = 1.5
+"""Arc between consecutive looks of a ring search (:attr:`EKFSettings.search_reseed`), in range-gate
+half-widths (``ScenarioConfig.range_gate_m``): 1.5 leaves a quarter of each window overlapping the next."""
 SEARCH_MAX_STD_M = 10.0
 """A searching track's position covariance stops growing at this std per axis, metres (the range gate's
 half-width: beyond it the front end would not see the target anyway)."""
@@ -521,6 +525,26 @@ class EKFSettings(ConfigMixin):
     implies it."""
     duplicate_after_blocks: int = 3
     """See :attr:`resolve_identities`."""
+    search_reseed: bool = False
+    """Search from the last trusted position (issue 7's re-acquisition) instead of around the track's own
+    coasted prediction. A track is *trusted* at a block in which it fused a 2-D peak while no other track
+    stood within two range cells of it (its position is then its target's, not a neighbour's). When it
+    goes searching (:attr:`search_after_blocks`) its state is re-seeded as the track that would have
+    started at that trusted position ``p_t`` and block ``q_t`` with the uniform-heading velocity prior and no
+    look since: mean ``[p_t, 0, 0]``, ``P_pp = (s_t^2 + (v t)^2 / 2) I``, ``P_pv = v^2 t / 2 I``,
+    ``P_vv = v^2 / 2 I`` (``t = (q - q_t) dT``), the moment-matched Gaussian of the ring of radius ``v t`` on
+    which a target of known speed lies; its velocity, the thing that failed (a track pulled off by a
+    neighbour's echoes coasts away on that neighbour's velocity), is dropped. The BSs then look (the
+    track's :meth:`EKFEstimator.predicted_position`, which sets the range gates and the beams) at points of
+    that ring in turn, one block each, ``SEARCH_LOOK_STEP`` range-gate half-widths of arc apart, starting in
+    the direction of the coasted velocity and alternating to both sides of it; while the ring is no wider
+    than one range gate they look at its centre. A range-only peak fused into the searching track (it
+    does not end the search, :attr:`range_only_ends_search`) ends the ring of looks: its posterior is no
+    longer the ring (the range pins it to an arc across it), and the BSs look at its prediction from then
+    on, as without this option (development world ``training_world_seed(7, 2, 191)`` at I = 8: a target
+    along the top edge, held by its ranges, was searched for on a 60 m ring). The posterior of a searching
+    track (its reported estimate) is the ring's centre. ``False``: the coasted state with a growing
+    covariance (:attr:`search_growth_m`, up to ``SEARCH_MAX_STD_M``), the looks at its own prediction."""
     search_growth_m: float = 2.0
     """Extra position std per axis added (in quadrature) to a searching track's prediction each block, m
     (until ``SEARCH_MAX_STD_M``); also the largest position std (major axis) of a peak that may
@@ -558,7 +582,7 @@ class EKFSettings(ConfigMixin):
         if not (math.isfinite(self.turn_noise_scale) and self.turn_noise_scale > 0):
             raise ConfigError("turn_noise_scale", self.turn_noise_scale, "must be a finite number > 0")
         for flag in ("merged_update", "range_only_peaks", "range_only_unambiguous", "range_only_ends_search",
-                     "unexplained_is_miss", "detect_duplicates",
+                     "unexplained_is_miss", "detect_duplicates", "search_reseed",
                      "resolve_identities", "widen_merges"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(flag, getattr(self, flag), "must be True or False")
@@ -623,6 +647,16 @@ class EKFEstimator:
         self._anchor_block = np.zeros(0, np.int64)
         self._start_block = np.zeros(0, np.int64)
         """``(I,)`` block at which each track was started (0: the acquisition) or re-initialised on a peak."""
+        self._trusted_m = np.zeros((0, 2))
+        """``(I, 2)`` last trusted position of each track (:attr:`EKFSettings.search_reseed`), metres."""
+        self._trusted_var_m2 = np.zeros(0)
+        """``(I,)`` its variance per axis, m^2."""
+        self._trusted_block = np.zeros(0, np.int64)
+        """``(I,)`` the block it is the posterior of."""
+        self._search_block = np.zeros(0, np.int64)
+        """``(I,)`` block at which a re-seeded search started (-1: not searching from a re-seed)."""
+        self._search_heading_rad = np.zeros(0)
+        """``(I,)`` direction of the first look of that search (the coasted velocity's), radians."""
         self._encounter = np.zeros((0, 0), bool)
         self._same_blocks = np.zeros((0, 0), np.int64)
         self._apart_blocks = np.zeros((0, 0), np.int64)
@@ -685,8 +719,79 @@ class EKFEstimator:
         return self._prediction()[0].copy()
 
     def predicted_position(self) -> np.ndarray:
-        """``u_tilde_{q+1}``: ``(num_targets, 2)`` metres."""
-        return self._prediction()[0][:, :2].copy()
+        """``u_tilde_{q+1}``: ``(num_targets, 2)`` metres, where the BSs look at block ``q+1``: the predicted mean
+        (``predicted_state()[:, :2]``), except for a track on a re-seeded search (:attr:`EKFSettings.search_reseed`),
+        whose entry is the point of its ring the search looks at next (:meth:`_search_looks`)."""
+        pos = self._prediction()[0][:, :2].copy()
+        return self._search_looks(pos) if self.settings.search_reseed else pos
+
+    @property
+    def ring_search(self) -> np.ndarray:
+        """``(I,)`` bool: tracks on a re-seeded search (:attr:`EKFSettings.search_reseed`) whose
+        :meth:`predicted_position` is the search's next look (the ring's centre while it is narrow), not a
+        prediction of where the target is; a CU whose own predictor serves the other targets takes these."""
+        if not self.settings.search_reseed or self.missed.size == 0:
+            return np.zeros(self.missed.shape, bool)
+        return self.searching & (self._search_block >= 0)
+
+    def _search_looks(self, pos: np.ndarray) -> np.ndarray:
+        """``pos (I, 2)`` with the rows of tracks on a re-seeded search replaced by their next look (a new array
+        where one changed): for the block ``q' = block + 1``, the ring of radius ``r = v dT (q' - q_t)`` around
+        the predicted mean (the trusted position), look ``k = q' - q_s - 1`` of the search started at ``q_s``:
+        angle ``phi_0 + j dphi``, ``j = 0, +1, -1, +2, ...`` (``dphi = SEARCH_LOOK_STEP g / r``, ``g`` the
+        range gate's half-width, the sequence restarting once it has gone round), clipped into the area; the
+        centre itself while ``r <= g``."""
+        rows = np.flatnonzero(self.ring_search)
+        if rows.size == 0:
+            return pos
+        pos = pos.copy()
+        q_next = self.block + 1
+        gate = float(self.cfg.range_gate_m)
+        for i in rows:
+            radius = self.cfg.step_m * (q_next - self._trusted_block[i])
+            if radius <= gate:
+                continue
+            dphi = min(math.pi, SEARCH_LOOK_STEP * gate / radius)
+            k = (q_next - self._search_block[i] - 1) % math.ceil(2 * math.pi / dphi)
+            j = (k + 1) // 2 * (1 if k % 2 else -1)
+            phi = self._search_heading_rad[i] + j * dphi
+            pos[i] = np.clip(pos[i] + radius * np.array([math.cos(phi), math.sin(phi)]), self._lower_m, self._upper_m)
+        return pos
+
+    def _trust_and_reseed(self, x: np.ndarray, P: np.ndarray, measured_2d: np.ndarray, was_searching: np.ndarray
+                          ) -> None:
+        """:attr:`EKFSettings.search_reseed`'s bookkeeping at the end of an update (in place on this block's
+        posterior ``x (I, 4)``, ``P (I, 4, 4)``): the trusted positions of tracks that fused a 2-D peak
+        (``measured_2d (I,)``) with no other track within two range cells, and the re-seeded state of the tracks
+        that went searching at this block (``was_searching (I,)``: before it)."""
+        cfg = self.cfg
+        q = self.block + 1
+        searching = self.searching
+        alone = np.ones(len(x), bool)
+        if len(x) > 1:
+            dist = np.linalg.norm(x[:, None, :2] - x[None, :, :2], axis=-1)
+            np.fill_diagonal(dist, np.inf)
+            alone = dist.min(axis=1) > 2.0 * cfg.range_resolution_m
+        ok = measured_2d & alone & ~searching
+        self._trusted_m[ok] = x[ok, :2]
+        self._trusted_var_m2[ok] = 0.5 * np.trace(P[ok, :2, :2], axis1=-2, axis2=-1)
+        self._trusted_block[ok] = q
+        self._search_block[~searching] = -1
+        v = cfg.speed_mps
+        eye = np.eye(2)
+        for i in np.flatnonzero(searching & ~was_searching):
+            coast = x[i, :2] - self._trusted_m[i]
+            if math.hypot(x[i, 2], x[i, 3]) > 0.5 * v:
+                heading = math.atan2(x[i, 3], x[i, 2])
+            else:
+                heading = math.atan2(coast[1], coast[0]) if np.any(coast) else 0.0
+            t = (q - self._trusted_block[i]) * cfg.block_duration_s
+            x[i] = [*self._trusted_m[i], 0.0, 0.0]
+            P[i, :2, :2] = (self._trusted_var_m2[i] + 0.5 * (v * t) ** 2) * eye
+            P[i, :2, 2:] = P[i, 2:, :2] = 0.5 * v * v * t * eye
+            P[i, 2:, 2:] = 0.5 * v * v * eye
+            self._search_block[i] = q
+            self._search_heading_rad[i] = heading
 
     def predicted_covariance(self) -> np.ndarray:
         """Covariances predicted for block ``q+1``: ``(num_targets, 4, 4)``; ``[:, :2, :2]`` is the position (m^2)."""
@@ -729,6 +834,11 @@ class EKFEstimator:
         self._anchor_var_m2 = np.full(num, self.cfg.acquisition_std_m**2)
         self._anchor_block = np.zeros(num, np.int64)
         self._start_block = np.zeros(num, np.int64)
+        self._trusted_m = u0.copy()
+        self._trusted_var_m2 = np.full(num, self.cfg.acquisition_std_m**2)
+        self._trusted_block = np.zeros(num, np.int64)
+        self._search_block = np.full(num, -1, np.int64)
+        self._search_heading_rad = np.zeros(num)
         self._encounter = np.zeros((num, num), bool)
         self._same_blocks = np.zeros((num, num), np.int64)
         self._apart_blocks = np.zeros((num, num), np.int64)
@@ -744,7 +854,9 @@ class EKFEstimator:
         Returns:
             ``{key: array}`` with the per-track keys of :data:`TRACK_FIELDS` (``x (n, 4)``, ``P (n, 4, 4)``,
             ``missed (n,)``, identity anchors ``anchor_m (n, 2)``, ``anchor_var_m2 (n,)``, ``anchor_block (n,)``
-            int64, ``start_block (n,)`` int64: the block each track was started or re-initialised) and the
+            int64, ``start_block (n,)`` int64: the block each track was started or re-initialised; the search
+            state of :attr:`EKFSettings.search_reseed`: ``trusted_m (n, 2)``, ``trusted_var_m2 (n,)``,
+            ``trusted_block (n,)`` int64, ``search_block (n,)`` int64, ``search_heading_rad (n,)``) and the
             pairwise identity counters of :data:`PAIR_FIELDS` restricted to ``rows``
             (``encounter (n, n)`` bool, ``same_blocks (n, n)`` / ``apart_blocks (n, n)`` int64).
         Raises:
@@ -762,6 +874,9 @@ class EKFEstimator:
         return {"x": self._x[r].copy(), "P": self._P[r].copy(), "missed": np.array(self.missed, float)[r],
                 "anchor_m": self._anchor_m[r].copy(), "anchor_var_m2": self._anchor_var_m2[r].copy(),
                 "anchor_block": self._anchor_block[r].copy(), "start_block": self._start_block[r].copy(),
+                "trusted_m": self._trusted_m[r].copy(), "trusted_var_m2": self._trusted_var_m2[r].copy(),
+                "trusted_block": self._trusted_block[r].copy(), "search_block": self._search_block[r].copy(),
+                "search_heading_rad": self._search_heading_rad[r].copy(),
                 "encounter": self._encounter[grid].copy(),
                 "same_blocks": self._same_blocks[grid].copy(), "apart_blocks": self._apart_blocks[grid].copy()}
 
@@ -770,9 +885,10 @@ class EKFEstimator:
         differ from before). Works on an estimator never reset.
 
         Args:
-            tracks: ``x (n, 4)``, ``P (n, 4, 4)``, ``missed (n,)`` (required) and optionally the identity fields
-                of :meth:`export_tracks`; a missing identity field takes the value :meth:`reset` gives (anchor =
-                the position, anchor variance ``acquisition_std_m^2``, anchor block 0, no encounter, counters 0).
+            tracks: ``x (n, 4)``, ``P (n, 4, 4)``, ``missed (n,)`` (required) and optionally the identity and
+                search fields of :meth:`export_tracks`; a missing one takes the value :meth:`reset` gives (anchor
+                and trusted position = the position, their variance ``acquisition_std_m^2``, their block 0, no
+                re-seeded search, no encounter, counters 0).
             block: the block index the tracks are the posterior of (:attr:`block`).
         The episode statistics (:attr:`rejected`, :attr:`losses`, :attr:`reacquired_after`,
         :attr:`identity_swaps`, :attr:`duplicates`) are this estimator's and are kept.
@@ -791,11 +907,15 @@ class EKFEstimator:
         if num < 1 or x.shape != (num, 4):
             raise ConfigError("tracks.x", x.shape, "must be (n, 4) with n >= 1")
         shapes = {"x": (num, 4), "P": (num, 4, 4), "missed": (num,), "anchor_m": (num, 2), "anchor_var_m2": (num,),
-                  "anchor_block": (num,), "start_block": (num,), "encounter": (num, num), "same_blocks": (num, num),
+                  "anchor_block": (num,), "start_block": (num,), "trusted_m": (num, 2), "trusted_var_m2": (num,),
+                  "trusted_block": (num,), "search_block": (num,), "search_heading_rad": (num,),
+                  "encounter": (num, num), "same_blocks": (num, num),
                   "apart_blocks": (num, num)}
         val = {"x": x}
         for key, dtype in (("P", float), ("missed", float), ("anchor_m", float), ("anchor_var_m2", float),
-                           ("anchor_block", np.int64), ("start_block", np.int64), ("encounter", bool),
+                           ("anchor_block", np.int64), ("start_block", np.int64), ("trusted_m", float),
+                           ("trusted_var_m2", float), ("trusted_block", np.int64), ("search_block", np.int64),
+                           ("search_heading_rad", float), ("encounter", bool),
                            ("same_blocks", np.int64),
                            ("apart_blocks", np.int64)):
             if key in tracks:
@@ -803,7 +923,8 @@ class EKFEstimator:
                 if arr.shape != shapes[key]:
                     raise ConfigError(f"tracks.{key}", arr.shape, f"must be {shapes[key]}")
                 val[key] = np.array(arr, dtype=dtype)
-        for key in ("x", "P", "missed", "anchor_m", "anchor_var_m2"):
+        for key in ("x", "P", "missed", "anchor_m", "anchor_var_m2", "trusted_m", "trusted_var_m2",
+                    "search_heading_rad"):
             if key in val and not np.all(np.isfinite(val[key])):
                 raise ConfigError(f"tracks.{key}", val[key].tolist(), "must be finite")
         if np.any(val["missed"] < 0):
@@ -818,6 +939,11 @@ class EKFEstimator:
         self._anchor_var_m2 = val.get("anchor_var_m2", np.full(num, self.cfg.acquisition_std_m**2))
         self._anchor_block = val.get("anchor_block", np.zeros(num, np.int64))
         self._start_block = val.get("start_block", np.zeros(num, np.int64))
+        self._trusted_m = val.get("trusted_m", x[:, :2].copy())
+        self._trusted_var_m2 = val.get("trusted_var_m2", np.full(num, self.cfg.acquisition_std_m**2))
+        self._trusted_block = val.get("trusted_block", np.zeros(num, np.int64))
+        self._search_block = val.get("search_block", np.full(num, -1, np.int64))
+        self._search_heading_rad = val.get("search_heading_rad", np.zeros(num))
         self._encounter = val.get("encounter", np.zeros((num, num), bool))
         self._same_blocks = val.get("same_blocks", np.zeros((num, num), np.int64))
         self._apart_blocks = val.get("apart_blocks", np.zeros((num, num), np.int64))
@@ -1041,6 +1167,8 @@ def _update_batch(ests: list[EKFEstimator], metas: list) -> list[tuple[np.ndarra
         else:
             track, _ = rule(xt, Pt, peaks, bs_positions_m, gate)
     accepted = np.zeros(E * I, bool)
+    accepted_2d = np.zeros(E * I, bool)  # a 2-D peak fused (the trusted positions of search_reseed)
+    ranged = np.zeros(E * I, bool)  # a range-only peak fused into a searching track (ends its ring of looks)
     fused = np.zeros(len(peaks), bool)
     # Searching tracks: a peak another track also gates is not theirs to take (a searching track's wide
     # gate must not capture a neighbour's echo, neither by a restart nor by an update with its wide P);
@@ -1069,7 +1197,7 @@ def _update_batch(ests: list[EKFEstimator], metas: list) -> list[tuple[np.ndarra
                 continue
             x[e * I + i], P[e * I + i] = start_x, start_P
             est._start_block[i] = est.block + 1
-            fused[best] = accepted[e * I + i] = True
+            fused[best] = accepted[e * I + i] = accepted_2d[e * I + i] = True
             est.reacquired_after.append(int(np.ceil(est.missed[i])))
     # Sequential EKF updates, BS by BS (a track takes at most one peak per update round); every estimator's
     # round r of BS m in one call (rows: the peak's estimator's track, so no row twice in a call).
@@ -1089,7 +1217,7 @@ def _update_batch(ests: list[EKFEstimator], metas: list) -> list[tuple[np.ndarra
                 x[i], P[i], x[j], P[j], ok = update_merged(x[i], P[i], x[j], P[j], peaks.z[n], peaks.R[n],
                                                            bs_pos, gates[n])
                 if ok:
-                    fused[n] = accepted[i] = accepted[j] = True
+                    fused[n] = accepted[i] = accepted[j] = accepted_2d[i] = accepted_2d[j] = True
             todo = todo[~fused[todo]]
         while todo.size:
             first_peaks = _first_of_each(row[todo])
@@ -1104,7 +1232,7 @@ def _update_batch(ests: list[EKFEstimator], metas: list) -> list[tuple[np.ndarra
                 if not ro and gate is not None and settings.num_iterations == 1:
                     # re-gate (the state may have moved since the assignment) and update in one pass
                     x[rows], P[rows], keep = update_range_angle_gated(x[rows], P[rows], z, R, bs_pos, gates[sub])
-                    fused[sub[keep]] = accepted[rows[keep]] = True
+                    fused[sub[keep]] = accepted[rows[keep]] = accepted_2d[rows[keep]] = True
                     continue
                 if gate is not None:  # the state may have moved since the assignment: gate again
                     if ro:
@@ -1122,11 +1250,12 @@ def _update_batch(ests: list[EKFEstimator], metas: list) -> list[tuple[np.ndarra
                 if ro:
                     x[rows], P[rows] = update_range(x[rows], P[rows], z[:, 0], R[:, 0, 0], bs_pos)
                     # a range alone does not end a search (see range_only_ends_search)
+                    ranged[rows[searching[rows]]] = True
                     accepted[rows if settings.range_only_ends_search else rows[~searching[rows]]] = True
                 else:
                     x[rows], P[rows] = update_range_angle(x[rows], P[rows], z, R, bs_pos,
                                                           num_iterations=settings.num_iterations)
-                    accepted[rows] = True
+                    accepted[rows] = accepted_2d[rows] = True
     # A track that fused nothing but had a peak inside its gate (it lost that peak to a neighbour's track:
     # the two echoes merge while the targets pass each other) is probably not missing its target: such a
     # block counts SEEN_MISS_WEIGHT of a miss (a track that stays merged into its neighbour's echo for
@@ -1167,6 +1296,9 @@ def _update_batch(ests: list[EKFEstimator], metas: list) -> list[tuple[np.ndarra
         if identities:
             unclaimed = ~fused[a:b] & ~peaks.range_only[a:b]
             xe, Pe = est._resolve_identities(xe, Pe, np.unique(peaks.label[a:b][unclaimed]))
+        if settings.search_reseed:
+            est._search_block[ranged[e * I:(e + 1) * I]] = -1  # looks at its prediction from now on
+            est._trust_and_reseed(xe, Pe, accepted_2d[e * I:(e + 1) * I], was_searching)
         est._x, est._P = xe, Pe
         est._pred = None
         est.block += 1

@@ -219,9 +219,17 @@ class MeasurementWindow:
 
     @property
     def anchor_next_m(self) -> np.ndarray:
-        """Per-target anchor for the next block ``q + 1``, ``(I, 2)`` metres (a copy)."""
+        """Per-target anchor for the next block ``q + 1``, ``(I, 2)`` metres (a copy): the EKF anchor's predicted
+        mean (for a target on a re-seeded search, the centre of its ring, not its look: :meth:`search_looks_m`)."""
         self._require_reset()
         return self._anchor_next_m.copy()
+
+    def search_looks_m(self) -> np.ndarray | None:
+        """``(I, 2)`` metres: where the EKF anchor looks at block ``q + 1``
+        (:meth:`rl_isac.tracking.ekf.EKFEstimator.predicted_position`; ``anchor_next`` except on a
+        :attr:`ring_search`); ``None`` for other anchors."""
+        self._require_reset()
+        return None if self._ekf is None else self._ekf.predicted_position()
 
     @property
     def anchor_age(self) -> np.ndarray:
@@ -238,6 +246,12 @@ class MeasurementWindow:
         """``(I,)`` bool: targets the EKF anchor is searching for (:attr:`rl_isac.tracking.ekf.EKFEstimator.searching`);
         ``None`` for other anchors."""
         return None if self._ekf is None else self._ekf.searching
+
+    @property
+    def ring_search(self) -> np.ndarray | None:
+        """``(I,)`` bool: targets whose ``anchor_next`` is a look of the EKF anchor's re-seeded search
+        (:attr:`rl_isac.tracking.ekf.EKFEstimator.ring_search`); ``None`` for other anchors."""
+        return None if self._ekf is None else self._ekf.ring_search
 
     @property
     def num_valid(self) -> int:
@@ -305,6 +319,9 @@ class MeasurementWindow:
         for k, (win, meas) in enumerate(zip(windows, metas)):
             if k in results:
                 win._anchor_m, win._anchor_next_m = results[k]
+                ring = win._ekf.ring_search
+                if ring.any():  # the DGNN sees the predicted mean, not the search's look
+                    win._anchor_next_m[ring] = win._ekf.predicted_state()[ring, :2]
                 win._anchor_var_m2 = np.trace(win._ekf._P[:, :2, :2], axis1=-2, axis2=-1)
                 measured = meas.detected.any(axis=0)
             else:

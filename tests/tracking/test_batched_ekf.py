@@ -16,7 +16,8 @@ from rl_isac.tracking.ekf import EKFEstimator, EKFSettings, update_many
 from rl_isac.tracking.window import MeasurementWindow
 
 STATE = ("_x", "_P", "missed", "rejected", "losses", "reacquired_after", "identity_swaps", "duplicates", "block",
-         "_start_block", "_anchor_m", "_anchor_var_m2", "_anchor_block", "_encounter", "_same_blocks", "_apart_blocks")
+         "_start_block", "_anchor_m", "_anchor_var_m2", "_anchor_block", "_encounter", "_same_blocks", "_apart_blocks",
+         "_trusted_m", "_trusted_var_m2", "_trusted_block", "_search_block", "_search_heading_rad")
 
 
 def _same_state(a: EKFEstimator, b: EKFEstimator) -> None:
@@ -38,7 +39,8 @@ def _episodes(fidelity: str, num_targets: int, num_env: int, seed: int):
 
 
 @pytest.mark.parametrize("settings", [EKFSettings(), EKFSettings(merged_update=True, resolve_identities=True,
-                                                                  speed_cap=1.2)], ids=["default", "options"])
+                                                                  speed_cap=1.2),
+                                      EKFSettings(search_reseed=True)], ids=["default", "options", "reseed"])
 def test_update_many_is_the_loop_of_updates_bit_for_bit(settings):
     cfg, nets, acqs, rng = _episodes("surrogate", 6, 4, seed=3)
     ref = [EKFEstimator(cfg, settings) for _ in nets]
