@@ -592,7 +592,9 @@ class ClusteredEKF:
         # targets of different clusters: none)
         tracks = {"x": np.zeros((I, 4)), "P": np.zeros((I, 4, 4)), "missed": np.zeros(I),
                   "anchor_m": np.zeros((I, 2)), "anchor_var_m2": np.zeros(I), "anchor_block": np.zeros(I, np.int64),
-                  "start_block": np.zeros(I, np.int64), "encounter": np.zeros((I, I), bool),
+                  "start_block": np.zeros(I, np.int64), "trusted_m": np.zeros((I, 2)), "trusted_var_m2": np.zeros(I),
+                  "trusted_block": np.zeros(I, np.int64), "search_block": np.zeros(I, np.int64),
+                  "search_heading_rad": np.zeros(I), "encounter": np.zeros((I, I), bool),
                   "same_blocks": np.zeros((I, I), np.int64),
                   "apart_blocks": np.zeros((I, I), np.int64)}
         x, P, missed = tracks["x"], tracks["P"], tracks["missed"]
