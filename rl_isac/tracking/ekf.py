@@ -547,14 +547,25 @@ class EKFSettings(ConfigMixin):
     covariance (:attr:`search_growth_m`, up to ``SEARCH_MAX_STD_M``), the looks at its own prediction (the
     rule before this revision).
 
-    On by default since this revision, chosen on development worlds only (``results/tracks/dev_variants.md``,
-    rows ``now`` / ``reseed2``, ``ekf-milp``, signal level, 100 blocks): lost fraction at I = 6 (worlds
-    0-399) 0.0069 -> 0.0066, identity-free 0.0012 -> 0.00025; at I = 8 (0-399) 0.0070 -> 0.0063, identity-free
-    0.0013 -> 0.00046, and (400-799) 0.0059 -> 0.0049, identity-free 0.0013 -> 0.0010. Every track lost for
-    good there (its error 30-68 m at the end: I = 6 worlds 159, 375, I = 8 worlds 267, 298) is found again;
-    the price is a few short searches of tracks whose coasted velocity was right (their centre estimate is
-    ``v t`` off until the first look along that heading finds them: 3-13 target-blocks in 12 of 1200
-    worlds)."""
+    On by default since this revision (with :attr:`reseed_min_age_blocks`), chosen on development worlds only
+    (``results/tracks/dev_variants.md``, rows ``now`` / ``reseed3``, ``ekf-milp``, signal level, 100 blocks):
+    lost fraction at I = 6 (worlds 0-399) 0.0069 -> 0.0066, identity-free 0.0012 -> 0.00025; at I = 8
+    (0-399) 0.0070 -> 0.0064, identity-free 0.0013 -> 0.0005, and (400-799) 0.0059 -> 0.0049, identity-free
+    0.0013 -> 0.0009; ``dgnn-milp`` at I = 8 (150 worlds, the window's EKF anchor) 0.0085 -> 0.0081,
+    identity-free 0.0012 -> 0.0007. Every track lost for good there (its error 30-68 m at the end: I = 6
+    worlds 159, 375, I = 8 worlds 267, 298) is found again; a few short searches get longer (the ring's centre
+    is reported while the target is looked for: 4-20 target-blocks in 8 of 1200 worlds)."""
+    reseed_min_age_blocks: int = 4
+    """:attr:`search_reseed` re-seeds only a track whose last trusted block is more than this many blocks old
+    when it goes searching; a younger one (trusted until its misses began: a target that went unseen, e.g.
+    at the endfire of its BSs, whose velocity was estimated on clean looks) keeps its coasted state and
+    searches around its prediction as without the option. From the search starts of the development
+    episodes the re-seed (with 0 here) changed at I = 8 (worlds 400-799): those it made worse started 3-4
+    blocks after their last trusted look with the coast 0-1 m from the target, those it fixed 5-12 blocks
+    after, with the coast 7-19 m off. Over all development worlds it is neutral against 0
+    (``results/tracks/dev_variants.md``, rows ``reseed2`` (0) / ``reseed3`` (4): 0.0066 both at I = 6,
+    0.0063 / 0.0064 and 0.0049 both at I = 8; on worlds 0-399, not used to choose it, 3 episodes better and
+    3 worse); kept because a coast estimated on clean looks is the better bet for a target merely unseen."""
     search_growth_m: float = 2.0
     """Extra position std per axis added (in quadrature) to a searching track's prediction each block, m
     (until ``SEARCH_MAX_STD_M``); also the largest position std (major axis) of a peak that may
@@ -599,6 +610,9 @@ class EKFSettings(ConfigMixin):
         if isinstance(self.merged_after_blocks, bool) or not isinstance(self.merged_after_blocks, int) \
                 or self.merged_after_blocks < 0:
             raise ConfigError("merged_after_blocks", self.merged_after_blocks, "must be an integer >= 0")
+        if isinstance(self.reseed_min_age_blocks, bool) or not isinstance(self.reseed_min_age_blocks, int) \
+                or self.reseed_min_age_blocks < 0:
+            raise ConfigError("reseed_min_age_blocks", self.reseed_min_age_blocks, "must be an integer >= 0")
         if not (math.isfinite(self.search_growth_m) and self.search_growth_m >= 0):
             raise ConfigError("search_growth_m", self.search_growth_m, "must be a finite number >= 0")
 
@@ -790,6 +804,8 @@ class EKFEstimator:
         v = cfg.speed_mps
         eye = np.eye(2)
         for i in np.flatnonzero(searching & ~was_searching):
+            if q - self._trusted_block[i] <= self.settings.reseed_min_age_blocks:
+                continue  # trusted until the misses began: its coasted velocity stands (reseed_min_age_blocks)
             coast = x[i, :2] - self._trusted_m[i]
             if math.hypot(x[i, 2], x[i, 3]) > 0.5 * v:
                 heading = math.atan2(x[i, 3], x[i, 2])

@@ -53,9 +53,12 @@ def _run(settings, blocks=40, corrupt_at=10, offset_m=(12.0, 0.0)):
     return np.array(errs), np.array(looks), np.array(searching), est
 
 
+RESEED = EKFSettings(search_reseed=True, reseed_min_age_blocks=0)  # re-seed whatever the trusted look's age
+
+
 def test_a_track_pulled_onto_a_wrong_course_is_found_from_its_last_trusted_position():
     err_old, _, searching_old, _ = _run(EKFSettings(search_reseed=False))
-    err_new, _, searching_new, est = _run(EKFSettings(search_reseed=True))
+    err_new, _, searching_new, est = _run(RESEED)
     # the coasted search runs after its own wrong course: never back
     assert searching_old[-1] and err_old[-10:, 0].min() > 30.0
     # the re-seeded one looks around block 10's trusted position and re-acquires within a few blocks
@@ -69,7 +72,7 @@ def test_the_reseeded_state_is_the_ring_of_a_target_of_known_speed():
     """At the block the track goes searching: mean at the trusted position, velocity 0, and the covariance of a
     track started there with the uniform-heading prior ``N(0, v^2/2 I)`` and no look since."""
     cfg = ScenarioConfig.paper(4)
-    settings = EKFSettings(search_reseed=True)
+    settings = RESEED
     est = EKFEstimator(cfg, settings)
     truth = _world(cfg, 12)
     est.reset(truth[0])
@@ -116,7 +119,7 @@ def test_the_looks_walk_round_the_ring_from_the_coasted_heading():
 
 
 def test_search_state_round_trips_through_export_and_load():
-    err, _, _, est = _run(EKFSettings(search_reseed=True), blocks=13)
+    err, _, _, est = _run(RESEED, blocks=13)
     assert est.searching[0] and est._search_block[0] >= 0  # searching since block 13
     tracks = est.export_tracks()
     assert set(tracks) >= set(TRACK_FIELDS)
@@ -127,9 +130,37 @@ def test_search_state_round_trips_through_export_and_load():
         other.load_tracks({**tracks, "search_block": tracks["search_block"][:2]}, est.block)
 
 
+def test_a_track_trusted_until_its_misses_began_keeps_its_coast():
+    """A target unseen for a few blocks right after clean looks (at the endfire of its BSs, say) was tracked with
+    a good velocity: with the default ``reseed_min_age_blocks`` its search starts from its coasted state, as
+    without the option, and the coast finds it; re-seeding it would report the ring's centre, ``v t`` off."""
+    cfg = ScenarioConfig.paper(4)
+    truth = _world(cfg, 30)
+    runs = {}
+    for name, settings in (("default", EKFSettings()), ("off", EKFSettings(search_reseed=False)), ("always", RESEED)):
+        est = EKFEstimator(cfg, settings)
+        est.reset(truth[0])
+        errs = []
+        for q in range(1, 31):
+            unseen = 15 <= q <= 19  # five blocks without a look at target 0 (searching from block 17)
+            entries = [(bs, i, 0, truth[q, i], 0.05, 0.003) for i, bss in enumerate(((0, 3), (2, 5), (1, 4), (0, 3)))
+                       for bs in bss if not (i == 0 and unseen)]
+            u_hat, _ = est.update(_peaks_block(cfg, entries, block=q))
+            errs.append(np.linalg.norm(u_hat - truth[q], axis=1))
+            if q == 17:
+                assert est.searching[0]
+        runs[name] = np.array(errs)
+    assert EKFSettings().reseed_min_age_blocks >= EKFSettings().search_after_blocks + 1
+    np.testing.assert_array_equal(runs["default"], runs["off"])
+    assert runs["default"][:, 0].max() < 1.0
+    assert runs["always"][16:19, 0].min() > 1.5  # the centre of the ring is v t from a target still moving
+
+
 def test_search_reseed_must_be_a_bool():
     with pytest.raises(ConfigError, match="search_reseed"):
         EKFSettings(search_reseed=1)
+    with pytest.raises(ConfigError, match="reseed_min_age_blocks"):
+        EKFSettings(reseed_min_age_blocks=-1)
 
 
 def test_a_dgnn_cu_looks_where_its_ekf_anchor_searches_and_the_dgnn_sees_the_ring_centre():
