@@ -551,10 +551,11 @@ class EKFSettings(ConfigMixin):
     (``results/tracks/dev_variants.md``, rows ``now`` / ``reseed3``, ``ekf-milp``, signal level, 100 blocks):
     lost fraction at I = 6 (worlds 0-399) 0.0069 -> 0.0066, identity-free 0.0012 -> 0.00025; at I = 8
     (0-399) 0.0070 -> 0.0064, identity-free 0.0013 -> 0.0005, and (400-799) 0.0059 -> 0.0049, identity-free
-    0.0013 -> 0.0009; ``dgnn-milp`` at I = 8 (150 worlds, the window's EKF anchor) 0.0085 -> 0.0081,
-    identity-free 0.0012 -> 0.0007. Every track lost for good there (its error 30-68 m at the end: I = 6
-    worlds 159, 375, I = 8 worlds 267, 298) is found again; a few short searches get longer (the ring's centre
-    is reported while the target is looked for: 4-20 target-blocks in 8 of 1200 worlds)."""
+    0.0013 -> 0.0009; ``dgnn-milp`` at I = 8 (150 worlds, the window's EKF anchor, measured with
+    ``reseed_min_age_blocks=0``) 0.0085 -> 0.0081, identity-free 0.0012 -> 0.0007. Every track lost for good
+    there (its error 30-68 m at the end: I = 6 worlds 159, 375, I = 8 worlds 267, 298) is found again; a few
+    short searches get longer (the ring's centre is reported while the target is looked for: 4-20
+    target-blocks in 8 of 1200 worlds)."""
     reseed_min_age_blocks: int = 4
     """:attr:`search_reseed` re-seeds only a track whose last trusted block is more than this many blocks old
     when it goes searching; a younger one (trusted until its misses began: a target that went unseen, e.g.
