@@ -163,14 +163,14 @@ def test_search_reseed_must_be_a_bool():
         EKFSettings(reseed_min_age_blocks=-1)
 
 
-def test_a_dgnn_cu_looks_where_its_ekf_anchor_searches_and_the_dgnn_sees_the_ring_centre():
+def test_a_dgnn_cu_looks_where_its_ekf_anchor_searches_and_the_dgnn_sees_the_ring_centre(dgnn_i4):
     """A DGNN CU takes the EKF anchor's look for a target on a ring search (the DGNN was not trained to search);
     the DGNN's own input ``anchor_next`` is the ring's centre (the predicted mean), not the look."""
     from rl_isac.controllers.learned import DGNNEstimator, load_dgnn
     from rl_isac.physics.measurements import Measurements
 
     cfg = ScenarioConfig.paper(4)
-    model, _, _ = load_dgnn("results/checkpoints/dgnn-I4", cfg)
+    model, _, _ = load_dgnn(dgnn_i4, cfg)
     est = DGNNEstimator(cfg, model)
     est.reset(START)
     ekf = est.window._ekf
