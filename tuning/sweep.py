@@ -617,10 +617,23 @@ def check_searcher_state(experiment: Path) -> None:
     and not atomically; a sweep killed during that copy leaves ``searcher-state-*.pkl`` with 0 bytes (the trials'
     checkpoints and ``experiment_state-*.json`` are fine). ``Tuner.restore`` then loads a searcher without its
     state, which never suggests nor resumes a trial, and the driver idles forever (seen here: a sweep killed
-    right after its first checkpoint, restored, 0 of 2 CPUs in use after minutes).
+    right after its first checkpoint, restored, 0 of 2 CPUs in use after minutes). An ``experiment_state-*.json``
+    cut the same way (empty: seen in a clean-clone run of the restore test) makes ``Tuner.restore`` log a
+    ``JSONDecodeError``, "restart" the experiment with a searcher that has no search space, and fail; it is
+    refused the same way.
     """
+    import json
     import pickle
 
+    for state in sorted(experiment.glob("experiment_state-*.json")):
+        try:
+            json.loads(state.read_text())
+        except json.JSONDecodeError as exc:
+            what = "empty" if state.stat().st_size == 0 else f"cut short ({type(exc).__name__})"
+            raise ConfigError("--restore", str(state), f"the experiment state is {what} (the sweep was killed while "
+                              "Tune copied it into the storage); Tune would restart the experiment without its "
+                              "search space and fail. Start the sweep again without --restore (or under another "
+                              "--name); the trial checkpoints under this directory stay as they are") from None
     for state in sorted(experiment.glob("searcher-state-*.pkl")):
         try:
             with open(state, "rb") as f:  # the sweep's own file, which Tune would unpickle next

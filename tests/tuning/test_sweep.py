@@ -124,3 +124,17 @@ def test_restore_refuses_an_empty_searcher_state(tmp_path):
     state.write_bytes(pickle.dumps({"a": list(range(100))})[:-5])  # a copy cut short
     with pytest.raises(ConfigError, match="cut short"):
         sweep.check_searcher_state(tmp_path)
+
+
+def test_restore_refuses_an_empty_or_cut_experiment_state(tmp_path):
+    """An experiment_state-*.json left empty (or cut) by the same kill makes Tune restart the experiment without
+    its search space and fail: --restore refuses it with the file named."""
+    state = tmp_path / "experiment_state-2026-12-04_04-26-15.json"
+    state.write_text('{"trial_data": []}')
+    sweep.check_searcher_state(tmp_path)
+    state.write_text("")
+    with pytest.raises(ConfigError, match=r"--restore.*experiment_state-2026-12-04_04-26-15\.json.*empty.*without"):
+        sweep.check_searcher_state(tmp_path)
+    state.write_text('{"trial_data": [1, 2')
+    with pytest.raises(ConfigError, match="experiment state is cut short"):
+        sweep.check_searcher_state(tmp_path)
