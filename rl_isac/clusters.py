@@ -111,7 +111,7 @@ from rl_isac.errors import ConfigError, ConstraintViolation
 from rl_isac.physics.measurements import PEAK_FIELDS, Measurements
 from rl_isac.scenario import ScenarioConfig
 from rl_isac.tracking.data_association import CHI2_GATE_999, collect_peaks, innovation_matrix
-from rl_isac.tracking.ekf import PAIR_FIELDS, EKFEstimator, EKFSettings
+from rl_isac.tracking.ekf import PAIR_FIELDS, EKFEstimator, EKFSettings, empty_tracks
 
 HYSTERESIS_M = 5.0
 """Default ownership hysteresis, metres: a target changes cluster only this far inside another cluster's area."""
@@ -590,13 +590,7 @@ class ClusteredEKF:
         I = cfg.num_targets
         # every target's posterior track, gathered from its owner's EKF (pairwise identity counters between
         # targets of different clusters: none)
-        tracks = {"x": np.zeros((I, 4)), "P": np.zeros((I, 4, 4)), "missed": np.zeros(I),
-                  "anchor_m": np.zeros((I, 2)), "anchor_var_m2": np.zeros(I), "anchor_block": np.zeros(I, np.int64),
-                  "start_block": np.zeros(I, np.int64), "trusted_m": np.zeros((I, 2)), "trusted_var_m2": np.zeros(I),
-                  "trusted_block": np.zeros(I, np.int64), "search_block": np.zeros(I, np.int64),
-                  "search_heading_rad": np.zeros(I), "encounter": np.zeros((I, I), bool),
-                  "same_blocks": np.zeros((I, I), np.int64),
-                  "apart_blocks": np.zeros((I, I), np.int64)}
+        tracks = empty_tracks(I)
         x, P, missed = tracks["x"], tracks["P"], tracks["missed"]
         exchange = self.exclude_foreign and layout.num_clusters > 1
         if exchange:  # the predicted tracks every cluster shares with the others before the block's update

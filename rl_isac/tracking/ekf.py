@@ -92,6 +92,19 @@ TRACK_FIELDS = ("x", "P", "missed", "anchor_m", "anchor_var_m2", "anchor_block",
 """Per-track keys of :meth:`EKFEstimator.export_tracks` / :meth:`EKFEstimator.load_tracks`."""
 PAIR_FIELDS = ("encounter", "same_blocks", "apart_blocks")
 """Pairwise ``(n, n)`` identity keys of :meth:`EKFEstimator.export_tracks` (between the exported tracks)."""
+_FIELD_LAYOUT = {"x": ((4,), float), "P": ((4, 4), float), "missed": ((), float), "anchor_m": ((2,), float),
+                 "anchor_var_m2": ((), float), "anchor_block": ((), np.int64), "start_block": ((), np.int64),
+                 "trusted_m": ((2,), float), "trusted_var_m2": ((), float), "trusted_block": ((), np.int64),
+                 "search_block": ((), np.int64), "search_heading_rad": ((), float)}
+_PAIR_DTYPES = {"encounter": bool, "same_blocks": np.int64, "apart_blocks": np.int64}
+
+
+def empty_tracks(num: int) -> dict[str, np.ndarray]:
+    """Zero arrays of every key of :meth:`EKFEstimator.export_tracks` for ``num`` tracks (per-track keys
+    ``(num, ...)``, pairwise keys ``(num, num)``, their dtypes): a buffer to gather exported tracks into."""
+    out = {k: np.zeros((num, *shape), dtype) for k, (shape, dtype) in _FIELD_LAYOUT.items()}
+    out.update({k: np.zeros((num, num), dtype) for k, dtype in _PAIR_DTYPES.items()})
+    return out
 CHI2_GATE = 13.815510557964274  # 99.9 % point of chi-square(2), the gate of the identity logic without a gate
 IDENTITY_MAX_WAIT_BLOCKS = 10
 """Blocks apart after which an undecided encounter is closed with the filter's own pairing (a swap needs a
@@ -1339,7 +1352,8 @@ def _peak_rows(peaks, a: int, b: int):
                                          for f in dataclasses.fields(peaks)})
 
 
-__all__ = ["TRACK_FIELDS", "PAIR_FIELDS", "wrap_angle", "predict", "range_angle", "range_angle_jacobian",
+__all__ = ["TRACK_FIELDS", "PAIR_FIELDS", "empty_tracks", "wrap_angle", "predict", "range_angle",
+           "range_angle_jacobian",
            "update_range_angle", "update_range_angle_gated", "update_merged", "update_range", "update_speed",
            "update_many",
            "EKFSettings", "EKFEstimator"]

@@ -12,7 +12,7 @@ import pytest
 from rl_isac.errors import ConfigError
 from rl_isac.scenario import ScenarioConfig
 from rl_isac.tracking import EKFEstimator, EKFSettings
-from rl_isac.tracking.ekf import SEARCH_LOOK_STEP, TRACK_FIELDS
+from rl_isac.tracking.ekf import SEARCH_LOOK_STEP, TRACK_FIELDS, empty_tracks
 from tests.tracking.test_data_association import _peaks_block
 
 START = np.array([[100.0, 50.0], [220.0, 60.0], [150.0, 20.0], [60.0, 80.0]])
@@ -123,6 +123,8 @@ def test_search_state_round_trips_through_export_and_load():
     assert est.searching[0] and est._search_block[0] >= 0  # searching since block 13
     tracks = est.export_tracks()
     assert set(tracks) >= set(TRACK_FIELDS)
+    buffer = empty_tracks(len(est.state))  # the gathering buffer of the cluster tracker has every exported key
+    assert {k: (v.shape, v.dtype) for k, v in buffer.items()} == {k: (v.shape, v.dtype) for k, v in tracks.items()}
     other = EKFEstimator(est.cfg, est.settings)
     other.load_tracks(tracks, est.block)
     np.testing.assert_array_equal(other.predicted_position(), est.predicted_position())
