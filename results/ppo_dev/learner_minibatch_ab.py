@@ -21,8 +21,7 @@ import torch
 from ray.rllib.core.columns import Columns
 
 from rl_isac.rllib.env import ISACMultiAgentEnv
-from rl_isac.rllib.module import ENC_U, ENC_Z, ISACPPOModule
-from rl_isac.tracking.window import stack_observations
+from rl_isac.rllib.module import ENC_U, ENC_Z, ISACPPOModule, exploration_rollout
 from rl_isac.training.pretrain import load_configs
 from learner_forms import BEFORE_TRAIN_LOGITS, PLAIN_PROBS, SHIPPED, use  # beside this script
 
@@ -35,18 +34,7 @@ torch.manual_seed(0)
 m = ISACPPOModule(observation_space=env.observation_space, action_space=env.action_space,
                   model_config={"dgnn": load_configs(ck)["dgnn"].to_dict(), "dgnn_weights": str(ck / "model.pt"),
                                 "hidden": 64, "critic_hidden": 128})
-obs, _ = env.reset(seed=0)
-rows = []
-for _ in range(N):
-    out = m.forward_exploration({Columns.OBS: {k: torch.as_tensor(v)[None] for k, v in obs["cu_0"].items()}}, t=0)
-    act = {k: v[0].numpy() for k, v in out[Columns.ACTIONS].items()}
-    rows.append((obs["cu_0"], act, out))
-    obs, _, term, _, _ = env.step({"cu_0": act})
-    if term["__all__"]:
-        obs, _ = env.reset()
-ob = {k: torch.as_tensor(v) for k, v in stack_observations([r[0] for r in rows]).items()}
-acts = {k: torch.as_tensor(np.stack([r[1][k] for r in rows])) for k in ("pairs", "beams", "estimate")}
-cat = {k: torch.cat([r[2][k] for r in rows]) for k in (Columns.ACTION_LOGP, Columns.ACTION_DIST_INPUTS, ENC_Z, ENC_U)}
+ob, acts, cat = exploration_rollout(env, m, N, seed=0)
 batch = {Columns.OBS: ob, Columns.ACTIONS: acts, ENC_Z: cat[ENC_Z], ENC_U: cat[ENC_U]}
 batch.update(m.teacher_forcing_inputs(ob, acts["pairs"]))
 opt = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=1e-4)

@@ -669,3 +669,31 @@ class ISACPPOModule(TorchRLModule, ValueFunctionAPI):
         x = torch.cat([c.mean(1), c.amax(1), obs["block"].float().reshape(-1, 1), log_std.mean(1, keepdim=True),
                        log_std.amax(1, keepdim=True)], dim=-1)
         return self.critic_head(x).squeeze(-1)
+
+
+def exploration_rollout(env, module: ISACPPOModule, steps: int, seed: int = 0
+                        ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """``steps`` env steps of one agent (``cu_0``) driven by ``module.forward_exploration``, without Ray: the
+    batch a teacher-forcing check or a learner benchmark replays.
+
+    Returns ``(obs, actions, outputs)``: the stacked observations ``{key: (steps, ...)}``, the actions
+    ``pairs`` / ``beams`` / ``estimate`` ``(steps, ...)``, and the module's ``ACTION_LOGP``, ``ACTION_DIST_INPUTS``
+    and cached encoder outputs (``ENC_Z``, ``ENC_U``) concatenated over the steps. Seeds torch and ``env.reset``
+    with ``seed``; an episode that ends is reset and continued."""
+    from rl_isac.tracking.window import stack_observations
+
+    torch.manual_seed(seed)
+    obs, _ = env.reset(seed=seed)
+    rows = []
+    for _ in range(steps):
+        o = {k: torch.as_tensor(v)[None] for k, v in obs["cu_0"].items()}
+        out = module.forward_exploration({Columns.OBS: o}, t=0)
+        act = {k: v[0].numpy() for k, v in out[Columns.ACTIONS].items()}
+        rows.append((obs["cu_0"], act, out))
+        obs, _, term, _, _ = env.step({"cu_0": act})
+        if term["__all__"]:
+            obs, _ = env.reset()
+    ob = {k: torch.as_tensor(v) for k, v in stack_observations([r[0] for r in rows]).items()}
+    acts = {k: torch.as_tensor(np.stack([r[1][k] for r in rows])) for k in ("pairs", "beams", "estimate")}
+    keys = (Columns.ACTION_LOGP, Columns.ACTION_DIST_INPUTS, ENC_Z, ENC_U)
+    return ob, acts, {k: torch.cat([r[2][k] for r in rows]) for k in keys}

@@ -11,27 +11,7 @@ from rl_isac.association import sub_actions_to_association
 from rl_isac.rllib.distribution import MaskedARDistribution
 from rl_isac.rllib.mask import MASKED_LOGIT
 from rl_isac.rllib.module import ENC_U, ENC_Z, ISACPPOModule
-from rl_isac.tracking.window import stack_observations
-
-
-def rollout(env, module, steps: int, seed: int = 0):
-    """Exploration rollout: stacked observations, actions and the module's outputs per step."""
-    torch.manual_seed(seed)
-    obs, _ = env.reset(seed=seed)
-    rows = []
-    for _ in range(steps):
-        o = {k: torch.as_tensor(v)[None] for k, v in obs["cu_0"].items()}
-        out = module.forward_exploration({Columns.OBS: o}, t=0)
-        act = {k: v[0].numpy() for k, v in out[Columns.ACTIONS].items()}
-        rows.append((obs["cu_0"], act, out))
-        obs, _, term, _, _ = env.step({"cu_0": act})
-        if term["__all__"]:
-            obs, _ = env.reset()
-    ob = {k: torch.as_tensor(v) for k, v in stack_observations([r[0] for r in rows]).items()}
-    acts = {k: torch.as_tensor(np.stack([r[1][k] for r in rows])) for k in ("pairs", "beams", "estimate")}
-    cat = {k: torch.cat([r[2][k] for r in rows]) for k in (Columns.ACTION_LOGP, Columns.ACTION_DIST_INPUTS, ENC_Z,
-                                                            ENC_U)}
-    return ob, acts, cat
+from rl_isac.rllib.module import exploration_rollout as rollout
 
 
 def test_teacher_forced_logp_equals_exploration_logp(env4, module4):
