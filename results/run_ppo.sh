@@ -3,9 +3,9 @@
 # results/checkpoints/ppo-I{4,6,8} and the signal-level table results/ppo_table.{json,md} (evaluation seeds 0 and 1).
 # DGNN=dir holding dgnn-I{4,6,8} (default results/checkpoints: the committed closed-loop DGNN checkpoints; the
 # ablation's committed figures were made from the DGNN checkpoints of revision a5a3f12).
-# Recipes: rl_isac.evaluation.reproduce.SHIPPED_PPO_CONFIGS (I = 6 ppo-long-bc.yaml, I = 4 and 8
-# ppo-long-bc-milp.yaml = ppo-long-bc + the actor's detection and MILP features, chosen on training-side worlds,
-# results/ppo_dev/dev_I8.md, dev_I4_lbm.md). The committed ppo-I{6,8} are copies of results/full/ppo-I{I} (not in git), trained by
+# Recipe: rl_isac.evaluation.reproduce.SHIPPED_PPO_CONFIGS (ppo-long-bc-milp.yaml at every I since 2026-12-04 =
+# ppo-long-bc + the actor's detection and MILP features, chosen on training-side worlds, results/ppo_dev/dev_I8.md,
+# dev_I4_lbm.md; I = 6 had ppo-long-bc.yaml before, see SHIPPED_PPO_CONFIGS). The committed ppo-I{6,8} are copies of results/full/ppo-I{I} (not in git), trained by
 # `make reproduce`'s training stage (seed 0, revision 68b9c22) and copied before any evaluation; ppo-I4 was trained
 # by `rl-isac train` with this recipe (its train_config.json says where and when), and results/full's dgnn-ppo-I4
 # cell was recomputed for it with `rl-isac reproduce --ppo-checkpoint`, so evaluation seed 0 is the full profile's
@@ -27,8 +27,7 @@ export OMP_NUM_THREADS=1
 mkdir -p results/ppo_table_inputs
 CMP=(); PPO=(); CELLS=(); [ -d results/full/cells ] && CELLS=(--cells results/full/cells)
 for I in $ORDER; do
-  CONFIG=ppo-long-bc-milp.yaml                       # I = 4, 8: longer warm start + detection and MILP features
-  [ $I = 6 ] && CONFIG=ppo-long-bc.yaml               # I = 6: the longer warm start only
+  CONFIG=ppo-long-bc-milp.yaml                       # every I: longer warm start + detection and MILP features
   [ -d results/checkpoints/ppo-I$I/checkpoint ] || $RL train --targets $I --pretrained "$DGNN/dgnn-I$I" \
       --out results/checkpoints/ppo-I$I --config "results/checkpoints/$CONFIG" --iterations 5
   for S in $SEEDS; do

@@ -79,15 +79,20 @@ SHIPPED_PPO_CONFIG = "results/checkpoints/ppo.yaml"
 (16 episodes, 15 epochs) + 1 DAgger round, eq. (5a) reward, 5 iterations."""
 
 SHIPPED_PPO_CONFIGS: dict[int, str] = {4: "results/checkpoints/ppo-long-bc-milp.yaml",
-                                       6: "results/checkpoints/ppo-long-bc.yaml",
+                                       6: "results/checkpoints/ppo-long-bc-milp.yaml",
                                        8: "results/checkpoints/ppo-long-bc-milp.yaml"}
 """Per I, the recipe of each reference checkpoint results/checkpoints/ppo-I{I} (``train_config.json`` of each
 holds it resolved; results/run_ppo.sh trains them): the full profile trains with exactly these, so its
-dgnn-ppo is trained as the shipped checkpoint of the same I (same recipe, same seed). I = 8 uses the actor's
-detection and MILP features (``ppo-long-bc-milp.yaml``) since b748853, and so does I = 4 (the same recipe,
-chosen over the ``ppo.yaml`` policy on 120 training-side worlds, results/ppo_dev/dev_I4_lbm.md: 0.115 vs
-2.45 m, the old policy swapped tracks where dgnn-milp did not); I = 6 keeps ``ppo-long-bc.yaml``. A run's
-``run.json`` records the configs it trained with (results/full did not train: ``--ppo-checkpoint``)."""
+dgnn-ppo is trained as the shipped checkpoint of the same I (same recipe, same seed). One recipe at every I:
+``ppo-long-bc-milp.yaml`` (32 expert episodes, 25 epochs, 2 DAgger rounds, the actor's detection and MILP
+features). I = 8 has used it since b748853 and I = 4 since results/ppo_dev/dev_I4_lbm.md (120 training-side
+worlds, 0.115 vs 2.45 m: the ``ppo.yaml`` policy swapped tracks where dgnn-milp did not). I = 6 kept
+``ppo-long-bc.yaml`` (no features) until 2026-12-04 on a 30-world comparison decided by one episode each
+(results/ppo_dev/dev_I6.md: mean 0.197 vs 0.230 m, intervals [0.131, 0.258] / [0.126, 0.321]); what is not a
+lottery there points the other way: the median episode 0.119 (no features) vs 0.112 m (features; dgnn-milp
+0.112 m), and without the features the warm start reproduces dgnn-milp's association in about a third of the
+validation blocks only (``exact`` 0.35 at I = 6; 0.96 with them, pair recall 0.88 -> 0.99). A run's ``run.json`` records
+the configs it trained with."""
 
 PAPER_FIG3_BLOCK = 55
 """The paper draws Fig. 3's association snapshot at block q = 55."""
